@@ -1,0 +1,116 @@
+//! Behavioural tests every queue backend must pass, written once and run against
+//! each backend (the embedded SQLite queue here, Kafka in its own test suite).
+//!
+//! Each test takes a fresh `prefix` for its topic and group names, so several can
+//! share one broker. They panic with a message saying which promise broke.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crate::{Consumer, Queue, Record, partition_for};
+
+/// How long a test waits for a condition that depends on asynchronous work.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `consumer` until `want` records arrived (or panics after [`PATIENCE`]).
+pub async fn drain(consumer: &mut dyn Consumer, want: usize) -> Vec<Record> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut got = Vec::new();
+    while got.len() < want {
+        assert!(Instant::now() < deadline, "only {} of {want} records arrived", got.len());
+        let batch = consumer.poll(want - got.len(), Duration::from_millis(200)).await.expect("poll");
+        got.extend(batch);
+    }
+    got
+}
+
+/// Records of one key arrive in the order they were produced, all in one
+/// partition, and every record arrives exactly once.
+pub async fn keyed_records_keep_order(queue: &dyn Queue, prefix: &str) {
+    let topic = format!("{prefix}-order");
+    queue.ensure_topic(&topic, 4).await.expect("create topic");
+    let keys: Vec<String> = (0..8).map(|k| format!("room:{k}")).collect();
+    for i in 0..25u32 {
+        for key in &keys {
+            let position = queue.produce(&topic, key, &i.to_be_bytes()).await.expect("produce");
+            assert_eq!(position.partition, partition_for(key, 4), "key must map to its partition");
+        }
+    }
+    let mut consumer = queue.subscribe(&format!("{prefix}-g"), &[topic.clone()]).await.expect("subscribe");
+    let records = drain(consumer.as_mut(), 200).await;
+    let mut per_key: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for r in &records {
+        let value: [u8; 4] = r.value.as_slice().try_into().expect("4-byte value");
+        per_key.entry(r.key.as_str()).or_default().push(u32::from_be_bytes(value));
+    }
+    for key in &keys {
+        assert_eq!(per_key.get(key.as_str()), Some(&(0..25).collect::<Vec<_>>()), "order of {key}");
+    }
+    let offsets: BTreeSet<(u32, u64)> = records.iter().map(|r| (r.partition, r.offset)).collect();
+    assert_eq!(offsets.len(), 200, "no record may be handed out twice");
+}
+
+/// A new member of a group resumes after the last committed offset.
+pub async fn group_resumes_after_commit(queue: &dyn Queue, prefix: &str) {
+    let topic = format!("{prefix}-resume");
+    let group = format!("{prefix}-g");
+    queue.ensure_topic(&topic, 1).await.expect("create topic");
+    for i in 0..10u8 {
+        queue.produce(&topic, "user:1", &[i]).await.expect("produce");
+    }
+    let mut first = queue.subscribe(&group, &[topic.clone()]).await.expect("subscribe");
+    let records = drain(first.as_mut(), 10).await;
+    // Process only the first six, then go away.
+    first.commit(&topic, 0, records[5].offset).await.expect("commit");
+    first.close().await.expect("close");
+
+    let mut second = queue.subscribe(&group, &[topic.clone()]).await.expect("subscribe");
+    let rest = drain(second.as_mut(), 4).await;
+    assert_eq!(rest.iter().map(|r| r.value[0]).collect::<Vec<_>>(), vec![6, 7, 8, 9]);
+    second.close().await.expect("close");
+
+    // A group that never committed starts from the beginning.
+    let mut other = queue.subscribe(&format!("{prefix}-other"), &[topic]).await.expect("subscribe");
+    assert_eq!(drain(other.as_mut(), 10).await.len(), 10);
+}
+
+/// Two members split the partitions between them; when one leaves, the other
+/// takes over all of them and continues after the committed offsets.
+pub async fn members_split_and_take_over(queue: &dyn Queue, prefix: &str) {
+    let topic = format!("{prefix}-split");
+    let group = format!("{prefix}-g");
+    queue.ensure_topic(&topic, 4).await.expect("create topic");
+    let mut a = queue.subscribe(&group, &[topic.clone()]).await.expect("subscribe a");
+    let mut b = queue.subscribe(&group, &[topic.clone()]).await.expect("subscribe b");
+
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        a.poll(10, Duration::from_millis(100)).await.expect("poll a");
+        b.poll(10, Duration::from_millis(100)).await.expect("poll b");
+        let (pa, pb) = (a.assignment(), b.assignment());
+        let union: BTreeSet<_> = pa.iter().chain(pb.iter()).cloned().collect();
+        if !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4 && union.len() == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "members never split the partitions: {pa:?} / {pb:?}");
+    }
+
+    a.close().await.expect("close a");
+    for i in 0..40u8 {
+        queue.produce(&topic, &format!("room:{i}"), &[i]).await.expect("produce");
+    }
+    let records = drain(b.as_mut(), 40).await;
+    assert_eq!(b.assignment().len(), 4, "the remaining member owns every partition");
+    let values: BTreeSet<u8> = records.iter().map(|r| r.value[0]).collect();
+    assert_eq!(values.len(), 40);
+}
+
+/// A topic's partition count is fixed once created.
+pub async fn partition_count_is_fixed(queue: &dyn Queue, prefix: &str) {
+    let topic = format!("{prefix}-fixed");
+    queue.ensure_topic(&topic, 3).await.expect("create topic");
+    queue.ensure_topic(&topic, 3).await.expect("same count is fine");
+    assert!(queue.ensure_topic(&topic, 5).await.is_err(), "a different count must be refused");
+    assert_eq!(queue.partitions(&topic).await.expect("partitions"), 3);
+    assert!(queue.produce(&format!("{prefix}-missing"), "k", b"v").await.is_err(), "unknown topic");
+}

@@ -1,0 +1,476 @@
+//! The embedded queue: Kafka's contract kept in one SQLite file, for `courier
+//! standalone` and small installs.
+//!
+//! - Records live in `records(topic, partition, offset)`. One writer task appends
+//!   them, taking every send waiting at that moment into a single `BEGIN
+//!   IMMEDIATE` transaction (group commit), and answers each sender only after the
+//!   commit: an acknowledged record survives `kill -9` (WAL; `synchronous=NORMAL`
+//!   keeps it across a process crash, `FULL` is an option for power loss).
+//! - Offsets are computed inside that write transaction, so they are gap-free and
+//!   stay correct even if another process appends to the same file.
+//! - A consumer group is a table of members with expiry times. Each member renews
+//!   its entry on a heartbeat and derives the same assignment as every other member
+//!   (partitions sorted, dealt round-robin to the live members sorted by id), so no
+//!   coordinator is needed; an expired member's partitions move to the others on
+//!   their next heartbeat. Handover is at-least-once, like Kafka's: the new owner
+//!   resumes from the last committed offset.
+//! - A consumer in the same process is woken by a [`Notify`] on append; one in
+//!   another process falls back to polling every `poll_interval`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::{Consumer, Error, Position, Queue, Record, Result, TopicPartition, partition_for};
+
+/// Tuning of the embedded queue.
+#[derive(Debug, Clone)]
+pub struct SqliteQueueOptions {
+    /// A group member that has not renewed its entry for this long loses its
+    /// partitions (Kafka's `session.timeout.ms`).
+    pub session_timeout: Duration,
+    /// How often a member renews its entry and re-reads the group.
+    pub heartbeat_interval: Duration,
+    /// How often an idle consumer looks for records appended by another process.
+    pub poll_interval: Duration,
+    /// `synchronous=FULL` (survives power loss) instead of `NORMAL` (survives a
+    /// process crash).
+    pub sync_full: bool,
+}
+
+impl Default for SqliteQueueOptions {
+    fn default() -> Self {
+        Self {
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(100),
+            sync_full: false,
+        }
+    }
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS queue_topics (
+        name TEXT PRIMARY KEY,
+        partitions INTEGER NOT NULL
+    ) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS queue_records (
+        topic TEXT NOT NULL,
+        partition INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        PRIMARY KEY (topic, partition, offset)
+    ) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS queue_group_offsets (
+        group_id TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        partition INTEGER NOT NULL,
+        next_offset INTEGER NOT NULL,
+        PRIMARY KEY (group_id, topic, partition)
+    ) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS queue_group_members (
+        group_id TEXT NOT NULL,
+        member_id TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (group_id, member_id)
+    ) WITHOUT ROWID",
+];
+
+/// Most sends the writer puts into one transaction.
+const MAX_GROUP_COMMIT: usize = 1024;
+
+struct Append {
+    topic: String,
+    key: String,
+    value: Vec<u8>,
+    reply: oneshot::Sender<Result<Position>>,
+}
+
+/// The embedded queue; cheap to clone.
+#[derive(Clone)]
+pub struct SqliteQueue {
+    pool: SqlitePool,
+    appends: mpsc::Sender<Append>,
+    appended: Arc<Notify>,
+    partitions: Arc<Mutex<HashMap<String, u32>>>,
+    options: SqliteQueueOptions,
+}
+
+impl std::fmt::Debug for SqliteQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteQueue").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl SqliteQueue {
+    /// Opens (creating if needed) the queue stored in the file `path`.
+    pub async fn open(path: &Path, options: SqliteQueueOptions) -> Result<Self> {
+        let connect = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if options.sync_full {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(connect).await?;
+        for statement in SCHEMA {
+            sqlx::query(*statement).execute(&pool).await?;
+        }
+        let (appends, rx) = mpsc::channel(4 * MAX_GROUP_COMMIT);
+        let appended = Arc::new(Notify::new());
+        let partitions = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(write_loop(pool.clone(), rx, appended.clone()));
+        Ok(Self { pool, appends, appended, partitions, options })
+    }
+
+    async fn topic_partitions(&self, topic: &str) -> Result<u32> {
+        if let Some(n) = self.cached_partitions(topic) {
+            return Ok(n);
+        }
+        let row = sqlx::query("SELECT partitions FROM queue_topics WHERE name = ?")
+            .bind(topic)
+            .fetch_optional(&self.pool)
+            .await?;
+        let n: i64 = row.ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?.try_get(0)?;
+        let n = n as u32;
+        self.lock_partitions().insert(topic.to_owned(), n);
+        Ok(n)
+    }
+
+    fn cached_partitions(&self, topic: &str) -> Option<u32> {
+        self.lock_partitions().get(topic).copied()
+    }
+
+    fn lock_partitions(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Queue for SqliteQueue {
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<()> {
+        sqlx::query("INSERT INTO queue_topics (name, partitions) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
+            .bind(topic)
+            .bind(i64::from(partitions))
+            .execute(&self.pool)
+            .await?;
+        self.lock_partitions().remove(topic);
+        let existing = self.topic_partitions(topic).await?;
+        if existing != partitions {
+            return Err(Error::PartitionMismatch { topic: topic.to_owned(), existing, wanted: partitions });
+        }
+        Ok(())
+    }
+
+    async fn produce(&self, topic: &str, key: &str, value: &[u8]) -> Result<Position> {
+        // Resolve the topic first so an unknown topic fails before queueing.
+        self.topic_partitions(topic).await?;
+        let (reply, answer) = oneshot::channel();
+        let append = Append { topic: topic.to_owned(), key: key.to_owned(), value: value.to_vec(), reply };
+        self.appends
+            .send(append)
+            .await
+            .map_err(|_| Error::Unavailable("the queue writer has stopped".into()))?;
+        answer.await.map_err(|_| Error::Unavailable("the queue writer has stopped".into()))?
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>> {
+        for topic in topics {
+            self.topic_partitions(topic).await?;
+        }
+        let member_id = format!("{:016x}-{:016x}", now_ms(), rand_u64());
+        Ok(Box::new(SqliteConsumer {
+            queue: self.clone(),
+            group: group.to_owned(),
+            topics: topics.to_vec(),
+            member_id,
+            assignment: Vec::new(),
+            positions: BTreeMap::new(),
+            next_heartbeat: None,
+        }))
+    }
+
+    async fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<Record>> {
+        read_partition(&self.pool, topic, partition, offset, max).await
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<u32> {
+        self.topic_partitions(topic).await
+    }
+}
+
+/// Appends records in group commits until every sender is gone.
+async fn write_loop(pool: SqlitePool, mut rx: mpsc::Receiver<Append>, appended: Arc<Notify>) {
+    let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
+    while rx.recv_many(&mut batch, MAX_GROUP_COMMIT).await > 0 {
+        let mut partitions: HashMap<String, u32> = HashMap::new();
+        let result = append_batch(&pool, &batch, &mut partitions).await;
+        match result {
+            Ok(positions) => {
+                for (append, position) in batch.drain(..).zip(positions) {
+                    let _ = append.reply.send(Ok(position));
+                }
+                appended.notify_waiters();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, records = batch.len(), "embedded queue append failed");
+                let message = e.to_string();
+                for append in batch.drain(..) {
+                    let _ = append.reply.send(Err(Error::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+async fn append_batch(
+    pool: &SqlitePool,
+    batch: &[Append],
+    partitions: &mut HashMap<String, u32>,
+) -> Result<Vec<Position>> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut positions = Vec::with_capacity(batch.len());
+    let now = now_ms();
+    for append in batch {
+        let count = match partitions.get(&append.topic) {
+            Some(n) => *n,
+            None => {
+                let n: i64 = sqlx::query_scalar("SELECT partitions FROM queue_topics WHERE name = ?")
+                    .bind(&append.topic)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| Error::UnknownTopic(append.topic.clone()))?;
+                partitions.insert(append.topic.clone(), n as u32);
+                n as u32
+            }
+        };
+        let partition = partition_for(&append.key, count);
+        let offset: i64 = sqlx::query_scalar(
+            "INSERT INTO queue_records (topic, partition, offset, key, value, timestamp_ms)
+             SELECT ?1, ?2, COALESCE(MAX(offset) + 1, 0), ?3, ?4, ?5
+             FROM queue_records WHERE topic = ?1 AND partition = ?2
+             RETURNING offset",
+        )
+        .bind(&append.topic)
+        .bind(i64::from(partition))
+        .bind(&append.key)
+        .bind(&append.value)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        positions.push(Position { partition, offset: offset as u64 });
+    }
+    tx.commit().await?;
+    Ok(positions)
+}
+
+async fn read_partition(
+    pool: &SqlitePool,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max: usize,
+) -> Result<Vec<Record>> {
+    let rows = sqlx::query(
+        "SELECT offset, key, value, timestamp_ms FROM queue_records
+         WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
+    )
+    .bind(topic)
+    .bind(i64::from(partition))
+    .bind(offset as i64)
+    .bind(max as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(Record {
+                topic: topic.to_owned(),
+                partition,
+                offset: row.try_get::<i64, _>(0)? as u64,
+                key: row.try_get(1)?,
+                value: row.try_get(2)?,
+                timestamp_ms: row.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// One member of a consumer group on the embedded queue.
+struct SqliteConsumer {
+    queue: SqliteQueue,
+    group: String,
+    topics: Vec<String>,
+    member_id: String,
+    assignment: Vec<TopicPartition>,
+    /// Next offset to hand out, per owned partition.
+    positions: BTreeMap<TopicPartition, u64>,
+    next_heartbeat: Option<Instant>,
+}
+
+impl SqliteConsumer {
+    /// Renews membership and recomputes the assignment when a heartbeat is due.
+    async fn heartbeat(&mut self) -> Result<()> {
+        if self.next_heartbeat.is_some_and(|at| Instant::now() < at) {
+            return Ok(());
+        }
+        let pool = &self.queue.pool;
+        let now = now_ms();
+        let expires = now + self.queue.options.session_timeout.as_millis() as i64;
+        sqlx::query(
+            "INSERT INTO queue_group_members (group_id, member_id, expires_ms) VALUES (?, ?, ?)
+             ON CONFLICT (group_id, member_id) DO UPDATE SET expires_ms = excluded.expires_ms",
+        )
+        .bind(&self.group)
+        .bind(&self.member_id)
+        .bind(expires)
+        .execute(pool)
+        .await?;
+        sqlx::query("DELETE FROM queue_group_members WHERE group_id = ? AND expires_ms < ?")
+            .bind(&self.group)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        let members: Vec<String> = sqlx::query_scalar(
+            "SELECT member_id FROM queue_group_members WHERE group_id = ? ORDER BY member_id",
+        )
+        .bind(&self.group)
+        .fetch_all(pool)
+        .await?;
+        let me = members.iter().position(|m| *m == self.member_id).unwrap_or(0);
+        let mut all = Vec::new();
+        for topic in &self.topics {
+            let n = self.queue.topic_partitions(topic).await?;
+            all.extend((0..n).map(|p| (topic.clone(), p)));
+        }
+        all.sort();
+        let assignment: Vec<TopicPartition> = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % members.len().max(1) == me)
+            .map(|(_, tp)| tp)
+            .collect();
+        if assignment != self.assignment {
+            let mut positions = BTreeMap::new();
+            for tp in &assignment {
+                let position = match self.positions.get(tp) {
+                    Some(p) => *p,
+                    None => self.committed(tp).await?,
+                };
+                positions.insert(tp.clone(), position);
+            }
+            tracing::info!(group = %self.group, member = %self.member_id, partitions = assignment.len(), "embedded queue assignment changed");
+            self.positions = positions;
+            self.assignment = assignment;
+        }
+        self.next_heartbeat = Some(Instant::now() + self.queue.options.heartbeat_interval);
+        Ok(())
+    }
+
+    async fn committed(&self, (topic, partition): &TopicPartition) -> Result<u64> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT next_offset FROM queue_group_offsets WHERE group_id = ? AND topic = ? AND partition = ?",
+        )
+        .bind(&self.group)
+        .bind(topic)
+        .bind(i64::from(*partition))
+        .fetch_optional(&self.queue.pool)
+        .await?;
+        Ok(next.unwrap_or(0) as u64)
+    }
+}
+
+#[async_trait]
+impl Consumer for SqliteConsumer {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.heartbeat().await?;
+            // Listen before reading, so an append between the read and the wait
+            // still wakes us.
+            let appended = self.queue.appended.clone();
+            let notified = appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let mut records = Vec::new();
+            for (tp, position) in self.positions.iter_mut() {
+                if records.len() >= max {
+                    break;
+                }
+                let batch =
+                    read_partition(&self.queue.pool, &tp.0, tp.1, *position, max - records.len()).await?;
+                if let Some(last) = batch.last() {
+                    *position = last.offset + 1;
+                }
+                records.extend(batch);
+            }
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(records);
+            }
+            let wait = (deadline - now)
+                .min(self.queue.options.poll_interval)
+                .min(self.queue.options.heartbeat_interval);
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+    }
+
+    async fn commit(&mut self, topic: &str, partition: u32, offset: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO queue_group_offsets (group_id, topic, partition, next_offset) VALUES (?, ?, ?, ?)
+             ON CONFLICT (group_id, topic, partition)
+             DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
+        )
+        .bind(&self.group)
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(offset as i64 + 1)
+        .execute(&self.queue.pool)
+        .await?;
+        Ok(())
+    }
+
+    fn assignment(&self) -> Vec<TopicPartition> {
+        self.assignment.clone()
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        sqlx::query("DELETE FROM queue_group_members WHERE group_id = ? AND member_id = ?")
+            .bind(&self.group)
+            .bind(&self.member_id)
+            .execute(&self.queue.pool)
+            .await?;
+        self.assignment.clear();
+        self.positions.clear();
+        self.next_heartbeat = None;
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A process-unique random number for member ids, from the standard library's
+/// randomly seeded hasher (no extra dependency for 64 bits of uniqueness).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms() as u64);
+    h.finish()
+}
