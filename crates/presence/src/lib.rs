@@ -1,1 +1,76 @@
-//! courier-presence
+//! Who is logged in and who is online where.
+//!
+//! - [`Sessions`]: login tokens. A token is 256 random bits, base64url with padding
+//!   (44 characters, gochat's shape), valid for a fixed time. A user may hold
+//!   several (one per device) up to a cap; beyond it the oldest is revoked.
+//!   gochat's one-session-per-user rule is the cap of one.
+//! - [`Presence`]: room membership of live connections, counted per user and per
+//!   connect node, so two tabs count once and a node's departure removes exactly
+//!   its own connections.
+//!
+//! The in-process implementations in [`memory`] serve `courier standalone`, where
+//! one process holds every connection; the Redis ones serve a cluster.
+
+use async_trait::async_trait;
+
+pub mod memory;
+
+/// Errors from a sessions or presence backend.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("presence backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The user a valid token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionUser {
+    pub user_id: u64,
+    pub user_name: String,
+}
+
+/// A new login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    pub token: String,
+    /// Tokens of the same user revoked to make room for this one.
+    pub revoked: Vec<String>,
+}
+
+/// Login tokens.
+#[async_trait]
+pub trait Sessions: Send + Sync + 'static {
+    /// Issues a token for the user, revoking the oldest beyond the device cap.
+    async fn create(&self, user: SessionUser) -> Result<NewSession>;
+    /// The user of a live token; `None` for an unknown, expired or revoked one.
+    async fn get(&self, token: &str) -> Result<Option<SessionUser>>;
+    /// Revokes a token; returns its user if it was live.
+    async fn revoke(&self, token: &str) -> Result<Option<SessionUser>>;
+}
+
+/// Membership of live connections in rooms.
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// One more connection of `user` in `room` on `server`; true if the user was
+    /// not in the room before.
+    async fn join(&self, room: u64, user: &SessionUser, server: &str) -> Result<bool>;
+    /// One connection fewer; true if the user has no connection left in the room.
+    async fn leave(&self, room: u64, user_id: u64, server: &str) -> Result<bool>;
+    /// Distinct users online in the room.
+    async fn count(&self, room: u64) -> Result<u64>;
+    /// Up to `cap` members of the room (id, name), lowest ids first.
+    async fn members(&self, room: u64, cap: usize) -> Result<Vec<(u64, String)>>;
+    /// Forgets every connection on `server` (a node that stopped or died); returns
+    /// the rooms whose membership changed.
+    async fn drop_server(&self, server: &str) -> Result<Vec<u64>>;
+}
+
+/// A fresh token: 32 random bytes, base64url with padding.
+pub fn new_token() -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE.encode(bytes)
+}

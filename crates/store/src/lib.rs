@@ -1,1 +1,143 @@
-//! courier-store
+//! Durable state: user accounts and message history.
+//!
+//! History is organised in **streams**: a room (`room:<id>`) or a user's private
+//! inbox (`user:<id>`). Appending a message to a stream gives it the next gap-free
+//! **seq** of that stream, in the same transaction as the insert, and appending the
+//! same message id again returns the seq it already has; this is what lets the task
+//! tier commit queue offsets only after persisting, yet never duplicate a message
+//! when a record is redelivered. Each stream also has an **epoch**, fixed when the
+//! stream is created, so a client's `(epoch, seq)` position stays meaningful.
+//!
+//! Both traits have an embedded SQLite implementation ([`sqlite`]); the behavioural
+//! tests in [`conformance`] are written once and run against every backend.
+
+use async_trait::async_trait;
+
+pub mod conformance;
+pub mod sqlite;
+
+/// Errors from a store backend.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("user name already taken")]
+    NameTaken,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A registered user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: u64,
+    pub name: String,
+    /// PHC string (argon2id).
+    pub password_hash: String,
+}
+
+/// Accounts.
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Creates a user; [`Error::NameTaken`] if the name exists.
+    async fn create_user(&self, name: &str, password_hash: &str) -> Result<u64>;
+    async fn user_by_name(&self, name: &str) -> Result<Option<User>>;
+    async fn user_by_id(&self, id: u64) -> Result<Option<User>>;
+}
+
+/// Whether a message went to a room or to one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    Room = 1,
+    Private = 2,
+}
+
+impl MessageKind {
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            1 => Some(Self::Room),
+            2 => Some(Self::Private),
+            _ => None,
+        }
+    }
+}
+
+/// A message as admitted, before it has positions in streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub msg_id: u64,
+    pub kind: MessageKind,
+    pub room_id: u64,
+    pub from_user_id: u64,
+    pub from_user_name: String,
+    pub to_user_id: u64,
+    pub to_user_name: String,
+    pub body: String,
+    pub admitted_ms: i64,
+    pub client_msg_id: String,
+}
+
+impl Message {
+    /// The streams this message belongs to: its room, or the recipient's inbox and
+    /// (as a copy for the sender's other devices) the sender's inbox.
+    pub fn streams(&self) -> Vec<String> {
+        match self.kind {
+            MessageKind::Room => vec![format!("room:{}", self.room_id)],
+            MessageKind::Private if self.to_user_id == self.from_user_id => {
+                vec![format!("user:{}", self.to_user_id)]
+            }
+            MessageKind::Private => {
+                vec![format!("user:{}", self.to_user_id), format!("user:{}", self.from_user_id)]
+            }
+        }
+    }
+}
+
+/// A message's position in one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub stream: String,
+    pub seq: u64,
+    pub epoch: String,
+}
+
+/// A message read back from a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub position: Appended,
+    pub message: Message,
+}
+
+/// A stream's epoch and its last seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub epoch: String,
+    pub last_seq: u64,
+}
+
+/// Message history by stream.
+#[async_trait]
+pub trait HistoryStore: Send + Sync + 'static {
+    /// Appends each message to each of its [`Message::streams`] in one transaction
+    /// and returns, per message, its positions (in `streams()` order). A message id
+    /// already stored keeps its positions.
+    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Appended>>>;
+
+    /// Up to `limit` messages of `stream` with seq greater than `after`, oldest first.
+    async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>>;
+
+    /// Up to `limit` messages of `stream` with seq less than `before`, newest first.
+    async fn read_before(&self, stream: &str, before: u64, limit: u32) -> Result<Vec<StoredMessage>>;
+
+    /// The stream's epoch and last seq, if it has any message.
+    async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>>;
+}
+
+/// A fresh epoch: 64 random bits in hex.
+pub fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}

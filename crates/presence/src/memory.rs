@@ -1,0 +1,220 @@
+//! In-process sessions and presence for a single-process deployment.
+//!
+//! Plain `std` mutexes: every critical section is a few map operations and never
+//! awaits, so an async lock would only add overhead.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::{NewSession, Presence, Result, SessionUser, Sessions, new_token};
+
+/// Session rules.
+#[derive(Debug, Clone)]
+pub struct SessionPolicy {
+    /// How long a token stays valid (gochat: 24 h).
+    pub ttl: Duration,
+    /// Most tokens one user may hold at once; 1 is gochat's single-session rule.
+    pub max_devices: usize,
+}
+
+impl Default for SessionPolicy {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(24 * 3600), max_devices: 8 }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SessionTable {
+    by_token: HashMap<String, (SessionUser, Instant)>,
+    /// Each user's tokens, oldest first.
+    by_user: HashMap<u64, VecDeque<String>>,
+}
+
+/// Sessions in process memory (lost on restart: users log in again).
+#[derive(Debug, Default)]
+pub struct MemorySessions {
+    policy: SessionPolicy,
+    table: Mutex<SessionTable>,
+}
+
+impl MemorySessions {
+    pub fn new(policy: SessionPolicy) -> Self {
+        Self { policy, table: Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Sessions for MemorySessions {
+    async fn create(&self, user: SessionUser) -> Result<NewSession> {
+        let token = new_token();
+        let expires = Instant::now() + self.policy.ttl;
+        let mut table = self.lock();
+        let SessionTable { by_token, by_user } = &mut *table;
+        let tokens = by_user.entry(user.user_id).or_default();
+        // Expired tokens do not count against the cap.
+        tokens.retain(|t| by_token.get(t).is_some_and(|(_, exp)| *exp > Instant::now()));
+        let mut revoked = Vec::new();
+        while tokens.len() >= self.policy.max_devices.max(1) {
+            if let Some(old) = tokens.pop_front() {
+                by_token.remove(&old);
+                revoked.push(old);
+            }
+        }
+        tokens.push_back(token.clone());
+        by_token.insert(token.clone(), (user, expires));
+        Ok(NewSession { token, revoked })
+    }
+
+    async fn get(&self, token: &str) -> Result<Option<SessionUser>> {
+        let table = self.lock();
+        Ok(table.by_token.get(token).filter(|(_, exp)| *exp > Instant::now()).map(|(u, _)| u.clone()))
+    }
+
+    async fn revoke(&self, token: &str) -> Result<Option<SessionUser>> {
+        let mut table = self.lock();
+        let Some((user, expires)) = table.by_token.remove(token) else {
+            return Ok(None);
+        };
+        if let Some(tokens) = table.by_user.get_mut(&user.user_id) {
+            tokens.retain(|t| t != token);
+        }
+        Ok((expires > Instant::now()).then_some(user))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Member {
+    name: String,
+    /// Live connections per connect node.
+    connections: HashMap<String, u32>,
+}
+
+/// Presence in process memory.
+#[derive(Debug, Default)]
+pub struct MemoryPresence {
+    rooms: Mutex<HashMap<u64, BTreeMap<u64, Member>>>,
+}
+
+impl MemoryPresence {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, BTreeMap<u64, Member>>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Presence for MemoryPresence {
+    async fn join(&self, room: u64, user: &SessionUser, server: &str) -> Result<bool> {
+        let mut rooms = self.lock();
+        let members = rooms.entry(room).or_default();
+        let new = !members.contains_key(&user.user_id);
+        let member = members.entry(user.user_id).or_default();
+        member.name.clone_from(&user.user_name);
+        *member.connections.entry(server.to_owned()).or_default() += 1;
+        Ok(new)
+    }
+
+    async fn leave(&self, room: u64, user_id: u64, server: &str) -> Result<bool> {
+        let mut rooms = self.lock();
+        let Some(members) = rooms.get_mut(&room) else { return Ok(false) };
+        let Some(member) = members.get_mut(&user_id) else { return Ok(false) };
+        if let Some(count) = member.connections.get_mut(server) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                member.connections.remove(server);
+            }
+        }
+        let gone = member.connections.is_empty();
+        if gone {
+            members.remove(&user_id);
+            if members.is_empty() {
+                rooms.remove(&room);
+            }
+        }
+        Ok(gone)
+    }
+
+    async fn count(&self, room: u64) -> Result<u64> {
+        Ok(self.lock().get(&room).map_or(0, |m| m.len() as u64))
+    }
+
+    async fn members(&self, room: u64, cap: usize) -> Result<Vec<(u64, String)>> {
+        let rooms = self.lock();
+        Ok(rooms
+            .get(&room)
+            .map(|m| m.iter().take(cap).map(|(id, member)| (*id, member.name.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    async fn drop_server(&self, server: &str) -> Result<Vec<u64>> {
+        let mut rooms = self.lock();
+        let mut changed = Vec::new();
+        for (room, members) in rooms.iter_mut() {
+            let before = members.len();
+            for member in members.values_mut() {
+                member.connections.remove(server);
+            }
+            members.retain(|_, m| !m.connections.is_empty());
+            if members.len() != before {
+                changed.push(*room);
+            }
+        }
+        rooms.retain(|_, m| !m.is_empty());
+        changed.sort_unstable();
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: u64) -> SessionUser {
+        SessionUser { user_id: id, user_name: format!("u{id}") }
+    }
+
+    #[tokio::test]
+    async fn device_cap_revokes_the_oldest_token() {
+        let sessions = MemorySessions::new(SessionPolicy { max_devices: 2, ..SessionPolicy::default() });
+        let a = sessions.create(user(1)).await.expect("create");
+        let b = sessions.create(user(1)).await.expect("create");
+        assert!(a.revoked.is_empty() && b.revoked.is_empty());
+        let c = sessions.create(user(1)).await.expect("create");
+        assert_eq!(c.revoked, vec![a.token.clone()]);
+        assert_eq!(sessions.get(&a.token).await.expect("get"), None);
+        assert_eq!(sessions.get(&b.token).await.expect("get"), Some(user(1)));
+        assert_eq!(c.token.len(), 44, "gochat's token shape");
+        assert_eq!(sessions.revoke(&b.token).await.expect("revoke"), Some(user(1)));
+        assert_eq!(sessions.get(&b.token).await.expect("get"), None);
+        assert_eq!(sessions.revoke(&b.token).await.expect("revoke"), None);
+    }
+
+    #[tokio::test]
+    async fn expired_tokens_are_invalid() {
+        let sessions = MemorySessions::new(SessionPolicy { ttl: Duration::ZERO, max_devices: 1 });
+        let s = sessions.create(user(1)).await.expect("create");
+        assert_eq!(sessions.get(&s.token).await.expect("get"), None);
+    }
+
+    #[tokio::test]
+    async fn two_tabs_count_once_and_a_dead_node_takes_only_its_own() {
+        let presence = MemoryPresence::default();
+        assert!(presence.join(1, &user(1), "a").await.expect("join"));
+        assert!(!presence.join(1, &user(1), "b").await.expect("join"), "second tab");
+        assert!(presence.join(1, &user(2), "a").await.expect("join"));
+        assert_eq!(presence.count(1).await.expect("count"), 2);
+        assert!(!presence.leave(1, 1, "a").await.expect("leave"), "tab on b remains");
+        assert_eq!(presence.count(1).await.expect("count"), 2);
+        assert_eq!(presence.drop_server("a").await.expect("drop"), vec![1]);
+        assert_eq!(presence.members(1, 10).await.expect("members"), vec![(1, "u1".to_string())]);
+        assert!(presence.leave(1, 1, "b").await.expect("leave"));
+        assert_eq!(presence.count(1).await.expect("count"), 0);
+        assert!(!presence.leave(9, 9, "x").await.expect("leave of a stranger is harmless"));
+    }
+}

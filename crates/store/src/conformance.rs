@@ -1,0 +1,113 @@
+//! Behavioural tests every store backend must pass, written once and run against
+//! each backend (SQLite here, PostgreSQL in its own suite). Each takes a `prefix`
+//! so several can share one database: user names and ids derive from it.
+
+use crate::{Error, HistoryStore, Message, MessageKind, UserStore};
+
+/// A room message with a given id.
+pub fn room_message(msg_id: u64, room_id: u64, body: &str) -> Message {
+    Message {
+        msg_id,
+        kind: MessageKind::Room,
+        room_id,
+        from_user_id: 1,
+        from_user_name: "alice".into(),
+        to_user_id: 0,
+        to_user_name: String::new(),
+        body: body.into(),
+        admitted_ms: 1_700_000_000_000 + msg_id as i64,
+        client_msg_id: String::new(),
+    }
+}
+
+/// Names are unique; users are found by name and id; lookups of strangers are
+/// `None`, not errors.
+pub async fn users_are_unique_by_name(store: &dyn UserStore, prefix: &str) {
+    let name = format!("{prefix}-ann");
+    let id = store.create_user(&name, "$argon2id$hash").await.expect("create");
+    assert!(matches!(store.create_user(&name, "other").await, Err(Error::NameTaken)), "duplicate name");
+    let by_name = store.user_by_name(&name).await.expect("by name").expect("exists");
+    assert_eq!((by_name.id, by_name.password_hash.as_str()), (id, "$argon2id$hash"));
+    let by_id = store.user_by_id(id).await.expect("by id").expect("exists");
+    assert_eq!(by_id.name, name);
+    assert!(store.user_by_name(&format!("{prefix}-nobody")).await.expect("lookup").is_none());
+    assert!(store.user_by_id(u64::from(u32::MAX) * 7).await.expect("lookup").is_none());
+    let other = store.create_user(&format!("{prefix}-bob"), "h").await.expect("create");
+    assert_ne!(id, other);
+}
+
+/// Seqs of a stream are 1, 2, 3… in append order, across batches, and each stream
+/// counts on its own.
+pub async fn seqs_are_gap_free_per_stream(store: &dyn HistoryStore, prefix: u64) {
+    let (room_a, room_b) = (prefix * 1000 + 1, prefix * 1000 + 2);
+    let batch: Vec<Message> = (0..6)
+        .map(|i| room_message(prefix * 1_000_000 + i, if i % 2 == 0 { room_a } else { room_b }, "x"))
+        .collect();
+    let positions = store.append(&batch[..4]).await.expect("append");
+    let more = store.append(&batch[4..]).await.expect("append");
+    let seqs: Vec<(String, u64)> =
+        positions.iter().chain(more.iter()).map(|p| (p[0].stream.clone(), p[0].seq)).collect();
+    let a = format!("room:{room_a}");
+    let b = format!("room:{room_b}");
+    assert_eq!(
+        seqs,
+        vec![(a.clone(), 1), (b.clone(), 1), (a.clone(), 2), (b.clone(), 2), (a.clone(), 3), (b.clone(), 3)]
+    );
+    let info = store.stream_info(&a).await.expect("info").expect("stream exists");
+    assert_eq!(info.last_seq, 3);
+    assert!(positions.iter().flatten().filter(|p| p.stream == a).all(|p| p.epoch == info.epoch));
+    assert!(store.stream_info(&format!("room:{}", prefix * 1000 + 3)).await.expect("info").is_none());
+}
+
+/// Appending a message id again (a redelivered record) returns its existing
+/// positions and adds nothing.
+pub async fn redelivery_keeps_its_seq(store: &dyn HistoryStore, prefix: u64) {
+    let room = prefix * 1000 + 5;
+    let first = room_message(prefix * 1_000_000 + 1, room, "one");
+    let second = room_message(prefix * 1_000_000 + 2, room, "two");
+    let original = store.append(&[first.clone(), second.clone()]).await.expect("append");
+    let again = store.append(&[second.clone(), first.clone()]).await.expect("append again");
+    assert_eq!(again, vec![original[1].clone(), original[0].clone()]);
+    let third = store.append(&[room_message(prefix * 1_000_000 + 3, room, "three")]).await.expect("append");
+    assert_eq!(third[0][0].seq, 3, "no seq was consumed by the redelivery");
+    let stream = format!("room:{room}");
+    let all = store.read_after(&stream, 0, 100).await.expect("read");
+    let bodies: Vec<&str> = all.iter().map(|m| m.message.body.as_str()).collect();
+    assert_eq!(bodies, vec!["one", "two", "three"]);
+}
+
+/// A private message lands in the recipient's inbox and the sender's, with each
+/// inbox's own seq.
+pub async fn private_message_reaches_both_inboxes(store: &dyn HistoryStore, prefix: u64) {
+    let (alice, bob) = (prefix * 1000 + 1, prefix * 1000 + 2);
+    let mut message = room_message(prefix * 1_000_000 + 1, 1, "psst");
+    message.kind = MessageKind::Private;
+    message.from_user_id = alice;
+    message.to_user_id = bob;
+    message.to_user_name = "bob".into();
+    let positions = store.append(&[message.clone()]).await.expect("append");
+    let streams: Vec<&str> = positions[0].iter().map(|p| p.stream.as_str()).collect();
+    let (bob_inbox, alice_inbox) = (format!("user:{bob}"), format!("user:{alice}"));
+    assert_eq!(streams, vec![bob_inbox.as_str(), alice_inbox.as_str()]);
+    for inbox in [&bob_inbox, &alice_inbox] {
+        let read = store.read_after(inbox, 0, 10).await.expect("read");
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].message, message, "message round-trips through {inbox}");
+        assert_eq!(read[0].position.seq, 1);
+    }
+}
+
+/// Reads page forwards after a seq and backwards before one, both bounded.
+pub async fn pages_in_both_directions(store: &dyn HistoryStore, prefix: u64) {
+    let room = prefix * 1000 + 9;
+    let batch: Vec<Message> =
+        (1..=10).map(|i| room_message(prefix * 1_000_000 + i, room, &i.to_string())).collect();
+    store.append(&batch).await.expect("append");
+    let stream = format!("room:{room}");
+    let seqs = |page: Vec<crate::StoredMessage>| page.iter().map(|m| m.position.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.read_after(&stream, 3, 4).await.expect("read")), vec![4, 5, 6, 7]);
+    assert_eq!(seqs(store.read_after(&stream, 8, 100).await.expect("read")), vec![9, 10]);
+    assert_eq!(seqs(store.read_before(&stream, 4, 100).await.expect("read")), vec![3, 2, 1]);
+    assert_eq!(seqs(store.read_before(&stream, u64::MAX, 2).await.expect("read")), vec![10, 9]);
+    assert!(store.read_after(&stream, 10, 5).await.expect("read").is_empty());
+}

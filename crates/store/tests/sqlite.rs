@@ -1,0 +1,54 @@
+//! The store conformance tests against the embedded SQLite store.
+
+use courier_store::conformance;
+use courier_store::sqlite::SqliteStore;
+
+async fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("courier.sqlite")).await.expect("open store")
+}
+
+#[tokio::test]
+async fn users_are_unique_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance::users_are_unique_by_name(&open(&dir).await, "t").await;
+}
+
+#[tokio::test]
+async fn seqs_are_gap_free_per_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance::seqs_are_gap_free_per_stream(&open(&dir).await, 1).await;
+}
+
+#[tokio::test]
+async fn redelivery_keeps_its_seq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance::redelivery_keeps_its_seq(&open(&dir).await, 1).await;
+}
+
+#[tokio::test]
+async fn private_message_reaches_both_inboxes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance::private_message_reaches_both_inboxes(&open(&dir).await, 1).await;
+}
+
+#[tokio::test]
+async fn pages_in_both_directions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance::pages_in_both_directions(&open(&dir).await, 1).await;
+}
+
+#[tokio::test]
+async fn data_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = {
+        let store = open(&dir).await;
+        courier_store::HistoryStore::append(&store, &[conformance::room_message(1, 1, "kept")])
+            .await
+            .expect("append");
+        courier_store::UserStore::create_user(&store, "keeper", "h").await.expect("create")
+    };
+    let store = open(&dir).await;
+    let read = courier_store::HistoryStore::read_after(&store, "room:1", 0, 10).await.expect("read");
+    assert_eq!(read.len(), 1);
+    assert!(courier_store::UserStore::user_by_id(&store, id).await.expect("lookup").is_some());
+}
