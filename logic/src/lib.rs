@@ -1,1 +1,507 @@
-//! courier-logic
+//! The logic tier: accounts, sessions, presence bookkeeping and message admission.
+//!
+//! Logic is stateless; its state lives behind the backend traits (users in the
+//! store, tokens in [`Sessions`], membership in [`Presence`]). Admission is the
+//! heart of it: [`Logic::send`] checks the session, the recipient and the size
+//! limit, stamps a snowflake id, wraps the message in a versioned protobuf envelope
+//! and answers only once the queue has acknowledged the record (keyed by room or
+//! by recipient, so each stream stays in order).
+//!
+//! Membership changes mark a room dirty; a flusher pushes each dirty room's count
+//! (op 4) and member list (op 5) at most once per `presence_flush_interval`, so a
+//! room where many join at once costs one update, not one per join.
+
+pub mod password;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use courier_ids::Snowflake;
+use courier_presence::{Presence, SessionUser, Sessions};
+use courier_proto::connect::{Delivery, delivery::Target};
+use courier_proto::logic::logic_server::{Logic as LogicRpc, LogicServer};
+use courier_proto::logic::{
+    Credentials, JoinRoomRequest, LeaveRoomRequest, Empty, RoomRequest, SendReply, SendRequest, SessionReply,
+    TokenRequest, UserReply,
+};
+use courier_proto::record::{MessageKind, MessageRecord, RECORD_VERSION};
+use courier_push::Pusher;
+use courier_queue::Queue;
+use courier_store::{Error as StoreError, UserStore};
+use courier_telemetry::{KindLabel, Metrics, ReadyFlag};
+use courier_wire::MAX_MESSAGE_BYTES;
+use courier_wire::frame::{CountFrame, RoomInfoFrame, to_text};
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::password::PasswordHasher;
+
+/// The logic tier's configuration.
+#[derive(Debug, Clone)]
+pub struct LogicConfig {
+    /// Snowflake worker id of this instance (0–1023), unique among live instances.
+    pub worker_id: u32,
+    /// Topic of room traffic, keyed `room:<roomId>`.
+    pub room_topic: String,
+    /// Topic of private traffic, keyed `user:<recipientId>`.
+    pub private_topic: String,
+    /// Partitions of each topic when logic creates them.
+    pub partitions: u32,
+    /// Concurrent password hashes (0: one per core).
+    pub hash_concurrency: usize,
+    /// Most members listed in an op 5 frame.
+    pub room_member_cap: usize,
+    /// Shortest interval between two op 4/5 updates of one room.
+    pub presence_flush_interval: Duration,
+    /// Longest client message id accepted.
+    pub max_client_msg_id: usize,
+}
+
+impl Default for LogicConfig {
+    fn default() -> Self {
+        Self {
+            worker_id: 0,
+            room_topic: "courier-room".into(),
+            private_topic: "courier-private".into(),
+            partitions: 8,
+            hash_concurrency: 0,
+            room_member_cap: 200,
+            presence_flush_interval: Duration::from_secs(1),
+            max_client_msg_id: 64,
+        }
+    }
+}
+
+/// The backends logic works with.
+#[derive(Clone)]
+pub struct LogicBackends {
+    pub users: Arc<dyn UserStore>,
+    pub sessions: Arc<dyn Sessions>,
+    pub presence: Arc<dyn Presence>,
+    pub queue: Arc<dyn Queue>,
+    pub pusher: Pusher,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The logic service; cheap to clone.
+#[derive(Clone)]
+pub struct Logic {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: LogicConfig,
+    backends: LogicBackends,
+    ids: Snowflake,
+    hasher: PasswordHasher,
+    dirty_rooms: Mutex<HashSet<u64>>,
+}
+
+/// Why logic could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    WorkerId(#[from] courier_ids::WorkerIdError),
+    #[error("could not prepare queue topics: {0}")]
+    Queue(#[from] courier_queue::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl Logic {
+    pub fn new(config: LogicConfig, backends: LogicBackends) -> Result<Self, StartError> {
+        let ids = Snowflake::new(config.worker_id)?;
+        let hasher = PasswordHasher::new(config.hash_concurrency);
+        Ok(Self { inner: Arc::new(Inner { config, backends, ids, hasher, dirty_rooms: Mutex::default() }) })
+    }
+
+    /// Creates the topics if they do not exist (and checks their partition count).
+    pub async fn ensure_topics(&self) -> Result<(), courier_queue::Error> {
+        let c = &self.inner.config;
+        self.inner.backends.queue.ensure_topic(&c.room_topic, c.partitions).await?;
+        self.inner.backends.queue.ensure_topic(&c.private_topic, c.partitions).await
+    }
+
+    /// Creates a user, or does nothing if the name exists (for demo accounts).
+    pub async fn ensure_user(&self, name: &str, password: &str) -> Result<(), Status> {
+        match self.register(name, password).await {
+            Ok(_) | Err(RegisterError::Taken) => Ok(()),
+            Err(RegisterError::Status(s)) => Err(s),
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.inner.backends.metrics
+    }
+
+    async fn session(&self, token: &str) -> Result<SessionUser, Status> {
+        if token.is_empty() || token.len() > 128 {
+            return Err(Status::unauthenticated("Session error"));
+        }
+        match self.inner.backends.sessions.get(token).await {
+            Ok(Some(user)) => Ok(user),
+            Ok(None) => Err(Status::unauthenticated("Session error")),
+            Err(e) => {
+                self.metrics().error("sessions");
+                Err(Status::unavailable(format!("sessions unavailable: {e}")))
+            }
+        }
+    }
+
+    async fn new_session(&self, user: SessionUser) -> Result<SessionReply, Status> {
+        let session = self.inner.backends.sessions.create(user.clone()).await.map_err(|e| {
+            self.metrics().error("sessions");
+            Status::unavailable(format!("sessions unavailable: {e}"))
+        })?;
+        Ok(SessionReply { auth_token: session.token, user_id: user.user_id, user_name: user.user_name })
+    }
+
+    async fn register(&self, name: &str, password: &str) -> Result<SessionReply, RegisterError> {
+        validate_user_name(name)?;
+        validate_password(password)?;
+        let hash = self.inner.hasher.hash(password.to_owned()).await.map_err(|e| Status::internal(e.to_string()))?;
+        let id = match self.inner.backends.users.create_user(name, &hash).await {
+            Ok(id) => id,
+            Err(StoreError::NameTaken) => return Err(RegisterError::Taken),
+            Err(e) => return Err(self.store_unavailable(e).into()),
+        };
+        Ok(self.new_session(SessionUser { user_id: id, user_name: name.to_owned() }).await?)
+    }
+
+    fn store_unavailable(&self, e: StoreError) -> Status {
+        self.metrics().error("store");
+        tracing::warn!(error = %e, "user store failed");
+        Status::unavailable(format!("user store unavailable: {e}"))
+    }
+
+    /// Admits one message: answered once the queue has it.
+    pub async fn send(&self, request: SendRequest) -> Result<SendReply, Status> {
+        let sender = self.session(&request.auth_token).await?;
+        validate_body(&request.body)?;
+        if request.client_msg_id.len() > self.inner.config.max_client_msg_id {
+            return Err(Status::invalid_argument(format!(
+                "clientMsgId is longer than {} bytes",
+                self.inner.config.max_client_msg_id
+            )));
+        }
+        let config = &self.inner.config;
+        let (kind, topic, key, to_user_name) = if request.to_user_id != 0 {
+            let recipient = self
+                .inner
+                .backends
+                .users
+                .user_by_id(request.to_user_id)
+                .await
+                .map_err(|e| self.store_unavailable(e))?
+                .ok_or_else(|| Status::not_found("rpc fail get friend userName"))?;
+            (MessageKind::Private, &config.private_topic, courier_wire::user_stream(recipient.id), recipient.name)
+        } else if request.room_id != 0 {
+            (MessageKind::Room, &config.room_topic, courier_wire::room_stream(request.room_id), String::new())
+        } else {
+            return Err(Status::invalid_argument("roomId or toUserId is required"));
+        };
+        let msg_id = self.inner.ids.next_id();
+        let record = MessageRecord {
+            version: RECORD_VERSION,
+            msg_id,
+            kind: kind as i32,
+            room_id: request.room_id,
+            to_user_id: request.to_user_id,
+            to_user_name,
+            from_user_id: sender.user_id,
+            from_user_name: sender.user_name,
+            body: request.body,
+            admitted_ms: now_ms(),
+            client_msg_id: request.client_msg_id,
+        };
+        let started = Instant::now();
+        if let Err(e) = self.inner.backends.queue.produce(topic, &key, &record.encode_to_vec()).await {
+            self.metrics().error("produce");
+            tracing::warn!(error = %e, %topic, "queue did not take a message");
+            return Err(Status::unavailable(format!("message not accepted, try again: {e}")));
+        }
+        self.metrics().produce_duration.observe(started.elapsed().as_secs_f64());
+        let kind = if kind == MessageKind::Room { "room" } else { "private" };
+        self.metrics().messages_admitted.get_or_create(&KindLabel { kind }).inc();
+        Ok(SendReply { msg_id })
+    }
+
+    fn mark_dirty(&self, room: u64) {
+        self.inner.dirty_rooms.lock().unwrap_or_else(|p| p.into_inner()).insert(room);
+    }
+
+    async fn room_count_frame(&self, room: u64) -> Result<Delivery, Status> {
+        let count = self.inner.backends.presence.count(room).await.map_err(|e| self.presence_unavailable(e))?;
+        Ok(room_delivery(room, to_text(&CountFrame::new(count))))
+    }
+
+    async fn room_info_frame(&self, room: u64) -> Result<Delivery, Status> {
+        let presence = &self.inner.backends.presence;
+        let count = presence.count(room).await.map_err(|e| self.presence_unavailable(e))?;
+        let members = presence
+            .members(room, self.inner.config.room_member_cap)
+            .await
+            .map_err(|e| self.presence_unavailable(e))?;
+        Ok(room_delivery(room, to_text(&RoomInfoFrame::new(room, count, members))))
+    }
+
+    fn presence_unavailable(&self, e: courier_presence::Error) -> Status {
+        self.metrics().error("presence");
+        Status::unavailable(format!("presence unavailable: {e}"))
+    }
+
+    /// Pushes op 4 and op 5 for every room whose membership changed since the last
+    /// flush.
+    async fn flush_dirty_rooms(&self) {
+        let rooms: Vec<u64> = self.inner.dirty_rooms.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for room in rooms {
+            match (self.room_count_frame(room).await, self.room_info_frame(room).await) {
+                (Ok(count), Ok(info)) => self.inner.backends.pusher.broadcast(&[count, info]),
+                _ => self.mark_dirty(room), // try again on the next flush
+            }
+        }
+    }
+
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = work.await;
+        let code = match &result {
+            Ok(_) => "Ok".to_owned(),
+            Err(status) => format!("{:?}", status.code()),
+        };
+        self.metrics().grpc_call(method, &code, started);
+        result.map(Response::new)
+    }
+}
+
+enum RegisterError {
+    Taken,
+    Status(Status),
+}
+
+impl From<Status> for RegisterError {
+    fn from(s: Status) -> Self {
+        Self::Status(s)
+    }
+}
+
+fn room_delivery(room: u64, body: String) -> Delivery {
+    Delivery { target: Some(Target::RoomId(room)), stream: String::new(), seq: 0, body, admitted_ms: 0 }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// User names: 1–20 characters, no control characters, no surrounding whitespace.
+pub fn validate_user_name(name: &str) -> Result<(), Status> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > 20 {
+        return Err(Status::invalid_argument("userName must be 1 to 20 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Status::invalid_argument("userName must not contain control characters"));
+    }
+    if name.trim() != name {
+        return Err(Status::invalid_argument("userName must not start or end with whitespace"));
+    }
+    Ok(())
+}
+
+/// Passwords: 1–128 bytes.
+pub fn validate_password(password: &str) -> Result<(), Status> {
+    if password.is_empty() || password.len() > 128 {
+        return Err(Status::invalid_argument("passWord must be 1 to 128 bytes"));
+    }
+    Ok(())
+}
+
+/// Message bodies: not empty, at most [`MAX_MESSAGE_BYTES`] of UTF-8.
+pub fn validate_body(body: &str) -> Result<(), Status> {
+    if body.is_empty() {
+        return Err(Status::invalid_argument("msg is empty"));
+    }
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "msg is {} bytes; the limit is {MAX_MESSAGE_BYTES} bytes",
+            body.len()
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl LogicRpc for Logic {
+    async fn register(&self, request: Request<Credentials>) -> Result<Response<SessionReply>, Status> {
+        let c = request.into_inner();
+        self.observed("Register", async {
+            self.register(&c.user_name, &c.password).await.map_err(|e| match e {
+                RegisterError::Taken => Status::already_exists("this user name already have , please login !!!"),
+                RegisterError::Status(s) => s,
+            })
+        })
+        .await
+    }
+
+    async fn login(&self, request: Request<Credentials>) -> Result<Response<SessionReply>, Status> {
+        let c = request.into_inner();
+        self.observed("Login", async {
+            let denied = || Status::unauthenticated("no this user or password error!");
+            if validate_user_name(&c.user_name).is_err() || validate_password(&c.password).is_err() {
+                return Err(denied());
+            }
+            let user = self.inner.backends.users.user_by_name(&c.user_name).await.map_err(|e| self.store_unavailable(e))?;
+            let ok = self
+                .inner
+                .hasher
+                .verify(c.password, user.as_ref().map(|u| u.password_hash.clone()))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            match user {
+                Some(user) if ok => self.new_session(SessionUser { user_id: user.id, user_name: user.name }).await,
+                _ => Err(denied()),
+            }
+        })
+        .await
+    }
+
+    async fn check_auth(&self, request: Request<TokenRequest>) -> Result<Response<UserReply>, Status> {
+        let token = request.into_inner().auth_token;
+        self.observed("CheckAuth", async {
+            let user = self.session(&token).await?;
+            Ok(UserReply { user_id: user.user_id, user_name: user.user_name })
+        })
+        .await
+    }
+
+    async fn logout(&self, request: Request<TokenRequest>) -> Result<Response<Empty>, Status> {
+        let token = request.into_inner().auth_token;
+        self.observed("Logout", async {
+            match self.inner.backends.sessions.revoke(&token).await {
+                Ok(Some(_)) => Ok(Empty {}),
+                Ok(None) => Err(Status::unauthenticated("Session error")),
+                Err(e) => Err(Status::unavailable(format!("sessions unavailable: {e}"))),
+            }
+        })
+        .await
+    }
+
+    async fn join_room(&self, request: Request<JoinRoomRequest>) -> Result<Response<UserReply>, Status> {
+        let r = request.into_inner();
+        self.observed("JoinRoom", async {
+            let user = self.session(&r.auth_token).await?;
+            if r.room_id != 0 {
+                self.inner.backends.presence.join(r.room_id, &user, &r.server_id).await.map_err(|e| self.presence_unavailable(e))?;
+                self.mark_dirty(r.room_id);
+            }
+            Ok(UserReply { user_id: user.user_id, user_name: user.user_name })
+        })
+        .await
+    }
+
+    async fn leave_room(&self, request: Request<LeaveRoomRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.observed("LeaveRoom", async {
+            self.inner.backends.presence.leave(r.room_id, r.user_id, &r.server_id).await.map_err(|e| self.presence_unavailable(e))?;
+            self.mark_dirty(r.room_id);
+            Ok(Empty {})
+        })
+        .await
+    }
+
+    async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendReply>, Status> {
+        let r = request.into_inner();
+        self.observed("Send", self.send(r)).await
+    }
+
+    async fn push_room_count(&self, request: Request<RoomRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.observed("PushRoomCount", async {
+            self.session(&r.auth_token).await?;
+            if r.room_id == 0 {
+                return Err(Status::invalid_argument("roomId is required"));
+            }
+            let frame = self.room_count_frame(r.room_id).await?;
+            self.inner.backends.pusher.broadcast(&[frame]);
+            Ok(Empty {})
+        })
+        .await
+    }
+
+    async fn push_room_info(&self, request: Request<RoomRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.observed("PushRoomInfo", async {
+            self.session(&r.auth_token).await?;
+            if r.room_id == 0 {
+                return Err(Status::invalid_argument("roomId is required"));
+            }
+            let frame = self.room_info_frame(r.room_id).await?;
+            self.inner.backends.pusher.broadcast(&[frame]);
+            Ok(Empty {})
+        })
+        .await
+    }
+}
+
+/// Serves logic's gRPC interface on `listener` until `shutdown`, flushing presence
+/// updates in the background.
+pub async fn serve(
+    logic: Logic,
+    listener: TcpListener,
+    ready: ReadyFlag,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let flusher = logic.clone();
+    let flush_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(flusher.inner.config.presence_flush_interval);
+        loop {
+            tokio::select! {
+                _ = flush_stop.cancelled() => break,
+                _ = ticker.tick() => flusher.flush_dirty_rooms().await,
+            }
+        }
+    });
+    ready.set(true);
+    let result = tonic::transport::Server::builder()
+        .add_service(LogicServer::new(logic))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
+        .await;
+    ready.set(false);
+    Ok(result?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_follow_the_rules() {
+        for ok in ["demo", "a", "二十个字符的名字也可以", "Ann Lee", "x".repeat(20).as_str()] {
+            assert!(validate_user_name(ok).is_ok(), "{ok:?} is valid");
+        }
+        for bad in ["", " ann", "ann ", "a\nb", "a\u{7}", &"x".repeat(21)] {
+            assert!(validate_user_name(bad).is_err(), "{bad:?} is invalid");
+        }
+    }
+
+    #[test]
+    fn bodies_are_bounded_in_bytes() {
+        assert!(validate_body("hi").is_ok());
+        assert!(validate_body(&"x".repeat(MAX_MESSAGE_BYTES)).is_ok());
+        assert!(validate_body(&"x".repeat(MAX_MESSAGE_BYTES + 1)).is_err());
+        // 1,334 three-byte characters exceed 4,000 bytes though they are few chars.
+        assert!(validate_body(&"好".repeat(1_334)).is_err());
+        assert!(validate_body("").is_err());
+    }
+}

@@ -1,1 +1,301 @@
-//! courier-task
+//! The task tier: consumes the queue, persists each message with its stream seq,
+//! commits, then hands the frames to the connect nodes.
+//!
+//! The store is the point of durability, so the order inside one poll is fixed:
+//! persist the whole batch in one transaction → commit each partition's last
+//! offset → push. A crash before the commit redelivers the batch, and the store's
+//! idempotence by message id gives the redelivered messages their original seqs,
+//! which connect then drops as already sent. Persisting is retried until it
+//! succeeds (skipping would lose a message, and going on would reorder a stream);
+//! pushing never waits (see `courier-push`). A record that cannot be decoded is
+//! logged, counted and skipped, so one bad record cannot stall its partition.
+//!
+//! Records of one partition are handled in offset order; a batch holds records of
+//! several partitions, each in order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier_proto::connect::{Delivery, delivery::Target};
+use courier_proto::record::{MessageKind as RecordKind, MessageRecord};
+use courier_push::Pusher;
+use courier_queue::{Consumer, Queue, Record};
+use courier_store::{Appended, HistoryStore, Message, MessageKind};
+use courier_telemetry::{Metrics, ReadyFlag, TopicLabel};
+use courier_wire::frame::{MessageFrame, op, to_text};
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+
+/// The task tier's configuration.
+#[derive(Debug, Clone)]
+pub struct TaskConfig {
+    /// Consumer group shared by all task workers.
+    pub group: String,
+    pub room_topic: String,
+    pub private_topic: String,
+    /// Most records persisted in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self {
+            group: "courier-task".into(),
+            room_topic: "courier-room".into(),
+            private_topic: "courier-private".into(),
+            max_batch: 512,
+        }
+    }
+}
+
+/// What task works with.
+#[derive(Clone)]
+pub struct TaskBackends {
+    pub queue: Arc<dyn Queue>,
+    pub history: Arc<dyn HistoryStore>,
+    pub pusher: Pusher,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Consumes until `shutdown`; never returns early because a backend failed (it
+/// retries, with backoff, and reports).
+pub async fn run(config: TaskConfig, backends: TaskBackends, ready: ReadyFlag, shutdown: CancellationToken) {
+    let topics = vec![config.room_topic.clone(), config.private_topic.clone()];
+    let mut backoff = Backoff::default();
+    let mut consumer = loop {
+        match backends.queue.subscribe(&config.group, &topics).await {
+            Ok(consumer) => break consumer,
+            Err(e) => {
+                tracing::warn!(error = %e, "task could not join its consumer group; retrying");
+                backends.metrics.error("subscribe");
+                if !backoff.wait(&shutdown).await {
+                    return;
+                }
+            }
+        }
+    };
+    ready.set(true);
+    tracing::info!(group = %config.group, "task consuming");
+    loop {
+        let polled = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            polled = consumer.poll(config.max_batch, Duration::from_millis(500)) => polled,
+        };
+        match polled {
+            Ok(records) if records.is_empty() => {}
+            Ok(records) => {
+                backoff.reset();
+                if !handle_batch(&backends, consumer.as_mut(), records, &shutdown).await {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "poll failed; retrying");
+                backends.metrics.error("poll");
+                if !backoff.wait(&shutdown).await {
+                    break;
+                }
+            }
+        }
+    }
+    ready.set(false);
+    if let Err(e) = consumer.close().await {
+        tracing::warn!(error = %e, "leaving the consumer group failed");
+    }
+}
+
+/// Persists, commits and pushes one batch. Returns false if shutdown interrupted
+/// it (nothing is committed then, so the records will be redelivered).
+async fn handle_batch(
+    backends: &TaskBackends,
+    consumer: &mut dyn Consumer,
+    records: Vec<Record>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut last_offsets: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    let mut messages = Vec::with_capacity(records.len());
+    for record in &records {
+        backends.metrics.records_consumed.get_or_create(&TopicLabel { topic: record.topic.clone() }).inc();
+        last_offsets.insert((record.topic.clone(), record.partition), record.offset);
+        match decode(record) {
+            Ok(message) => messages.push(message),
+            Err(reason) => {
+                backends.metrics.error("bad_record");
+                tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "skipping undecodable record");
+            }
+        }
+    }
+
+    let mut backoff = Backoff::default();
+    let positions = loop {
+        let started = Instant::now();
+        match backends.history.append(&messages).await {
+            Ok(positions) => {
+                backends.metrics.history_write_duration.observe(started.elapsed().as_secs_f64());
+                break positions;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, messages = messages.len(), "persisting failed; retrying");
+                backends.metrics.error("history_write");
+                if !backoff.wait(shutdown).await {
+                    return false;
+                }
+            }
+        }
+    };
+
+    for ((topic, partition), offset) in &last_offsets {
+        if let Err(e) = consumer.commit(topic, *partition, *offset).await {
+            // Not fatal: the records are persisted, and a redelivery keeps its seqs.
+            tracing::warn!(error = %e, %topic, partition, "commit failed; records may be redelivered");
+            backends.metrics.error("commit");
+        }
+    }
+
+    let mut deliveries = Vec::with_capacity(messages.len() * 2);
+    for (message, positions) in messages.iter().zip(&positions) {
+        deliveries.extend(frames_for(message, positions));
+    }
+    backends.pusher.broadcast(&deliveries);
+    true
+}
+
+/// Decodes a queue record into a message.
+fn decode(record: &Record) -> Result<Message, String> {
+    let r = MessageRecord::decode(record.value.as_slice()).map_err(|e| e.to_string())?;
+    let kind = match RecordKind::try_from(r.kind) {
+        Ok(RecordKind::Room) if r.room_id != 0 => MessageKind::Room,
+        Ok(RecordKind::Private) if r.to_user_id != 0 => MessageKind::Private,
+        _ => return Err(format!("kind {} with room {} and recipient {}", r.kind, r.room_id, r.to_user_id)),
+    };
+    if r.msg_id == 0 {
+        return Err("message id 0".into());
+    }
+    Ok(Message {
+        msg_id: r.msg_id,
+        kind,
+        room_id: r.room_id,
+        from_user_id: r.from_user_id,
+        from_user_name: r.from_user_name,
+        to_user_id: r.to_user_id,
+        to_user_name: r.to_user_name,
+        body: r.body,
+        admitted_ms: r.admitted_ms,
+        client_msg_id: r.client_msg_id,
+    })
+}
+
+/// The frames of one persisted message: op 3 to its room, or op 2 to each inbox it
+/// was appended to (the recipient's and the sender's copy).
+pub fn frames_for(message: &Message, positions: &[Appended]) -> Vec<Delivery> {
+    positions
+        .iter()
+        .filter_map(|position| {
+            let (op, target) = match message.kind {
+                MessageKind::Room => (op::ROOM, Target::RoomId(message.room_id)),
+                MessageKind::Private => {
+                    let user = position.stream.strip_prefix("user:")?.parse().ok()?;
+                    (op::PRIVATE, Target::UserId(user))
+                }
+            };
+            let frame = MessageFrame {
+                code: 0,
+                msg: message.body.clone(),
+                from_user_id: message.from_user_id,
+                from_user_name: message.from_user_name.clone(),
+                to_user_id: message.to_user_id,
+                to_user_name: message.to_user_name.clone(),
+                room_id: message.room_id,
+                op,
+                create_time: courier_wire::time::create_time(message.admitted_ms),
+                msg_id: message.msg_id.to_string(),
+                stream: position.stream.clone(),
+                seq: position.seq,
+                epoch: position.epoch.clone(),
+            };
+            Some(Delivery {
+                target: Some(target),
+                stream: position.stream.clone(),
+                seq: position.seq,
+                body: to_text(&frame),
+                admitted_ms: message.admitted_ms,
+            })
+        })
+        .collect()
+}
+
+/// Exponential backoff from 100 ms to 5 s.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Duration::from_millis(100) }
+    }
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Sleeps the next delay; false if shutdown came first.
+    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_message_frames_go_to_each_inbox_with_its_seq() {
+        let message = Message {
+            msg_id: 42,
+            kind: MessageKind::Private,
+            room_id: 1,
+            from_user_id: 7,
+            from_user_name: "ann".into(),
+            to_user_id: 9,
+            to_user_name: "bob".into(),
+            body: "hi".into(),
+            admitted_ms: 0,
+            client_msg_id: String::new(),
+        };
+        let positions = vec![
+            Appended { stream: "user:9".into(), seq: 3, epoch: "e9".into() },
+            Appended { stream: "user:7".into(), seq: 5, epoch: "e7".into() },
+        ];
+        let deliveries = frames_for(&message, &positions);
+        assert_eq!(deliveries.len(), 2);
+        assert_eq!(deliveries[0].target, Some(Target::UserId(9)));
+        assert_eq!(deliveries[1].target, Some(Target::UserId(7)));
+        let frame = courier_wire::frame::parse_server_frame(&deliveries[1].body).expect("valid frame");
+        assert_eq!((frame.op, frame.seq, frame.stream.as_str(), frame.msg_id.as_str()), (2, 5, "user:7", "42"));
+        assert_eq!(frame.create_time, "1970-01-01 00:00:00");
+    }
+
+    #[test]
+    fn undecodable_records_are_refused_not_panicked_on() {
+        let record = Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            key: "k".into(),
+            value: vec![0xff, 0xff, 0xff],
+            timestamp_ms: 0,
+        };
+        assert!(decode(&record).is_err());
+        let empty = MessageRecord::default().encode_to_vec();
+        assert!(decode(&Record { value: empty, ..record }).is_err(), "kind unspecified");
+    }
+}

@@ -252,3 +252,8 @@ mod tests {
         assert_eq!(text, r#"{"op":5,"roomId":3,"count":1,"roomUserInfo":{"7":"demo"}}"#);
     }
 }
+
+/// Parses a server message frame (op 2 or 3); for clients and tests.
+pub fn parse_server_frame(text: &str) -> Result<MessageFrame, ParseError> {
+    Ok(serde_json::from_str(text)?)
+}

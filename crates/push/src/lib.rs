@@ -1,0 +1,207 @@
+//! Handing frames to connect nodes without ever waiting on them.
+//!
+//! Task persists and commits at the pace of the store; a connect node may be slow,
+//! restarting or dead. So a [`Pusher`] keeps one bounded queue and one worker per
+//! node: [`Pusher::broadcast`] only `try_send`s into the queues and returns at once,
+//! and each worker drains its queue into batched `Push` calls. A full queue drops
+//! the frames for that node (counted as `courier_pushes_total{result="dropped"}`);
+//! the messages are already persisted, and clients recover them by resuming from
+//! their last seq. The node list is refreshed from discovery in the background.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use courier_discovery::{ConnectNode, Discovery};
+use courier_proto::connect::connect_client::ConnectClient;
+use courier_proto::connect::{Delivery, PushRequest};
+use courier_telemetry::{Metrics, ResultLabel};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// Tuning of the push path.
+#[derive(Debug, Clone)]
+pub struct PusherOptions {
+    /// Frames waiting per node before new ones are dropped for that node.
+    pub queue_capacity: usize,
+    /// Most frames in one `Push` call.
+    pub max_batch: usize,
+    /// How often the node list is re-read from discovery.
+    pub refresh_interval: Duration,
+    /// Deadline of one `Push` call.
+    pub call_timeout: Duration,
+    /// Attempts per batch before it is dropped (the node is likely gone).
+    pub attempts: u32,
+}
+
+impl Default for PusherOptions {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 65_536,
+            max_batch: 512,
+            refresh_interval: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(5),
+            attempts: 3,
+        }
+    }
+}
+
+struct NodeQueue {
+    node: ConnectNode,
+    tx: mpsc::Sender<Delivery>,
+    stop: CancellationToken,
+}
+
+/// Fan-out of frames to every connect node; cheap to clone.
+#[derive(Clone)]
+pub struct Pusher {
+    nodes: Arc<Mutex<HashMap<String, NodeQueue>>>,
+    metrics: Arc<Metrics>,
+    options: PusherOptions,
+}
+
+impl std::fmt::Debug for Pusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pusher").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl Pusher {
+    /// Starts a pusher that follows `discovery` until `shutdown`.
+    pub async fn start(
+        discovery: Arc<dyn Discovery>,
+        metrics: Arc<Metrics>,
+        options: PusherOptions,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let pusher = Self { nodes: Arc::default(), metrics, options };
+        pusher.refresh(discovery.as_ref(), &shutdown).await;
+        let background = pusher.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(background.options.refresh_interval);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ticker.tick() => background.refresh(discovery.as_ref(), &shutdown).await,
+                }
+            }
+            for (_, queue) in background.lock().drain() {
+                queue.stop.cancel();
+            }
+        });
+        pusher
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeQueue>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-reads the node list: starts workers for new nodes, stops removed ones.
+    async fn refresh(&self, discovery: &dyn Discovery, shutdown: &CancellationToken) {
+        let nodes = match discovery.connect_nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                // Keep pushing to the nodes we know.
+                tracing::warn!(error = %e, "discovery failed; keeping the current connect nodes");
+                self.metrics.error("discovery");
+                return;
+            }
+        };
+        let mut current = self.lock();
+        current.retain(|id, queue| {
+            let keep = nodes.iter().any(|n| n.server_id == *id && n.push_addr == queue.node.push_addr);
+            if !keep {
+                queue.stop.cancel();
+            }
+            keep
+        });
+        for node in nodes {
+            if current.contains_key(&node.server_id) {
+                continue;
+            }
+            let endpoint = match Endpoint::from_shared(format!("http://{}", node.push_addr)) {
+                Ok(e) => e.connect_timeout(self.options.call_timeout).timeout(self.options.call_timeout),
+                Err(e) => {
+                    tracing::error!(node = %node.server_id, addr = %node.push_addr, error = %e, "invalid connect node address");
+                    continue;
+                }
+            };
+            let (tx, rx) = mpsc::channel(self.options.queue_capacity);
+            let stop = shutdown.child_token();
+            tokio::spawn(node_worker(
+                node.clone(),
+                ConnectClient::new(endpoint.connect_lazy()),
+                rx,
+                self.metrics.clone(),
+                self.options.clone(),
+                stop.clone(),
+            ));
+            tracing::info!(node = %node.server_id, addr = %node.push_addr, "pushing to connect node");
+            current.insert(node.server_id.clone(), NodeQueue { node, tx, stop });
+        }
+    }
+
+    /// Queues `deliveries` to every connect node; never waits.
+    pub fn broadcast(&self, deliveries: &[Delivery]) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let nodes = self.lock();
+        for queue in nodes.values() {
+            for delivery in deliveries {
+                if queue.tx.try_send(delivery.clone()).is_err() {
+                    self.metrics.pushes.get_or_create(&ResultLabel { result: "dropped" }).inc();
+                }
+            }
+        }
+    }
+
+    /// The number of connect nodes pushed to.
+    pub fn node_count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+async fn node_worker(
+    node: ConnectNode,
+    mut client: ConnectClient<Channel>,
+    mut rx: mpsc::Receiver<Delivery>,
+    metrics: Arc<Metrics>,
+    options: PusherOptions,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(options.max_batch);
+    loop {
+        let received = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = rx.recv_many(&mut batch, options.max_batch) => n,
+        };
+        if received == 0 {
+            return;
+        }
+        let deliveries = std::mem::take(&mut batch);
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=options.attempts {
+            let request = PushRequest { deliveries: deliveries.clone() };
+            match client.push(request).await {
+                Ok(_) => {
+                    metrics.pushes.get_or_create(&ResultLabel { result: "ok" }).inc();
+                    break;
+                }
+                Err(status) if attempt == options.attempts => {
+                    tracing::warn!(node = %node.server_id, error = %status, frames = deliveries.len(), "push failed; frames dropped for this node");
+                    metrics.pushes.get_or_create(&ResultLabel { result: "error" }).inc();
+                }
+                Err(status) => {
+                    tracing::debug!(node = %node.server_id, error = %status, attempt, "push failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay *= 2;
+                }
+            }
+        }
+    }
+}
