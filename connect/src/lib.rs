@@ -1,1 +1,172 @@
-//! courier-connect
+//! The connect tier: holds clients' long connections (WebSocket and TCP) and writes
+//! to them the frames that task and logic push.
+//!
+//! - [`hub`]: channels indexed by user and room in locked buckets; each channel has
+//!   a bounded outbound queue and drops frames it has already sent.
+//! - [`gateway`]: what every connection does, whatever the transport.
+//! - [`ws`] and [`tcp`]: gochat's two transports.
+//! - [`push`]: the gRPC service task and logic call.
+//!
+//! Shutdown stops accepting, closes every connection with "going away" (clients
+//! reconnect, to another node in a cluster), releases presence, and returns once
+//! the connections are gone or `drain_timeout` has passed.
+
+pub mod gateway;
+pub mod hub;
+pub mod push;
+pub mod tcp;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::routing::get;
+use courier_proto::connect::connect_server::ConnectServer;
+use courier_proto::logic::logic_client::LogicClient;
+use courier_telemetry::{Metrics, ReadyFlag};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Endpoint;
+
+use crate::gateway::Gateway;
+use crate::hub::{Hub, close_code};
+
+/// The connect tier's configuration.
+#[derive(Debug, Clone)]
+pub struct ConnectConfig {
+    /// This node's `serverId`, unique in the cluster (a pod name in Kubernetes).
+    pub server_id: String,
+    /// Buckets of the hub; more buckets, less lock contention.
+    pub buckets: usize,
+    /// Frames waiting per connection before it is closed as too slow.
+    pub outbound_capacity: usize,
+    /// Largest client frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// WebSocket read buffer. tungstenite's default (128 KiB) per connection is
+    /// most of an idle connection's memory; client frames are small.
+    pub ws_read_buffer: usize,
+    /// WebSocket write buffer before a flush is forced.
+    pub ws_write_buffer: usize,
+    /// Most bytes buffered for a WebSocket that cannot write.
+    pub ws_max_write_buffer: usize,
+    /// Time a new connection has to authenticate.
+    pub auth_timeout: Duration,
+    /// Server heartbeat interval (gochat: 54 s).
+    pub ping_interval: Duration,
+    /// A WebSocket silent this long is dropped (gochat: 60 s).
+    pub pong_timeout: Duration,
+    /// A write that takes longer drops the connection (gochat: 10 s).
+    pub write_timeout: Duration,
+    /// Longest wait for connections to finish at shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        Self {
+            server_id: "connect-0".into(),
+            buckets: 64,
+            outbound_capacity: 1024,
+            max_frame_bytes: 16 * 1024,
+            ws_read_buffer: 4 * 1024,
+            ws_write_buffer: 0,
+            ws_max_write_buffer: 1024 * 1024,
+            auth_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(54),
+            pong_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The sockets connect serves on, bound by the caller (so tests can use port 0).
+#[derive(Debug)]
+pub struct ConnectListeners {
+    /// WebSocket, at `/ws`.
+    pub ws: TcpListener,
+    /// gochat's TCP protocol.
+    pub tcp: Option<TcpListener>,
+    /// The gRPC push service.
+    pub push: TcpListener,
+}
+
+/// State shared by connection tasks.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectState {
+    pub(crate) gateway: Gateway,
+    pub(crate) tracker: TaskTracker,
+}
+
+/// Why connect stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid logic address {0:?}")]
+    LogicAddress(String),
+    #[error("push service failed: {0}")]
+    Push(#[from] tonic::transport::Error),
+    #[error("websocket server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the connect tier until `shutdown`, then drains.
+pub async fn run(
+    config: ConnectConfig,
+    listeners: ConnectListeners,
+    logic_addr: &str,
+    metrics: Arc<Metrics>,
+    ready: ReadyFlag,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{logic_addr}"))
+        .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    let hub = Arc::new(Hub::new(config.buckets, metrics));
+    let gateway = Gateway { hub: hub.clone(), logic: LogicClient::new(endpoint.connect_lazy()), config: Arc::new(config) };
+    let tracker = TaskTracker::new();
+    let state = ConnectState { gateway, tracker: tracker.clone() };
+
+    let stop_accepting = CancellationToken::new();
+    let app = Router::new().route("/ws", get(ws::upgrade)).with_state(state.clone());
+    let ws_server = tokio::spawn({
+        let stop = stop_accepting.clone();
+        let listener = listeners.ws;
+        async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
+    });
+    if let Some(tcp) = listeners.tcp {
+        tokio::spawn(tcp::accept_loop(tcp, state.clone(), stop_accepting.clone()));
+    }
+    let push_stop = CancellationToken::new();
+    let push_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ConnectServer::new(push::PushService { hub: hub.clone() }))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listeners.push),
+                push_stop.clone().cancelled_owned(),
+            ),
+    );
+    ready.set(true);
+    tracing::info!(server_id = %state.gateway.config.server_id, "connect serving");
+
+    shutdown.cancelled().await;
+    ready.set(false);
+    stop_accepting.cancel();
+    for channel in hub.all() {
+        channel.close(close_code::GOING_AWAY, "server shutting down; reconnect");
+    }
+    tracker.close();
+    if tokio::time::timeout(state.gateway.config.drain_timeout, tracker.wait()).await.is_err() {
+        tracing::warn!(left = tracker.len(), "connections still open after the drain timeout");
+    }
+    push_stop.cancel();
+    let _ = push_server.await;
+    let _ = ws_server.await;
+    Ok(())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

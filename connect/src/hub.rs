@@ -1,0 +1,346 @@
+//! The channels this node holds, indexed by user and by room.
+//!
+//! Channels are spread over buckets by user id (all of one user's channels share a
+//! bucket), each bucket behind its own mutex: a push to a user touches one bucket,
+//! a room broadcast visits each bucket briefly, and joins and leaves in different
+//! buckets never contend. Locks are held only to copy out the `Arc`s of the
+//! channels concerned; frames are queued after the lock is released, and queueing
+//! never waits (see [`Channel::offer`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use courier_telemetry::{Metrics, TransportLabel};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What a connection's writer sends next.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A JSON frame; `admitted_ms` is the message's admission time (0 if none).
+    Frame { text: Utf8Bytes, admitted_ms: i64 },
+}
+
+/// One long connection of one user.
+#[derive(Debug)]
+pub struct Channel {
+    pub id: u64,
+    pub user_id: u64,
+    pub user_name: String,
+    pub auth_token: String,
+    pub transport: &'static str,
+    tx: mpsc::Sender<Outbound>,
+    /// Last seq queued per stream, so a redelivered or replayed frame is never sent
+    /// twice or out of order (gochat clients cannot deduplicate).
+    last_seq: Mutex<HashMap<String, u64>>,
+    rooms: Mutex<HashSet<u64>>,
+    /// Cancelled when the connection must end; the reason says why.
+    closed: CancellationToken,
+    close_reason: Mutex<Option<CloseReason>>,
+}
+
+/// Why a connection ends: a WebSocket close code and a text for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub text: String,
+}
+
+/// WebSocket close codes Courier uses (RFC 6455 §7.4.1).
+pub mod close_code {
+    /// The client closed, or asked to.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down: reconnect (to another node).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the protocol (bad auth message, bad frame).
+    pub const POLICY: u16 = 1008;
+    /// The client did not keep up; reconnect and resume.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Channel {
+    pub fn new(
+        id: u64,
+        user_id: u64,
+        user_name: String,
+        auth_token: String,
+        transport: &'static str,
+        tx: mpsc::Sender<Outbound>,
+    ) -> Self {
+        Self {
+            id,
+            user_id,
+            user_name,
+            auth_token,
+            transport,
+            tx,
+            last_seq: Mutex::default(),
+            rooms: Mutex::default(),
+            closed: CancellationToken::new(),
+            close_reason: Mutex::default(),
+        }
+    }
+
+    /// Queues a pushed frame. A frame of a stream (`stream` not empty) whose seq is
+    /// not newer than the last queued for that stream is dropped as a duplicate. A
+    /// full queue closes the connection: the client is not keeping up, and
+    /// skipping frames silently would leave a gap it cannot see.
+    pub fn offer(&self, stream: &str, seq: u64, text: &Utf8Bytes, admitted_ms: i64, metrics: &Metrics) -> bool {
+        if !stream.is_empty() {
+            let mut last = lock(&self.last_seq);
+            match last.get_mut(stream) {
+                Some(prev) if *prev >= seq => return false,
+                Some(prev) => *prev = seq,
+                None => {
+                    last.insert(stream.to_owned(), seq);
+                }
+            }
+        }
+        self.queue(Outbound::Frame { text: text.clone(), admitted_ms }, metrics)
+    }
+
+    /// Queues a reply (ack, error) to this connection.
+    pub fn reply(&self, text: String, metrics: &Metrics) -> bool {
+        self.queue(Outbound::Frame { text: text.into(), admitted_ms: 0 }, metrics)
+    }
+
+    fn queue(&self, outbound: Outbound, metrics: &Metrics) -> bool {
+        match self.tx.try_send(outbound) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.closed.is_cancelled() {
+                    metrics.slow_consumer_closes.inc();
+                    self.close(
+                        close_code::TRY_AGAIN_LATER,
+                        "outbound queue full: the client is not reading fast enough; reconnect and resume",
+                    );
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the connection to end with `reason` (the first reason wins).
+    pub fn close(&self, code: u16, reason: &str) {
+        let mut slot = lock(&self.close_reason);
+        if slot.is_none() {
+            *slot = Some(CloseReason { code, text: reason.to_owned() });
+        }
+        self.closed.cancel();
+    }
+
+    /// Resolves when the connection must end.
+    pub async fn closing(&self) {
+        self.closed.cancelled().await;
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Why the connection is ending, if it is.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        lock(&self.close_reason).clone()
+    }
+
+    /// The rooms this channel is in.
+    pub fn rooms(&self) -> Vec<u64> {
+        let mut rooms: Vec<u64> = lock(&self.rooms).iter().copied().collect();
+        rooms.sort_unstable();
+        rooms
+    }
+
+    pub fn in_room(&self, room: u64) -> bool {
+        lock(&self.rooms).contains(&room)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    channels: HashMap<u64, Arc<Channel>>,
+    users: HashMap<u64, HashSet<u64>>,
+    rooms: HashMap<u64, HashSet<u64>>,
+}
+
+/// All channels of this node.
+#[derive(Debug)]
+pub struct Hub {
+    buckets: Box<[Mutex<Bucket>]>,
+    /// Local channels per room, for the `courier_rooms` gauge.
+    room_channels: Mutex<HashMap<u64, usize>>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(buckets: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            buckets: (0..buckets.max(1)).map(|_| Mutex::default()).collect(),
+            room_channels: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    fn bucket(&self, user_id: u64) -> MutexGuard<'_, Bucket> {
+        lock(&self.buckets[(user_id % self.buckets.len() as u64) as usize])
+    }
+
+    /// A fresh channel id.
+    pub fn next_channel_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Registers a channel (in no room yet).
+    pub fn add(&self, channel: Arc<Channel>) {
+        self.metrics.connections.get_or_create(&TransportLabel { transport: channel.transport }).inc();
+        let mut bucket = self.bucket(channel.user_id);
+        bucket.users.entry(channel.user_id).or_default().insert(channel.id);
+        bucket.channels.insert(channel.id, channel);
+    }
+
+    /// Puts a channel into a room; false if it was already there.
+    pub fn join(&self, channel: &Channel, room: u64) -> bool {
+        if !lock(&channel.rooms).insert(room) {
+            return false;
+        }
+        self.bucket(channel.user_id).rooms.entry(room).or_default().insert(channel.id);
+        let mut rooms = lock(&self.room_channels);
+        *rooms.entry(room).or_default() += 1;
+        self.metrics.rooms.set(rooms.len() as i64);
+        true
+    }
+
+    /// Takes a channel out of a room; false if it was not there.
+    pub fn leave(&self, channel: &Channel, room: u64) -> bool {
+        if !lock(&channel.rooms).remove(&room) {
+            return false;
+        }
+        {
+            let mut bucket = self.bucket(channel.user_id);
+            if let Some(members) = bucket.rooms.get_mut(&room) {
+                members.remove(&channel.id);
+                if members.is_empty() {
+                    bucket.rooms.remove(&room);
+                }
+            }
+        }
+        let mut rooms = lock(&self.room_channels);
+        if let Some(n) = rooms.get_mut(&room) {
+            *n -= 1;
+            if *n == 0 {
+                rooms.remove(&room);
+            }
+        }
+        self.metrics.rooms.set(rooms.len() as i64);
+        true
+    }
+
+    /// Unregisters a channel; returns the rooms it was in.
+    pub fn remove(&self, channel: &Channel) -> Vec<u64> {
+        let rooms = channel.rooms();
+        for room in &rooms {
+            self.leave(channel, *room);
+        }
+        let mut bucket = self.bucket(channel.user_id);
+        if bucket.channels.remove(&channel.id).is_some() {
+            self.metrics.connections.get_or_create(&TransportLabel { transport: channel.transport }).dec();
+        }
+        if let Some(ids) = bucket.users.get_mut(&channel.user_id) {
+            ids.remove(&channel.id);
+            if ids.is_empty() {
+                bucket.users.remove(&channel.user_id);
+            }
+        }
+        rooms
+    }
+
+    /// The channels in a room.
+    pub fn room(&self, room: u64) -> Vec<Arc<Channel>> {
+        let mut out = Vec::new();
+        for bucket in self.buckets.iter() {
+            let bucket = lock(bucket);
+            if let Some(ids) = bucket.rooms.get(&room) {
+                out.extend(ids.iter().filter_map(|id| bucket.channels.get(id).cloned()));
+            }
+        }
+        out
+    }
+
+    /// The channels of a user.
+    pub fn user(&self, user_id: u64) -> Vec<Arc<Channel>> {
+        let bucket = self.bucket(user_id);
+        bucket
+            .users
+            .get(&user_id)
+            .map(|ids| ids.iter().filter_map(|id| bucket.channels.get(id).cloned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every channel (for shutdown and session revocation).
+    pub fn all(&self) -> Vec<Arc<Channel>> {
+        let mut out = Vec::new();
+        for bucket in self.buckets.iter() {
+            out.extend(lock(bucket).channels.values().cloned());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(hub: &Hub, user: u64, capacity: usize) -> (Arc<Channel>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let ch = Arc::new(Channel::new(hub.next_channel_id(), user, format!("u{user}"), "t".into(), "ws", tx));
+        hub.add(ch.clone());
+        (ch, rx)
+    }
+
+    #[test]
+    fn rooms_and_users_index_channels() {
+        let hub = Hub::new(4, Arc::new(Metrics::new()));
+        let (a1, _r1) = channel(&hub, 1, 8);
+        let (a2, _r2) = channel(&hub, 1, 8);
+        let (b, _r3) = channel(&hub, 2, 8);
+        assert!(hub.join(&a1, 10));
+        assert!(!hub.join(&a1, 10), "joining twice is a no-op");
+        hub.join(&b, 10);
+        hub.join(&a2, 11);
+        assert_eq!(hub.room(10).len(), 2);
+        assert_eq!(hub.user(1).len(), 2);
+        assert_eq!(hub.remove(&a1), vec![10]);
+        assert_eq!(hub.room(10).iter().map(|c| c.user_id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(hub.user(1).len(), 1);
+        assert_eq!(hub.all().len(), 2);
+    }
+
+    #[test]
+    fn stale_seqs_are_dropped_and_overflow_closes() {
+        let metrics = Metrics::new();
+        let hub = Hub::new(1, Arc::new(Metrics::new()));
+        let (ch, mut rx) = channel(&hub, 1, 2);
+        let text = Utf8Bytes::from("{}");
+        assert!(ch.offer("room:1", 5, &text, 0, &metrics));
+        assert!(!ch.offer("room:1", 5, &text, 0, &metrics), "same seq again");
+        assert!(!ch.offer("room:1", 4, &text, 0, &metrics), "older seq");
+        assert!(ch.offer("room:2", 1, &text, 0, &metrics), "streams count separately");
+        assert!(!ch.is_closing());
+        assert!(!ch.offer("", 0, &text, 0, &metrics), "queue of two is full");
+        assert!(ch.is_closing(), "overflow closes the connection");
+        assert!(ch.close_reason().is_some_and(|r| r.text.contains("not reading fast enough") && r.code == 1013));
+        assert!(rx.try_recv().is_ok());
+    }
+}

@@ -1,0 +1,42 @@
+//! The connect tier's gRPC push service: frames from task (messages) and logic
+//! (counts, member lists) are queued to the local channels they target.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use courier_proto::connect::connect_server::Connect;
+use courier_proto::connect::{PushReply, PushRequest, delivery::Target};
+use tonic::{Request, Response, Status};
+
+use crate::hub::{Channel, Hub};
+
+/// Queues pushed frames to this node's channels.
+#[derive(Debug, Clone)]
+pub struct PushService {
+    pub hub: Arc<Hub>,
+}
+
+#[tonic::async_trait]
+impl Connect for PushService {
+    async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushReply>, Status> {
+        let metrics = self.hub.metrics().clone();
+        let mut queued = 0u64;
+        // A batch often holds several frames for one room: look its channels up once.
+        let mut rooms: HashMap<u64, Vec<Arc<Channel>>> = HashMap::new();
+        for delivery in request.into_inner().deliveries {
+            let text = Utf8Bytes::from(delivery.body);
+            let channels = match delivery.target {
+                Some(Target::RoomId(room)) => rooms.entry(room).or_insert_with(|| self.hub.room(room)).clone(),
+                Some(Target::UserId(user)) => self.hub.user(user),
+                None => continue,
+            };
+            for channel in channels {
+                if channel.offer(&delivery.stream, delivery.seq, &text, delivery.admitted_ms, &metrics) {
+                    queued += 1;
+                }
+            }
+        }
+        Ok(Response::new(PushReply { queued }))
+    }
+}

@@ -1,0 +1,162 @@
+//! gochat's TCP transport: `v1` frames (see `courier_wire::tcp`).
+//!
+//! The first frame must be op 6 with `authToken` and a non-zero `roomId`; later
+//! frames are op 3 room sends (gochat) or Courier's ops, and need not repeat the
+//! token. The server writes a `ping msg` frame every `ping_interval`, as gochat
+//! does; gochat's TCP clients send no heartbeat of their own, so a silent client
+//! is not dropped. A malformed frame (bad version bytes, a length below 4) gets an
+//! op 9 error and closes this connection only.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use courier_telemetry::TransportLabel;
+use courier_wire::frame::{ClientFrame, ErrorFrame, op, to_text};
+use courier_wire::tcp::V1Codec;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Channel, Outbound, close_code};
+use crate::{ConnectState, now_ms};
+
+const TRANSPORT: &str = "tcp";
+const PING: &[u8] = b"ping msg";
+
+type Sink = SplitSink<Framed<TcpStream, V1Codec>, Bytes>;
+
+/// Accepts TCP clients until `shutdown`.
+pub(crate) async fn accept_loop(listener: TcpListener, state: ConnectState, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                state.tracker.spawn(serve(state.clone(), stream));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "tcp accept failed");
+                state.gateway.metrics().error("accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve(state: ConnectState, stream: TcpStream) {
+    let gateway = &state.gateway;
+    let config = gateway.config.clone();
+    let (mut sink, mut frames) = Framed::new(stream, V1Codec).split();
+
+    let first = tokio::time::timeout(config.auth_timeout, frames.next()).await;
+    let frame = match first {
+        Ok(Some(Ok(payload))) => ClientFrame::parse(&payload).map_err(|e| e.to_string()),
+        Ok(Some(Err(e))) => Err(e.to_string()),
+        Ok(None) => return,
+        Err(_) => Err("no op 6 frame in time".to_owned()),
+    };
+    let (token, room) = match frame {
+        Ok(f) if f.op == Some(op::TCP_JOIN) => match (f.auth_token, f.room_id) {
+            (Some(token), Some(room)) if !token.is_empty() && room != 0 => (token, room),
+            _ => return refuse(&mut sink, "op 6 needs authToken and a non-zero roomId").await,
+        },
+        Ok(_) => return refuse(&mut sink, "the first frame must be op 6 (authenticate and join)").await,
+        Err(reason) => return refuse(&mut sink, &reason).await,
+    };
+    let (tx, rx) = mpsc::channel(config.outbound_capacity);
+    let channel = match gateway.open(&token, room, TRANSPORT, tx).await {
+        Ok(channel) => channel,
+        Err(reason) => return refuse(&mut sink, &reason).await,
+    };
+
+    let writer = tokio::spawn(write_loop(sink, rx, channel.clone(), state.clone()));
+    loop {
+        let next = tokio::select! {
+            _ = channel.closing() => break,
+            next = frames.next() => next,
+        };
+        match next {
+            Some(Ok(payload)) => gateway.handle(&channel, &payload).await,
+            Some(Err(e)) => channel.close(close_code::POLICY, &e.to_string()),
+            None => channel.close(close_code::NORMAL, "closed by the client"),
+        }
+    }
+    let _ = writer.await;
+    gateway.close(&channel).await;
+}
+
+async fn refuse(sink: &mut Sink, reason: &str) {
+    let text = to_text(&ErrorFrame::new(reason, None));
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Bytes::from(text))).await;
+    let _ = sink.close().await;
+}
+
+async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Outbound>, channel: Arc<Channel>, state: ConnectState) {
+    let config = state.gateway.config.clone();
+    let metrics = state.gateway.metrics().clone();
+    let deliveries = metrics.deliveries.get_or_create(&TransportLabel { transport: TRANSPORT }).clone();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + config.ping_interval, config.ping_interval);
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        tokio::select! {
+            biased;
+            _ = channel.closing() => break,
+            n = rx.recv_many(&mut batch, 64) => {
+                if n == 0 {
+                    break;
+                }
+                let write = async {
+                    for Outbound::Frame { text, .. } in &batch {
+                        sink.feed(Bytes::from(text.clone())).await?;
+                    }
+                    sink.flush().await
+                };
+                match tokio::time::timeout(config.write_timeout, write).await {
+                    Ok(Ok(())) => {
+                        let now = now_ms();
+                        for Outbound::Frame { admitted_ms, .. } in batch.drain(..) {
+                            deliveries.inc();
+                            if admitted_ms > 0 {
+                                metrics.delivery_latency.observe((now - admitted_ms).max(0) as f64 / 1000.0);
+                            }
+                        }
+                    }
+                    Ok(Err(_)) => {
+                        channel.close(close_code::GOING_AWAY, "write failed");
+                        break;
+                    }
+                    Err(_) => {
+                        channel.close(close_code::TRY_AGAIN_LATER, "write timed out");
+                        break;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                let sent = tokio::time::timeout(config.write_timeout, sink.send(Bytes::from_static(PING))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    channel.close(close_code::GOING_AWAY, "heartbeat write failed");
+                    break;
+                }
+            }
+        }
+    }
+    // Flush queued frames, then tell the client why it is being closed.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Ok(Outbound::Frame { text, .. }) = rx.try_recv() {
+        if Instant::now() > deadline || sink.feed(Bytes::from(text)).await.is_err() {
+            break;
+        }
+    }
+    if let Some(reason) = channel.close_reason().filter(|r| r.code != close_code::NORMAL) {
+        let _ = sink.feed(Bytes::from(to_text(&ErrorFrame::new(reason.text, None)))).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+}

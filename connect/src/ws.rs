@@ -1,0 +1,185 @@
+//! gochat's WebSocket transport at `/ws`.
+//!
+//! The first text message authenticates (`{"authToken": "...", "roomId": N}`);
+//! later ones are client frames (Courier's ops 7–12). A writer task owns the sink:
+//! it drains the channel's bounded queue, writing every frame already waiting
+//! before one flush, and sends a ping every `ping_interval`. The reader drops a
+//! connection that sends nothing (pongs included) for `pong_timeout`.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use courier_telemetry::TransportLabel;
+use courier_wire::frame::{ClientFrame, ErrorFrame, to_text};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::hub::{Channel, Outbound, close_code};
+use crate::{ConnectState, now_ms};
+
+const TRANSPORT: &str = "ws";
+
+pub(crate) async fn upgrade(State(state): State<ConnectState>, ws: WebSocketUpgrade) -> Response {
+    let config = &state.gateway.config;
+    ws.read_buffer_size(config.ws_read_buffer)
+        .write_buffer_size(config.ws_write_buffer)
+        .max_write_buffer_size(config.ws_max_write_buffer)
+        .max_message_size(config.max_frame_bytes)
+        .max_frame_size(config.max_frame_bytes)
+        .on_upgrade(move |socket| {
+            let tracker = state.tracker.clone();
+            tracker.track_future(serve(state, socket))
+        })
+}
+
+async fn serve(state: ConnectState, socket: WebSocket) {
+    let gateway = &state.gateway;
+    let config = gateway.config.clone();
+    let (mut sink, mut stream) = socket.split();
+
+    // The auth message.
+    let first = tokio::time::timeout(config.auth_timeout, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(text))) => return Ok(text),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Binary(_))) => return Err("the auth message must be a text frame".to_owned()),
+                _ => return Err("connection closed before the auth message".to_owned()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("no auth message in time".to_owned()));
+    let auth = first.and_then(|text| ClientFrame::parse(text.as_bytes()).map_err(|e| e.to_string()));
+    let (token, room) = match auth {
+        Ok(frame) => match (frame.auth_token, frame.room_id) {
+            (Some(token), Some(room)) if !token.is_empty() && room != 0 => (token, room),
+            _ => {
+                return refuse(&mut sink, "the auth message needs authToken and a non-zero roomId").await;
+            }
+        },
+        Err(reason) => return refuse(&mut sink, &reason).await,
+    };
+    let (tx, rx) = mpsc::channel(config.outbound_capacity);
+    let channel = match gateway.open(&token, room, TRANSPORT, tx).await {
+        Ok(channel) => channel,
+        Err(reason) => return refuse(&mut sink, &reason).await,
+    };
+    tracing::debug!(user = channel.user_id, room, "websocket authenticated");
+
+    let writer = tokio::spawn(write_loop(sink, rx, channel.clone(), state.clone()));
+    loop {
+        let next = tokio::select! {
+            _ = channel.closing() => break,
+            next = tokio::time::timeout(config.pong_timeout, stream.next()) => next,
+        };
+        match next {
+            Ok(Some(Ok(Message::Text(text)))) => gateway.handle(&channel, text.as_bytes()).await,
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                channel.reply(to_text(&ErrorFrame::new("binary frames are not supported; send JSON text", None)), gateway.metrics());
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Ok(Some(Ok(Message::Close(_))) | None) => {
+                channel.close(close_code::NORMAL, "closed by the client");
+            }
+            Ok(Some(Err(e))) => {
+                // Oversized or malformed frames end here, for this connection only.
+                channel.close(close_code::POLICY, &format!("protocol error: {e}"));
+            }
+            Err(_) => {
+                channel.close(close_code::POLICY, "no answer to heartbeat in time");
+            }
+        }
+    }
+    let _ = writer.await;
+    gateway.close(&channel).await;
+}
+
+/// Closes a connection that failed to authenticate, saying why.
+async fn refuse(sink: &mut SplitSink<WebSocket, Message>, reason: &str) {
+    tracing::debug!(reason, "websocket refused");
+    let frame = CloseFrame { code: close_code::POLICY, reason: Utf8Bytes::from(truncate(reason, 120)) };
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(Some(frame)))).await;
+}
+
+/// Close reasons must fit a control frame (125 bytes).
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    channel: std::sync::Arc<Channel>,
+    state: ConnectState,
+) {
+    let config = state.gateway.config.clone();
+    let metrics = state.gateway.metrics().clone();
+    let deliveries = metrics.deliveries.get_or_create(&TransportLabel { transport: TRANSPORT }).clone();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + config.ping_interval, config.ping_interval);
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        tokio::select! {
+            biased;
+            _ = channel.closing() => break,
+            n = rx.recv_many(&mut batch, 64) => {
+                if n == 0 {
+                    break;
+                }
+                let write = async {
+                    for Outbound::Frame { text, .. } in &batch {
+                        sink.feed(Message::Text(text.clone())).await?;
+                    }
+                    sink.flush().await
+                };
+                match tokio::time::timeout(config.write_timeout, write).await {
+                    Ok(Ok(())) => {
+                        let now = now_ms();
+                        for Outbound::Frame { admitted_ms, .. } in batch.drain(..) {
+                            deliveries.inc();
+                            if admitted_ms > 0 {
+                                metrics.delivery_latency.observe((now - admitted_ms).max(0) as f64 / 1000.0);
+                            }
+                        }
+                    }
+                    Ok(Err(_)) => {
+                        channel.close(close_code::GOING_AWAY, "write failed");
+                        break;
+                    }
+                    Err(_) => {
+                        channel.close(close_code::TRY_AGAIN_LATER, "write timed out");
+                        break;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                let sent = tokio::time::timeout(config.write_timeout, sink.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    channel.close(close_code::GOING_AWAY, "heartbeat write failed");
+                    break;
+                }
+            }
+        }
+    }
+    // Flush what is already queued (an error frame explaining the close, say),
+    // then say goodbye with the reason.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Ok(Outbound::Frame { text, .. }) = rx.try_recv() {
+        if Instant::now() > deadline || sink.feed(Message::Text(text)).await.is_err() {
+            break;
+        }
+    }
+    let reason = channel.close_reason().unwrap_or(crate::hub::CloseReason { code: close_code::NORMAL, text: String::new() });
+    let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from(truncate(&reason.text, 120)) };
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(Some(frame)))).await;
+}
