@@ -1,1 +1,354 @@
-//! courier-api
+//! The api tier: gochat's HTTP API, answered in gochat's envelope.
+//!
+//! Every route is `POST` with a JSON body and every answer is HTTP 200 with
+//! `{"code", "message", "data"}`: 0 success, 1 failure, 40000 session error. That
+//! includes bad input: a body that is too large, not JSON, or has a wrong type gets
+//! code 1 and a message saying what is wrong, never a 4xx/5xx page that gochat's
+//! clients could not read. The handlers only translate; logic does the work.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use courier_proto::logic::logic_client::LogicClient;
+use courier_proto::logic::{Credentials, RoomRequest, SendRequest, TokenRequest, UserReply};
+use courier_telemetry::{Metrics, ReadyFlag, RouteCodeLabel, RouteLabel};
+use courier_wire::frame::lenient_id;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tower_http::cors::CorsLayer;
+
+/// gochat's answer codes.
+pub mod code {
+    pub const SUCCESS: i64 = 0;
+    pub const FAIL: i64 = 1;
+    pub const SESSION_ERROR: i64 = 40000;
+}
+
+/// The api tier's configuration.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest request body read, in bytes.
+    pub body_limit: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { body_limit: 64 * 1024 }
+    }
+}
+
+#[derive(Clone)]
+struct ApiState {
+    logic: LogicClient<Channel>,
+    config: Arc<ApiConfig>,
+    metrics: Arc<Metrics>,
+}
+
+/// An answer in gochat's envelope.
+#[derive(Debug, Clone)]
+struct Answer {
+    code: i64,
+    message: Value,
+    data: Value,
+}
+
+impl Answer {
+    fn ok(message: &str, data: Value) -> Self {
+        Self { code: code::SUCCESS, message: message.into(), data }
+    }
+
+    fn fail(message: impl Into<String>) -> Self {
+        Self { code: code::FAIL, message: Value::String(message.into()), data: Value::Null }
+    }
+
+    fn session_error() -> Self {
+        Self { code: code::SESSION_ERROR, message: "Session error".into(), data: Value::Null }
+    }
+}
+
+/// The envelope code of an answer, for the request metrics.
+#[derive(Debug, Clone, Copy)]
+struct AnswerCode(i64);
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut response =
+            axum::Json(json!({"code": self.code, "message": self.message, "data": self.data})).into_response();
+        response.extensions_mut().insert(AnswerCode(self.code));
+        response
+    }
+}
+
+/// Reads and parses a JSON body, or says in gochat's envelope what is wrong.
+async fn parse<T: DeserializeOwned>(state: &ApiState, body: Body) -> Result<T, Answer> {
+    let bytes = axum::body::to_bytes(body, state.config.body_limit)
+        .await
+        .map_err(|_| Answer::fail(format!("request body is larger than {} bytes", state.config.body_limit)))?;
+    if bytes.is_empty() {
+        return Err(Answer::fail("request body is empty; send a JSON object"));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Answer::fail(format!("invalid request body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CredentialsBody {
+    user_name: String,
+    pass_word: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenBody {
+    #[serde(default)]
+    auth_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PushBody {
+    #[serde(default)]
+    auth_token: Option<String>,
+    #[serde(default)]
+    msg: Option<String>,
+    #[serde(default, deserialize_with = "lenient_id")]
+    to_user_id: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_id")]
+    room_id: Option<u64>,
+}
+
+/// gochat checks the session before any `/push/*`, `/user/checkAuth` or
+/// `/user/logout` handler runs; so does Courier.
+async fn session(state: &ApiState, token: Option<&str>) -> Result<UserReply, Answer> {
+    let token = token.filter(|t| !t.is_empty()).ok_or_else(Answer::session_error)?;
+    let request = TokenRequest { auth_token: token.to_owned() };
+    match state.logic.clone().check_auth(request).await {
+        Ok(reply) => Ok(reply.into_inner()),
+        Err(status) if status.code() == Code::Unauthenticated => Err(Answer::session_error()),
+        Err(status) => Err(unavailable(state, &status)),
+    }
+}
+
+fn unavailable(state: &ApiState, status: &Status) -> Answer {
+    state.metrics.error("logic_call");
+    tracing::warn!(error = %status, "logic call failed");
+    Answer::fail(format!("service unavailable, try again: {}", status.message()))
+}
+
+fn room_required(room: Option<u64>) -> Result<u64, Answer> {
+    room.filter(|r| *r != 0).ok_or_else(|| Answer::fail("roomId is required and must not be 0"))
+}
+
+async fn register(State(state): State<ApiState>, body: Body) -> Answer {
+    let c: CredentialsBody = match parse(&state, body).await {
+        Ok(c) => c,
+        Err(answer) => return answer,
+    };
+    let request = Credentials { user_name: c.user_name, password: c.pass_word };
+    match state.logic.clone().register(request).await {
+        Ok(reply) => Answer::ok("register success", reply.into_inner().auth_token.into()),
+        Err(s) if s.code() == Code::AlreadyExists => Answer::fail("this user name already have , please login !!!"),
+        Err(s) if s.code() == Code::InvalidArgument => Answer::fail(s.message()),
+        Err(s) => unavailable(&state, &s),
+    }
+}
+
+async fn login(State(state): State<ApiState>, body: Body) -> Answer {
+    let c: CredentialsBody = match parse(&state, body).await {
+        Ok(c) => c,
+        Err(answer) => return answer,
+    };
+    let request = Credentials { user_name: c.user_name, password: c.pass_word };
+    match state.logic.clone().login(request).await {
+        Ok(reply) => Answer::ok("login success", reply.into_inner().auth_token.into()),
+        Err(s) if s.code() == Code::Unauthenticated => Answer::fail("no this user or password error!"),
+        Err(s) => unavailable(&state, &s),
+    }
+}
+
+async fn check_auth(State(state): State<ApiState>, body: Body) -> Answer {
+    let result = async {
+        let b: TokenBody = parse(&state, body).await.map_err(|_| Answer::session_error())?;
+        let user = session(&state, b.auth_token.as_deref()).await?;
+        Ok::<_, Answer>(Answer::ok("auth success", json!({"userId": user.user_id, "userName": user.user_name})))
+    };
+    result.await.unwrap_or_else(|answer| answer)
+}
+
+async fn logout(State(state): State<ApiState>, body: Body) -> Answer {
+    let result = async {
+        let b: TokenBody = parse(&state, body).await.map_err(|_| Answer::session_error())?;
+        session(&state, b.auth_token.as_deref()).await?;
+        let request = TokenRequest { auth_token: b.auth_token.unwrap_or_default() };
+        match state.logic.clone().logout(request).await {
+            Ok(_) => Ok(Answer::ok("logout ok!", Value::Null)),
+            Err(_) => Ok(Answer::fail("logout fail!")),
+        }
+    };
+    result.await.unwrap_or_else(|answer: Answer| answer)
+}
+
+/// Parses a `/push/*` body: session first (as gochat), then the fields.
+async fn push_body(state: &ApiState, body: Body) -> Result<(PushBody, String), Answer> {
+    let bytes = axum::body::to_bytes(body, state.config.body_limit)
+        .await
+        .map_err(|_| Answer::fail(format!("request body is larger than {} bytes", state.config.body_limit)))?;
+    let token: TokenBody = serde_json::from_slice(&bytes).map_err(|_| Answer::session_error())?;
+    session(state, token.auth_token.as_deref()).await?;
+    let b: PushBody = serde_json::from_slice(&bytes).map_err(|e| Answer::fail(format!("invalid request body: {e}")))?;
+    let token = b.auth_token.clone().unwrap_or_default();
+    Ok((b, token))
+}
+
+fn send_failure(state: &ApiState, status: &Status, fallback: &str) -> Answer {
+    match status.code() {
+        Code::Unauthenticated => Answer::session_error(),
+        Code::InvalidArgument | Code::NotFound => Answer::fail(status.message()),
+        Code::Unavailable => Answer::fail(status.message()),
+        _ => {
+            state.metrics.error("logic_call");
+            tracing::warn!(error = %status, "send failed");
+            Answer::fail(fallback)
+        }
+    }
+}
+
+async fn push(State(state): State<ApiState>, body: Body) -> Answer {
+    let result = async {
+        let (b, token) = push_body(&state, body).await?;
+        let room = room_required(b.room_id)?;
+        let to_user = b.to_user_id.filter(|u| *u != 0).ok_or_else(|| Answer::fail("toUserId is required"))?;
+        let request = SendRequest {
+            auth_token: token,
+            room_id: room,
+            to_user_id: to_user,
+            body: b.msg.unwrap_or_default(),
+            client_msg_id: String::new(),
+        };
+        match state.logic.clone().send(request).await {
+            Ok(_) => Ok(Answer::ok("ok", Value::Null)),
+            Err(s) => Err(send_failure(&state, &s, "rpc fail get friend userName")),
+        }
+    };
+    result.await.unwrap_or_else(|answer| answer)
+}
+
+async fn push_room(State(state): State<ApiState>, body: Body) -> Answer {
+    let result = async {
+        let (b, token) = push_body(&state, body).await?;
+        let room = room_required(b.room_id)?;
+        let request = SendRequest {
+            auth_token: token,
+            room_id: room,
+            to_user_id: 0,
+            body: b.msg.unwrap_or_default(),
+            client_msg_id: String::new(),
+        };
+        match state.logic.clone().send(request).await {
+            Ok(_) => Ok(Answer::ok("ok", "".into())),
+            Err(s) => Err(send_failure(&state, &s, "rpc push room msg fail!")),
+        }
+    };
+    result.await.unwrap_or_else(|answer| answer)
+}
+
+async fn count(State(state): State<ApiState>, body: Body) -> Answer {
+    let result = async {
+        let (b, token) = push_body(&state, body).await?;
+        let room = room_required(b.room_id)?;
+        match state.logic.clone().push_room_count(RoomRequest { auth_token: token, room_id: room }).await {
+            Ok(_) => Ok(Answer::ok("ok", "".into())),
+            Err(s) => Err(send_failure(&state, &s, "rpc get room count fail!")),
+        }
+    };
+    result.await.unwrap_or_else(|answer| answer)
+}
+
+async fn room_info(State(state): State<ApiState>, body: Body) -> Answer {
+    let result = async {
+        let (b, token) = push_body(&state, body).await?;
+        let room = room_required(b.room_id)?;
+        match state.logic.clone().push_room_info(RoomRequest { auth_token: token, room_id: room }).await {
+            Ok(_) => Ok(Answer::ok("ok", "".into())),
+            Err(s) => Err(send_failure(&state, &s, "rpc get room info fail!")),
+        }
+    };
+    result.await.unwrap_or_else(|answer| answer)
+}
+
+async fn unknown_path() -> Answer {
+    Answer::fail("please check request url !")
+}
+
+/// Counts and times every request by route and answer code.
+async fn observe(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let code = response
+        .extensions()
+        .get::<AnswerCode>()
+        .map_or_else(|| response.status().as_u16().to_string(), |c| c.0.to_string());
+    state.metrics.http_requests.get_or_create(&RouteCodeLabel { route: route.clone(), code }).inc();
+    state.metrics.http_request_duration.get_or_create(&RouteLabel { route }).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The API's routes.
+pub fn router(config: ApiConfig, logic: LogicClient<Channel>, metrics: Arc<Metrics>) -> Router {
+    let state = ApiState { logic, config: Arc::new(config), metrics };
+    Router::new()
+        .route("/user/register", post(register))
+        .route("/user/login", post(login))
+        .route("/user/checkAuth", post(check_auth))
+        .route("/user/logout", post(logout))
+        .route("/push/push", post(push))
+        .route("/push/pushRoom", post(push_room))
+        .route("/push/count", post(count))
+        .route("/push/getRoomInfo", post(room_info))
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(unknown_path)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(CorsLayer::permissive())
+        .with_state(state)
+}
+
+/// Why the api tier stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid logic address {0:?}")]
+    LogicAddress(String),
+    #[error("http server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn serve(
+    config: ApiConfig,
+    listener: TcpListener,
+    logic_addr: &str,
+    metrics: Arc<Metrics>,
+    ready: ReadyFlag,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{logic_addr}"))
+        .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    let app = router(config, LogicClient::new(endpoint.connect_lazy()), metrics);
+    ready.set(true);
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    ready.set(false);
+    Ok(result?)
+}

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use courier_proto::logic::logic_client::LogicClient;
-use courier_proto::logic::{JoinRoomRequest, LeaveRoomRequest, SendRequest};
+use courier_proto::logic::{JoinRoomRequest, LeaveRoomRequest, SendRequest, TokenRequest};
 use courier_telemetry::Metrics;
 use courier_wire::frame::{AckFrame, ClientFrame, ErrorFrame, op, to_text};
 use tokio::sync::mpsc;
@@ -40,12 +40,8 @@ impl Gateway {
         transport: &'static str,
         tx: mpsc::Sender<Outbound>,
     ) -> Result<Arc<Channel>, String> {
-        let request = JoinRoomRequest {
-            auth_token: token.to_owned(),
-            room_id: room,
-            server_id: self.config.server_id.clone(),
-        };
-        let user = self.logic.clone().join_room(request).await.map_err(|s| status_text(&s))?.into_inner();
+        let request = TokenRequest { auth_token: token.to_owned() };
+        let user = self.logic.clone().check_auth(request).await.map_err(|s| status_text(&s))?.into_inner();
         let channel = Arc::new(Channel::new(
             self.hub.next_channel_id(),
             user.user_id,
@@ -56,7 +52,10 @@ impl Gateway {
         ));
         self.hub.add(channel.clone());
         if room != 0 {
-            self.hub.join(&channel, room);
+            if let Err(reason) = self.join(&channel, room).await {
+                self.hub.remove(&channel);
+                return Err(reason);
+            }
         }
         Ok(channel)
     }
@@ -83,11 +82,21 @@ impl Gateway {
                     Some(user) if user != 0 => (frame.room_id.unwrap_or(0), user),
                     _ => (frame.room_id.unwrap_or(0), 0),
                 };
-                self.send(channel, room, to_user, frame.msg.unwrap_or_default(), Some(frame.client_msg_id.unwrap_or_default()))
-                    .await;
+                self.send(
+                    channel,
+                    room,
+                    to_user,
+                    frame.msg.unwrap_or_default(),
+                    Some(frame.client_msg_id.unwrap_or_default()),
+                )
+                .await;
             }
             Some(op::JOIN) | Some(op::TCP_JOIN) => match frame.room_id {
-                Some(room) if room != 0 => self.join(channel, room).await,
+                Some(room) if room != 0 => {
+                    if let Err(reason) = self.join(channel, room).await {
+                        self.error(channel, &reason, None);
+                    }
+                }
                 _ => self.error(channel, "roomId is required", None),
             },
             Some(op::LEAVE) => match frame.room_id {
@@ -126,9 +135,11 @@ impl Gateway {
         }
     }
 
-    async fn join(&self, channel: &Arc<Channel>, room: u64) {
-        if channel.in_room(room) {
-            return;
+    /// Joins a room: the channel enters the hub's room first, then presence, so
+    /// the member-list update that presence triggers always finds the channel.
+    async fn join(&self, channel: &Arc<Channel>, room: u64) -> Result<(), String> {
+        if !self.hub.join(channel, room) {
+            return Ok(());
         }
         let request = JoinRoomRequest {
             auth_token: channel.auth_token.clone(),
@@ -136,14 +147,13 @@ impl Gateway {
             server_id: self.config.server_id.clone(),
         };
         match self.logic.clone().join_room(request).await {
-            Ok(_) => {
-                self.hub.join(channel, room);
-            }
+            Ok(_) => Ok(()),
             Err(status) => {
-                self.error(channel, &status_text(&status), None);
+                self.hub.leave(channel, room);
                 if status.code() == Code::Unauthenticated {
                     channel.close(close_code::POLICY, "session expired or revoked; log in again");
                 }
+                Err(status_text(&status))
             }
         }
     }

@@ -125,7 +125,8 @@ pub async fn run(
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
     let hub = Arc::new(Hub::new(config.buckets, metrics));
-    let gateway = Gateway { hub: hub.clone(), logic: LogicClient::new(endpoint.connect_lazy()), config: Arc::new(config) };
+    let gateway =
+        Gateway { hub: hub.clone(), logic: LogicClient::new(endpoint.connect_lazy()), config: Arc::new(config) };
     let tracker = TaskTracker::new();
     let state = ConnectState { gateway, tracker: tracker.clone() };
 

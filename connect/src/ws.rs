@@ -79,7 +79,10 @@ async fn serve(state: ConnectState, socket: WebSocket) {
         match next {
             Ok(Some(Ok(Message::Text(text)))) => gateway.handle(&channel, text.as_bytes()).await,
             Ok(Some(Ok(Message::Binary(_)))) => {
-                channel.reply(to_text(&ErrorFrame::new("binary frames are not supported; send JSON text", None)), gateway.metrics());
+                channel.reply(
+                    to_text(&ErrorFrame::new("binary frames are not supported; send JSON text", None)),
+                    gateway.metrics(),
+                );
             }
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
             Ok(Some(Ok(Message::Close(_))) | None) => {
@@ -179,7 +182,8 @@ async fn write_loop(
             break;
         }
     }
-    let reason = channel.close_reason().unwrap_or(crate::hub::CloseReason { code: close_code::NORMAL, text: String::new() });
+    let reason =
+        channel.close_reason().unwrap_or(crate::hub::CloseReason { code: close_code::NORMAL, text: String::new() });
     let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from(truncate(&reason.text, 120)) };
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(Some(frame)))).await;
 }

@@ -22,7 +22,7 @@ use courier_presence::{Presence, SessionUser, Sessions};
 use courier_proto::connect::{Delivery, delivery::Target};
 use courier_proto::logic::logic_server::{Logic as LogicRpc, LogicServer};
 use courier_proto::logic::{
-    Credentials, JoinRoomRequest, LeaveRoomRequest, Empty, RoomRequest, SendReply, SendRequest, SessionReply,
+    Credentials, Empty, JoinRoomRequest, LeaveRoomRequest, RoomRequest, SendReply, SendRequest, SessionReply,
     TokenRequest, UserReply,
 };
 use courier_proto::record::{MessageKind, MessageRecord, RECORD_VERSION};
@@ -357,7 +357,8 @@ impl LogicRpc for Logic {
             if validate_user_name(&c.user_name).is_err() || validate_password(&c.password).is_err() {
                 return Err(denied());
             }
-            let user = self.inner.backends.users.user_by_name(&c.user_name).await.map_err(|e| self.store_unavailable(e))?;
+            let user =
+                self.inner.backends.users.user_by_name(&c.user_name).await.map_err(|e| self.store_unavailable(e))?;
             let ok = self
                 .inner
                 .hasher
@@ -398,7 +399,12 @@ impl LogicRpc for Logic {
         self.observed("JoinRoom", async {
             let user = self.session(&r.auth_token).await?;
             if r.room_id != 0 {
-                self.inner.backends.presence.join(r.room_id, &user, &r.server_id).await.map_err(|e| self.presence_unavailable(e))?;
+                self.inner
+                    .backends
+                    .presence
+                    .join(r.room_id, &user, &r.server_id)
+                    .await
+                    .map_err(|e| self.presence_unavailable(e))?;
                 self.mark_dirty(r.room_id);
             }
             Ok(UserReply { user_id: user.user_id, user_name: user.user_name })
@@ -409,7 +415,12 @@ impl LogicRpc for Logic {
     async fn leave_room(&self, request: Request<LeaveRoomRequest>) -> Result<Response<Empty>, Status> {
         let r = request.into_inner();
         self.observed("LeaveRoom", async {
-            self.inner.backends.presence.leave(r.room_id, r.user_id, &r.server_id).await.map_err(|e| self.presence_unavailable(e))?;
+            self.inner
+                .backends
+                .presence
+                .leave(r.room_id, r.user_id, &r.server_id)
+                .await
+                .map_err(|e| self.presence_unavailable(e))?;
             self.mark_dirty(r.room_id);
             Ok(Empty {})
         })

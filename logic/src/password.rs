@@ -7,8 +7,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use tokio::sync::Semaphore;
 
 /// A real hash of a password nobody knows, computed once and used when the user

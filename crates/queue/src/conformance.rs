@@ -36,7 +36,7 @@ pub async fn keyed_records_keep_order(queue: &dyn Queue, prefix: &str) {
             assert_eq!(position.partition, partition_for(key, 4), "key must map to its partition");
         }
     }
-    let mut consumer = queue.subscribe(&format!("{prefix}-g"), &[topic.clone()]).await.expect("subscribe");
+    let mut consumer = queue.subscribe(&format!("{prefix}-g"), std::slice::from_ref(&topic)).await.expect("subscribe");
     let records = drain(consumer.as_mut(), 200).await;
     let mut per_key: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
     for r in &records {
@@ -58,13 +58,13 @@ pub async fn group_resumes_after_commit(queue: &dyn Queue, prefix: &str) {
     for i in 0..10u8 {
         queue.produce(&topic, "user:1", &[i]).await.expect("produce");
     }
-    let mut first = queue.subscribe(&group, &[topic.clone()]).await.expect("subscribe");
+    let mut first = queue.subscribe(&group, std::slice::from_ref(&topic)).await.expect("subscribe");
     let records = drain(first.as_mut(), 10).await;
     // Process only the first six, then go away.
     first.commit(&topic, 0, records[5].offset).await.expect("commit");
     first.close().await.expect("close");
 
-    let mut second = queue.subscribe(&group, &[topic.clone()]).await.expect("subscribe");
+    let mut second = queue.subscribe(&group, std::slice::from_ref(&topic)).await.expect("subscribe");
     let rest = drain(second.as_mut(), 4).await;
     assert_eq!(rest.iter().map(|r| r.value[0]).collect::<Vec<_>>(), vec![6, 7, 8, 9]);
     second.close().await.expect("close");
@@ -80,8 +80,8 @@ pub async fn members_split_and_take_over(queue: &dyn Queue, prefix: &str) {
     let topic = format!("{prefix}-split");
     let group = format!("{prefix}-g");
     queue.ensure_topic(&topic, 4).await.expect("create topic");
-    let mut a = queue.subscribe(&group, &[topic.clone()]).await.expect("subscribe a");
-    let mut b = queue.subscribe(&group, &[topic.clone()]).await.expect("subscribe b");
+    let mut a = queue.subscribe(&group, std::slice::from_ref(&topic)).await.expect("subscribe a");
+    let mut b = queue.subscribe(&group, std::slice::from_ref(&topic)).await.expect("subscribe b");
 
     let deadline = Instant::now() + PATIENCE;
     loop {

@@ -68,13 +68,7 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Reads up to `max` records of one partition from `offset` on, without any
     /// group (for replay and tests).
-    async fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max: usize,
-    ) -> Result<Vec<Record>>;
+    async fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<Record>>;
 
     /// The number of partitions of `topic`.
     async fn partitions(&self, topic: &str) -> Result<u32>;

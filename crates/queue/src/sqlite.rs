@@ -118,11 +118,7 @@ impl SqliteQueue {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(if options.sync_full {
-                SqliteSynchronous::Full
-            } else {
-                SqliteSynchronous::Normal
-            })
+            .synchronous(if options.sync_full { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(connect).await?;
         for statement in SCHEMA {
@@ -179,10 +175,7 @@ impl Queue for SqliteQueue {
         self.topic_partitions(topic).await?;
         let (reply, answer) = oneshot::channel();
         let append = Append { topic: topic.to_owned(), key: key.to_owned(), value: value.to_vec(), reply };
-        self.appends
-            .send(append)
-            .await
-            .map_err(|_| Error::Unavailable("the queue writer has stopped".into()))?;
+        self.appends.send(append).await.map_err(|_| Error::Unavailable("the queue writer has stopped".into()))?;
         answer.await.map_err(|_| Error::Unavailable("the queue writer has stopped".into()))?
     }
 
@@ -342,12 +335,11 @@ impl SqliteConsumer {
             .bind(now)
             .execute(pool)
             .await?;
-        let members: Vec<String> = sqlx::query_scalar(
-            "SELECT member_id FROM queue_group_members WHERE group_id = ? ORDER BY member_id",
-        )
-        .bind(&self.group)
-        .fetch_all(pool)
-        .await?;
+        let members: Vec<String> =
+            sqlx::query_scalar("SELECT member_id FROM queue_group_members WHERE group_id = ? ORDER BY member_id")
+                .bind(&self.group)
+                .fetch_all(pool)
+                .await?;
         let me = members.iter().position(|m| *m == self.member_id).unwrap_or(0);
         let mut all = Vec::new();
         for topic in &self.topics {
@@ -355,12 +347,8 @@ impl SqliteConsumer {
             all.extend((0..n).map(|p| (topic.clone(), p)));
         }
         all.sort();
-        let assignment: Vec<TopicPartition> = all
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| i % members.len().max(1) == me)
-            .map(|(_, tp)| tp)
-            .collect();
+        let assignment: Vec<TopicPartition> =
+            all.into_iter().enumerate().filter(|(i, _)| i % members.len().max(1) == me).map(|(_, tp)| tp).collect();
         if assignment != self.assignment {
             let mut positions = BTreeMap::new();
             for tp in &assignment {
@@ -409,8 +397,7 @@ impl Consumer for SqliteConsumer {
                 if records.len() >= max {
                     break;
                 }
-                let batch =
-                    read_partition(&self.queue.pool, &tp.0, tp.1, *position, max - records.len()).await?;
+                let batch = read_partition(&self.queue.pool, &tp.0, tp.1, *position, max - records.len()).await?;
                 if let Some(last) = batch.last() {
                     *position = last.offset + 1;
                 }
@@ -423,9 +410,8 @@ impl Consumer for SqliteConsumer {
             if now >= deadline {
                 return Ok(records);
             }
-            let wait = (deadline - now)
-                .min(self.queue.options.poll_interval)
-                .min(self.queue.options.heartbeat_interval);
+            let wait =
+                (deadline - now).min(self.queue.options.poll_interval).min(self.queue.options.heartbeat_interval);
             let _ = tokio::time::timeout(wait, notified).await;
         }
     }

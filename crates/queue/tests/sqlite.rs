@@ -49,8 +49,7 @@ async fn acknowledged_records_survive_reopen() {
         }
     }
     let queue = open(&dir).await;
-    let mut consumer =
-        courier_queue::Queue::subscribe(&queue, "g", &["durable".to_string()]).await.expect("subscribe");
+    let mut consumer = courier_queue::Queue::subscribe(&queue, "g", &["durable".to_string()]).await.expect("subscribe");
     let values: Vec<u8> = conformance::drain(consumer.as_mut(), 5).await.iter().map(|r| r.value[0]).collect();
     assert_eq!(values, vec![0, 1, 2, 3, 4]);
 }

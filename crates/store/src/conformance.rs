@@ -40,9 +40,8 @@ pub async fn users_are_unique_by_name(store: &dyn UserStore, prefix: &str) {
 /// counts on its own.
 pub async fn seqs_are_gap_free_per_stream(store: &dyn HistoryStore, prefix: u64) {
     let (room_a, room_b) = (prefix * 1000 + 1, prefix * 1000 + 2);
-    let batch: Vec<Message> = (0..6)
-        .map(|i| room_message(prefix * 1_000_000 + i, if i % 2 == 0 { room_a } else { room_b }, "x"))
-        .collect();
+    let batch: Vec<Message> =
+        (0..6).map(|i| room_message(prefix * 1_000_000 + i, if i % 2 == 0 { room_a } else { room_b }, "x")).collect();
     let positions = store.append(&batch[..4]).await.expect("append");
     let more = store.append(&batch[4..]).await.expect("append");
     let seqs: Vec<(String, u64)> =
@@ -100,8 +99,7 @@ pub async fn private_message_reaches_both_inboxes(store: &dyn HistoryStore, pref
 /// Reads page forwards after a seq and backwards before one, both bounded.
 pub async fn pages_in_both_directions(store: &dyn HistoryStore, prefix: u64) {
     let room = prefix * 1000 + 9;
-    let batch: Vec<Message> =
-        (1..=10).map(|i| room_message(prefix * 1_000_000 + i, room, &i.to_string())).collect();
+    let batch: Vec<Message> = (1..=10).map(|i| room_message(prefix * 1_000_000 + i, room, &i.to_string())).collect();
     store.append(&batch).await.expect("append");
     let stream = format!("room:{room}");
     let seqs = |page: Vec<crate::StoredMessage>| page.iter().map(|m| m.position.seq).collect::<Vec<_>>();

@@ -16,8 +16,7 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    Appended, Error, HistoryStore, Message, MessageKind, Result, StoredMessage, StreamInfo, User, UserStore,
-    new_epoch,
+    Appended, Error, HistoryStore, Message, MessageKind, Result, StoredMessage, StreamInfo, User, UserStore, new_epoch,
 };
 
 /// Users and history in SQLite; cheap to clone.
@@ -221,9 +220,6 @@ impl HistoryStore for SqliteStore {
             .bind(stream)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| {
-            Ok(StreamInfo { epoch: row.try_get(0)?, last_seq: row.try_get::<i64, _>(1)? as u64 })
-        })
-        .transpose()
+        row.map(|row| Ok(StreamInfo { epoch: row.try_get(0)?, last_seq: row.try_get::<i64, _>(1)? as u64 })).transpose()
     }
 }

@@ -42,9 +42,7 @@ async fn data_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let id = {
         let store = open(&dir).await;
-        courier_store::HistoryStore::append(&store, &[conformance::room_message(1, 1, "kept")])
-            .await
-            .expect("append");
+        courier_store::HistoryStore::append(&store, &[conformance::room_message(1, 1, "kept")]).await.expect("append");
         courier_store::UserStore::create_user(&store, "keeper", "h").await.expect("create")
     };
     let store = open(&dir).await;

@@ -298,9 +298,7 @@ pub async fn serve_admin(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, admin_router(metrics, readiness))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    axum::serve(listener, admin_router(metrics, readiness)).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 /// Installs the log subscriber: `RUST_LOG` filters (default `info`), JSON lines when

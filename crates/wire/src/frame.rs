@@ -84,9 +84,11 @@ pub fn lenient_id<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Er
         None => Ok(None),
         Some(Raw::Number(n)) => Ok(Some(n)),
         Some(Raw::Text(s)) if s.trim().is_empty() => Ok(None),
-        Some(Raw::Text(s)) => s.trim().parse().map(Some).map_err(|_| {
-            serde::de::Error::custom(format!("expected a non-negative integer id, got {s:?}"))
-        }),
+        Some(Raw::Text(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("expected a non-negative integer id, got {s:?}"))),
     }
 }
 
@@ -238,8 +240,19 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_str(&to_text(&frame)).expect("json");
         for key in [
-            "code", "msg", "fromUserId", "fromUserName", "toUserId", "toUserName", "roomId", "op",
-            "createTime", "msgId", "stream", "seq", "epoch",
+            "code",
+            "msg",
+            "fromUserId",
+            "fromUserName",
+            "toUserId",
+            "toUserName",
+            "roomId",
+            "op",
+            "createTime",
+            "msgId",
+            "stream",
+            "seq",
+            "epoch",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }

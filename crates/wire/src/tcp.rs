@@ -71,8 +71,7 @@ impl<T: AsRef<[u8]>> Encoder<T> for V1Codec {
         if payload.len() > MAX_PAYLOAD_LEN {
             return Err(FrameError::TooLarge(payload.len()));
         }
-        let len = i16::try_from(payload.len() + HEADER_LEN)
-            .map_err(|_| FrameError::TooLarge(payload.len()))?;
+        let len = i16::try_from(payload.len() + HEADER_LEN).map_err(|_| FrameError::TooLarge(payload.len()))?;
         dst.reserve(HEADER_LEN + payload.len());
         dst.put_slice(&MAGIC);
         dst.put_i16(len);
@@ -131,9 +130,6 @@ mod tests {
     fn refuses_to_encode_oversized_payloads() {
         let mut buf = BytesMut::new();
         assert!(V1Codec.encode(vec![b'x'; MAX_PAYLOAD_LEN], &mut buf).is_ok());
-        assert!(matches!(
-            V1Codec.encode(vec![b'x'; MAX_PAYLOAD_LEN + 1], &mut buf),
-            Err(FrameError::TooLarge(_))
-        ));
+        assert!(matches!(V1Codec.encode(vec![b'x'; MAX_PAYLOAD_LEN + 1], &mut buf), Err(FrameError::TooLarge(_))));
     }
 }

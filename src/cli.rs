@@ -1,0 +1,263 @@
+//! The command line: `courier <tier>` runs one tier, `courier standalone` runs them
+//! all in one process, and the tools (`migrate`) work on a data directory. Every
+//! option can also be set through the `COURIER_…` environment variable shown in
+//! `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use courier_discovery::ConnectNode;
+
+use crate::standalone::{Standalone, StandaloneConfig};
+use crate::tiers::Admin;
+
+/// Courier: a durable, observable instant-messaging platform that speaks gochat's
+/// protocol.
+#[derive(Debug, Parser)]
+#[command(name = "courier", version, about, long_about = None)]
+pub struct Cli {
+    /// Log JSON lines instead of text (filter with RUST_LOG).
+    #[arg(long, global = true, env = "COURIER_LOG_JSON")]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every tier in one process with embedded storage (no external service).
+    Standalone(StandaloneArgs),
+    /// Run the HTTP API tier (gochat's /user/* and /push/* routes).
+    Api(ApiArgs),
+    /// Run the logic tier (accounts, sessions, message admission).
+    Logic(LogicArgs),
+    /// Run a connect node (WebSocket and TCP long connections).
+    Connect(ConnectArgs),
+    /// Run a task worker (persist messages, push them to connect nodes).
+    Task(TaskArgs),
+    /// Serve the browser chat.
+    Site(SiteArgs),
+    /// Create or upgrade the database schema of a data directory.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StandaloneArgs {
+    /// Where messages, users and the queue are stored.
+    #[arg(long, env = "COURIER_DATA_DIR", default_value = "courier-data")]
+    pub data_dir: PathBuf,
+    /// HTTP API address.
+    #[arg(long, env = "COURIER_API_ADDR", default_value = "0.0.0.0:7070")]
+    pub api_addr: SocketAddr,
+    /// WebSocket address (path /ws).
+    #[arg(long, env = "COURIER_WS_ADDR", default_value = "0.0.0.0:7000")]
+    pub ws_addr: SocketAddr,
+    /// TCP protocol address.
+    #[arg(long, env = "COURIER_TCP_ADDR", default_value = "0.0.0.0:7001")]
+    pub tcp_addr: SocketAddr,
+    /// Browser chat address.
+    #[arg(long, env = "COURIER_SITE_ADDR", default_value = "0.0.0.0:8080")]
+    pub site_addr: SocketAddr,
+    /// Admin endpoints (/metrics, /healthz, /readyz).
+    #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9100")]
+    pub admin_addr: SocketAddr,
+    /// Do not create the demo users demo, test and admin (password 111111).
+    #[arg(long, env = "COURIER_NO_DEMO_USERS")]
+    pub no_demo_users: bool,
+    /// Most devices (tokens) one user may be logged in with; 1 is gochat's rule.
+    #[arg(long, env = "COURIER_MAX_DEVICES", default_value_t = 8)]
+    pub max_devices: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    #[arg(long, env = "COURIER_API_ADDR", default_value = "0.0.0.0:7070")]
+    pub listen: SocketAddr,
+    /// Logic's gRPC address.
+    #[arg(long, env = "COURIER_LOGIC_ADDR", default_value = "127.0.0.1:7170")]
+    pub logic_addr: String,
+    #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9101")]
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct LogicArgs {
+    /// gRPC address.
+    #[arg(long, env = "COURIER_LOGIC_ADDR", default_value = "127.0.0.1:7170")]
+    pub listen: SocketAddr,
+    #[arg(long, env = "COURIER_DATA_DIR", default_value = "courier-data")]
+    pub data_dir: PathBuf,
+    /// Connect nodes as SERVER_ID=HOST:PORT (their push service); repeatable.
+    #[arg(
+        long = "connect-node",
+        env = "COURIER_CONNECT_NODES",
+        value_delimiter = ',',
+        default_value = "connect-0=127.0.0.1:7270"
+    )]
+    pub connect_nodes: Vec<ConnectNode>,
+    /// Snowflake worker id (0–1023), unique among running logic instances.
+    #[arg(long, env = "COURIER_WORKER_ID", default_value_t = 0)]
+    pub worker_id: u32,
+    /// Create the demo users (development only).
+    #[arg(long, env = "COURIER_DEMO_USERS")]
+    pub demo_users: bool,
+    #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9102")]
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// This node's serverId, unique in the cluster.
+    #[arg(long, env = "COURIER_SERVER_ID", default_value = "connect-0")]
+    pub server_id: String,
+    #[arg(long, env = "COURIER_WS_ADDR", default_value = "0.0.0.0:7000")]
+    pub ws_addr: SocketAddr,
+    /// TCP protocol address ("off" to disable).
+    #[arg(long, env = "COURIER_TCP_ADDR", default_value = "0.0.0.0:7001")]
+    pub tcp_addr: String,
+    /// Push service (gRPC) address.
+    #[arg(long, env = "COURIER_PUSH_ADDR", default_value = "127.0.0.1:7270")]
+    pub push_addr: SocketAddr,
+    #[arg(long, env = "COURIER_LOGIC_ADDR", default_value = "127.0.0.1:7170")]
+    pub logic_addr: String,
+    /// Server heartbeat interval in seconds.
+    #[arg(long, env = "COURIER_PING_SECS", default_value_t = 54)]
+    pub ping_secs: u64,
+    /// Drop a WebSocket silent for this many seconds.
+    #[arg(long, env = "COURIER_PONG_TIMEOUT_SECS", default_value_t = 60)]
+    pub pong_timeout_secs: u64,
+    #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9103")]
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    #[arg(long, env = "COURIER_DATA_DIR", default_value = "courier-data")]
+    pub data_dir: PathBuf,
+    /// Connect nodes as SERVER_ID=HOST:PORT (their push service); repeatable.
+    #[arg(
+        long = "connect-node",
+        env = "COURIER_CONNECT_NODES",
+        value_delimiter = ',',
+        default_value = "connect-0=127.0.0.1:7270"
+    )]
+    pub connect_nodes: Vec<ConnectNode>,
+    #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9104")]
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct SiteArgs {
+    #[arg(long, env = "COURIER_SITE_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// API base URL the browser uses (default: this host, --api-port).
+    #[arg(long, env = "COURIER_PUBLIC_API_URL")]
+    pub api_url: Option<String>,
+    /// WebSocket URL the browser uses (default: this host, --ws-port, /ws).
+    #[arg(long, env = "COURIER_PUBLIC_WS_URL")]
+    pub ws_url: Option<String>,
+    #[arg(long, env = "COURIER_PUBLIC_API_PORT", default_value_t = 7070)]
+    pub api_port: u16,
+    #[arg(long, env = "COURIER_PUBLIC_WS_PORT", default_value_t = 7000)]
+    pub ws_port: u16,
+    #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9105")]
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[arg(long, env = "COURIER_DATA_DIR", default_value = "courier-data")]
+    pub data_dir: PathBuf,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Standalone(args) => {
+            let mut config = StandaloneConfig::gochat_ports(args.data_dir);
+            config.api_addr = args.api_addr;
+            config.ws_addr = args.ws_addr;
+            config.tcp_addr = args.tcp_addr;
+            config.site_addr = args.site_addr;
+            config.admin_addr = args.admin_addr;
+            config.demo_users = !args.no_demo_users;
+            config.sessions.max_devices = args.max_devices.max(1);
+            let standalone = Standalone::start(config).await?;
+            println!("{}", standalone.describe());
+            if !args.no_demo_users {
+                println!("  demo users: demo, test, admin (password 111111)\n");
+            }
+            standalone.run_until(crate::shutdown_signal()).await
+        }
+        Command::Api(args) => {
+            let admin = Admin::start(args.admin_addr).await?;
+            let listener = crate::bind(args.listen, "the HTTP API").await?;
+            tracing::info!(addr = %args.listen, "api listening");
+            let ready = admin.readiness.flag("api");
+            courier_api::serve(
+                Default::default(),
+                listener,
+                &args.logic_addr,
+                admin.metrics.clone(),
+                ready,
+                admin.shutdown,
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Logic(args) => {
+            let admin = Admin::start(args.admin_addr).await?;
+            let config = courier_logic::LogicConfig { worker_id: args.worker_id, ..Default::default() };
+            crate::tiers::logic(config, args.listen, &args.data_dir, args.connect_nodes, args.demo_users, admin).await
+        }
+        Command::Connect(args) => {
+            let admin = Admin::start(args.admin_addr).await?;
+            let tcp = if args.tcp_addr == "off" {
+                None
+            } else {
+                let addr: SocketAddr = args.tcp_addr.parse().context("--tcp-addr")?;
+                Some(crate::bind(addr, "TCP clients").await?)
+            };
+            let listeners = courier_connect::ConnectListeners {
+                ws: crate::bind(args.ws_addr, "WebSocket clients").await?,
+                tcp,
+                push: crate::bind(args.push_addr, "the push service").await?,
+            };
+            let config = courier_connect::ConnectConfig {
+                server_id: args.server_id,
+                ping_interval: Duration::from_secs(args.ping_secs.max(1)),
+                pong_timeout: Duration::from_secs(args.pong_timeout_secs.max(1)),
+                ..Default::default()
+            };
+            let ready = admin.readiness.flag("connect");
+            courier_connect::run(config, listeners, &args.logic_addr, admin.metrics.clone(), ready, admin.shutdown)
+                .await?;
+            Ok(())
+        }
+        Command::Task(args) => {
+            let admin = Admin::start(args.admin_addr).await?;
+            crate::tiers::task(Default::default(), &args.data_dir, args.connect_nodes, admin).await
+        }
+        Command::Site(args) => {
+            let admin = Admin::start(args.admin_addr).await?;
+            admin.readiness.flag("site").set(true);
+            let listener = crate::bind(args.listen, "the browser chat").await?;
+            let config = crate::site::SiteConfig {
+                api_url: args.api_url,
+                ws_url: args.ws_url,
+                api_port: args.api_port,
+                ws_port: args.ws_port,
+            };
+            crate::site::serve(config, listener, admin.shutdown).await?;
+            Ok(())
+        }
+        Command::Migrate(args) => {
+            let (_store, _queue) = crate::tiers::open_embedded(&args.data_dir).await?;
+            println!("schema of {} is up to date", args.data_dir.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The whole message path in one process, over real sockets: gochat's HTTP API,
+//! WebSocket and TCP clients against `courier standalone` on loopback ports.
+
+mod common;
+
+use common::{Api, Tcp, Ws};
+use courier::standalone::{Standalone, StandaloneConfig};
+use serde_json::json;
+
+async fn start() -> (Standalone, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StandaloneConfig::ephemeral(dir.path().join("data"));
+    config.demo_users = false;
+    (Standalone::start(config).await.expect("standalone starts"), dir)
+}
+
+fn is_create_time(text: &str) -> bool {
+    // YYYY-MM-DD HH:MM:SS
+    text.len() == 19 && text.as_bytes()[4] == b'-' && text.as_bytes()[10] == b' ' && text.as_bytes()[13] == b':'
+}
+
+#[tokio::test]
+async fn room_and_private_messages_reach_websocket_and_tcp_clients() {
+    let (courier, _dir) = start().await;
+    let addrs = courier.addresses;
+    let api = Api::new(addrs.api);
+    let (alice_token, alice) = api.register("alice").await;
+    let (_, bob) = api.register("bob").await;
+    // A second login for bob: a fresh token that works alongside the first.
+    let login = api.post("/user/login", json!({"userName": "bob", "passWord": "secret-pw"})).await;
+    assert_eq!((login["code"].as_i64(), login["message"].as_str()), (Some(0), Some("login success")));
+    let bob_token = login["data"].as_str().expect("token").to_owned();
+    let (carol_token, carol) = api.register("carol").await;
+
+    let mut alice_ws = Ws::connect(addrs.ws, &alice_token, 1).await;
+    let mut bob_ws = Ws::connect(addrs.ws, &bob_token, 1).await;
+    let mut carol_tcp = Tcp::connect(addrs.tcp, &carol_token, 1).await;
+    // Presence: everyone is in the room once the member list says so.
+    alice_ws.await_members(&[alice, bob, carol]).await;
+    bob_ws.await_members(&[alice, bob, carol]).await;
+
+    // Room message over HTTP.
+    let sent = api.post("/push/pushRoom", json!({"authToken": alice_token, "msg": "hello room", "roomId": 1})).await;
+    assert_eq!(sent, json!({"code": 0, "message": "ok", "data": ""}));
+    let mut first_msg_id = String::new();
+    for frame in [alice_ws.next_op(3).await, bob_ws.next_op(3).await, carol_tcp.next_op(3).await] {
+        assert_eq!(frame["msg"], "hello room");
+        assert_eq!(frame["fromUserId"], alice);
+        assert_eq!(frame["fromUserName"], "alice");
+        assert_eq!(frame["roomId"], 1);
+        assert_eq!(frame["code"], 0);
+        assert_eq!(frame["stream"], "room:1");
+        assert_eq!(frame["seq"], 1);
+        assert!(is_create_time(frame["createTime"].as_str().expect("createTime")), "{frame}");
+        let msg_id = frame["msgId"].as_str().expect("msgId is a string");
+        assert!(msg_id.parse::<u64>().is_ok_and(|id| id > 0), "{msg_id}");
+        if first_msg_id.is_empty() {
+            first_msg_id = msg_id.to_owned();
+        }
+        assert_eq!(msg_id, first_msg_id, "one message, one id, at every client");
+    }
+
+    // Private message over HTTP, with toUserId as a string as gochat's site sends it.
+    let sent = api
+        .post(
+            "/push/push",
+            json!({"authToken": alice_token, "msg": "hi bob", "toUserId": bob.to_string(), "roomId": 1}),
+        )
+        .await;
+    assert_eq!(sent, json!({"code": 0, "message": "ok", "data": null}));
+    let to_bob = bob_ws.next_op(2).await;
+    assert_eq!(to_bob["msg"], "hi bob");
+    assert_eq!((to_bob["fromUserId"].as_u64(), to_bob["toUserId"].as_u64()), (Some(alice), Some(bob)));
+    assert_eq!(to_bob["toUserName"], "bob");
+    assert_eq!(to_bob["stream"], format!("user:{bob}"));
+    assert_eq!(to_bob["seq"], 1);
+    // The sender's copy lands in her own inbox, for her other devices.
+    let copy = alice_ws.next_op(2).await;
+    assert_eq!(copy["stream"], format!("user:{alice}"));
+    assert_eq!(copy["msgId"], to_bob["msgId"]);
+
+    // gochat's TCP room send: the sender is the session's user, not the frame's claim.
+    carol_tcp
+        .send(json!({"op": 3, "msg": "from tcp", "roomId": 1, "fromUserId": 999, "fromUserName": "mallory"}))
+        .await;
+    let frame = alice_ws.next_op(3).await;
+    assert_eq!((frame["msg"].as_str(), frame["fromUserId"].as_u64()), (Some("from tcp"), Some(carol)));
+    assert_eq!(frame["fromUserName"], "carol");
+    assert_eq!(frame["seq"], 2, "room seqs are gap-free");
+
+    // Courier's op 7 send over the WebSocket: ack with the id, then the message.
+    bob_ws.send(json!({"op": 7, "roomId": 1, "msg": "via socket", "clientMsgId": "c-1"})).await;
+    let ack = bob_ws.next_op(8).await;
+    assert_eq!(ack["clientMsgId"], "c-1");
+    let pushed = alice_ws.next_op(3).await;
+    assert_eq!(pushed["msg"], "via socket");
+    assert_eq!(pushed["msgId"], ack["msgId"]);
+    assert_eq!(pushed["seq"], 3);
+
+    courier.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_nothing_is_queued() {
+    let (courier, _dir) = start().await;
+    let addrs = courier.addresses;
+    let api = Api::new(addrs.api);
+    let (token, _) = api.register("dave").await;
+    let mut ws = Ws::connect(addrs.ws, &token, 2).await;
+    ws.await_members(&[]).await;
+
+    let too_long = "x".repeat(4_001);
+    let answer = api.post("/push/pushRoom", json!({"authToken": token, "msg": too_long, "roomId": 2})).await;
+    assert_eq!(answer["code"], 1);
+    assert!(answer["message"].as_str().is_some_and(|m| m.contains("4000")), "{answer}");
+    let answer = api.post("/push/pushRoom", json!({"authToken": token, "msg": "x", "roomId": 0})).await;
+    assert_eq!(answer["code"], 1, "roomId 0 is refused: {answer}");
+    let answer = api.post("/push/pushRoom", json!({"authToken": "forged", "msg": "x", "roomId": 2})).await;
+    assert_eq!(answer, json!({"code": 40000, "message": "Session error", "data": null}));
+    let answer = api.post_raw("/push/pushRoom", "{not json".into()).await;
+    assert_eq!(answer["code"], 40000, "gochat checks the session first: {answer}");
+    let answer = api.post("/push/pushRoom", json!({"authToken": token, "msg": 5, "roomId": 2})).await;
+    assert_eq!(answer["code"], 1);
+    let answer = api.post("/nowhere", json!({})).await;
+    assert_eq!(answer["message"], "please check request url !");
+    let answer = api.post("/user/register", json!({"userName": "dave", "passWord": "x"})).await;
+    assert_eq!(answer["message"], "this user name already have , please login !!!");
+    let answer = api.post("/user/login", json!({"userName": "dave", "passWord": "wrong"})).await;
+    assert_eq!(answer["message"], "no this user or password error!");
+    let answer = api.post("/user/login", json!({"userName": "nobody", "passWord": "wrong"})).await;
+    assert_eq!(answer["message"], "no this user or password error!", "one answer for both failures");
+
+    // Over the socket: an oversized send and an unknown op each get an op 9 error.
+    ws.send(json!({"op": 7, "roomId": 2, "msg": "y".repeat(4_001), "clientMsgId": "big"})).await;
+    let error = ws.next_op(9).await;
+    assert_eq!(error["clientMsgId"], "big");
+    ws.send(json!({"op": 99})).await;
+    assert!(ws.next_op(9).await["message"].as_str().is_some_and(|m| m.contains("99")));
+
+    // Nothing above reached the room: the next message is seq 1.
+    let answer = api.post("/push/pushRoom", json!({"authToken": token, "msg": "first", "roomId": 2})).await;
+    assert_eq!(answer["code"], 0);
+    let frame = ws.next_op(3).await;
+    assert_eq!((frame["msg"].as_str(), frame["seq"].as_u64()), (Some("first"), Some(1)));
+
+    // A bad auth message closes that connection with a reason; the server goes on.
+    let mut intruder = Ws::connect(addrs.ws, "forged-token", 2).await;
+    let (code, reason) = intruder.closed().await.expect("close frame");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("Session error"), "{reason}");
+    let answer = api.post("/push/pushRoom", json!({"authToken": token, "msg": "still here", "roomId": 2})).await;
+    assert_eq!(answer["code"], 0);
+    assert_eq!(ws.next_op(3).await["msg"], "still here");
+
+    courier.stop().await;
+}
+
+#[tokio::test]
+async fn admin_endpoints_report_health_readiness_and_metrics() {
+    let (courier, _dir) = start().await;
+    let addrs = courier.addresses;
+    let api = Api::new(addrs.api);
+    let (token, _) = api.register("erin").await;
+    let mut ws = Ws::connect(addrs.ws, &token, 3).await;
+    ws.await_members(&[]).await;
+    assert_eq!(api.post("/push/pushRoom", json!({"authToken": token, "msg": "m", "roomId": 3})).await["code"], 0);
+    ws.next_op(3).await;
+
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("http://{}{path}", addrs.admin)).send();
+    assert_eq!(get("/healthz").await.expect("healthz").status(), 200);
+    let ready = get("/readyz").await.expect("readyz");
+    assert_eq!(ready.status(), 200, "every tier is ready");
+    let metrics = get("/metrics").await.expect("metrics").text().await.expect("text");
+    for expected in [
+        "courier_messages_admitted_total{kind=\"room\"} 1",
+        "courier_connections{transport=\"ws\"} 1",
+        "courier_rooms 1",
+        "courier_records_consumed_total{topic=\"courier-room\"} 1",
+        "courier_deliveries_total{transport=\"ws\"}",
+        "courier_delivery_latency_seconds_count",
+        "courier_http_requests_total{route=\"/push/pushRoom\",code=\"0\"} 1",
+        "courier_grpc_requests_total{method=\"Send\",code=\"Ok\"} 1",
+        "courier_produce_duration_seconds_count 1",
+        "courier_history_write_duration_seconds_count",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected:?} in\n{metrics}");
+    }
+    courier.stop().await;
+}
