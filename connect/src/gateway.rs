@@ -51,11 +51,11 @@ impl Gateway {
             tx,
         ));
         self.hub.add(channel.clone());
-        if room != 0 {
-            if let Err(reason) = self.join(&channel, room).await {
-                self.hub.remove(&channel);
-                return Err(reason);
-            }
+        if room != 0
+            && let Err(reason) = self.join(&channel, room).await
+        {
+            self.hub.remove(&channel);
+            return Err(reason);
         }
         Ok(channel)
     }
