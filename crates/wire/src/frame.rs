@@ -188,6 +188,11 @@ pub fn to_text<T: Serialize>(frame: &T) -> String {
     })
 }
 
+/// Parses a server message frame (op 2 or 3); for clients and tests.
+pub fn parse_server_frame(text: &str) -> Result<MessageFrame, ParseError> {
+    Ok(serde_json::from_str(text)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,9 +269,4 @@ mod tests {
         let text = to_text(&RoomInfoFrame::new(3, 1, [(7, "demo".to_string())]));
         assert_eq!(text, r#"{"op":5,"roomId":3,"count":1,"roomUserInfo":{"7":"demo"}}"#);
     }
-}
-
-/// Parses a server message frame (op 2 or 3); for clients and tests.
-pub fn parse_server_frame(text: &str) -> Result<MessageFrame, ParseError> {
-    Ok(serde_json::from_str(text)?)
 }
