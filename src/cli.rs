@@ -186,10 +186,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.demo_users = !args.no_demo_users;
             config.sessions.max_devices = args.max_devices.max(1);
             let standalone = Standalone::start(config).await?;
-            println!("{}", standalone.describe());
+            let mut banner = standalone.describe();
             if !args.no_demo_users {
-                println!("  demo users: demo, test, admin (password 111111)\n");
+                banner.push_str("  demo users: demo, test, admin (password 111111)\n");
             }
+            say(&banner);
             standalone.run_until(crate::shutdown_signal()).await
         }
         Command::Api(args) => {
@@ -256,8 +257,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate(args) => {
             let (_store, _queue) = crate::tiers::open_embedded(&args.data_dir).await?;
-            println!("schema of {} is up to date", args.data_dir.display());
+            say(&format!("schema of {} is up to date\n", args.data_dir.display()));
             Ok(())
         }
     }
+}
+
+/// Writes to stdout, ignoring a closed pipe: a server must not die because the
+/// program reading its banner went away.
+fn say(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

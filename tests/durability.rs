@@ -45,6 +45,8 @@ impl Process {
         })
         .await
         .expect("courier prints its addresses in time");
+        // Keep reading, so the process never writes to a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self { child, api }
     }
 
