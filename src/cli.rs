@@ -42,6 +42,8 @@ pub enum Command {
     Site(SiteArgs),
     /// Create or upgrade the database schema of a data directory.
     Migrate(MigrateArgs),
+    /// Drive a running Courier with load and report loss, order, throughput, latency.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -255,6 +257,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::site::serve(config, listener, admin.shutdown).await?;
             Ok(())
         }
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Migrate(args) => {
             let (_store, _queue) = crate::tiers::open_embedded(&args.data_dir).await?;
             say(&format!("schema of {} is up to date\n", args.data_dir.display()));

@@ -1,0 +1,180 @@
+//! Load-generator clients: gochat's HTTP API for accounts and sends, and socket
+//! connections (WebSocket or TCP) reduced to a sink and a stream of JSON text, so
+//! the scenarios are written once for both transports.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context as _, anyhow, bail};
+use bytes::Bytes;
+use courier_wire::tcp::V1Codec;
+use futures_util::{Sink, SinkExt, Stream, StreamExt, future};
+use serde_json::{Value, json};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::codec::Framed;
+
+/// Which socket protocol a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Ws,
+    Tcp,
+}
+
+/// Outgoing JSON frames.
+pub type FrameSink = Pin<Box<dyn Sink<String, Error = anyhow::Error> + Send>>;
+/// Incoming JSON frames (heartbeats removed).
+pub type FrameStream = Pin<Box<dyn Stream<Item = anyhow::Result<String>> + Send>>;
+
+/// Where the server is.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub api: String,
+    pub ws: String,
+    pub tcp: String,
+    pub http: reqwest::Client,
+}
+
+/// A logged-in bench user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: u64,
+    pub token: String,
+}
+
+impl Target {
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let response = self.http.post(format!("{}{path}", self.api)).json(&body).send().await?;
+        Ok(response.json().await?)
+    }
+
+    /// Logs `name` in, registering it first if it does not exist.
+    pub async fn user(&self, name: &str, password: &str) -> anyhow::Result<User> {
+        let creds = json!({"userName": name, "passWord": password});
+        let mut answer = self.post("/user/login", creds.clone()).await?;
+        if answer["code"] != 0 {
+            answer = self.post("/user/register", creds).await?;
+        }
+        if answer["code"] != 0 {
+            bail!("cannot log in or register {name}: {}", answer["message"]);
+        }
+        let token = answer["data"].as_str().context("token")?.to_owned();
+        let me = self.post("/user/checkAuth", json!({"authToken": token})).await?;
+        let id = me["data"]["userId"].as_u64().with_context(|| format!("checkAuth: {me}"))?;
+        Ok(User { id, token })
+    }
+
+    /// Logs in `count` users named `<prefix>-<offset + i>`, `parallel` at a time.
+    pub async fn users(&self, prefix: &str, offset: usize, count: usize, parallel: usize) -> anyhow::Result<Vec<User>> {
+        let permits = Arc::new(Semaphore::new(parallel.max(1)));
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::with_capacity(count);
+        for i in offset..offset + count {
+            let (target, permits, done) = (self.clone(), permits.clone(), done.clone());
+            let name = format!("{prefix}-{i}");
+            tasks.push(tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await?;
+                let user = target.user(&name, "bench-password").await;
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % 1000 == 0 {
+                    eprintln!("  {n} of {count} users logged in");
+                }
+                user
+            }));
+        }
+        let mut users = Vec::with_capacity(count);
+        for task in tasks {
+            users.push(task.await??);
+        }
+        Ok(users)
+    }
+
+    /// Sends one message over HTTP; true when the server acknowledged it.
+    pub async fn http_send(&self, user: &User, room: u64, to_user: Option<u64>, body: &str) -> anyhow::Result<bool> {
+        let answer = match to_user {
+            Some(to) => {
+                self.post("/push/push", json!({"authToken": user.token, "msg": body, "toUserId": to, "roomId": room}))
+                    .await?
+            }
+            None => self.post("/push/pushRoom", json!({"authToken": user.token, "msg": body, "roomId": room})).await?,
+        };
+        Ok(answer["code"] == 0)
+    }
+}
+
+async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding source address {ip}"))?;
+    }
+    let stream = socket.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens an authenticated connection in `room` and waits until the server has
+/// registered it: a deliberately invalid join (room 0) is answered with op 9 only
+/// once authentication is complete, which makes a side-effect-free barrier.
+pub async fn open(
+    target: &Target,
+    transport: Transport,
+    source: Option<IpAddr>,
+    user: &User,
+    room: u64,
+) -> anyhow::Result<(FrameSink, FrameStream)> {
+    let (mut sink, mut stream): (FrameSink, FrameStream) = match transport {
+        Transport::Ws => {
+            let url = url_host_port(&target.ws)?;
+            let stream = tcp_connect(url, source).await?;
+            let (socket, _) = tokio_tungstenite::client_async(target.ws.as_str(), stream).await?;
+            let (sink, stream) = socket.split();
+            let sink = sink.sink_map_err(anyhow::Error::from).with(|text: String| future::ok(Message::Text(text.into())));
+            let stream = stream.filter_map(|m| {
+                future::ready(match m {
+                    Ok(Message::Text(text)) => Some(Ok(text.to_string())),
+                    Ok(Message::Close(frame)) => Some(Err(anyhow!("closed by the server: {frame:?}"))),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e.into())),
+                })
+            });
+            (Box::pin(sink), Box::pin(stream))
+        }
+        Transport::Tcp => {
+            let addr: SocketAddr = target.tcp.parse().context("--tcp address")?;
+            let stream = tcp_connect(addr, source).await?;
+            let (sink, stream) = Framed::new(stream, V1Codec).split();
+            let sink = sink.sink_map_err(anyhow::Error::from).with(|text: String| future::ok(Bytes::from(text)));
+            let stream = stream.filter_map(|frame| {
+                future::ready(match frame {
+                    Ok(payload) if &payload[..] == b"ping msg" => None,
+                    Ok(payload) => Some(String::from_utf8(payload.to_vec()).map_err(anyhow::Error::from)),
+                    Err(e) => Some(Err(e.into())),
+                })
+            });
+            (Box::pin(sink), Box::pin(stream))
+        }
+    };
+    let auth = match transport {
+        Transport::Ws => json!({"authToken": user.token, "roomId": room}),
+        Transport::Tcp => json!({"op": 6, "authToken": user.token, "roomId": room}),
+    };
+    sink.send(auth.to_string()).await?;
+    sink.send(json!({"op": 10, "roomId": 0}).to_string()).await?;
+    while let Some(frame) = stream.next().await {
+        let frame: Value = serde_json::from_str(&frame?)?;
+        if frame["op"] == 9 {
+            return Ok((sink, stream));
+        }
+    }
+    bail!("connection closed during authentication")
+}
+
+fn url_host_port(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.split("://").nth(1).context("URL without scheme")?;
+    let host_port = rest.split('/').next().context("URL without host")?;
+    host_port.parse().with_context(|| format!("{host_port} is not IP:PORT"))
+}

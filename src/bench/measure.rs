@@ -1,0 +1,176 @@
+//! What a benchmark run measures: per-receiver order and loss bookkeeping, an HDR
+//! latency histogram, and the CPU time and memory of the server processes read
+//! from `/proc`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// A message body: `b|<run>|<sender>|<seq>|<due µs>|` then padding. The receiver
+/// recovers who sent it, its place in the sender's sequence and when it was due.
+pub fn encode_body(run: &str, sender: usize, seq: u64, due: Duration, size: usize) -> String {
+    let mut body = format!("b|{run}|{sender}|{seq}|{}|", due.as_micros());
+    if body.len() < size {
+        body.extend(std::iter::repeat_n('x', size - body.len()));
+    }
+    body
+}
+
+/// Parses a body written by [`encode_body`] for run `run`.
+pub fn decode_body(run: &str, body: &str) -> Option<(usize, u64, Duration)> {
+    let mut parts = body.split('|');
+    if parts.next()? != "b" || parts.next()? != run {
+        return None;
+    }
+    let sender = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    let due = Duration::from_micros(parts.next()?.parse().ok()?);
+    Some((sender, seq, due))
+}
+
+/// Deliveries seen by one receiver, per sender.
+#[derive(Debug, Default)]
+pub struct Receiver {
+    /// Per sender: which seqs arrived (index = seq) and the highest seen.
+    seen: HashMap<usize, (Vec<bool>, u64)>,
+    pub unique: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+}
+
+impl Receiver {
+    /// Records one delivery of `seq` (1-based) from `sender`.
+    pub fn record(&mut self, sender: usize, seq: u64) {
+        let (bits, highest) = self.seen.entry(sender).or_default();
+        let index = seq as usize;
+        if bits.len() <= index {
+            bits.resize(index + 1, false);
+        }
+        if bits[index] {
+            self.duplicated += 1;
+            return;
+        }
+        bits[index] = true;
+        self.unique += 1;
+        if seq < *highest {
+            self.out_of_order += 1;
+        } else {
+            *highest = seq;
+        }
+    }
+}
+
+/// Latency from when a send was due to when it was delivered, in microseconds.
+pub fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 5 minutes at 3 significant digits.
+    Histogram::new_with_bounds(1, 300_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("3 sig figs is valid"))
+}
+
+/// CPU seconds (user + system) used so far by the process `pid`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; fields resume after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the full line, 12 and 13 here.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks_per_second())
+}
+
+/// `USER_HZ`, the unit of `/proc/<pid>/stat` times: 100 on Linux for every
+/// architecture Courier runs on.
+fn clock_ticks_per_second() -> f64 {
+    100.0
+}
+
+/// Resident memory of `pid` in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The server processes on this machine: every `courier` other than this one and
+/// every `java` (Kafka's broker).
+pub fn find_server_pids() -> Vec<u32> {
+    let me = std::process::id();
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let program = args.first().map(|a| String::from_utf8_lossy(a).to_string()).unwrap_or_default();
+        let name = program.rsplit('/').next().unwrap_or_default();
+        let is_bench = args.iter().any(|a| *a == b"bench");
+        if (name == "courier" && !is_bench) || name == "java" {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+/// Total CPU seconds of `pids` (processes that vanished count as 0).
+pub fn total_cpu(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_round_trip_and_foreign_ones_are_ignored() {
+        let body = encode_body("r1", 7, 42, Duration::from_micros(1234), 100);
+        assert_eq!(body.len(), 100);
+        assert_eq!(decode_body("r1", &body), Some((7, 42, Duration::from_micros(1234))));
+        assert_eq!(decode_body("r2", &body), None, "another run's message");
+        assert_eq!(decode_body("r1", "hello"), None);
+    }
+
+    #[test]
+    fn receiver_counts_duplicates_and_reordering() {
+        let mut r = Receiver::default();
+        for seq in [1, 2, 4, 3, 4, 5] {
+            r.record(0, seq);
+        }
+        assert_eq!((r.unique, r.duplicated, r.out_of_order), (5, 1, 1));
+    }
+
+    #[test]
+    fn reads_this_process_from_proc() {
+        let me = std::process::id();
+        assert!(cpu_seconds(me).is_some());
+        assert!(rss_bytes(me).is_some_and(|b| b > 0));
+    }
+}

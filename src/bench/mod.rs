@@ -1,0 +1,650 @@
+//! `courier bench`: drives a running Courier through its public protocol and
+//! reports what a user would notice: loss, duplicates, reordering, throughput and
+//! latency, plus the servers' CPU time per message and memory per connection.
+//!
+//! Latency is timed from when each send was *due*, not when it went out: in the
+//! fixed-rate mode a sender that falls behind sends late, and the lateness counts
+//! (so a stalled server shows as latency rather than as a lower send rate). Flat
+//! out, each connection keeps up to `--window` sends in flight.
+//!
+//! Scenarios:
+//! - `private`: users in pairs, each sending to its partner; order and loss
+//!   checked at the recipient.
+//! - `room`: N members in one room, S of them sending; every member receives.
+//! - `connections`: N idle authenticated connections of distinct users, spread
+//!   over worker processes when N exceeds one process's file limit; reports the
+//!   servers' resident memory per connection.
+
+mod clients;
+mod measure;
+
+use std::io::IsTerminal as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use clients::{FrameSink, FrameStream, Target, Transport, User};
+use measure::{Latency, Receiver};
+
+/// Options shared by every scenario.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+    /// API base URL.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:7070")]
+    pub api: String,
+    /// WebSocket URL.
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:7000/ws")]
+    pub ws: String,
+    /// TCP address.
+    #[arg(long, global = true, default_value = "127.0.0.1:7001")]
+    pub tcp: String,
+    /// Socket transport of the clients.
+    #[arg(long, global = true, value_enum, default_value = "ws")]
+    pub transport: Transport,
+    /// How messages are sent: over the socket (op 7) or HTTP (/push/*).
+    #[arg(long, global = true, value_enum, default_value = "socket")]
+    pub send_via: SendVia,
+    /// Seconds of sending.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Total messages per second across senders; 0 sends flat out.
+    #[arg(long, global = true, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Message body size in bytes.
+    #[arg(long, global = true, default_value_t = 100)]
+    pub size: usize,
+    /// Sends in flight per connection when flat out.
+    #[arg(long, global = true, default_value_t = 32)]
+    pub window: usize,
+    /// Prefix of the bench users' names.
+    #[arg(long, global = true, default_value = "bench")]
+    pub prefix: String,
+    /// Server processes to measure (default: every courier and java process).
+    #[arg(long = "pid", global = true)]
+    pub pids: Vec<u32>,
+    /// Print the result as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendVia {
+    Socket,
+    Http,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Users in pairs, each sending to its partner.
+    Private {
+        /// Number of users (rounded up to even).
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+    },
+    /// One room: every member receives what the senders send.
+    Room {
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        #[arg(long, default_value_t = 10)]
+        senders: usize,
+        /// The room id used.
+        #[arg(long, default_value_t = 4242)]
+        room: u64,
+    },
+    /// Hold idle authenticated connections and report server memory per connection.
+    Connections {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Most connections one bench process holds (the open-file limit is per process).
+        #[arg(long, default_value_t = 15_000)]
+        per_process: usize,
+        /// Source addresses to spread connections over (127.0.0.x), one per worker.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+        sources: Vec<IpAddr>,
+        /// Internal: run as a worker holding users offset..offset+count.
+        #[arg(long, hide = true)]
+        worker_offset: Option<usize>,
+        /// Internal: the worker's source address.
+        #[arg(long, hide = true)]
+        worker_source: Option<IpAddr>,
+    },
+}
+
+/// The outcome of a run.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub transport: Transport,
+    pub send_via: SendVia,
+    pub connections: usize,
+    pub senders: usize,
+    pub rate_target: f64,
+    pub duration_s: f64,
+    pub sent: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+    pub expected_deliveries: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub messages_per_s: f64,
+    pub deliveries_per_s: f64,
+    pub latency: Latency,
+    pub server_pids: Vec<u32>,
+    pub server_cpu_s: f64,
+    pub server_cpu_us_per_message: f64,
+    pub server_cpu_us_per_delivery: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_rss_bytes_per_connection: Option<f64>,
+}
+
+/// Counters the progress line reads while the run goes.
+#[derive(Debug, Default)]
+struct Progress {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    failed: AtomicU64,
+    delivered: AtomicU64,
+}
+
+/// What each connection's reader hands back at the end.
+struct ReaderResult {
+    receiver: Receiver,
+    histogram: Histogram<u64>,
+}
+
+/// Runs a bench command.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    raise_file_limit();
+    let target = Target {
+        api: args.api.trim_end_matches('/').to_owned(),
+        ws: args.ws.clone(),
+        tcp: args.tcp.clone(),
+        http: reqwest::Client::builder().pool_max_idle_per_host(256).build()?,
+    };
+    let report = match &args.scenario {
+        Scenario::Private { users } => traffic(&args, &target, Shape::Private { users: users.div_ceil(2) * 2 }).await?,
+        Scenario::Room { members, senders, room } => {
+            if senders > members {
+                bail!("--senders ({senders}) cannot exceed --members ({members})");
+            }
+            traffic(&args, &target, Shape::Room { members: *members, senders: *senders, room: *room }).await?
+        }
+        Scenario::Connections { count, per_process, sources, worker_offset, worker_source } => {
+            if let Some(offset) = worker_offset {
+                return connection_worker(&args, &target, *offset, *count, *worker_source).await;
+            }
+            connections(&args, *count, *per_process, sources).await?
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn raise_file_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("warning: could not raise the open-file limit: {e}");
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Private { users: usize },
+    Room { members: usize, senders: usize, room: u64 },
+}
+
+/// The `private` and `room` scenarios.
+async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Result<Report> {
+    let (connections, senders, room) = match shape {
+        Shape::Private { users } => (users, users, 1),
+        Shape::Room { members, senders, room } => (members, senders, room),
+    };
+    let run = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+    eprintln!("logging in {connections} users…");
+    let users = target.users(&args.prefix, 0, connections, 8).await?;
+    let user_ids: Arc<Vec<u64>> = Arc::new(users.iter().map(|u| u.id).collect());
+    eprintln!("opening {connections} {:?} connections…", args.transport);
+    let mut sockets = Vec::with_capacity(connections);
+    for user in &users {
+        sockets.push(clients::open(target, args.transport, None, user, room).await?);
+    }
+
+    let pids = if args.pids.is_empty() { measure::find_server_pids() } else { args.pids.clone() };
+    let progress = Arc::new(Progress::default());
+    let stop_sending = Arc::new(AtomicBool::new(false));
+    let stop_reading = CancellationToken::new();
+    let start = Instant::now();
+    let send_for = Duration::from_secs_f64(args.duration);
+    let per_sender_rate = if args.rate > 0.0 { args.rate / senders as f64 } else { 0.0 };
+    let cpu_before = measure::total_cpu(&pids);
+
+    let mut readers = Vec::with_capacity(connections);
+    let mut writers = Vec::with_capacity(senders);
+    for (index, (sink, stream)) in sockets.into_iter().enumerate() {
+        let window = Arc::new(Semaphore::new(args.window.max(1)));
+        let op = if matches!(shape, Shape::Private { .. }) { 2 } else { 3 };
+        readers.push(tokio::spawn(read_loop(
+            stream,
+            run.clone(),
+            op,
+            users[index].id,
+            start,
+            progress.clone(),
+            window.clone(),
+            stop_reading.clone(),
+        )));
+        if index < senders {
+            let to_user = match shape {
+                Shape::Private { .. } => Some(user_ids[index ^ 1]),
+                Shape::Room { .. } => None,
+            };
+            let plan = SendPlan {
+                run: run.clone(),
+                index,
+                room,
+                to_user,
+                size: args.size,
+                rate: per_sender_rate,
+                start,
+                until: send_for,
+            };
+            let user = users[index].clone();
+            writers.push(match args.send_via {
+                SendVia::Socket => {
+                    tokio::spawn(socket_send_loop(sink, plan, window, progress.clone(), stop_sending.clone()))
+                }
+                SendVia::Http => {
+                    tokio::spawn(http_send_loop(target.clone(), user, plan, progress.clone(), stop_sending.clone()))
+                }
+            });
+        } else {
+            // Keep the sink alive so the connection stays open.
+            writers.push(tokio::spawn(async move {
+                let _sink = sink;
+                std::future::pending::<anyhow::Result<()>>().await
+            }));
+        }
+    }
+
+    let show = std::io::stderr().is_terminal();
+    let fanout = match shape {
+        Shape::Private { .. } => 1,
+        Shape::Room { members, .. } => members as u64,
+    };
+    // Send for the duration, then give deliveries up to 10 s to drain.
+    let drain_limit = send_for + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let elapsed = start.elapsed();
+        if elapsed >= send_for {
+            stop_sending.store(true, Ordering::Relaxed);
+        }
+        if show {
+            print_progress(&progress, elapsed, send_for);
+        }
+        let expected = progress.acked.load(Ordering::Relaxed) * fanout;
+        if elapsed >= send_for && progress.delivered.load(Ordering::Relaxed) >= expected || elapsed >= drain_limit {
+            break;
+        }
+    }
+    if show {
+        eprintln!();
+    }
+    let active = start.elapsed().min(send_for).as_secs_f64();
+    let cpu = (measure::total_cpu(&pids) - cpu_before).max(0.0);
+    for writer in &writers {
+        writer.abort();
+    }
+    stop_reading.cancel();
+    let mut histogram = measure::new_histogram();
+    let (mut delivered, mut duplicated, mut out_of_order) = (0, 0, 0);
+    for reader in readers {
+        if let Ok(result) = reader.await {
+            let _ = histogram.add(&result.histogram);
+            delivered += result.receiver.unique;
+            duplicated += result.receiver.duplicated;
+            out_of_order += result.receiver.out_of_order;
+        }
+    }
+    let acknowledged = progress.acked.load(Ordering::Relaxed);
+    let expected = acknowledged * fanout;
+    Ok(Report {
+        scenario: match shape {
+            Shape::Private { .. } => "private".into(),
+            Shape::Room { .. } => "room".into(),
+        },
+        transport: args.transport,
+        send_via: args.send_via,
+        connections,
+        senders,
+        rate_target: args.rate,
+        duration_s: active,
+        sent: progress.sent.load(Ordering::Relaxed),
+        acknowledged,
+        failed: progress.failed.load(Ordering::Relaxed),
+        expected_deliveries: expected,
+        delivered,
+        lost: expected.saturating_sub(delivered),
+        duplicated,
+        out_of_order,
+        messages_per_s: acknowledged as f64 / active.max(1e-9),
+        deliveries_per_s: delivered as f64 / active.max(1e-9),
+        latency: Latency::of(&histogram),
+        server_pids: pids,
+        server_cpu_s: cpu,
+        server_cpu_us_per_message: cpu * 1e6 / acknowledged.max(1) as f64,
+        server_cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
+        server_rss_bytes_per_connection: None,
+    })
+}
+
+/// What one sender sends.
+#[derive(Debug, Clone)]
+struct SendPlan {
+    run: String,
+    index: usize,
+    room: u64,
+    to_user: Option<u64>,
+    size: usize,
+    /// Messages per second; 0 flat out.
+    rate: f64,
+    start: Instant,
+    until: Duration,
+}
+
+impl SendPlan {
+    /// When message `seq` (1-based) is due, relative to the start; flat out, now.
+    fn due(&self, seq: u64) -> Duration {
+        if self.rate > 0.0 {
+            // Stagger senders over the first interval so they do not fire together.
+            let offset = (self.index as f64 % 1000.0) / 1000.0 / self.rate;
+            Duration::from_secs_f64((seq - 1) as f64 / self.rate + offset)
+        } else {
+            self.start.elapsed()
+        }
+    }
+}
+
+async fn socket_send_loop(
+    mut sink: FrameSink,
+    plan: SendPlan,
+    window: Arc<Semaphore>,
+    progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let mut seq = 0u64;
+    loop {
+        seq += 1;
+        let due = plan.due(seq);
+        if due >= plan.until || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep_until((plan.start + due).into()).await;
+        window.acquire().await?.forget();
+        let body = measure::encode_body(&plan.run, plan.index, seq, due, plan.size);
+        let mut frame = json!({"op": 7, "roomId": plan.room, "msg": body, "clientMsgId": seq.to_string()});
+        if let Some(to) = plan.to_user {
+            frame["toUserId"] = to.into();
+        }
+        sink.send(frame.to_string()).await?;
+        progress.sent.fetch_add(1, Ordering::Relaxed);
+    }
+    // Keep the connection open while deliveries drain.
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn http_send_loop(
+    target: Target,
+    user: User,
+    plan: SendPlan,
+    progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let mut seq = 0u64;
+    loop {
+        seq += 1;
+        let due = plan.due(seq);
+        if due >= plan.until || stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        tokio::time::sleep_until((plan.start + due).into()).await;
+        let body = measure::encode_body(&plan.run, plan.index, seq, due, plan.size);
+        progress.sent.fetch_add(1, Ordering::Relaxed);
+        // One request at a time per sender: concurrent HTTP requests could be
+        // admitted out of order.
+        match target.http_send(&user, plan.room, plan.to_user, &body).await {
+            Ok(true) => progress.acked.fetch_add(1, Ordering::Relaxed),
+            _ => progress.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    mut stream: FrameStream,
+    run: String,
+    op: i64,
+    me: u64,
+    start: Instant,
+    progress: Arc<Progress>,
+    window: Arc<Semaphore>,
+    stop: CancellationToken,
+) -> ReaderResult {
+    let mut result = ReaderResult { receiver: Receiver::default(), histogram: measure::new_histogram() };
+    loop {
+        let text = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = stream.next() => match next {
+                Some(Ok(text)) => text,
+                _ => break,
+            },
+        };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+        match frame["op"].as_i64() {
+            Some(8) => {
+                progress.acked.fetch_add(1, Ordering::Relaxed);
+                window.add_permits(1);
+            }
+            Some(9) if frame.get("clientMsgId").is_some() => {
+                progress.failed.fetch_add(1, Ordering::Relaxed);
+                window.add_permits(1);
+            }
+            Some(o) if o == op => {
+                // A private message's copy to the sender's own inbox is not a delivery.
+                if op == 2 && frame["fromUserId"].as_u64() == Some(me) {
+                    continue;
+                }
+                let Some((sender, seq, due)) = frame["msg"].as_str().and_then(|m| measure::decode_body(&run, m))
+                else {
+                    continue;
+                };
+                let before = result.receiver.unique;
+                result.receiver.record(sender, seq);
+                if result.receiver.unique > before {
+                    progress.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                let latency = start.elapsed().saturating_sub(due);
+                let _ = result.histogram.record(latency.as_micros().max(1) as u64);
+            }
+            _ => {}
+        }
+    }
+    result
+}
+
+/// The `connections` scenario: hold `count` idle connections, measure the servers.
+async fn connections(
+    args: &BenchArgs,
+    count: usize,
+    per_process: usize,
+    sources: &[IpAddr],
+) -> anyhow::Result<Report> {
+    let pids = if args.pids.is_empty() { measure::find_server_pids() } else { args.pids.clone() };
+    let rss = |pids: &[u32]| pids.iter().filter_map(|p| measure::rss_bytes(*p)).sum::<u64>();
+    let rss_before = rss(&pids);
+    let cpu_before = measure::total_cpu(&pids);
+    let start = Instant::now();
+    let workers = count.div_ceil(per_process.max(1));
+    let exe = std::env::current_exe().context("locating the courier binary")?;
+    let mut children = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let offset = w * per_process;
+        let n = per_process.min(count - offset);
+        let source = sources[w % sources.len().max(1)];
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["bench", "--api", &args.api, "--ws", &args.ws, "--tcp", &args.tcp, "--prefix", &args.prefix])
+            .args(["--transport", if args.transport == Transport::Ws { "ws" } else { "tcp" }])
+            .args(["connections", "--count", &n.to_string(), "--worker-offset", &offset.to_string()])
+            .args(["--worker-source", &source.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a bench worker")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        children.push((child, tokio::io::BufReader::new(stdout).lines()));
+    }
+    for (w, (_, lines)) in children.iter_mut().enumerate() {
+        match lines.next_line().await? {
+            Some(line) if line == "READY" => eprintln!("worker {w} holds its connections"),
+            other => bail!("worker {w} failed: {other:?}"),
+        }
+    }
+    let held = start.elapsed();
+    let rss_after = rss(&pids);
+    let cpu = (measure::total_cpu(&pids) - cpu_before).max(0.0);
+    for (mut child, _) in children {
+        drop(child.stdin.take());
+        let _ = child.wait().await;
+    }
+    let per_connection = (rss_after as f64 - rss_before as f64) / count.max(1) as f64;
+    Ok(Report {
+        scenario: "connections".into(),
+        transport: args.transport,
+        send_via: args.send_via,
+        connections: count,
+        senders: 0,
+        rate_target: 0.0,
+        duration_s: held.as_secs_f64(),
+        sent: 0,
+        acknowledged: 0,
+        failed: 0,
+        expected_deliveries: 0,
+        delivered: 0,
+        lost: 0,
+        duplicated: 0,
+        out_of_order: 0,
+        messages_per_s: 0.0,
+        deliveries_per_s: 0.0,
+        latency: Latency::of(&measure::new_histogram()),
+        server_pids: pids,
+        server_cpu_s: cpu,
+        server_cpu_us_per_message: 0.0,
+        server_cpu_us_per_delivery: 0.0,
+        server_rss_bytes_per_connection: Some(per_connection),
+    })
+}
+
+/// A worker of the `connections` scenario: opens its share, says READY, holds the
+/// connections until its stdin closes.
+async fn connection_worker(
+    args: &BenchArgs,
+    target: &Target,
+    offset: usize,
+    count: usize,
+    source: Option<IpAddr>,
+) -> anyhow::Result<()> {
+    let users = target.users(&args.prefix, offset, count, 8).await?;
+    let mut held = Vec::with_capacity(count);
+    let permits = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(count);
+    for user in users {
+        let (target, permits, transport) = (target.clone(), permits.clone(), args.transport);
+        tasks.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            clients::open(&target, transport, source, &user, 1).await
+        }));
+    }
+    for task in tasks {
+        held.push(task.await??);
+    }
+    println!("READY");
+    // Drain incoming frames (heartbeats, member lists) so the server never sees
+    // these clients as slow, until the parent closes our stdin.
+    for (sink, mut stream) in held {
+        tokio::spawn(async move {
+            let _sink = sink;
+            while let Some(Ok(_)) = stream.next().await {}
+        });
+    }
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(_)) = stdin.next_line().await {}
+    Ok(())
+}
+
+fn print_progress(progress: &Progress, elapsed: Duration, total: Duration) {
+    let done = (elapsed.as_secs_f64() / total.as_secs_f64()).clamp(0.0, 1.0);
+    let filled = (done * 30.0) as usize;
+    eprint!(
+        "\r[{}{}] {:>5.1}s  sent {:>9}  acked {:>9}  delivered {:>10}  failed {:>6}",
+        "#".repeat(filled),
+        ".".repeat(30 - filled),
+        elapsed.as_secs_f64(),
+        progress.sent.load(Ordering::Relaxed),
+        progress.acked.load(Ordering::Relaxed),
+        progress.delivered.load(Ordering::Relaxed),
+        progress.failed.load(Ordering::Relaxed),
+    );
+}
+
+fn print_table(r: &Report) {
+    let rate = if r.rate_target > 0.0 { format!("{} msg/s", r.rate_target) } else { "flat out".into() };
+    println!(
+        "scenario {}  transport {:?}  send via {:?}  connections {}  senders {}  rate {}",
+        r.scenario, r.transport, r.send_via, r.connections, r.senders, rate
+    );
+    if let Some(bytes) = r.server_rss_bytes_per_connection {
+        println!("held {} connections in {:.1} s", r.connections, r.duration_s);
+        println!("server memory per connection  {:.0} bytes ({:.2} KiB)", bytes, bytes / 1024.0);
+        println!("server processes {:?}", r.server_pids);
+        return;
+    }
+    println!("{:<22}{:>12}", "sent", r.sent);
+    println!("{:<22}{:>12}", "acknowledged", r.acknowledged);
+    println!("{:<22}{:>12}", "failed", r.failed);
+    println!("{:<22}{:>12}", "delivered", r.delivered);
+    println!("{:<22}{:>12}", "lost", r.lost);
+    println!("{:<22}{:>12}", "duplicated", r.duplicated);
+    println!("{:<22}{:>12}", "out of order", r.out_of_order);
+    println!("{:<22}{:>12.0}", "messages/s", r.messages_per_s);
+    println!("{:<22}{:>12.0}", "deliveries/s", r.deliveries_per_s);
+    let l = &r.latency;
+    println!(
+        "latency ms            p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+    );
+    println!(
+        "server CPU            {:.2} s in {:?}: {:.1} µs/message, {:.2} µs/delivery",
+        r.server_cpu_s, r.server_pids, r.server_cpu_us_per_message, r.server_cpu_us_per_delivery
+    );
+}
