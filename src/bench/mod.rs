@@ -301,8 +301,12 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
         if show {
             print_progress(&progress, elapsed, send_for);
         }
-        let expected = progress.acked.load(Ordering::Relaxed) * fanout;
-        if elapsed >= send_for && progress.delivered.load(Ordering::Relaxed) >= expected || elapsed >= drain_limit {
+        // Done once every send is answered and every answered one delivered.
+        let acked = progress.acked.load(Ordering::Relaxed);
+        let answered = acked + progress.failed.load(Ordering::Relaxed);
+        let settled = answered >= progress.sent.load(Ordering::Relaxed)
+            && progress.delivered.load(Ordering::Relaxed) >= acked * fanout;
+        if elapsed >= send_for && settled || elapsed >= drain_limit {
             break;
         }
     }
