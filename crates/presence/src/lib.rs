@@ -9,11 +9,14 @@
 //!   its own connections.
 //!
 //! The in-process implementations in [`memory`] serve `courier standalone`, where
-//! one process holds every connection; the Redis ones serve a cluster.
+//! one process holds every connection; those in [`redis`] serve a cluster. The
+//! tests in [`conformance`] are written once and run against both.
 
 use async_trait::async_trait;
 
+pub mod conformance;
 pub mod memory;
+pub mod redis;
 
 /// Errors from a sessions or presence backend.
 #[derive(Debug, thiserror::Error)]

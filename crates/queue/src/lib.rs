@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod conformance;
+pub mod kafka;
 pub mod sqlite;
 
 /// Errors from a queue backend.
@@ -94,13 +95,51 @@ pub trait Consumer: Send {
     async fn close(&mut self) -> Result<()>;
 }
 
-/// The partition of `key` among `partitions`: a stable 64-bit FNV-1a hash, so the
-/// mapping never changes between builds or machines.
+/// The partition of `key` among `partitions`: Kafka's default (Java) partitioner,
+/// the positive murmur2 hash modulo the count. The embedded queue and Kafka
+/// (whose producer is set to `murmur2_random`) thus place every key alike.
 pub fn partition_for(key: &str, partitions: u32) -> u32 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    ((murmur2(key.as_bytes()) & 0x7fff_ffff) as u32) % partitions.max(1)
+}
+
+/// Kafka's murmur2 variant (seed 0x9747b28c), as its Java client computes it.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
     }
-    (hash % u64::from(partitions.max(1))) as u32
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, byte) in tail.iter().enumerate().rev() {
+            h ^= u32::from(*byte) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas_java_client() {
+        // Vectors from Kafka's own UtilsTest.
+        assert_eq!(murmur2(b"21"), -973_932_308);
+        assert_eq!(murmur2(b"foobar"), -790_332_482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985_981_536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58_897_971);
+        assert_eq!(murmur2(b"abc"), 479_470_107);
+    }
 }

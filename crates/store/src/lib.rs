@@ -8,12 +8,14 @@
 //! when a record is redelivered. Each stream also has an **epoch**, fixed when the
 //! stream is created, so a client's `(epoch, seq)` position stays meaningful.
 //!
-//! Both traits have an embedded SQLite implementation ([`sqlite`]); the behavioural
+//! Both traits have an embedded SQLite implementation ([`sqlite`]) and a PostgreSQL
+//! one ([`postgres`]); the behavioural
 //! tests in [`conformance`] are written once and run against every backend.
 
 use async_trait::async_trait;
 
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 /// Errors from a store backend.

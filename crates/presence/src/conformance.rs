@@ -1,0 +1,57 @@
+//! Behavioural tests every sessions and presence backend must pass, run against
+//! the in-process and the Redis implementations. `base` namespaces user and room
+//! ids so runs can share one Redis.
+
+use crate::{Presence, SessionUser, Sessions};
+
+fn user(id: u64) -> SessionUser {
+    SessionUser { user_id: id, user_name: format!("u{id}") }
+}
+
+/// With a cap of two devices, a third login revokes the oldest token; revoked
+/// tokens are unknown; revoking twice is harmless; tokens have gochat's shape.
+pub async fn device_cap_revokes_the_oldest_token(sessions: &dyn Sessions, base: u64) {
+    let me = user(base + 1);
+    let a = sessions.create(me.clone()).await.expect("create");
+    let b = sessions.create(me.clone()).await.expect("create");
+    assert!(a.revoked.is_empty() && b.revoked.is_empty());
+    let c = sessions.create(me.clone()).await.expect("create");
+    assert_eq!(c.revoked, vec![a.token.clone()], "the oldest token goes");
+    assert_eq!(sessions.get(&a.token).await.expect("get"), None);
+    assert_eq!(sessions.get(&b.token).await.expect("get"), Some(me.clone()));
+    assert_eq!(c.token.len(), 44, "gochat's token shape");
+    assert_eq!(sessions.revoke(&b.token).await.expect("revoke"), Some(me.clone()));
+    assert_eq!(sessions.get(&b.token).await.expect("get"), None);
+    assert_eq!(sessions.revoke(&b.token).await.expect("revoke"), None);
+    assert_eq!(sessions.get("no-such-token").await.expect("get"), None);
+    // Another user's logins do not count against this one's cap.
+    let other = sessions.create(user(base + 2)).await.expect("create");
+    assert!(other.revoked.is_empty());
+    assert_eq!(sessions.get(&c.token).await.expect("get"), Some(me));
+}
+
+/// Two tabs count once, leaving one keeps the user present, a dead node takes only
+/// its own connections, and strangers leaving is harmless.
+pub async fn presence_counts_users_not_tabs(presence: &dyn Presence, base: u64) {
+    let room = base + 1;
+    let (u1, u2) = (user(base + 1), user(base + 2));
+    let (node_a, node_b) = (format!("a-{base}"), format!("b-{base}"));
+    assert!(presence.join(room, &u1, &node_a).await.expect("join"));
+    assert!(!presence.join(room, &u1, &node_b).await.expect("join"), "a second tab");
+    assert!(presence.join(room, &u2, &node_a).await.expect("join"));
+    assert_eq!(presence.count(room).await.expect("count"), 2);
+    assert!(!presence.leave(room, u1.user_id, &node_a).await.expect("leave"), "the tab on b remains");
+    assert_eq!(presence.count(room).await.expect("count"), 2);
+    assert_eq!(presence.drop_server(&node_a).await.expect("drop"), vec![room]);
+    assert_eq!(presence.members(room, 10).await.expect("members"), vec![(u1.user_id, u1.user_name.clone())]);
+    assert!(presence.leave(room, u1.user_id, &node_b).await.expect("leave"));
+    assert_eq!(presence.count(room).await.expect("count"), 0);
+    assert!(!presence.leave(room + 7, base + 9, "x").await.expect("a stranger leaving is harmless"));
+    // The member list is capped and ordered by id.
+    for id in 1..=5 {
+        presence.join(room, &user(base + id), &node_b).await.expect("join");
+    }
+    let members = presence.members(room, 3).await.expect("members");
+    assert_eq!(members.iter().map(|m| m.0).collect::<Vec<_>>(), vec![base + 1, base + 2, base + 3]);
+    assert_eq!(presence.count(room).await.expect("count"), 5);
+}

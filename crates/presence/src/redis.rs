@@ -1,0 +1,259 @@
+//! Sessions and presence in Redis, shared by every logic instance of a cluster.
+//!
+//! Keys (all prefixed `courier:`):
+//! - `session:<token>` → `<userId>|<userName>`, with the session's TTL.
+//! - `user-sessions:<userId>` → sorted set of the user's tokens by creation time,
+//!   for the device cap.
+//! - `room:<room>:users` → hash userId → live connections in the room (all nodes).
+//! - `room:<room>:names` → hash userId → user name.
+//! - `server:<serverId>` → hash `<room>|<userId>` → that node's connections, so a
+//!   node's departure removes exactly its own connections.
+//!
+//! Every compound update is a Lua script, so concurrent joins and leaves from many
+//! nodes never leave the counts inconsistent.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::memory::SessionPolicy;
+use crate::{Error, NewSession, Presence, Result, SessionUser, Sessions, new_token};
+
+fn unavailable(e: redis::RedisError) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+/// Connects a connection manager (it reconnects by itself after a failure).
+pub async fn connect(url: &str) -> Result<ConnectionManager> {
+    let client = redis::Client::open(url).map_err(unavailable)?;
+    client.get_connection_manager().await.map_err(unavailable)
+}
+
+/// Sessions in Redis.
+#[derive(Clone)]
+pub struct RedisSessions {
+    redis: ConnectionManager,
+    policy: SessionPolicy,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSessions").field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+impl RedisSessions {
+    /// `prefix` namespaces the keys (tests use a fresh one each).
+    pub fn new(redis: ConnectionManager, policy: SessionPolicy, prefix: &str) -> Self {
+        Self { redis, policy, prefix: prefix.to_owned() }
+    }
+}
+
+/// Stores a token, trims the user's tokens to the cap, returns the revoked ones.
+const CREATE_SESSION: &str = r"
+local session, user_sessions = KEYS[1], KEYS[2]
+local token, value, ttl_ms, now_ms, cap, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+redis.call('ZREMRANGEBYSCORE', user_sessions, '-inf', now_ms - ttl_ms)
+local revoked = {}
+local excess = redis.call('ZCARD', user_sessions) - cap + 1
+if excess > 0 then
+  local oldest = redis.call('ZRANGE', user_sessions, 0, excess - 1)
+  for _, old in ipairs(oldest) do
+    redis.call('DEL', prefix .. 'session:' .. old)
+    redis.call('ZREM', user_sessions, old)
+    table.insert(revoked, old)
+  end
+end
+redis.call('SET', session, value, 'PX', ttl_ms)
+redis.call('ZADD', user_sessions, now_ms, token)
+redis.call('PEXPIRE', user_sessions, ttl_ms)
+return revoked
+";
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn parse_session(value: &str) -> Option<SessionUser> {
+    let (id, name) = value.split_once('|')?;
+    Some(SessionUser { user_id: id.parse().ok()?, user_name: name.to_owned() })
+}
+
+#[async_trait]
+impl Sessions for RedisSessions {
+    async fn create(&self, user: SessionUser) -> Result<NewSession> {
+        let token = new_token();
+        let ttl = self.policy.ttl.max(Duration::from_millis(1)).as_millis() as i64;
+        let revoked: Vec<String> = Script::new(CREATE_SESSION)
+            .key(format!("{}session:{token}", self.prefix))
+            .key(format!("{}user-sessions:{}", self.prefix, user.user_id))
+            .arg(&token)
+            .arg(format!("{}|{}", user.user_id, user.user_name))
+            .arg(ttl)
+            .arg(now_ms())
+            .arg(self.policy.max_devices.max(1))
+            .arg(&self.prefix)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(NewSession { token, revoked })
+    }
+
+    async fn get(&self, token: &str) -> Result<Option<SessionUser>> {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(format!("{}session:{token}", self.prefix))
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(value.as_deref().and_then(parse_session))
+    }
+
+    async fn revoke(&self, token: &str) -> Result<Option<SessionUser>> {
+        let value: Option<String> = redis::cmd("GETDEL")
+            .arg(format!("{}session:{token}", self.prefix))
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        let user = value.as_deref().and_then(parse_session);
+        if let Some(user) = &user {
+            let _: i64 = redis::cmd("ZREM")
+                .arg(format!("{}user-sessions:{}", self.prefix, user.user_id))
+                .arg(token)
+                .query_async(&mut self.redis.clone())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(user)
+    }
+}
+
+/// Presence in Redis.
+#[derive(Clone)]
+pub struct RedisPresence {
+    redis: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPresence").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl RedisPresence {
+    pub fn new(redis: ConnectionManager, prefix: &str) -> Self {
+        Self { redis, prefix: prefix.to_owned() }
+    }
+
+    fn room_keys(&self, room: u64) -> (String, String) {
+        (format!("{}room:{room}:users", self.prefix), format!("{}room:{room}:names", self.prefix))
+    }
+}
+
+const JOIN: &str = r"
+local users, names, server = KEYS[1], KEYS[2], KEYS[3]
+local user, name, field = ARGV[1], ARGV[2], ARGV[3]
+redis.call('HINCRBY', server, field, 1)
+redis.call('HSET', names, user, name)
+return redis.call('HINCRBY', users, user, 1)
+";
+
+const LEAVE: &str = r"
+local users, names, server = KEYS[1], KEYS[2], KEYS[3]
+local user, field = ARGV[1], ARGV[2]
+local mine = tonumber(redis.call('HGET', server, field) or '0')
+if mine <= 0 then return -1 end
+if mine == 1 then redis.call('HDEL', server, field) else redis.call('HINCRBY', server, field, -1) end
+local left = redis.call('HINCRBY', users, user, -1)
+if left <= 0 then
+  redis.call('HDEL', users, user)
+  redis.call('HDEL', names, user)
+end
+return left
+";
+
+/// Removes every connection of one server; returns the rooms that changed.
+const DROP_SERVER: &str = r"
+local server, prefix = KEYS[1], ARGV[1]
+local entries = redis.call('HGETALL', server)
+local changed = {}
+for i = 1, #entries, 2 do
+  local field, count = entries[i], tonumber(entries[i + 1])
+  local sep = string.find(field, '|', 1, true)
+  local room, user = string.sub(field, 1, sep - 1), string.sub(field, sep + 1)
+  local users, names = prefix .. 'room:' .. room .. ':users', prefix .. 'room:' .. room .. ':names'
+  local left = redis.call('HINCRBY', users, user, -count)
+  if left <= 0 then
+    redis.call('HDEL', users, user)
+    redis.call('HDEL', names, user)
+    changed[room] = true
+  end
+end
+redis.call('DEL', server)
+local rooms = {}
+for room, _ in pairs(changed) do table.insert(rooms, room) end
+return rooms
+";
+
+#[async_trait]
+impl Presence for RedisPresence {
+    async fn join(&self, room: u64, user: &SessionUser, server: &str) -> Result<bool> {
+        let (users, names) = self.room_keys(room);
+        let count: i64 = Script::new(JOIN)
+            .key(users)
+            .key(names)
+            .key(format!("{}server:{server}", self.prefix))
+            .arg(user.user_id)
+            .arg(&user.user_name)
+            .arg(format!("{room}|{}", user.user_id))
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(count == 1)
+    }
+
+    async fn leave(&self, room: u64, user_id: u64, server: &str) -> Result<bool> {
+        let (users, names) = self.room_keys(room);
+        let left: i64 = Script::new(LEAVE)
+            .key(users)
+            .key(names)
+            .key(format!("{}server:{server}", self.prefix))
+            .arg(user_id)
+            .arg(format!("{room}|{user_id}"))
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(left == 0)
+    }
+
+    async fn count(&self, room: u64) -> Result<u64> {
+        let (users, _) = self.room_keys(room);
+        redis::cmd("HLEN").arg(users).query_async(&mut self.redis.clone()).await.map_err(unavailable)
+    }
+
+    async fn members(&self, room: u64, cap: usize) -> Result<Vec<(u64, String)>> {
+        let (_, names) = self.room_keys(room);
+        let all: Vec<(String, String)> =
+            redis::cmd("HGETALL").arg(names).query_async(&mut self.redis.clone()).await.map_err(unavailable)?;
+        let mut members: Vec<(u64, String)> =
+            all.into_iter().filter_map(|(id, name)| Some((id.parse().ok()?, name))).collect();
+        members.sort_unstable();
+        members.truncate(cap);
+        Ok(members)
+    }
+
+    async fn drop_server(&self, server: &str) -> Result<Vec<u64>> {
+        let rooms: Vec<String> = Script::new(DROP_SERVER)
+            .key(format!("{}server:{server}", self.prefix))
+            .arg(&self.prefix)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        let mut rooms: Vec<u64> = rooms.iter().filter_map(|r| r.parse().ok()).collect();
+        rooms.sort_unstable();
+        Ok(rooms)
+    }
+}

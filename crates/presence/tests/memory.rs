@@ -1,0 +1,24 @@
+//! The sessions and presence conformance tests against the in-process backends.
+
+use courier_presence::conformance;
+use courier_presence::memory::{MemoryPresence, MemorySessions, SessionPolicy};
+
+#[tokio::test]
+async fn device_cap_revokes_the_oldest_token() {
+    let sessions = MemorySessions::new(SessionPolicy { max_devices: 2, ..SessionPolicy::default() });
+    conformance::device_cap_revokes_the_oldest_token(&sessions, 0).await;
+}
+
+#[tokio::test]
+async fn presence_counts_users_not_tabs() {
+    conformance::presence_counts_users_not_tabs(&MemoryPresence::default(), 0).await;
+}
+
+#[tokio::test]
+async fn expired_tokens_are_invalid() {
+    let sessions = MemorySessions::new(SessionPolicy { ttl: std::time::Duration::ZERO, max_devices: 1 });
+    let s = courier_presence::Sessions::create(&sessions, courier_presence::SessionUser { user_id: 1, user_name: "a".into() })
+        .await
+        .expect("create");
+    assert_eq!(courier_presence::Sessions::get(&sessions, &s.token).await.expect("get"), None);
+}

@@ -1,0 +1,274 @@
+//! The production queue: Apache Kafka through librdkafka (`rdkafka`).
+//!
+//! - The producer is idempotent with `acks=all`, so a record acknowledged to the
+//!   sender is on every in-sync replica and a librdkafka retry never duplicates or
+//!   reorders it. Keys are placed with `murmur2_random`, Kafka's Java partitioner,
+//!   so every client of these topics agrees where a key lives.
+//! - Consumers use cooperative-sticky assignment (a rebalance moves only the
+//!   partitions that must move) and never auto-commit: the task tier commits an
+//!   offset only after persisting the record. Session and heartbeat timeouts are
+//!   options so a dead worker's partitions move within seconds.
+//! - Topics are created with `cleanup.policy=delete` and a retention; a topic that
+//!   exists with another partition count is refused, never altered (changing it
+//!   moves keys and breaks per-key order).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::Producer as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{Consumer, Error, Position, Queue, Record, Result, TopicPartition};
+
+/// How Courier talks to Kafka.
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    /// `host:port,…` of the brokers.
+    pub brokers: String,
+    /// Replication factor of topics Courier creates (3 in production).
+    pub replication: i32,
+    /// How long topics keep records (replay reaches back this far).
+    pub retention: Duration,
+    /// A consumer silent this long loses its partitions.
+    pub session_timeout: Duration,
+    /// How often a consumer tells the group it is alive.
+    pub heartbeat_interval: Duration,
+    /// A send Kafka has not acknowledged within this time fails.
+    pub delivery_timeout: Duration,
+    /// How long the producer waits to fill a batch.
+    pub linger: Duration,
+}
+
+impl KafkaOptions {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            replication: 1,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            delivery_timeout: Duration::from_secs(10),
+            linger: Duration::from_millis(1),
+        }
+    }
+}
+
+fn unavailable(e: KafkaError) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+/// The Kafka queue; cheap to clone.
+#[derive(Clone)]
+pub struct KafkaQueue {
+    options: KafkaOptions,
+    producer: FutureProducer,
+    admin: std::sync::Arc<AdminClient<DefaultClientContext>>,
+}
+
+impl std::fmt::Debug for KafkaQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaQueue").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl KafkaQueue {
+    /// Connects a producer and an admin client (lazily: brokers may be down).
+    pub fn connect(options: KafkaOptions) -> Result<Self> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &options.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("compression.type", "lz4")
+            .set("linger.ms", ms(options.linger))
+            .set("delivery.timeout.ms", ms(options.delivery_timeout))
+            .set("request.timeout.ms", ms(options.delivery_timeout.min(Duration::from_secs(30))))
+            .create()
+            .map_err(unavailable)?;
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &options.brokers).create().map_err(unavailable)?;
+        Ok(Self { options, producer, admin: std::sync::Arc::new(admin) })
+    }
+
+    fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.options.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", ms(self.options.session_timeout))
+            .set("heartbeat.interval.ms", ms(self.options.heartbeat_interval))
+            .set("enable.partition.eof", "false");
+        config
+    }
+}
+
+#[async_trait]
+impl Queue for KafkaQueue {
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<()> {
+        match self.partitions(topic).await {
+            Ok(existing) if existing == partitions => return Ok(()),
+            Ok(existing) => {
+                return Err(Error::PartitionMismatch { topic: topic.to_owned(), existing, wanted: partitions });
+            }
+            Err(Error::UnknownTopic(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let retention = ms(self.options.retention);
+        let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(self.options.replication))
+            .set("cleanup.policy", "delete")
+            .set("retention.ms", &retention);
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = self.admin.create_topics([&new], &options).await.map_err(unavailable)?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(Error::Unavailable(format!("creating topic {name}: {code}"))),
+            }
+        }
+        // Creation is asynchronous in the cluster: wait until metadata shows it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.partitions(topic).await {
+                Ok(n) if n == partitions => return Ok(()),
+                Ok(existing) => {
+                    return Err(Error::PartitionMismatch { topic: topic.to_owned(), existing, wanted: partitions });
+                }
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn produce(&self, topic: &str, key: &str, value: &[u8]) -> Result<Position> {
+        let record = FutureRecord::to(topic).key(key).payload(value);
+        match self.producer.send(record, self.options.delivery_timeout).await {
+            Ok(delivery) => Ok(Position { partition: delivery.partition as u32, offset: delivery.offset as u64 }),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition), _)) => {
+                Err(Error::UnknownTopic(topic.to_owned()))
+            }
+            Err((e, _)) => Err(unavailable(e)),
+        }
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>> {
+        let consumer: StreamConsumer = self.consumer_config(group).create().map_err(unavailable)?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(unavailable)?;
+        Ok(Box::new(KafkaConsumer { consumer }))
+    }
+
+    async fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<Record>> {
+        let mut config = self.consumer_config(&format!("courier-read-{}", std::process::id()));
+        config.set("enable.partition.eof", "true");
+        let (topic, brokers_timeout) = (topic.to_owned(), Duration::from_secs(10));
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create().map_err(unavailable)?;
+            let mut assignment = TopicPartitionList::new();
+            assignment
+                .add_partition_offset(&topic, partition as i32, Offset::Offset(offset as i64))
+                .map_err(unavailable)?;
+            consumer.assign(&assignment).map_err(unavailable)?;
+            let mut records = Vec::new();
+            let deadline = std::time::Instant::now() + brokers_timeout;
+            while records.len() < max && std::time::Instant::now() < deadline {
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(message)) => records.push(to_record(&message)),
+                    Some(Err(KafkaError::PartitionEOF(_))) => break,
+                    Some(Err(e)) => return Err(unavailable(e)),
+                    None => {}
+                }
+            }
+            Ok(records)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))?
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<u32> {
+        let producer = self.producer.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let metadata =
+                producer.client().fetch_metadata(Some(&topic), Duration::from_secs(10)).map_err(unavailable)?;
+            let found = metadata.topics().iter().find(|t| t.name() == topic);
+            match found {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as u32),
+                _ => Err(Error::UnknownTopic(topic)),
+            }
+        })
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))?
+    }
+}
+
+fn to_record<M: rdkafka::message::Message>(message: &M) -> Record {
+    Record {
+        topic: message.topic().to_owned(),
+        partition: message.partition() as u32,
+        offset: message.offset() as u64,
+        key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+        value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        timestamp_ms: message.timestamp().to_millis().unwrap_or_default(),
+    }
+}
+
+struct KafkaConsumer {
+    consumer: StreamConsumer,
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>> {
+        let mut records = Vec::new();
+        let first = match tokio::time::timeout(timeout, self.consumer.recv()).await {
+            Err(_) => return Ok(records),
+            Ok(result) => result.map_err(unavailable)?,
+        };
+        records.push(to_record(&first));
+        drop(first);
+        // Take whatever else is ready now, without waiting.
+        while records.len() < max {
+            use futures_util::FutureExt as _;
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(message)) => records.push(to_record(&message)),
+                Some(Err(e)) => return Err(unavailable(e)),
+                None => break,
+            }
+        }
+        Ok(records)
+    }
+
+    async fn commit(&mut self, topic: &str, partition: u32, offset: u64) -> Result<()> {
+        let mut offsets = TopicPartitionList::new();
+        offsets.add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64 + 1)).map_err(unavailable)?;
+        self.consumer.commit(&offsets, CommitMode::Async).map_err(unavailable)
+    }
+
+    fn assignment(&self) -> Vec<TopicPartition> {
+        self.consumer
+            .assignment()
+            .map(|list| list.elements().iter().map(|e| (e.topic().to_owned(), e.partition() as u32)).collect())
+            .unwrap_or_default()
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+}

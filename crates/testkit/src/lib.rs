@@ -1,0 +1,52 @@
+//! Helpers shared by Courier's tests.
+//!
+//! - [`service`]: where a production backend runs (set by `scripts/services`). A
+//!   test whose service is absent says so on stderr instead of passing silently,
+//!   and fails when `COURIER_REQUIRE_SERVICES=1` (as in CI), so a backend can
+//!   never skip its tests unnoticed.
+//! - [`eventually`]: waits for a condition that becomes true through asynchronous
+//!   work, polling it until a deadline, instead of sleeping a fixed time.
+//! - [`unique`]: a number unique to this test run, to namespace shared services.
+
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The address in environment variable `var`, or `None` (announced) if unset.
+pub fn service(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            assert!(
+                std::env::var("COURIER_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "{var} is not set but COURIER_REQUIRE_SERVICES=1: start them with scripts/services up"
+            );
+            eprintln!("SKIPPED: {var} is not set (run scripts/services up and export its output)");
+            None
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `patience`.
+pub async fn eventually<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + patience;
+    let mut delay = Duration::from_millis(5);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {patience:?} waiting for {what}");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A number unique to this test run and process (milliseconds plus pid), below
+/// 10^12 so callers can scale it into ids.
+pub fn unique() -> u64 {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    (ms % 1_000_000_000) * 1000 + u64::from(std::process::id() % 1000)
+}
