@@ -85,13 +85,29 @@ pub struct ApiArgs {
     pub admin_addr: SocketAddr,
 }
 
+/// Names of the queue's topics and group.
+#[derive(Debug, Clone, Args)]
+pub struct TopicArgs {
+    /// Topic of room traffic (keyed room:<id>).
+    #[arg(long, env = "COURIER_ROOM_TOPIC", default_value = "courier-room")]
+    pub room_topic: String,
+    /// Topic of private traffic (keyed user:<recipient>).
+    #[arg(long, env = "COURIER_PRIVATE_TOPIC", default_value = "courier-private")]
+    pub private_topic: String,
+    /// Partitions of each topic when created (fixed afterwards).
+    #[arg(long, env = "COURIER_PARTITIONS", default_value_t = 8)]
+    pub partitions: u32,
+}
+
 #[derive(Debug, Args)]
 pub struct LogicArgs {
     /// gRPC address.
     #[arg(long, env = "COURIER_LOGIC_ADDR", default_value = "127.0.0.1:7170")]
     pub listen: SocketAddr,
-    #[arg(long, env = "COURIER_DATA_DIR", default_value = "courier-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub backends: crate::tiers::Backends,
+    #[command(flatten)]
+    pub topics: TopicArgs,
     /// Connect nodes as SERVER_ID=HOST:PORT (their push service); repeatable.
     #[arg(
         long = "connect-node",
@@ -137,8 +153,13 @@ pub struct ConnectArgs {
 
 #[derive(Debug, Args)]
 pub struct TaskArgs {
-    #[arg(long, env = "COURIER_DATA_DIR", default_value = "courier-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub backends: crate::tiers::Backends,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    /// Consumer group shared by the task workers.
+    #[arg(long, env = "COURIER_TASK_GROUP", default_value = "courier-task")]
+    pub group: String,
     /// Connect nodes as SERVER_ID=HOST:PORT (their push service); repeatable.
     #[arg(
         long = "connect-node",
@@ -171,8 +192,8 @@ pub struct SiteArgs {
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    #[arg(long, env = "COURIER_DATA_DIR", default_value = "courier-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub backends: crate::tiers::Backends,
 }
 
 /// Runs a parsed command line.
@@ -213,8 +234,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Logic(args) => {
             let admin = Admin::start(args.admin_addr).await?;
-            let config = courier_logic::LogicConfig { worker_id: args.worker_id, ..Default::default() };
-            crate::tiers::logic(config, args.listen, &args.data_dir, args.connect_nodes, args.demo_users, admin).await
+            let config = courier_logic::LogicConfig {
+                worker_id: args.worker_id,
+                room_topic: args.topics.room_topic,
+                private_topic: args.topics.private_topic,
+                partitions: args.topics.partitions,
+                ..Default::default()
+            };
+            crate::tiers::logic(config, args.listen, &args.backends, args.connect_nodes, args.demo_users, admin).await
         }
         Command::Connect(args) => {
             let admin = Admin::start(args.admin_addr).await?;
@@ -242,7 +269,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Task(args) => {
             let admin = Admin::start(args.admin_addr).await?;
-            crate::tiers::task(Default::default(), &args.data_dir, args.connect_nodes, admin).await
+            let config = courier_task::TaskConfig {
+                group: args.group,
+                room_topic: args.topics.room_topic,
+                private_topic: args.topics.private_topic,
+                ..Default::default()
+            };
+            crate::tiers::task(config, &args.backends, args.connect_nodes, admin).await
         }
         Command::Site(args) => {
             let admin = Admin::start(args.admin_addr).await?;
@@ -259,8 +292,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Migrate(args) => {
-            let (_store, _queue) = crate::tiers::open_embedded(&args.data_dir).await?;
-            say(&format!("schema of {} is up to date\n", args.data_dir.display()));
+            args.backends.stores().await?;
+            let what = match &args.backends.postgres {
+                Some(_) => "PostgreSQL".to_owned(),
+                None => args.backends.data_dir.display().to_string(),
+            };
+            say(&format!("schema of {what} is up to date\n"));
             Ok(())
         }
     }

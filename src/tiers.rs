@@ -1,25 +1,119 @@
 //! One tier per process, as a cluster runs them.
 //!
 //! Each command builds the backends its tier needs, binds its listeners and its
-//! admin endpoints, and runs until SIGTERM/Ctrl-C. With the embedded backends,
-//! logic and task share the SQLite files of one data directory (the embedded queue
-//! supports consumers in other processes); sessions and presence then live in the
-//! logic process, so run exactly one logic.
+//! admin endpoints, and runs until SIGTERM/Ctrl-C. Backends are chosen by
+//! [`Backends`]: Kafka, PostgreSQL and Redis when their addresses are given (the
+//! production set), otherwise the embedded ones in a data directory. With the
+//! embedded set, logic and task share the SQLite files of one directory (the
+//! embedded queue supports consumers in other processes) and sessions and presence
+//! live in the logic process, so run exactly one logic.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::Args;
 use courier_discovery::{ConnectNode, StaticDiscovery};
 use courier_presence::memory::{MemoryPresence, MemorySessions, SessionPolicy};
+use courier_presence::{Presence, Sessions};
 use courier_push::{Pusher, PusherOptions};
+use courier_queue::Queue;
+use courier_queue::kafka::{KafkaOptions, KafkaQueue};
 use courier_queue::sqlite::{SqliteQueue, SqliteQueueOptions};
+use courier_store::postgres::PgStore;
 use courier_store::sqlite::SqliteStore;
+use courier_store::{HistoryStore, UserStore};
 use courier_telemetry::{Metrics, Readiness};
 use tokio_util::sync::CancellationToken;
 
 use crate::{bind, shutdown_signal};
+
+/// Where a tier's state lives.
+#[derive(Debug, Clone, Args)]
+pub struct Backends {
+    /// Data directory of the embedded backends (used for what is not given below).
+    #[arg(long, env = "COURIER_DATA_DIR", default_value = "courier-data")]
+    pub data_dir: PathBuf,
+    /// Kafka brokers (host:port,…); the embedded queue when absent.
+    #[arg(long, env = "COURIER_KAFKA")]
+    pub kafka: Option<String>,
+    /// Replication factor of the topics Courier creates in Kafka.
+    #[arg(long, env = "COURIER_KAFKA_REPLICATION", default_value_t = 1)]
+    pub kafka_replication: i32,
+    /// Milliseconds after which a silent task worker loses its partitions.
+    #[arg(long, env = "COURIER_KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_session_timeout_ms: u64,
+    /// PostgreSQL URL for users and history; the embedded SQLite store when absent.
+    #[arg(long, env = "COURIER_POSTGRES")]
+    pub postgres: Option<String>,
+    /// Redis URL for sessions and presence; in process when absent.
+    #[arg(long, env = "COURIER_REDIS")]
+    pub redis: Option<String>,
+    /// Prefix of Courier's Redis keys.
+    #[arg(long, env = "COURIER_REDIS_PREFIX", default_value = "courier:")]
+    pub redis_prefix: String,
+}
+
+/// A user store and a history store (one object implements both).
+pub type Stores = (Arc<dyn UserStore>, Arc<dyn HistoryStore>);
+
+impl Backends {
+    fn data_file(&self, name: &str) -> anyhow::Result<PathBuf> {
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))?;
+        Ok(self.data_dir.join(name))
+    }
+
+    /// The queue: Kafka, or the embedded queue.
+    pub async fn queue(&self) -> anyhow::Result<Arc<dyn Queue>> {
+        Ok(match &self.kafka {
+            Some(brokers) => {
+                let mut options = KafkaOptions::new(brokers.clone());
+                options.replication = self.kafka_replication;
+                options.session_timeout = Duration::from_millis(self.kafka_session_timeout_ms);
+                options.heartbeat_interval = (options.session_timeout / 6).max(Duration::from_millis(100));
+                Arc::new(KafkaQueue::connect(options).context("connecting to Kafka")?)
+            }
+            None => Arc::new(
+                SqliteQueue::open(&self.data_file("queue.sqlite")?, SqliteQueueOptions::default())
+                    .await
+                    .context("opening the embedded queue")?,
+            ),
+        })
+    }
+
+    /// The stores: PostgreSQL, or SQLite. Either applies pending migrations.
+    pub async fn stores(&self) -> anyhow::Result<Stores> {
+        Ok(match &self.postgres {
+            Some(url) => {
+                let store = Arc::new(PgStore::connect(url).await.context("connecting to PostgreSQL")?);
+                (store.clone(), store)
+            }
+            None => {
+                let store = Arc::new(
+                    SqliteStore::open(&self.data_file("courier.sqlite")?).await.context("opening the store")?,
+                );
+                (store.clone(), store)
+            }
+        })
+    }
+
+    /// Sessions and presence: Redis, or in process.
+    pub async fn sessions(&self, policy: SessionPolicy) -> anyhow::Result<(Arc<dyn Sessions>, Arc<dyn Presence>)> {
+        Ok(match &self.redis {
+            Some(url) => {
+                let redis = courier_presence::redis::connect(url).await.context("connecting to Redis")?;
+                (
+                    Arc::new(courier_presence::redis::RedisSessions::new(redis.clone(), policy, &self.redis_prefix)),
+                    Arc::new(courier_presence::redis::RedisPresence::new(redis, &self.redis_prefix)),
+                )
+            }
+            None => (Arc::new(MemorySessions::new(policy)), Arc::new(MemoryPresence::default())),
+        })
+    }
+}
 
 /// Metrics, readiness and the admin server of one tier process.
 pub struct Admin {
@@ -46,17 +140,6 @@ impl Admin {
     }
 }
 
-/// Opens the embedded store and queue of a data directory.
-pub async fn open_embedded(data_dir: &Path) -> anyhow::Result<(Arc<SqliteStore>, Arc<SqliteQueue>)> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let store = SqliteStore::open(&data_dir.join("courier.sqlite")).await.context("opening the store")?;
-    let queue = SqliteQueue::open(&data_dir.join("queue.sqlite"), SqliteQueueOptions::default())
-        .await
-        .context("opening the embedded queue")?;
-    Ok((Arc::new(store), Arc::new(queue)))
-}
-
 /// A pusher to a fixed list of connect nodes.
 pub async fn static_pusher(nodes: Vec<ConnectNode>, admin: &Admin) -> Pusher {
     Pusher::start(
@@ -68,27 +151,22 @@ pub async fn static_pusher(nodes: Vec<ConnectNode>, admin: &Admin) -> Pusher {
     .await
 }
 
-/// Runs logic on the embedded backends.
+/// Runs logic.
 pub async fn logic(
     config: courier_logic::LogicConfig,
     listen: SocketAddr,
-    data_dir: &Path,
+    backends: &Backends,
     nodes: Vec<ConnectNode>,
     demo_users: bool,
     admin: Admin,
 ) -> anyhow::Result<()> {
-    let (store, queue) = open_embedded(data_dir).await?;
+    let (users, _) = backends.stores().await?;
+    let queue = backends.queue().await?;
+    let (sessions, presence) = backends.sessions(SessionPolicy::default()).await?;
     let pusher = static_pusher(nodes, &admin).await;
     let logic = courier_logic::Logic::new(
         config,
-        courier_logic::LogicBackends {
-            users: store,
-            sessions: Arc::new(MemorySessions::new(SessionPolicy::default())),
-            presence: Arc::new(MemoryPresence::default()),
-            queue,
-            pusher,
-            metrics: admin.metrics.clone(),
-        },
+        courier_logic::LogicBackends { users, sessions, presence, queue, pusher, metrics: admin.metrics.clone() },
     )?;
     logic.ensure_topics().await.context("creating the queue topics")?;
     if demo_users {
@@ -105,16 +183,17 @@ pub async fn logic(
     Ok(())
 }
 
-/// Runs task on the embedded backends.
+/// Runs a task worker.
 pub async fn task(
     config: courier_task::TaskConfig,
-    data_dir: &Path,
+    backends: &Backends,
     nodes: Vec<ConnectNode>,
     admin: Admin,
 ) -> anyhow::Result<()> {
-    let (store, queue) = open_embedded(data_dir).await?;
+    let (_, history) = backends.stores().await?;
+    let queue = backends.queue().await?;
     let pusher = static_pusher(nodes, &admin).await;
-    let backends = courier_task::TaskBackends { queue, history: store, pusher, metrics: admin.metrics.clone() };
-    courier_task::run(config, backends, admin.readiness.flag("task"), admin.shutdown.clone()).await;
+    let task_backends = courier_task::TaskBackends { queue, history, pusher, metrics: admin.metrics.clone() };
+    courier_task::run(config, task_backends, admin.readiness.flag("task"), admin.shutdown.clone()).await;
     Ok(())
 }
