@@ -273,6 +273,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 group: args.group,
                 room_topic: args.topics.room_topic,
                 private_topic: args.topics.private_topic,
+                partitions: args.topics.partitions,
                 ..Default::default()
             };
             crate::tiers::task(config, &args.backends, args.connect_nodes, admin).await

@@ -92,9 +92,8 @@ impl Backends {
                 (store.clone(), store)
             }
             None => {
-                let store = Arc::new(
-                    SqliteStore::open(&self.data_file("courier.sqlite")?).await.context("opening the store")?,
-                );
+                let store =
+                    Arc::new(SqliteStore::open(&self.data_file("courier.sqlite")?).await.context("opening the store")?);
                 (store.clone(), store)
             }
         })

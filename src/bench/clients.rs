@@ -132,7 +132,8 @@ pub async fn open(
             let stream = tcp_connect(url, source).await?;
             let (socket, _) = tokio_tungstenite::client_async(target.ws.as_str(), stream).await?;
             let (sink, stream) = socket.split();
-            let sink = sink.sink_map_err(anyhow::Error::from).with(|text: String| future::ok(Message::Text(text.into())));
+            let sink =
+                sink.sink_map_err(anyhow::Error::from).with(|text: String| future::ok(Message::Text(text.into())));
             let stream = stream.filter_map(|m| {
                 future::ready(match m {
                     Ok(Message::Text(text)) => Some(Ok(text.to_string())),

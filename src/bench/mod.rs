@@ -478,8 +478,7 @@ async fn read_loop(
                 if op == 2 && frame["fromUserId"].as_u64() == Some(me) {
                     continue;
                 }
-                let Some((sender, seq, due)) = frame["msg"].as_str().and_then(|m| measure::decode_body(&run, m))
-                else {
+                let Some((sender, seq, due)) = frame["msg"].as_str().and_then(|m| measure::decode_body(&run, m)) else {
                     continue;
                 };
                 let before = result.receiver.unique;
@@ -497,12 +496,7 @@ async fn read_loop(
 }
 
 /// The `connections` scenario: hold `count` idle connections, measure the servers.
-async fn connections(
-    args: &BenchArgs,
-    count: usize,
-    per_process: usize,
-    sources: &[IpAddr],
-) -> anyhow::Result<Report> {
+async fn connections(args: &BenchArgs, count: usize, per_process: usize, sources: &[IpAddr]) -> anyhow::Result<Report> {
     let pids = if args.pids.is_empty() { measure::find_server_pids() } else { args.pids.clone() };
     let rss = |pids: &[u32]| pids.iter().filter_map(|p| measure::rss_bytes(*p)).sum::<u64>();
     let rss_before = rss(&pids);

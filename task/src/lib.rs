@@ -34,6 +34,8 @@ pub struct TaskConfig {
     pub group: String,
     pub room_topic: String,
     pub private_topic: String,
+    /// Partitions of each topic, should task be first to create them.
+    pub partitions: u32,
     /// Most records persisted in one transaction.
     pub max_batch: usize,
 }
@@ -44,6 +46,7 @@ impl Default for TaskConfig {
             group: "courier-task".into(),
             room_topic: "courier-room".into(),
             private_topic: "courier-private".into(),
+            partitions: 8,
             max_batch: 512,
         }
     }
@@ -64,7 +67,13 @@ pub async fn run(config: TaskConfig, backends: TaskBackends, ready: ReadyFlag, s
     let topics = vec![config.room_topic.clone(), config.private_topic.clone()];
     let mut backoff = Backoff::default();
     let mut consumer = loop {
-        match backends.queue.subscribe(&config.group, &topics).await {
+        let subscribed = async {
+            for topic in &topics {
+                backends.queue.ensure_topic(topic, config.partitions).await?;
+            }
+            backends.queue.subscribe(&config.group, &topics).await
+        };
+        match subscribed.await {
             Ok(consumer) => break consumer,
             Err(e) => {
                 tracing::warn!(error = %e, "task could not join its consumer group; retrying");

@@ -17,8 +17,11 @@ async fn presence_counts_users_not_tabs() {
 #[tokio::test]
 async fn expired_tokens_are_invalid() {
     let sessions = MemorySessions::new(SessionPolicy { ttl: std::time::Duration::ZERO, max_devices: 1 });
-    let s = courier_presence::Sessions::create(&sessions, courier_presence::SessionUser { user_id: 1, user_name: "a".into() })
-        .await
-        .expect("create");
+    let s = courier_presence::Sessions::create(
+        &sessions,
+        courier_presence::SessionUser { user_id: 1, user_name: "a".into() },
+    )
+    .await
+    .expect("create");
     assert_eq!(courier_presence::Sessions::get(&sessions, &s.token).await.expect("get"), None);
 }

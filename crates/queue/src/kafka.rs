@@ -5,9 +5,14 @@
 //!   reorders it. Keys are placed with `murmur2_random`, Kafka's Java partitioner,
 //!   so every client of these topics agrees where a key lives.
 //! - Consumers use cooperative-sticky assignment (a rebalance moves only the
-//!   partitions that must move) and never auto-commit: the task tier commits an
-//!   offset only after persisting the record. Session and heartbeat timeouts are
-//!   options so a dead worker's partitions move within seconds.
+//!   partitions that must move). An offset becomes committable only when the task
+//!   tier calls [`Consumer::commit`] after persisting the record: that *stores* it,
+//!   and librdkafka commits stored offsets every `commit_interval` and on
+//!   rebalance and close. Committing each record synchronously would cost the
+//!   broker a write to `__consumer_offsets` per message; a crash between store and
+//!   commit only redelivers persisted records, which the store recognises. Session
+//!   and heartbeat timeouts are options so a dead worker's partitions move within
+//!   seconds.
 //! - Topics are created with `cleanup.policy=delete` and a retention; a topic that
 //!   exists with another partition count is refused, never altered (changing it
 //!   moves keys and breaks per-key order).
@@ -43,6 +48,8 @@ pub struct KafkaOptions {
     pub delivery_timeout: Duration,
     /// How long the producer waits to fill a batch.
     pub linger: Duration,
+    /// How often stored offsets are committed.
+    pub commit_interval: Duration,
 }
 
 impl KafkaOptions {
@@ -55,6 +62,7 @@ impl KafkaOptions {
             heartbeat_interval: Duration::from_secs(1),
             delivery_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(1),
+            commit_interval: Duration::from_millis(200),
         }
     }
 }
@@ -105,7 +113,8 @@ impl KafkaQueue {
         config
             .set("bootstrap.servers", &self.options.brokers)
             .set("group.id", group)
-            .set("enable.auto.commit", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", ms(self.options.commit_interval))
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
@@ -255,9 +264,8 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn commit(&mut self, topic: &str, partition: u32, offset: u64) -> Result<()> {
-        let mut offsets = TopicPartitionList::new();
-        offsets.add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64 + 1)).map_err(unavailable)?;
-        self.consumer.commit(&offsets, CommitMode::Async).map_err(unavailable)
+        // Marks the record processed; librdkafka commits it shortly (see module docs).
+        self.consumer.store_offset(topic, partition as i32, offset as i64).map_err(unavailable)
     }
 
     fn assignment(&self) -> Vec<TopicPartition> {
@@ -268,7 +276,12 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn close(&mut self) -> Result<()> {
+        // Commit what was stored before leaving, so the next owner starts there.
+        let committed = match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        };
         self.consumer.unsubscribe();
-        Ok(())
+        committed
     }
 }

@@ -15,8 +15,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 
 use crate::{
-    Appended, Error, HistoryStore, Message, MessageKind, Result, StoredMessage, StreamInfo, User, UserStore,
-    new_epoch,
+    Appended, Error, HistoryStore, Message, MessageKind, Result, StoredMessage, StreamInfo, User, UserStore, new_epoch,
 };
 
 /// Users and history in PostgreSQL; cheap to clone.
@@ -29,11 +28,8 @@ impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`) and applies pending
     /// migrations.
     pub async fn connect(url: &str) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
+        let pool =
+            PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)
@@ -107,8 +103,7 @@ fn stored_from_row(row: &PgRow) -> Result<StoredMessage> {
         },
         message: Message {
             msg_id: row.try_get::<i64, _>("msg_id")? as u64,
-            kind: MessageKind::from_code(kind.into())
-                .ok_or_else(|| Error::Corrupt(format!("message kind {kind}")))?,
+            kind: MessageKind::from_code(kind.into()).ok_or_else(|| Error::Corrupt(format!("message kind {kind}")))?,
             room_id: row.try_get::<i64, _>("room_id")? as u64,
             from_user_id: row.try_get::<i64, _>("from_user_id")? as u64,
             from_user_name: row.try_get("from_user_name")?,
@@ -219,7 +214,6 @@ impl HistoryStore for PgStore {
             .bind(stream)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| Ok(StreamInfo { epoch: row.try_get(0)?, last_seq: row.try_get::<i64, _>(1)? as u64 }))
-            .transpose()
+        row.map(|row| Ok(StreamInfo { epoch: row.try_get(0)?, last_seq: row.try_get::<i64, _>(1)? as u64 })).transpose()
     }
 }

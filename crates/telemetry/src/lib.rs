@@ -253,9 +253,13 @@ impl Readiness {
         flag
     }
 
-    /// Names of the conditions not yet met (empty when ready).
+    /// Names of the conditions not yet met (empty when ready). Before any tier
+    /// has registered a condition, the process is still starting.
     pub fn pending(&self) -> Vec<String> {
         let flags = self.flags.lock().unwrap_or_else(|p| p.into_inner());
+        if flags.is_empty() {
+            return vec!["starting".to_owned()];
+        }
         flags.iter().filter(|f| !f.ready.load(Ordering::Acquire)).map(|f| f.name.clone()).collect()
     }
 }
@@ -335,6 +339,7 @@ mod tests {
     #[test]
     fn readiness_names_pending_conditions() {
         let readiness = Readiness::default();
+        assert_eq!(readiness.pending(), vec!["starting"], "nothing registered yet is not ready");
         let logic = readiness.flag("logic");
         let task = readiness.flag("task");
         assert_eq!(readiness.pending(), vec!["logic", "task"]);

@@ -1,0 +1,172 @@
+//! Every tier in its own process on the production backends (Kafka, PostgreSQL,
+//! Redis from `scripts/services up`): clients on two connect nodes exchange room
+//! and private messages, and every frame arrives once and in order.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Api, Tcp, Ws};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+struct Cluster {
+    _children: Vec<Child>,
+    api: SocketAddr,
+    ws: [SocketAddr; 2],
+    tcp: [SocketAddr; 2],
+}
+
+impl Cluster {
+    async fn start(data: &Path) -> Option<Self> {
+        let kafka = courier_testkit::service("COURIER_KAFKA")?;
+        let postgres = courier_testkit::service("COURIER_POSTGRES")?;
+        let redis = courier_testkit::service("COURIER_REDIS")?;
+        let run = courier_testkit::unique();
+        let env = [
+            ("COURIER_KAFKA", kafka),
+            ("COURIER_POSTGRES", postgres),
+            ("COURIER_REDIS", redis),
+            ("COURIER_REDIS_PREFIX", format!("courier-e2e-{run}:")),
+            ("COURIER_ROOM_TOPIC", format!("e2e-{run}-room")),
+            ("COURIER_PRIVATE_TOPIC", format!("e2e-{run}-private")),
+            ("COURIER_TASK_GROUP", format!("e2e-{run}")),
+            ("COURIER_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
+            ("COURIER_DATA_DIR", data.display().to_string()),
+        ];
+        let (logic, push) = (free_port(), [free_port(), free_port()]);
+        let ws = [local(free_port()), local(free_port())];
+        let tcp = [local(free_port()), local(free_port())];
+        let api = local(free_port());
+        let nodes = format!("connect-0=127.0.0.1:{},connect-1=127.0.0.1:{}", push[0], push[1]);
+        let logic_addr = format!("127.0.0.1:{logic}");
+        let tiers: Vec<Vec<String>> = vec![
+            vec!["logic".into(), "--listen".into(), logic_addr.clone(), "--connect-node".into(), nodes.clone()],
+            vec!["task".into(), "--connect-node".into(), nodes.clone()],
+            vec!["task".into(), "--connect-node".into(), nodes.clone()],
+            vec![
+                "connect".into(),
+                "--server-id".into(),
+                "connect-0".into(),
+                "--ws-addr".into(),
+                ws[0].to_string(),
+                "--tcp-addr".into(),
+                tcp[0].to_string(),
+                "--push-addr".into(),
+                format!("127.0.0.1:{}", push[0]),
+                "--logic-addr".into(),
+                logic_addr.clone(),
+            ],
+            vec![
+                "connect".into(),
+                "--server-id".into(),
+                "connect-1".into(),
+                "--ws-addr".into(),
+                ws[1].to_string(),
+                "--tcp-addr".into(),
+                tcp[1].to_string(),
+                "--push-addr".into(),
+                format!("127.0.0.1:{}", push[1]),
+                "--logic-addr".into(),
+                logic_addr.clone(),
+            ],
+            vec!["api".into(), "--listen".into(), api.to_string(), "--logic-addr".into(), logic_addr],
+        ];
+        let http = reqwest::Client::new();
+        let mut children = Vec::new();
+        for args in tiers {
+            let admin = local(free_port());
+            let child = Command::new(env!("CARGO_BIN_EXE_courier"))
+                .args(&args)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .env("COURIER_ADMIN_ADDR", admin.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("tier starts");
+            children.push(child);
+            let url = format!("http://{admin}/readyz");
+            courier_testkit::eventually(&format!("{} ready", args[0]), Duration::from_secs(60), || async {
+                let response = http.get(&url).send().await.ok()?;
+                response.status().is_success().then_some(())
+            })
+            .await;
+        }
+        Some(Self { _children: children, api, ws, tcp })
+    }
+}
+
+#[tokio::test]
+async fn messages_cross_processes_once_and_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = Cluster::start(dir.path()).await else { return };
+    let api = Api::new(cluster.api);
+    let run = courier_testkit::unique();
+    let room = 1_000_000 + run % 1_000_000_000;
+    let (alice_token, alice) = api.register(&format!("a{}", run % 1_000_000_000)).await;
+    let (bob_token, bob) = api.register(&format!("b{}", run % 1_000_000_000)).await;
+    let (carol_token, carol) = api.register(&format!("c{}", run % 1_000_000_000)).await;
+
+    let mut alice_ws = Ws::connect(cluster.ws[0], &alice_token, room).await;
+    let mut bob_ws = Ws::connect(cluster.ws[1], &bob_token, room).await;
+    let mut carol_tcp = Tcp::connect(cluster.tcp[1], &carol_token, room).await;
+    alice_ws.await_members(&[alice, bob, carol]).await;
+    bob_ws.await_members(&[alice, bob, carol]).await;
+
+    const N: u64 = 30;
+    // Room traffic over HTTP from alice, private traffic over the socket from bob.
+    for i in 0..N {
+        let sent =
+            api.post("/push/pushRoom", json!({"authToken": alice_token, "msg": format!("r{i}"), "roomId": room})).await;
+        assert_eq!(sent["code"], 0, "{sent}");
+        bob_ws.send(json!({"op": 7, "toUserId": alice, "roomId": room, "msg": format!("p{i}"), "clientMsgId": i.to_string()})).await;
+    }
+
+    // Every room member, on either node and either transport, gets r0..r29 with
+    // seqs 1..30, in order, once.
+    let mut room_frames = [Vec::new(), Vec::new(), Vec::new()];
+    let mut private_frames = Vec::new();
+    while room_frames[0].len() < N as usize || private_frames.len() < N as usize {
+        let frame = alice_ws.next().await.expect("alice's socket stays open");
+        match frame["op"].as_i64() {
+            Some(3) => room_frames[0].push(frame),
+            Some(2) => private_frames.push(frame),
+            _ => {}
+        }
+    }
+    while room_frames[1].len() < N as usize {
+        let frame = bob_ws.next_op(3).await;
+        room_frames[1].push(frame);
+    }
+    while room_frames[2].len() < N as usize {
+        room_frames[2].push(carol_tcp.next_op(3).await);
+    }
+    for frames in &room_frames {
+        let got: Vec<(String, u64)> = frames
+            .iter()
+            .map(|f| (f["msg"].as_str().unwrap_or("").to_owned(), f["seq"].as_u64().unwrap_or(0)))
+            .collect();
+        let want: Vec<(String, u64)> = (0..N).map(|i| (format!("r{i}"), i + 1)).collect();
+        assert_eq!(got, want);
+        assert!(frames.iter().all(|f| f["stream"] == format!("room:{room}") && f["fromUserId"] == alice));
+    }
+    let got: Vec<(String, u64)> = private_frames
+        .iter()
+        .map(|f| (f["msg"].as_str().unwrap_or("").to_owned(), f["seq"].as_u64().unwrap_or(0)))
+        .collect();
+    let want: Vec<(String, u64)> = (0..N).map(|i| (format!("p{i}"), i + 1)).collect();
+    assert_eq!(got, want, "bob's private messages reach alice once, in order");
+    assert!(private_frames.iter().all(|f| f["fromUserId"] == bob && f["stream"] == format!("user:{alice}")));
+}
