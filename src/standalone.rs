@@ -159,6 +159,7 @@ impl Standalone {
             config.logic.clone(),
             LogicBackends {
                 users: store.clone(),
+                history: store.clone(),
                 sessions: Arc::new(MemorySessions::new(config.sessions.clone())),
                 presence: Arc::new(MemoryPresence::default()),
                 queue: queue.clone(),

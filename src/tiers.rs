@@ -159,13 +159,21 @@ pub async fn logic(
     demo_users: bool,
     admin: Admin,
 ) -> anyhow::Result<()> {
-    let (users, _) = backends.stores().await?;
+    let (users, history) = backends.stores().await?;
     let queue = backends.queue().await?;
     let (sessions, presence) = backends.sessions(SessionPolicy::default()).await?;
     let pusher = static_pusher(nodes, &admin).await;
     let logic = courier_logic::Logic::new(
         config,
-        courier_logic::LogicBackends { users, sessions, presence, queue, pusher, metrics: admin.metrics.clone() },
+        courier_logic::LogicBackends {
+            users,
+            history,
+            sessions,
+            presence,
+            queue,
+            pusher,
+            metrics: admin.metrics.clone(),
+        },
     )?;
     logic.ensure_topics().await.context("creating the queue topics")?;
     if demo_users {

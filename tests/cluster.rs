@@ -22,7 +22,8 @@ fn local(port: u16) -> SocketAddr {
 }
 
 struct Cluster {
-    _children: Vec<Child>,
+    /// logic, task, task, connect-0, connect-1, api.
+    children: Vec<Child>,
     api: SocketAddr,
     ws: [SocketAddr; 2],
     tcp: [SocketAddr; 2],
@@ -104,14 +105,14 @@ impl Cluster {
             })
             .await;
         }
-        Some(Self { _children: children, api, ws, tcp })
+        Some(Self { children, api, ws, tcp })
     }
 }
 
 #[tokio::test]
 async fn messages_cross_processes_once_and_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(cluster) = Cluster::start(dir.path()).await else { return };
+    let Some(mut cluster) = Cluster::start(dir.path()).await else { return };
     let api = Api::new(cluster.api);
     let run = courier_testkit::unique();
     let room = 1_000_000 + run % 1_000_000_000;
@@ -169,4 +170,21 @@ async fn messages_cross_processes_once_and_in_order() {
     let want: Vec<(String, u64)> = (0..N).map(|i| (format!("p{i}"), i + 1)).collect();
     assert_eq!(got, want, "bob's private messages reach alice once, in order");
     assert!(private_frames.iter().all(|f| f["fromUserId"] == bob && f["stream"] == format!("user:{alice}")));
+
+    // connect-0 dies with alice on it; she reconnects to connect-1 and resumes.
+    let position = json!({"epoch": room_frames[0][N as usize - 1]["epoch"], "seq": N});
+    cluster.children[3].kill().await.expect("kill connect-0");
+    drop(alice_ws);
+    for i in N..N + 10 {
+        let sent =
+            api.post("/push/pushRoom", json!({"authToken": bob_token, "msg": format!("r{i}"), "roomId": room})).await;
+        assert_eq!(sent["code"], 0, "{sent}");
+    }
+    let mut alice_ws =
+        Ws::connect_with(cluster.ws[1], json!({"authToken": alice_token, "roomId": room, "since": position})).await;
+    let missed = alice_ws.take_op(3, 10).await;
+    let got: Vec<(String, u64)> =
+        missed.iter().map(|f| (f["msg"].as_str().unwrap_or("").to_owned(), f["seq"].as_u64().unwrap_or(0))).collect();
+    let want: Vec<(String, u64)> = (N..N + 10).map(|i| (format!("r{i}"), i + 1)).collect();
+    assert_eq!(got, want, "exactly the messages missed while moving nodes");
 }

@@ -16,7 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use courier_proto::logic::logic_client::LogicClient;
-use courier_proto::logic::{Credentials, RoomRequest, SendRequest, TokenRequest, UserReply};
+use courier_proto::logic::{Credentials, HistoryRequest, RoomRequest, SendRequest, TokenRequest, UserReply};
 use courier_telemetry::{Metrics, ReadyFlag, RouteCodeLabel, RouteLabel};
 use courier_wire::frame::lenient_id;
 use serde::Deserialize;
@@ -287,6 +287,74 @@ async fn room_info(State(state): State<ApiState>, body: Body) -> Answer {
     result.await.unwrap_or_else(|answer| answer)
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryBody {
+    #[serde(default, deserialize_with = "lenient_id")]
+    room_id: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_id")]
+    user_id: Option<u64>,
+    #[serde(default)]
+    after_seq: Option<u64>,
+    #[serde(default)]
+    before_seq: Option<u64>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// `/history/room` (`roomId`) and `/history/private` (`userId`, the other party):
+/// a page of messages as they were pushed, by seq. `afterSeq` pages forwards
+/// (oldest first), `beforeSeq` backwards (newest first); neither means the newest
+/// page. `data` is `{stream, epoch, lastSeq, messages}`.
+async fn history(state: &ApiState, body: Body, private: bool) -> Answer {
+    let result = async {
+        let bytes = axum::body::to_bytes(body, state.config.body_limit)
+            .await
+            .map_err(|_| Answer::fail(format!("request body is larger than {} bytes", state.config.body_limit)))?;
+        let token: TokenBody = serde_json::from_slice(&bytes).map_err(|_| Answer::session_error())?;
+        session(state, token.auth_token.as_deref()).await?;
+        let b: HistoryBody =
+            serde_json::from_slice(&bytes).map_err(|e| Answer::fail(format!("invalid request body: {e}")))?;
+        let (room_id, peer_user_id) = if private {
+            (0, b.user_id.filter(|u| *u != 0).ok_or_else(|| Answer::fail("userId is required"))?)
+        } else {
+            (room_required(b.room_id)?, 0)
+        };
+        let (after_seq, before_seq) = match (b.after_seq, b.before_seq) {
+            (Some(_), Some(_)) => return Err(Answer::fail("give afterSeq or beforeSeq, not both")),
+            (Some(after), None) => (after, 0),
+            (None, Some(0)) => return Err(Answer::fail("beforeSeq must be at least 1")),
+            (None, Some(before)) => (0, before),
+            (None, None) => (0, u64::MAX),
+        };
+        let request = HistoryRequest {
+            auth_token: token.auth_token.unwrap_or_default(),
+            room_id,
+            peer_user_id,
+            after_seq,
+            before_seq,
+            limit: b.limit.unwrap_or(50),
+        };
+        let page =
+            state.logic.clone().history(request).await.map_err(|s| send_failure(state, &s, "history unavailable"))?;
+        let page = page.into_inner();
+        let messages: Vec<Value> = page.frames.iter().filter_map(|f| serde_json::from_str(&f.body).ok()).collect();
+        Ok(Answer::ok(
+            "ok",
+            json!({"stream": page.stream, "epoch": page.epoch, "lastSeq": page.last_seq, "messages": messages}),
+        ))
+    };
+    result.await.unwrap_or_else(|answer| answer)
+}
+
+async fn room_history(State(state): State<ApiState>, body: Body) -> Answer {
+    history(&state, body, false).await
+}
+
+async fn private_history(State(state): State<ApiState>, body: Body) -> Answer {
+    history(&state, body, true).await
+}
+
 async fn unknown_path() -> Answer {
     Answer::fail("please check request url !")
 }
@@ -317,6 +385,8 @@ pub fn router(config: ApiConfig, logic: LogicClient<Channel>, metrics: Arc<Metri
         .route("/push/pushRoom", post(push_room))
         .route("/push/count", post(count))
         .route("/push/getRoomInfo", post(room_info))
+        .route("/history/room", post(room_history))
+        .route("/history/private", post(private_history))
         .fallback(unknown_path)
         .method_not_allowed_fallback(unknown_path)
         .layer(middleware::from_fn_with_state(state.clone(), observe))

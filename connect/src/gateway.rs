@@ -4,19 +4,31 @@
 //! Frames from one connection are handled one after another (the transport's
 //! reader awaits [`Gateway::handle`]), so a client's sends reach logic, and so the
 //! queue, in the order the client sent them.
+//!
+//! Joining a stream with a `since` position recovers what the client missed:
+//! the channel enters the room (live frames start arriving) and holds those frames
+//! back, the history after `since` is read from logic and queued, then the held
+//! frames follow, each only if newer than the last queued. Without `since` a
+//! client gets live traffic only, as gochat's clients expect.
 
 use std::sync::Arc;
 
+use axum::extract::ws::Utf8Bytes;
 use courier_proto::logic::logic_client::LogicClient;
-use courier_proto::logic::{JoinRoomRequest, LeaveRoomRequest, SendRequest, TokenRequest};
+use courier_proto::logic::{HistoryRequest, JoinRoomRequest, LeaveRoomRequest, SendRequest, TokenRequest};
 use courier_telemetry::Metrics;
-use courier_wire::frame::{AckFrame, ClientFrame, ErrorFrame, op, to_text};
+use courier_wire::frame::{AckFrame, ClientFrame, ErrorFrame, Since, op, to_text};
 use tokio::sync::mpsc;
 use tonic::Code;
 use tonic::transport::Channel as GrpcChannel;
 
 use crate::ConnectConfig;
 use crate::hub::{Channel, Hub, Outbound, close_code};
+
+/// Messages read per history request while recovering.
+const RECOVERY_PAGE: u32 = 500;
+/// Most missed messages sent on one join; older ones stay reachable over HTTP.
+const MAX_RECOVERY: usize = 20_000;
 
 /// Shared by every connection of this node.
 #[derive(Debug, Clone)]
@@ -33,13 +45,15 @@ impl Gateway {
 
     /// Authenticates `token`, registers a channel and joins `room` (0: none).
     /// The error text is fit to show the client.
+    /// `since` resumes the room and `inbox_since` the user's inbox (see module docs).
     pub async fn open(
         &self,
-        token: &str,
-        room: u64,
+        auth: &ClientFrame,
         transport: &'static str,
         tx: mpsc::Sender<Outbound>,
     ) -> Result<Arc<Channel>, String> {
+        let token = auth.auth_token.as_deref().unwrap_or_default();
+        let room = auth.room_id.unwrap_or(0);
         let request = TokenRequest { auth_token: token.to_owned() };
         let user = self.logic.clone().check_auth(request).await.map_err(|s| status_text(&s))?.into_inner();
         let channel = Arc::new(Channel::new(
@@ -51,13 +65,33 @@ impl Gateway {
             tx,
         ));
         self.hub.add(channel.clone());
-        if room != 0
-            && let Err(reason) = self.join(&channel, room).await
-        {
-            self.hub.remove(&channel);
-            return Err(reason);
+        if let Some(since) = &auth.inbox_since {
+            // Hold the inbox's live frames back from the start; `resume` sends
+            // what was missed once the transport's writer runs.
+            let _ = since;
+            channel.begin_recovery(&courier_wire::user_stream(channel.user_id));
+        }
+        if room != 0 {
+            if auth.since.is_some() {
+                channel.begin_recovery(&courier_wire::room_stream(room));
+            }
+            if let Err(reason) = self.join(&channel, room, None).await {
+                self.hub.remove(&channel);
+                return Err(reason);
+            }
         }
         Ok(channel)
+    }
+
+    /// Recovers what the auth message asked for (`since`, `inboxSince`); call once
+    /// the connection's writer is running.
+    pub async fn resume(&self, channel: &Arc<Channel>, auth: &ClientFrame) {
+        if let (Some(room), Some(since)) = (auth.room_id.filter(|r| *r != 0), &auth.since) {
+            self.recover(channel, room, since).await;
+        }
+        if let Some(since) = &auth.inbox_since {
+            self.recover(channel, 0, since).await;
+        }
     }
 
     /// Acts on one client frame; answers (ack, error) go to the channel's queue.
@@ -93,12 +127,16 @@ impl Gateway {
             }
             Some(op::JOIN) | Some(op::TCP_JOIN) => match frame.room_id {
                 Some(room) if room != 0 => {
-                    if let Err(reason) = self.join(channel, room).await {
+                    if let Err(reason) = self.join(channel, room, frame.since.as_ref()).await {
                         self.error(channel, &reason, None);
                     }
                 }
                 _ => self.error(channel, "roomId is required", None),
             },
+            Some(op::SYNC) => {
+                let since = frame.since.unwrap_or(Since { epoch: String::new(), seq: 0 });
+                self.recover(channel, 0, &since).await;
+            }
             Some(op::LEAVE) => match frame.room_id {
                 Some(room) if room != 0 => self.leave(channel, room).await,
                 _ => self.error(channel, "roomId is required", None),
@@ -137,24 +175,87 @@ impl Gateway {
 
     /// Joins a room: the channel enters the hub's room first, then presence, so
     /// the member-list update that presence triggers always finds the channel.
-    async fn join(&self, channel: &Arc<Channel>, room: u64) -> Result<(), String> {
-        if !self.hub.join(channel, room) {
+    async fn join(&self, channel: &Arc<Channel>, room: u64, since: Option<&Since>) -> Result<(), String> {
+        if channel.in_room(room) {
             return Ok(());
         }
+        if since.is_some() {
+            channel.begin_recovery(&courier_wire::room_stream(room));
+        }
+        self.hub.join(channel, room);
         let request = JoinRoomRequest {
             auth_token: channel.auth_token.clone(),
             room_id: room,
             server_id: self.config.server_id.clone(),
         };
         match self.logic.clone().join_room(request).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if let Some(since) = since {
+                    self.recover(channel, room, since).await;
+                }
+                Ok(())
+            }
             Err(status) => {
+                if since.is_some() {
+                    channel.finish_recovery(&courier_wire::room_stream(room), Vec::new()).await;
+                }
                 self.hub.leave(channel, room);
                 if status.code() == Code::Unauthenticated {
                     channel.close(close_code::POLICY, "session expired or revoked; log in again");
                 }
                 Err(status_text(&status))
             }
+        }
+    }
+
+    /// Sends what the client missed in a room (`room` ≠ 0) or its inbox after
+    /// `since`, then releases the live frames held back meanwhile.
+    async fn recover(&self, channel: &Arc<Channel>, room: u64, since: &Since) {
+        let stream =
+            if room != 0 { courier_wire::room_stream(room) } else { courier_wire::user_stream(channel.user_id) };
+        channel.begin_recovery(&stream);
+        let mut missed = Vec::new();
+        let mut after = since.seq;
+        let mut checked_epoch = false;
+        let failure = loop {
+            let request = HistoryRequest {
+                auth_token: channel.auth_token.clone(),
+                room_id: room,
+                peer_user_id: 0,
+                after_seq: after,
+                before_seq: 0,
+                limit: RECOVERY_PAGE,
+            };
+            let page = match self.logic.clone().history(request).await {
+                Ok(page) => page.into_inner(),
+                Err(status) => break Some(status_text(&status)),
+            };
+            if !checked_epoch {
+                checked_epoch = true;
+                if !since.epoch.is_empty() && !page.epoch.is_empty() && since.epoch != page.epoch && after != 0 {
+                    self.error(
+                        channel,
+                        &format!(
+                            "your position in {stream} is void (its history was rebuilt); resending it from the start"
+                        ),
+                        None,
+                    );
+                    after = 0;
+                    continue;
+                }
+            }
+            let full = page.frames.len() >= RECOVERY_PAGE as usize;
+            for frame in page.frames {
+                after = frame.seq;
+                missed.push((frame.seq, Utf8Bytes::from(frame.body)));
+            }
+            if !full || missed.len() >= MAX_RECOVERY {
+                break None;
+            }
+        };
+        channel.finish_recovery(&stream, missed).await;
+        if let Some(reason) = failure {
+            self.error(channel, &format!("could not load the messages you missed in {stream}: {reason}"), None);
         }
     }
 

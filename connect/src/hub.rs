@@ -32,9 +32,10 @@ pub struct Channel {
     pub auth_token: String,
     pub transport: &'static str,
     tx: mpsc::Sender<Outbound>,
-    /// Last seq queued per stream, so a redelivered or replayed frame is never sent
-    /// twice or out of order (gochat clients cannot deduplicate).
-    last_seq: Mutex<HashMap<String, u64>>,
+    /// Per stream: the last seq queued, so a redelivered or replayed frame is never
+    /// sent twice or out of order (gochat clients cannot deduplicate), and while the
+    /// stream is being recovered, the live frames held back until history is sent.
+    streams: Mutex<HashMap<String, StreamState>>,
     rooms: Mutex<HashSet<u64>>,
     /// Cancelled when the connection must end; the reason says why.
     closed: CancellationToken,
@@ -60,6 +61,16 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
+/// Most live frames held back per stream while its history is being sent.
+const MAX_HELD_BACK: usize = 10_000;
+
+#[derive(Debug, Default)]
+struct StreamState {
+    last: u64,
+    /// `Some` while recovering: live frames (seq, text, admitted) waiting.
+    held_back: Option<Vec<(u64, Utf8Bytes, i64)>>,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -80,7 +91,7 @@ impl Channel {
             auth_token,
             transport,
             tx,
-            last_seq: Mutex::default(),
+            streams: Mutex::default(),
             rooms: Mutex::default(),
             closed: CancellationToken::new(),
             close_reason: Mutex::default(),
@@ -92,17 +103,88 @@ impl Channel {
     /// full queue closes the connection: the client is not keeping up, and
     /// skipping frames silently would leave a gap it cannot see.
     pub fn offer(&self, stream: &str, seq: u64, text: &Utf8Bytes, admitted_ms: i64, metrics: &Metrics) -> bool {
-        if !stream.is_empty() {
-            let mut last = lock(&self.last_seq);
-            match last.get_mut(stream) {
-                Some(prev) if *prev >= seq => return false,
-                Some(prev) => *prev = seq,
-                None => {
-                    last.insert(stream.to_owned(), seq);
+        if stream.is_empty() {
+            return self.queue(Outbound::Frame { text: text.clone(), admitted_ms }, metrics);
+        }
+        let mut streams = lock(&self.streams);
+        let state = streams.entry(stream.to_owned()).or_default();
+        if let Some(held) = &mut state.held_back {
+            if held.len() >= MAX_HELD_BACK {
+                drop(streams);
+                self.close(
+                    close_code::TRY_AGAIN_LATER,
+                    "too many messages arrived while catching up; reconnect and resume",
+                );
+                return false;
+            }
+            held.push((seq, text.clone(), admitted_ms));
+            return true;
+        }
+        self.queue_in_order(state, seq, text.clone(), admitted_ms, metrics)
+    }
+
+    /// Queues a stream frame if it is newer than the last one queued.
+    fn queue_in_order(
+        &self,
+        state: &mut StreamState,
+        seq: u64,
+        text: Utf8Bytes,
+        admitted_ms: i64,
+        metrics: &Metrics,
+    ) -> bool {
+        if seq <= state.last {
+            return false;
+        }
+        state.last = seq;
+        self.queue(Outbound::Frame { text, admitted_ms }, metrics)
+    }
+
+    /// Starts recovering `stream`: live frames are held back from now on.
+    pub fn begin_recovery(&self, stream: &str) {
+        lock(&self.streams).entry(stream.to_owned()).or_default().held_back.get_or_insert_with(Vec::new);
+    }
+
+    /// Ends recovering `stream`: queues the missed frames `history` (in seq
+    /// order), then the live frames held back meanwhile, each only if newer than
+    /// what was queued before it, so the client sees no gap and no duplicate. It
+    /// waits for room in the outbound queue rather than overflowing it, and only
+    /// returns the stream to live delivery once nothing is held back.
+    pub async fn finish_recovery(&self, stream: &str, history: Vec<(u64, Utf8Bytes)>) {
+        for (seq, text) in history {
+            self.send_in_order(stream, seq, text, 0).await;
+        }
+        loop {
+            let held = {
+                let mut streams = lock(&self.streams);
+                let state = streams.entry(stream.to_owned()).or_default();
+                match &mut state.held_back {
+                    Some(held) if !held.is_empty() => std::mem::take(held),
+                    _ => {
+                        state.held_back = None;
+                        return;
+                    }
                 }
+            };
+            let mut held = held;
+            held.sort_by_key(|(seq, _, _)| *seq);
+            for (seq, text, admitted_ms) in held {
+                self.send_in_order(stream, seq, text, admitted_ms).await;
             }
         }
-        self.queue(Outbound::Frame { text: text.clone(), admitted_ms }, metrics)
+    }
+
+    /// Queues one recovered frame if newer than the last, waiting for room.
+    async fn send_in_order(&self, stream: &str, seq: u64, text: Utf8Bytes, admitted_ms: i64) {
+        {
+            let mut streams = lock(&self.streams);
+            let state = streams.entry(stream.to_owned()).or_default();
+            if seq <= state.last {
+                return;
+            }
+            state.last = seq;
+        }
+        // An error means the connection is gone; nothing more to do.
+        let _ = self.tx.send(Outbound::Frame { text, admitted_ms }).await;
     }
 
     /// Queues a reply (ack, error) to this connection.
@@ -325,6 +407,26 @@ mod tests {
         assert_eq!(hub.room(10).iter().map(|c| c.user_id).collect::<Vec<_>>(), vec![2]);
         assert_eq!(hub.user(1).len(), 1);
         assert_eq!(hub.all().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn recovery_sends_history_then_held_back_live_frames_without_duplicates() {
+        let metrics = Metrics::new();
+        let hub = Hub::new(1, Arc::new(Metrics::new()));
+        let (ch, mut rx) = channel(&hub, 1, 64);
+        let text = |n: u64| Utf8Bytes::from(n.to_string());
+        ch.begin_recovery("room:1");
+        // Live frames 4 and 5 arrive while history 2..=4 is being read.
+        assert!(ch.offer("room:1", 5, &text(5), 0, &metrics));
+        assert!(ch.offer("room:1", 4, &text(4), 0, &metrics));
+        assert!(rx.try_recv().is_err(), "held back during recovery");
+        ch.finish_recovery("room:1", (2..=4).map(|n| (n, text(n))).collect()).await;
+        let mut got = Vec::new();
+        while let Ok(Outbound::Frame { text, .. }) = rx.try_recv() {
+            got.push(text.as_str().to_owned());
+        }
+        assert_eq!(got, vec!["2", "3", "4", "5"]);
+        assert!(!ch.offer("room:1", 5, &text(5), 0, &metrics), "already sent");
     }
 
     #[test]

@@ -63,21 +63,25 @@ async fn serve(state: ConnectState, stream: TcpStream) {
         Ok(None) => return,
         Err(_) => Err("no op 6 frame in time".to_owned()),
     };
-    let (token, room) = match frame {
-        Ok(f) if f.op == Some(op::TCP_JOIN) => match (f.auth_token, f.room_id) {
-            (Some(token), Some(room)) if !token.is_empty() && room != 0 => (token, room),
-            _ => return refuse(&mut sink, "op 6 needs authToken and a non-zero roomId").await,
-        },
+    let auth = match frame {
+        Ok(f) if f.op == Some(op::TCP_JOIN) => {
+            if f.auth_token.as_deref().is_some_and(|t| !t.is_empty()) && f.room_id.unwrap_or(0) != 0 {
+                f
+            } else {
+                return refuse(&mut sink, "op 6 needs authToken and a non-zero roomId").await;
+            }
+        }
         Ok(_) => return refuse(&mut sink, "the first frame must be op 6 (authenticate and join)").await,
         Err(reason) => return refuse(&mut sink, &reason).await,
     };
     let (tx, rx) = mpsc::channel(config.outbound_capacity);
-    let channel = match gateway.open(&token, room, TRANSPORT, tx).await {
+    let channel = match gateway.open(&auth, TRANSPORT, tx).await {
         Ok(channel) => channel,
         Err(reason) => return refuse(&mut sink, &reason).await,
     };
 
     let writer = tokio::spawn(write_loop(sink, rx, channel.clone(), state.clone()));
+    gateway.resume(&channel, &auth).await;
     loop {
         let next = tokio::select! {
             _ = channel.closing() => break,

@@ -54,23 +54,22 @@ async fn serve(state: ConnectState, socket: WebSocket) {
     .await
     .unwrap_or_else(|_| Err("no auth message in time".to_owned()));
     let auth = first.and_then(|text| ClientFrame::parse(text.as_bytes()).map_err(|e| e.to_string()));
-    let (token, room) = match auth {
-        Ok(frame) => match (frame.auth_token, frame.room_id) {
-            (Some(token), Some(room)) if !token.is_empty() && room != 0 => (token, room),
-            _ => {
-                return refuse(&mut sink, "the auth message needs authToken and a non-zero roomId").await;
-            }
-        },
+    let auth = match auth {
+        Ok(frame) if frame.auth_token.as_deref().is_some_and(|t| !t.is_empty()) && frame.room_id.unwrap_or(0) != 0 => {
+            frame
+        }
+        Ok(_) => return refuse(&mut sink, "the auth message needs authToken and a non-zero roomId").await,
         Err(reason) => return refuse(&mut sink, &reason).await,
     };
     let (tx, rx) = mpsc::channel(config.outbound_capacity);
-    let channel = match gateway.open(&token, room, TRANSPORT, tx).await {
+    let channel = match gateway.open(&auth, TRANSPORT, tx).await {
         Ok(channel) => channel,
         Err(reason) => return refuse(&mut sink, &reason).await,
     };
-    tracing::debug!(user = channel.user_id, room, "websocket authenticated");
+    tracing::debug!(user = channel.user_id, "websocket authenticated");
 
     let writer = tokio::spawn(write_loop(sink, rx, channel.clone(), state.clone()));
+    gateway.resume(&channel, &auth).await;
     loop {
         let next = tokio::select! {
             _ = channel.closing() => break,

@@ -22,13 +22,13 @@ use courier_presence::{Presence, SessionUser, Sessions};
 use courier_proto::connect::{Delivery, delivery::Target};
 use courier_proto::logic::logic_server::{Logic as LogicRpc, LogicServer};
 use courier_proto::logic::{
-    Credentials, Empty, JoinRoomRequest, LeaveRoomRequest, RoomRequest, SendReply, SendRequest, SessionReply,
-    TokenRequest, UserReply,
+    Credentials, Empty, HistoryFrame, HistoryReply, HistoryRequest, JoinRoomRequest, LeaveRoomRequest, RoomRequest,
+    SendReply, SendRequest, SessionReply, TokenRequest, UserReply,
 };
 use courier_proto::record::{MessageKind, MessageRecord, RECORD_VERSION};
 use courier_push::Pusher;
 use courier_queue::Queue;
-use courier_store::{Error as StoreError, UserStore};
+use courier_store::{Error as StoreError, HistoryStore, MessageKind as StoredKind, UserStore};
 use courier_telemetry::{KindLabel, Metrics, ReadyFlag};
 use courier_wire::MAX_MESSAGE_BYTES;
 use courier_wire::frame::{CountFrame, RoomInfoFrame, to_text};
@@ -58,6 +58,8 @@ pub struct LogicConfig {
     pub presence_flush_interval: Duration,
     /// Longest client message id accepted.
     pub max_client_msg_id: usize,
+    /// Most messages one history request returns.
+    pub history_page_limit: u32,
 }
 
 impl Default for LogicConfig {
@@ -71,6 +73,7 @@ impl Default for LogicConfig {
             room_member_cap: 200,
             presence_flush_interval: Duration::from_secs(1),
             max_client_msg_id: 64,
+            history_page_limit: 500,
         }
     }
 }
@@ -79,6 +82,8 @@ impl Default for LogicConfig {
 #[derive(Clone)]
 pub struct LogicBackends {
     pub users: Arc<dyn UserStore>,
+    /// Read for history requests; task writes it.
+    pub history: Arc<dyn HistoryStore>,
     pub sessions: Arc<dyn Sessions>,
     pub presence: Arc<dyn Presence>,
     pub queue: Arc<dyn Queue>,
@@ -227,6 +232,51 @@ impl Logic {
         let kind = if kind == MessageKind::Room { "room" } else { "private" };
         self.metrics().messages_admitted.get_or_create(&KindLabel { kind }).inc();
         Ok(SendReply { msg_id })
+    }
+
+    /// A page of a stream's history as pushed frames (see [`HistoryRequest`]).
+    pub async fn history(&self, request: HistoryRequest) -> Result<HistoryReply, Status> {
+        let me = self.session(&request.auth_token).await?;
+        let history = &self.inner.backends.history;
+        let stream = if request.room_id != 0 {
+            courier_wire::room_stream(request.room_id)
+        } else {
+            courier_wire::user_stream(me.user_id)
+        };
+        let limit = match request.limit {
+            0 => 50,
+            n => n.min(self.inner.config.history_page_limit),
+        };
+        let info = history.stream_info(&stream).await.map_err(|e| self.store_unavailable(e))?;
+        let (epoch, last_seq) = info.map(|i| (i.epoch, i.last_seq)).unwrap_or_default();
+        let peer = (request.room_id == 0 && request.peer_user_id != 0).then_some(request.peer_user_id);
+        let backwards = request.before_seq != 0;
+        let mut cursor = if backwards { request.before_seq } else { request.after_seq };
+        let mut frames = Vec::new();
+        // A conversation is a filtered view of the inbox: scan a bounded number of
+        // inbox pages to fill one page of it.
+        for _ in 0..if peer.is_some() { 20 } else { 1 } {
+            let page = if backwards {
+                history.read_before(&stream, cursor, limit).await
+            } else {
+                history.read_after(&stream, cursor, limit).await
+            }
+            .map_err(|e| self.store_unavailable(e))?;
+            let exhausted = page.len() < limit as usize;
+            for stored in page {
+                cursor = stored.position.seq;
+                let m = &stored.message;
+                let with_peer = |p: u64| m.kind == StoredKind::Private && (m.from_user_id == p || m.to_user_id == p);
+                if peer.is_none_or(with_peer) && frames.len() < limit as usize {
+                    let body = to_text(&courier_push::frames::message_frame(m, &stored.position));
+                    frames.push(HistoryFrame { seq: stored.position.seq, body });
+                }
+            }
+            if exhausted || frames.len() >= limit as usize {
+                break;
+            }
+        }
+        Ok(HistoryReply { stream, epoch, last_seq, frames })
     }
 
     fn mark_dirty(&self, room: u64) {
@@ -444,6 +494,11 @@ impl LogicRpc for Logic {
             Ok(Empty {})
         })
         .await
+    }
+
+    async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryReply>, Status> {
+        let r = request.into_inner();
+        self.observed("History", self.history(r)).await
     }
 
     async fn push_room_info(&self, request: Request<RoomRequest>) -> Result<Response<Empty>, Status> {

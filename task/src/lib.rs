@@ -17,13 +17,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_proto::connect::{Delivery, delivery::Target};
 use courier_proto::record::{MessageKind as RecordKind, MessageRecord};
 use courier_push::Pusher;
 use courier_queue::{Consumer, Queue, Record};
-use courier_store::{Appended, HistoryStore, Message, MessageKind};
+use courier_store::{HistoryStore, Message, MessageKind};
 use courier_telemetry::{Metrics, ReadyFlag, TopicLabel};
-use courier_wire::frame::{MessageFrame, op, to_text};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
@@ -164,7 +162,7 @@ async fn handle_batch(
 
     let mut deliveries = Vec::with_capacity(messages.len() * 2);
     for (message, positions) in messages.iter().zip(&positions) {
-        deliveries.extend(frames_for(message, positions));
+        deliveries.extend(courier_push::frames::frames_for(message, positions));
     }
     backends.pusher.broadcast(&deliveries);
     true
@@ -193,45 +191,6 @@ fn decode(record: &Record) -> Result<Message, String> {
         admitted_ms: r.admitted_ms,
         client_msg_id: r.client_msg_id,
     })
-}
-
-/// The frames of one persisted message: op 3 to its room, or op 2 to each inbox it
-/// was appended to (the recipient's and the sender's copy).
-pub fn frames_for(message: &Message, positions: &[Appended]) -> Vec<Delivery> {
-    positions
-        .iter()
-        .filter_map(|position| {
-            let (op, target) = match message.kind {
-                MessageKind::Room => (op::ROOM, Target::RoomId(message.room_id)),
-                MessageKind::Private => {
-                    let user = position.stream.strip_prefix("user:")?.parse().ok()?;
-                    (op::PRIVATE, Target::UserId(user))
-                }
-            };
-            let frame = MessageFrame {
-                code: 0,
-                msg: message.body.clone(),
-                from_user_id: message.from_user_id,
-                from_user_name: message.from_user_name.clone(),
-                to_user_id: message.to_user_id,
-                to_user_name: message.to_user_name.clone(),
-                room_id: message.room_id,
-                op,
-                create_time: courier_wire::time::create_time(message.admitted_ms),
-                msg_id: message.msg_id.to_string(),
-                stream: position.stream.clone(),
-                seq: position.seq,
-                epoch: position.epoch.clone(),
-            };
-            Some(Delivery {
-                target: Some(target),
-                stream: position.stream.clone(),
-                seq: position.seq,
-                body: to_text(&frame),
-                admitted_ms: message.admitted_ms,
-            })
-        })
-        .collect()
 }
 
 /// Exponential backoff from 100 ms to 5 s.
@@ -265,33 +224,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn private_message_frames_go_to_each_inbox_with_its_seq() {
-        let message = Message {
-            msg_id: 42,
-            kind: MessageKind::Private,
-            room_id: 1,
-            from_user_id: 7,
-            from_user_name: "ann".into(),
-            to_user_id: 9,
-            to_user_name: "bob".into(),
-            body: "hi".into(),
-            admitted_ms: 0,
-            client_msg_id: String::new(),
-        };
-        let positions = vec![
-            Appended { stream: "user:9".into(), seq: 3, epoch: "e9".into() },
-            Appended { stream: "user:7".into(), seq: 5, epoch: "e7".into() },
-        ];
-        let deliveries = frames_for(&message, &positions);
-        assert_eq!(deliveries.len(), 2);
-        assert_eq!(deliveries[0].target, Some(Target::UserId(9)));
-        assert_eq!(deliveries[1].target, Some(Target::UserId(7)));
-        let frame = courier_wire::frame::parse_server_frame(&deliveries[1].body).expect("valid frame");
-        assert_eq!((frame.op, frame.seq, frame.stream.as_str(), frame.msg_id.as_str()), (2, 5, "user:7", "42"));
-        assert_eq!(frame.create_time, "1970-01-01 00:00:00");
-    }
 
     #[test]
     fn undecodable_records_are_refused_not_panicked_on() {

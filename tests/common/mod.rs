@@ -67,13 +67,24 @@ pub struct Ws {
 impl Ws {
     /// Connects and sends gochat's auth message.
     pub async fn connect(addr: SocketAddr, token: &str, room: u64) -> Self {
+        Self::connect_with(addr, json!({"authToken": token, "roomId": room})).await
+    }
+
+    /// Connects and sends `auth` as the first message (Courier's `since` fields).
+    pub async fn connect_with(addr: SocketAddr, auth: Value) -> Self {
         let (mut socket, _) =
             tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("websocket connect");
-        socket
-            .send(Message::Text(json!({"authToken": token, "roomId": room}).to_string().into()))
-            .await
-            .expect("auth message");
+        socket.send(Message::Text(auth.to_string().into())).await.expect("auth message");
         Self { socket }
+    }
+
+    /// The next `n` frames with `op`, skipping others.
+    pub async fn take_op(&mut self, op: i64, n: usize) -> Vec<Value> {
+        let mut frames = Vec::with_capacity(n);
+        while frames.len() < n {
+            frames.push(self.next_op(op).await);
+        }
+        frames
     }
 
     pub async fn send(&mut self, frame: Value) {

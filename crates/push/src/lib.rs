@@ -7,6 +7,10 @@
 //! the frames for that node (counted as `courier_pushes_total{result="dropped"}`);
 //! the messages are already persisted, and clients recover them by resuming from
 //! their last seq. The node list is refreshed from discovery in the background.
+//!
+//! [`frames`] says what a persisted message looks like on the wire.
+
+pub mod frames;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

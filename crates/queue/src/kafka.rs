@@ -50,6 +50,10 @@ pub struct KafkaOptions {
     pub linger: Duration,
     /// How often stored offsets are committed.
     pub commit_interval: Duration,
+    /// How long the broker may hold a consumer's fetch to fill it. Every message
+    /// otherwise wakes every consumer's fetch on its own, and the broker spends
+    /// its CPU answering one-record fetches.
+    pub fetch_wait: Duration,
 }
 
 impl KafkaOptions {
@@ -61,8 +65,9 @@ impl KafkaOptions {
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             delivery_timeout: Duration::from_secs(10),
-            linger: Duration::from_millis(1),
+            linger: Duration::from_millis(2),
             commit_interval: Duration::from_millis(200),
+            fetch_wait: Duration::from_millis(5),
         }
     }
 }
@@ -120,7 +125,9 @@ impl KafkaQueue {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", ms(self.options.session_timeout))
             .set("heartbeat.interval.ms", ms(self.options.heartbeat_interval))
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", ms(self.options.fetch_wait))
+            .set("fetch.min.bytes", "65536");
         config
     }
 }
