@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower_http::cors::CorsLayer;
 
@@ -412,11 +412,9 @@ pub async fn serve(
     ready: ReadyFlag,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{logic_addr}"))
-        .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30));
-    let app = router(config, LogicClient::new(endpoint.connect_lazy()), metrics);
+    let channel = courier_proto::lazy_channel(logic_addr, Duration::from_secs(30))
+        .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?;
+    let app = router(config, LogicClient::new(channel), metrics);
     ready.set(true);
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     ready.set(false);

@@ -4,7 +4,7 @@
 //! - [`hub`]: channels indexed by user and room in locked buckets; each channel has
 //!   a bounded outbound queue and drops frames it has already sent.
 //! - [`gateway`]: what every connection does, whatever the transport.
-//! - [`ws`] and [`tcp`]: gochat's two transports.
+//! - [`ws`] and [`tcp`]: gochat's two transports, sharing [`writer`].
 //! - [`push`]: the gRPC service task and logic call.
 //!
 //! Shutdown stops accepting, closes every connection with "going away" (clients
@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod hub;
 pub mod push;
 pub mod tcp;
+pub mod writer;
 pub mod ws;
 
 use std::sync::Arc;
@@ -28,7 +29,6 @@ use courier_telemetry::{Metrics, ReadyFlag};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Endpoint;
 
 use crate::gateway::Gateway;
 use crate::hub::{Hub, close_code};
@@ -120,13 +120,10 @@ pub async fn run(
     ready: ReadyFlag,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{logic_addr}"))
-        .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30));
+    let logic = courier_proto::lazy_channel(logic_addr, Duration::from_secs(30))
+        .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?;
     let hub = Arc::new(Hub::new(config.buckets, metrics));
-    let gateway =
-        Gateway { hub: hub.clone(), logic: LogicClient::new(endpoint.connect_lazy()), config: Arc::new(config) };
+    let gateway = Gateway { hub: hub.clone(), logic: LogicClient::new(logic), config: Arc::new(config) };
     let tracker = TaskTracker::new();
     let state = ConnectState { gateway, tracker: tracker.clone() };
 

@@ -8,10 +8,9 @@
 //! op 9 error and closes this connection only.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use courier_telemetry::TransportLabel;
 use courier_wire::frame::{ClientFrame, ErrorFrame, op, to_text};
 use courier_wire::tcp::V1Codec;
 use futures_util::stream::SplitSink;
@@ -21,8 +20,9 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use crate::ConnectState;
 use crate::hub::{Channel, Outbound, close_code};
-use crate::{ConnectState, now_ms};
+use crate::writer::{self, Framing};
 
 const TRANSPORT: &str = "tcp";
 const PING: &[u8] = b"ping msg";
@@ -103,62 +103,10 @@ async fn refuse(sink: &mut Sink, reason: &str) {
     let _ = sink.close().await;
 }
 
-async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Outbound>, channel: Arc<Channel>, state: ConnectState) {
-    let config = state.gateway.config.clone();
-    let metrics = state.gateway.metrics().clone();
-    let deliveries = metrics.deliveries.get_or_create(&TransportLabel { transport: TRANSPORT }).clone();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + config.ping_interval, config.ping_interval);
-    let mut batch = Vec::with_capacity(64);
-    loop {
-        tokio::select! {
-            biased;
-            _ = channel.closing() => break,
-            n = rx.recv_many(&mut batch, 64) => {
-                if n == 0 {
-                    break;
-                }
-                let write = async {
-                    for Outbound::Frame { text, .. } in &batch {
-                        sink.feed(Bytes::from(text.clone())).await?;
-                    }
-                    sink.flush().await
-                };
-                match tokio::time::timeout(config.write_timeout, write).await {
-                    Ok(Ok(())) => {
-                        let now = now_ms();
-                        for Outbound::Frame { admitted_ms, .. } in batch.drain(..) {
-                            deliveries.inc();
-                            if admitted_ms > 0 {
-                                metrics.delivery_latency.observe((now - admitted_ms).max(0) as f64 / 1000.0);
-                            }
-                        }
-                    }
-                    Ok(Err(_)) => {
-                        channel.close(close_code::GOING_AWAY, "write failed");
-                        break;
-                    }
-                    Err(_) => {
-                        channel.close(close_code::TRY_AGAIN_LATER, "write timed out");
-                        break;
-                    }
-                }
-            }
-            _ = ping.tick() => {
-                let sent = tokio::time::timeout(config.write_timeout, sink.send(Bytes::from_static(PING))).await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    channel.close(close_code::GOING_AWAY, "heartbeat write failed");
-                    break;
-                }
-            }
-        }
-    }
-    // Flush queued frames, then tell the client why it is being closed.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while let Ok(Outbound::Frame { text, .. }) = rx.try_recv() {
-        if Instant::now() > deadline || sink.feed(Bytes::from(text)).await.is_err() {
-            break;
-        }
-    }
+async fn write_loop(sink: Sink, rx: mpsc::Receiver<Outbound>, channel: Arc<Channel>, state: ConnectState) {
+    let framing = Framing { transport: TRANSPORT, frame: Bytes::from, ping: || Bytes::from_static(PING) };
+    let mut sink = writer::write_loop(sink, rx, channel.clone(), state, framing).await;
+    // TCP has no close frame: tell the client why in an op 9 error, then close.
     if let Some(reason) = channel.close_reason().filter(|r| r.code != close_code::NORMAL) {
         let _ = sink.feed(Bytes::from(to_text(&ErrorFrame::new(reason.text, None)))).await;
     }

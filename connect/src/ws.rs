@@ -1,24 +1,24 @@
 //! gochat's WebSocket transport at `/ws`.
 //!
 //! The first text message authenticates (`{"authToken": "...", "roomId": N}`);
-//! later ones are client frames (Courier's ops 7–12). A writer task owns the sink:
-//! it drains the channel's bounded queue, writing every frame already waiting
-//! before one flush, and sends a ping every `ping_interval`. The reader drops a
-//! connection that sends nothing (pongs included) for `pong_timeout`.
+//! later ones are client frames (Courier's ops 7–12). The shared writer (see
+//! `writer`) sends frames and pings; the reader drops a connection that sends
+//! nothing (pongs included) for `pong_timeout`.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use courier_telemetry::TransportLabel;
 use courier_wire::frame::{ClientFrame, ErrorFrame, to_text};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::hub::{Channel, Outbound, close_code};
-use crate::{ConnectState, now_ms};
+use crate::ConnectState;
+use crate::hub::{Channel, CloseReason, Outbound, close_code};
+use crate::writer::{self, Framing};
 
 const TRANSPORT: &str = "ws";
 
@@ -120,69 +120,15 @@ fn truncate(text: &str, max: usize) -> &str {
 }
 
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
-    channel: std::sync::Arc<Channel>,
+    sink: SplitSink<WebSocket, Message>,
+    rx: mpsc::Receiver<Outbound>,
+    channel: Arc<Channel>,
     state: ConnectState,
 ) {
-    let config = state.gateway.config.clone();
-    let metrics = state.gateway.metrics().clone();
-    let deliveries = metrics.deliveries.get_or_create(&TransportLabel { transport: TRANSPORT }).clone();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + config.ping_interval, config.ping_interval);
-    let mut batch = Vec::with_capacity(64);
-    loop {
-        tokio::select! {
-            biased;
-            _ = channel.closing() => break,
-            n = rx.recv_many(&mut batch, 64) => {
-                if n == 0 {
-                    break;
-                }
-                let write = async {
-                    for Outbound::Frame { text, .. } in &batch {
-                        sink.feed(Message::Text(text.clone())).await?;
-                    }
-                    sink.flush().await
-                };
-                match tokio::time::timeout(config.write_timeout, write).await {
-                    Ok(Ok(())) => {
-                        let now = now_ms();
-                        for Outbound::Frame { admitted_ms, .. } in batch.drain(..) {
-                            deliveries.inc();
-                            if admitted_ms > 0 {
-                                metrics.delivery_latency.observe((now - admitted_ms).max(0) as f64 / 1000.0);
-                            }
-                        }
-                    }
-                    Ok(Err(_)) => {
-                        channel.close(close_code::GOING_AWAY, "write failed");
-                        break;
-                    }
-                    Err(_) => {
-                        channel.close(close_code::TRY_AGAIN_LATER, "write timed out");
-                        break;
-                    }
-                }
-            }
-            _ = ping.tick() => {
-                let sent = tokio::time::timeout(config.write_timeout, sink.send(Message::Ping(Default::default()))).await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    channel.close(close_code::GOING_AWAY, "heartbeat write failed");
-                    break;
-                }
-            }
-        }
-    }
-    // Flush what is already queued (an error frame explaining the close, say),
-    // then say goodbye with the reason.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while let Ok(Outbound::Frame { text, .. }) = rx.try_recv() {
-        if Instant::now() > deadline || sink.feed(Message::Text(text)).await.is_err() {
-            break;
-        }
-    }
-    let reason =
-        channel.close_reason().unwrap_or(crate::hub::CloseReason { code: close_code::NORMAL, text: String::new() });
+    let framing = Framing { transport: TRANSPORT, frame: Message::Text, ping: || Message::Ping(Default::default()) };
+    let mut sink = writer::write_loop(sink, rx, channel.clone(), state, framing).await;
+    // Say goodbye with the reason.
+    let reason = channel.close_reason().unwrap_or(CloseReason { code: close_code::NORMAL, text: String::new() });
     let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from(truncate(&reason.text, 120)) };
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(Some(frame)))).await;
 }

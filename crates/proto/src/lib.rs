@@ -23,3 +23,16 @@ pub mod logic {
 pub mod connect {
     tonic::include_proto!("courier.connect.v1");
 }
+
+/// A gRPC channel to `host:port` that connects on first use and reconnects after
+/// failures, so a tier can start before the tier it calls; `timeout` bounds both
+/// connecting and each call.
+pub fn lazy_channel(
+    addr: &str,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
+        .timeout(timeout)
+        .connect_lazy())
+}

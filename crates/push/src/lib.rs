@@ -22,7 +22,7 @@ use courier_proto::connect::{Delivery, PushRequest};
 use courier_telemetry::{Metrics, ResultLabel};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Tuning of the push path.
 #[derive(Debug, Clone)]
@@ -124,8 +124,8 @@ impl Pusher {
             if current.contains_key(&node.server_id) {
                 continue;
             }
-            let endpoint = match Endpoint::from_shared(format!("http://{}", node.push_addr)) {
-                Ok(e) => e.connect_timeout(self.options.call_timeout).timeout(self.options.call_timeout),
+            let channel = match courier_proto::lazy_channel(&node.push_addr, self.options.call_timeout) {
+                Ok(channel) => channel,
                 Err(e) => {
                     tracing::error!(node = %node.server_id, addr = %node.push_addr, error = %e, "invalid connect node address");
                     continue;
@@ -135,7 +135,7 @@ impl Pusher {
             let stop = shutdown.child_token();
             tokio::spawn(node_worker(
                 node.clone(),
-                ConnectClient::new(endpoint.connect_lazy()),
+                ConnectClient::new(channel),
                 rx,
                 self.metrics.clone(),
                 self.options.clone(),
