@@ -11,6 +11,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use courier_discovery::ConnectNode;
 
+use courier_presence::memory::SessionPolicy;
+
 use crate::standalone::{Standalone, StandaloneConfig};
 use crate::tiers::Admin;
 
@@ -46,6 +48,46 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
 }
 
+/// Abuse limits; 0 turns a limit off (benchmarks and local clusters do).
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Messages one user may send per second, over every path together.
+    #[arg(long, env = "COURIER_SENDS_PER_SECOND", default_value_t = 20)]
+    pub sends_per_second: u32,
+    /// Login attempts per user name per minute.
+    #[arg(long, env = "COURIER_LOGINS_PER_MINUTE", default_value_t = 20)]
+    pub logins_per_minute: u32,
+    /// Most devices (tokens) one user may be logged in with; 1 is gochat's rule.
+    #[arg(long, env = "COURIER_MAX_DEVICES", default_value_t = 8)]
+    pub max_devices: usize,
+}
+
+impl LimitArgs {
+    fn apply(&self, logic: &mut courier_logic::LogicConfig) {
+        logic.sends_per_second = self.sends_per_second;
+        logic.send_burst = self.sends_per_second.saturating_mul(3);
+        logic.logins_per_minute = self.logins_per_minute;
+    }
+}
+
+/// HTTP request limit per client address.
+#[derive(Debug, Clone, Args)]
+pub struct HttpLimitArgs {
+    /// Requests one client address may make per second (0: no limit).
+    #[arg(long, env = "COURIER_REQUESTS_PER_SECOND_PER_IP", default_value_t = 100)]
+    pub requests_per_second_per_ip: u32,
+}
+
+impl HttpLimitArgs {
+    fn config(&self) -> courier_api::ApiConfig {
+        courier_api::ApiConfig {
+            per_ip_per_second: self.requests_per_second_per_ip,
+            per_ip_burst: self.requests_per_second_per_ip.saturating_mul(2),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
     /// Where messages, users and the queue are stored.
@@ -69,9 +111,10 @@ pub struct StandaloneArgs {
     /// Do not create the demo users demo, test and admin (password 111111).
     #[arg(long, env = "COURIER_NO_DEMO_USERS")]
     pub no_demo_users: bool,
-    /// Most devices (tokens) one user may be logged in with; 1 is gochat's rule.
-    #[arg(long, env = "COURIER_MAX_DEVICES", default_value_t = 8)]
-    pub max_devices: usize,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +126,8 @@ pub struct ApiArgs {
     pub logic_addr: String,
     #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9101")]
     pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
 }
 
 /// Names of the queue's topics and group.
@@ -122,6 +167,8 @@ pub struct LogicArgs {
     /// Create the demo users (development only).
     #[arg(long, env = "COURIER_DEMO_USERS")]
     pub demo_users: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9102")]
     pub admin_addr: SocketAddr,
 }
@@ -207,7 +254,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.site_addr = args.site_addr;
             config.admin_addr = args.admin_addr;
             config.demo_users = !args.no_demo_users;
-            config.sessions.max_devices = args.max_devices.max(1);
+            config.sessions.max_devices = args.limits.max_devices.max(1);
+            args.limits.apply(&mut config.logic);
+            config.api = args.http_limits.config();
             let standalone = Standalone::start(config).await?;
             let mut banner = standalone.describe();
             if !args.no_demo_users {
@@ -234,14 +283,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Logic(args) => {
             let admin = Admin::start(args.admin_addr).await?;
-            let config = courier_logic::LogicConfig {
+            let mut config = courier_logic::LogicConfig {
                 worker_id: args.worker_id,
                 room_topic: args.topics.room_topic,
                 private_topic: args.topics.private_topic,
                 partitions: args.topics.partitions,
                 ..Default::default()
             };
-            crate::tiers::logic(config, args.listen, &args.backends, args.connect_nodes, args.demo_users, admin).await
+            args.limits.apply(&mut config);
+            let policy = SessionPolicy { max_devices: args.limits.max_devices.max(1), ..SessionPolicy::default() };
+            crate::tiers::logic(config, policy, args.listen, &args.backends, args.connect_nodes, args.demo_users, admin)
+                .await
         }
         Command::Connect(args) => {
             let admin = Admin::start(args.admin_addr).await?;

@@ -153,6 +153,7 @@ pub async fn static_pusher(nodes: Vec<ConnectNode>, admin: &Admin) -> Pusher {
 /// Runs logic.
 pub async fn logic(
     config: courier_logic::LogicConfig,
+    policy: SessionPolicy,
     listen: SocketAddr,
     backends: &Backends,
     nodes: Vec<ConnectNode>,
@@ -161,7 +162,7 @@ pub async fn logic(
 ) -> anyhow::Result<()> {
     let (users, history) = backends.stores().await?;
     let queue = backends.queue().await?;
-    let (sessions, presence) = backends.sessions(SessionPolicy::default()).await?;
+    let (sessions, presence) = backends.sessions(policy).await?;
     let pusher = static_pusher(nodes, &admin).await;
     let logic = courier_logic::Logic::new(
         config,

@@ -11,6 +11,7 @@ async fn start() -> (Standalone, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = StandaloneConfig::ephemeral(dir.path().join("data"));
     config.demo_users = false;
+    config.logic.sends_per_second = 0; // these tests stream messages
     (Standalone::start(config).await.expect("standalone starts"), dir)
 }
 

@@ -188,3 +188,78 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     }
     courier.stop().await;
 }
+
+#[tokio::test]
+async fn rate_limits_refuse_floods_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StandaloneConfig::ephemeral(dir.path().join("data"));
+    config.demo_users = false;
+    config.logic.sends_per_second = 5;
+    config.logic.send_burst = 5;
+    config.logic.logins_per_minute = 3;
+    config.logic.login_burst = 3;
+    let courier = Standalone::start(config).await.expect("standalone starts");
+    let api = Api::new(courier.addresses.api);
+    let (token, me) = api.register("gina").await;
+    let mut ws = Ws::connect(courier.addresses.ws, &token, 4).await;
+    ws.await_members(&[me]).await;
+
+    // Ten sends at once: the burst of five passes, the rest are refused, each
+    // answered, none lost silently.
+    for i in 0..10 {
+        ws.send(json!({"op": 7, "roomId": 4, "msg": format!("f{i}"), "clientMsgId": i.to_string()})).await;
+    }
+    let (mut acked, mut refused) = (0, 0);
+    while acked + refused < 10 {
+        let frame = ws.next().await.expect("socket open");
+        match frame["op"].as_i64() {
+            Some(8) => acked += 1,
+            Some(9) => {
+                assert!(frame["message"].as_str().is_some_and(|m| m.contains("too many messages")), "{frame}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(acked >= 5 && refused >= 1, "acked {acked}, refused {refused}");
+    // The same limit holds over HTTP: it is the user's, whatever the path.
+    let answer = api.post("/push/pushRoom", json!({"authToken": token, "msg": "x", "roomId": 4})).await;
+    assert_eq!(answer["code"], 1);
+    assert!(answer["message"].as_str().is_some_and(|m| m.contains("too many messages")), "{answer}");
+
+    // Password guessing: after the burst, even the right password waits.
+    for _ in 0..3 {
+        let answer = api.post("/user/login", json!({"userName": "gina", "passWord": "guess"})).await;
+        assert_eq!(answer["message"], "no this user or password error!");
+    }
+    let answer = api.post("/user/login", json!({"userName": "gina", "passWord": "secret-pw"})).await;
+    assert_eq!(answer["code"], 1);
+    assert!(answer["message"].as_str().is_some_and(|m| m.contains("too many login attempts")), "{answer}");
+    courier.stop().await;
+}
+
+#[tokio::test]
+async fn logout_closes_the_sessions_connections() {
+    let (courier, _dir) = start().await;
+    let api = Api::new(courier.addresses.api);
+    let (token, me) = api.register("hank").await;
+    let mut ws = Ws::connect(courier.addresses.ws, &token, 6).await;
+    ws.await_members(&[me]).await;
+    let mut tcp = Tcp::connect(courier.addresses.tcp, &token, 6).await;
+    ws.await_members(&[me]).await;
+
+    let answer = api.post("/user/logout", json!({"authToken": token})).await;
+    assert_eq!(answer, json!({"code": 0, "message": "logout ok!", "data": null}));
+    let (code, reason) = ws.closed().await.expect("close frame");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("session ended"), "{reason}");
+    let error = tcp.next_op(9).await;
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("session ended")), "{error}");
+    assert!(tcp.next().await.is_none(), "the TCP connection is closed");
+
+    let answer = api.post("/user/checkAuth", json!({"authToken": token})).await;
+    assert_eq!(answer["code"], 40000, "the token is gone");
+    let answer = api.post("/user/logout", json!({"authToken": token})).await;
+    assert_eq!(answer["code"], 40000, "gochat checks the session before logout");
+    courier.stop().await;
+}

@@ -6,12 +6,14 @@
 //! code 1 and a message saying what is wrong, never a 4xx/5xx page that gochat's
 //! clients could not read. The handlers only translate; logic does the work.
 
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -19,6 +21,7 @@ use courier_proto::logic::logic_client::LogicClient;
 use courier_proto::logic::{Credentials, HistoryRequest, RoomRequest, SendRequest, TokenRequest, UserReply};
 use courier_telemetry::{Metrics, ReadyFlag, RouteCodeLabel, RouteLabel};
 use courier_wire::frame::lenient_id;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -40,11 +43,15 @@ pub mod code {
 pub struct ApiConfig {
     /// Largest request body read, in bytes.
     pub body_limit: usize,
+    /// Requests one client address may make per second (0: no limit); bursts of
+    /// `per_ip_burst`. Per-user send and login limits are logic's.
+    pub per_ip_per_second: u32,
+    pub per_ip_burst: u32,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { body_limit: 64 * 1024 }
+        Self { body_limit: 64 * 1024, per_ip_per_second: 100, per_ip_burst: 200 }
     }
 }
 
@@ -53,6 +60,7 @@ struct ApiState {
     logic: LogicClient<Channel>,
     config: Arc<ApiConfig>,
     metrics: Arc<Metrics>,
+    per_ip: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
 }
 
 /// An answer in gochat's envelope.
@@ -173,6 +181,7 @@ async fn login(State(state): State<ApiState>, body: Body) -> Answer {
     match state.logic.clone().login(request).await {
         Ok(reply) => Answer::ok("login success", reply.into_inner().auth_token.into()),
         Err(s) if s.code() == Code::Unauthenticated => Answer::fail("no this user or password error!"),
+        Err(s) if s.code() == Code::ResourceExhausted => Answer::fail(s.message()),
         Err(s) => unavailable(&state, &s),
     }
 }
@@ -214,7 +223,7 @@ async fn push_body(state: &ApiState, body: Body) -> Result<(PushBody, String), A
 fn send_failure(state: &ApiState, status: &Status, fallback: &str) -> Answer {
     match status.code() {
         Code::Unauthenticated => Answer::session_error(),
-        Code::InvalidArgument | Code::NotFound => Answer::fail(status.message()),
+        Code::InvalidArgument | Code::NotFound | Code::ResourceExhausted => Answer::fail(status.message()),
         Code::Unavailable => Answer::fail(status.message()),
         _ => {
             state.metrics.error("logic_call");
@@ -359,6 +368,22 @@ async fn unknown_path() -> Answer {
     Answer::fail("please check request url !")
 }
 
+/// Refuses a client address over its request rate, in gochat's envelope.
+async fn limit(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(limiter) = &state.per_ip
+        && limiter.check_key(&peer.ip()).is_err()
+    {
+        state.metrics.error("http_rate_limited");
+        return Answer::fail("too many requests from your address; slow down and retry").into_response();
+    }
+    next.run(request).await
+}
+
 /// Counts and times every request by route and answer code.
 async fn observe(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
@@ -375,7 +400,25 @@ async fn observe(State(state): State<ApiState>, request: Request, next: Next) ->
 
 /// The API's routes.
 pub fn router(config: ApiConfig, logic: LogicClient<Channel>, metrics: Arc<Metrics>) -> Router {
-    let state = ApiState { logic, config: Arc::new(config), metrics };
+    let per_ip = NonZeroU32::new(config.per_ip_per_second).and_then(|rate| {
+        let quota = Quota::per_second(rate).allow_burst(NonZeroU32::new(config.per_ip_burst.max(1))?);
+        Some(Arc::new(RateLimiter::keyed(quota)))
+    });
+    if let Some(limiter) = &per_ip {
+        // Forget quiet addresses now and then, so memory stays bounded.
+        let limiter = Arc::downgrade(limiter);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                ticker.tick().await;
+                match limiter.upgrade() {
+                    Some(l) => l.retain_recent(),
+                    None => break,
+                }
+            }
+        });
+    }
+    let state = ApiState { logic, config: Arc::new(config), metrics, per_ip };
     Router::new()
         .route("/user/register", post(register))
         .route("/user/login", post(login))
@@ -389,6 +432,7 @@ pub fn router(config: ApiConfig, logic: LogicClient<Channel>, metrics: Arc<Metri
         .route("/history/private", post(private_history))
         .fallback(unknown_path)
         .method_not_allowed_fallback(unknown_path)
+        .layer(middleware::from_fn_with_state(state.clone(), limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(CorsLayer::permissive())
         .with_state(state)
@@ -416,7 +460,9 @@ pub async fn serve(
         .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?;
     let app = router(config, LogicClient::new(channel), metrics);
     ready.set(true);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
     ready.set(false);
     Ok(result?)
 }

@@ -1,5 +1,6 @@
 //! The connect tier's gRPC push service: frames from task (messages) and logic
-//! (counts, member lists) are queued to the local channels they target.
+//! (counts, member lists) are queued to the local channels they target, and
+//! connections whose session ended are closed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use courier_proto::connect::connect_server::Connect;
 use courier_proto::connect::{PushReply, PushRequest, delivery::Target};
 use tonic::{Request, Response, Status};
 
-use crate::hub::{Channel, Hub};
+use crate::hub::{Channel, Hub, close_code};
 
 /// Queues pushed frames to this node's channels.
 #[derive(Debug, Clone)]
@@ -24,7 +25,18 @@ impl Connect for PushService {
         let mut queued = 0u64;
         // A batch often holds several frames for one room: look its channels up once.
         let mut rooms: HashMap<u64, Vec<Arc<Channel>>> = HashMap::new();
-        for delivery in request.into_inner().deliveries {
+        let request = request.into_inner();
+        let mut closed = 0u64;
+        if !request.revoked_tokens.is_empty() {
+            for channel in self.hub.all() {
+                if request.revoked_tokens.contains(&channel.auth_token) {
+                    channel
+                        .close(close_code::POLICY, "session ended (logged out or signed in elsewhere); log in again");
+                    closed += 1;
+                }
+            }
+        }
+        for delivery in request.deliveries {
             let text = Utf8Bytes::from(delivery.body);
             let channels = match delivery.target {
                 Some(Target::RoomId(room)) => rooms.entry(room).or_insert_with(|| self.hub.room(room)).clone(),
@@ -37,6 +49,6 @@ impl Connect for PushService {
                 }
             }
         }
-        Ok(Response::new(PushReply { queued }))
+        Ok(Response::new(PushReply { queued, closed }))
     }
 }

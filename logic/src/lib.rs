@@ -14,6 +14,7 @@
 pub mod password;
 
 use std::collections::HashSet;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +33,7 @@ use courier_store::{Error as StoreError, HistoryStore, MessageKind as StoredKind
 use courier_telemetry::{KindLabel, Metrics, ReadyFlag};
 use courier_wire::MAX_MESSAGE_BYTES;
 use courier_wire::frame::{CountFrame, RoomInfoFrame, to_text};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -60,6 +62,14 @@ pub struct LogicConfig {
     pub max_client_msg_id: usize,
     /// Most messages one history request returns.
     pub history_page_limit: u32,
+    /// Messages one user may send per second, over every path together (0: no
+    /// limit); bursts of `send_burst` are allowed.
+    pub sends_per_second: u32,
+    pub send_burst: u32,
+    /// Login attempts per user name per minute (0: no limit), against password
+    /// guessing; bursts of `login_burst`.
+    pub logins_per_minute: u32,
+    pub login_burst: u32,
 }
 
 impl Default for LogicConfig {
@@ -74,6 +84,10 @@ impl Default for LogicConfig {
             presence_flush_interval: Duration::from_secs(1),
             max_client_msg_id: 64,
             history_page_limit: 500,
+            sends_per_second: 20,
+            send_burst: 60,
+            logins_per_minute: 20,
+            login_burst: 10,
         }
     }
 }
@@ -103,6 +117,20 @@ struct Inner {
     ids: Snowflake,
     hasher: PasswordHasher,
     dirty_rooms: Mutex<HashSet<u64>>,
+    send_limiter: Option<DefaultKeyedRateLimiter<u64>>,
+    login_limiter: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+/// A keyed limiter allowing `per_period` events per `period` with bursts of
+/// `burst`; `None` when `per_period` is 0 (no limit).
+fn limiter<K: std::hash::Hash + Eq + Clone>(
+    per_period: u32,
+    period: Duration,
+    burst: u32,
+) -> Option<DefaultKeyedRateLimiter<K>> {
+    let rate = NonZeroU32::new(per_period)?;
+    let quota = Quota::with_period(period / rate.get())?.allow_burst(NonZeroU32::new(burst.max(1))?);
+    Some(RateLimiter::keyed(quota))
 }
 
 /// Why logic could not start.
@@ -120,7 +148,19 @@ impl Logic {
     pub fn new(config: LogicConfig, backends: LogicBackends) -> Result<Self, StartError> {
         let ids = Snowflake::new(config.worker_id)?;
         let hasher = PasswordHasher::new(config.hash_concurrency);
-        Ok(Self { inner: Arc::new(Inner { config, backends, ids, hasher, dirty_rooms: Mutex::default() }) })
+        let send_limiter = limiter(config.sends_per_second, Duration::from_secs(1), config.send_burst);
+        let login_limiter = limiter(config.logins_per_minute, Duration::from_secs(60), config.login_burst);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                backends,
+                ids,
+                hasher,
+                dirty_rooms: Mutex::default(),
+                send_limiter,
+                login_limiter,
+            }),
+        })
     }
 
     /// Creates the topics if they do not exist (and checks their partition count).
@@ -161,6 +201,8 @@ impl Logic {
             self.metrics().error("sessions");
             Status::unavailable(format!("sessions unavailable: {e}"))
         })?;
+        // Tokens evicted by the device cap lose their connections too.
+        self.inner.backends.pusher.revoke(&session.revoked);
         Ok(SessionReply { auth_token: session.token, user_id: user.user_id, user_name: user.user_name })
     }
 
@@ -185,6 +227,15 @@ impl Logic {
     /// Admits one message: answered once the queue has it.
     pub async fn send(&self, request: SendRequest) -> Result<SendReply, Status> {
         let sender = self.session(&request.auth_token).await?;
+        if let Some(limiter) = &self.inner.send_limiter
+            && limiter.check_key(&sender.user_id).is_err()
+        {
+            self.metrics().error("send_rate_limited");
+            return Err(Status::resource_exhausted(format!(
+                "too many messages: at most {} per second; slow down and retry",
+                self.inner.config.sends_per_second
+            )));
+        }
         validate_body(&request.body)?;
         if request.client_msg_id.len() > self.inner.config.max_client_msg_id {
             return Err(Status::invalid_argument(format!(
@@ -404,6 +455,12 @@ impl LogicRpc for Logic {
         let c = request.into_inner();
         self.observed("Login", async {
             let denied = || Status::unauthenticated("no this user or password error!");
+            if let Some(limiter) = &self.inner.login_limiter
+                && limiter.check_key(&c.user_name).is_err()
+            {
+                self.metrics().error("login_rate_limited");
+                return Err(Status::resource_exhausted("too many login attempts for this user; wait a minute"));
+            }
             if validate_user_name(&c.user_name).is_err() || validate_password(&c.password).is_err() {
                 return Err(denied());
             }
@@ -436,7 +493,10 @@ impl LogicRpc for Logic {
         let token = request.into_inner().auth_token;
         self.observed("Logout", async {
             match self.inner.backends.sessions.revoke(&token).await {
-                Ok(Some(_)) => Ok(Empty {}),
+                Ok(Some(_)) => {
+                    self.inner.backends.pusher.revoke(std::slice::from_ref(&token));
+                    Ok(Empty {})
+                }
                 Ok(None) => Err(Status::unauthenticated("Session error")),
                 Err(e) => Err(Status::unavailable(format!("sessions unavailable: {e}"))),
             }
@@ -531,7 +591,12 @@ pub async fn serve(
         loop {
             tokio::select! {
                 _ = flush_stop.cancelled() => break,
-                _ = ticker.tick() => flusher.flush_dirty_rooms().await,
+                _ = ticker.tick() => {
+                    flusher.flush_dirty_rooms().await;
+                    // Forget limiter state of users who went quiet (bounded memory).
+                    if let Some(l) = &flusher.inner.send_limiter { l.retain_recent(); }
+                    if let Some(l) = &flusher.inner.login_limiter { l.retain_recent(); }
+                }
             }
         }
     });

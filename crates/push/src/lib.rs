@@ -51,9 +51,17 @@ impl Default for PusherOptions {
     }
 }
 
+/// One thing to tell a connect node.
+#[derive(Debug, Clone)]
+enum Item {
+    Frame(Delivery),
+    /// A session ended: close its connections.
+    Revoked(String),
+}
+
 struct NodeQueue {
     node: ConnectNode,
-    tx: mpsc::Sender<Delivery>,
+    tx: mpsc::Sender<Item>,
     stop: CancellationToken,
 }
 
@@ -151,10 +159,20 @@ impl Pusher {
         if deliveries.is_empty() {
             return;
         }
+        self.send_all(deliveries.iter().cloned().map(Item::Frame));
+    }
+
+    /// Tells every connect node that these session tokens ended, so it closes
+    /// their connections; never waits.
+    pub fn revoke(&self, tokens: &[String]) {
+        self.send_all(tokens.iter().cloned().map(Item::Revoked));
+    }
+
+    fn send_all(&self, items: impl Iterator<Item = Item> + Clone) {
         let nodes = self.lock();
         for queue in nodes.values() {
-            for delivery in deliveries {
-                if queue.tx.try_send(delivery.clone()).is_err() {
+            for item in items.clone() {
+                if queue.tx.try_send(item).is_err() {
                     self.metrics.pushes.get_or_create(&ResultLabel { result: "dropped" }).inc();
                 }
             }
@@ -170,7 +188,7 @@ impl Pusher {
 async fn node_worker(
     node: ConnectNode,
     mut client: ConnectClient<Channel>,
-    mut rx: mpsc::Receiver<Delivery>,
+    mut rx: mpsc::Receiver<Item>,
     metrics: Arc<Metrics>,
     options: PusherOptions,
     stop: CancellationToken,
@@ -184,17 +202,22 @@ async fn node_worker(
         if received == 0 {
             return;
         }
-        let deliveries = std::mem::take(&mut batch);
+        let mut request = PushRequest::default();
+        for item in batch.drain(..) {
+            match item {
+                Item::Frame(delivery) => request.deliveries.push(delivery),
+                Item::Revoked(token) => request.revoked_tokens.push(token),
+            }
+        }
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=options.attempts {
-            let request = PushRequest { deliveries: deliveries.clone() };
-            match client.push(request).await {
+            match client.push(request.clone()).await {
                 Ok(_) => {
                     metrics.pushes.get_or_create(&ResultLabel { result: "ok" }).inc();
                     break;
                 }
                 Err(status) if attempt == options.attempts => {
-                    tracing::warn!(node = %node.server_id, error = %status, frames = deliveries.len(), "push failed; frames dropped for this node");
+                    tracing::warn!(node = %node.server_id, error = %status, frames = request.deliveries.len(), "push failed; frames dropped for this node");
                     metrics.pushes.get_or_create(&ResultLabel { result: "error" }).inc();
                 }
                 Err(status) => {
