@@ -263,3 +263,49 @@ async fn logout_closes_the_sessions_connections() {
     assert_eq!(answer["code"], 40000, "gochat checks the session before logout");
     courier.stop().await;
 }
+
+#[tokio::test]
+async fn count_and_room_info_are_pushed_as_op_4_and_op_5() {
+    let (courier, _dir) = start().await;
+    let api = Api::new(courier.addresses.api);
+    let (ivy_token, ivy) = api.register("ivy").await;
+    let (jack_token, jack) = api.register("jack").await;
+    let mut ivy_ws = Ws::connect(courier.addresses.ws, &ivy_token, 11).await;
+    let mut jack_ws = Ws::connect(courier.addresses.ws, &jack_token, 11).await;
+    // A second tab of jack's: online counts users, not tabs.
+    let mut jack_tab = Ws::connect(courier.addresses.ws, &jack_token, 11).await;
+    ivy_ws.await_members(&[ivy, jack]).await;
+    jack_tab.await_members(&[ivy, jack]).await;
+
+    let answer = api.post("/push/count", json!({"authToken": ivy_token, "roomId": 11})).await;
+    assert_eq!(answer, json!({"code": 0, "message": "ok", "data": ""}));
+    assert_eq!(jack_ws.next_op(4).await, json!({"count": 2, "op": 4}));
+    let answer = api.post("/push/getRoomInfo", json!({"authToken": ivy_token, "roomId": "11"})).await;
+    assert_eq!(answer, json!({"code": 0, "message": "ok", "data": ""}));
+    let info = loop {
+        let frame = ivy_ws.next_op(5).await;
+        if frame["count"] == 2 {
+            break frame;
+        }
+    };
+    assert_eq!(info["roomId"], 11);
+    assert_eq!(info["roomUserInfo"][ivy.to_string()], "ivy");
+    assert_eq!(info["roomUserInfo"][jack.to_string()], "jack");
+    let answer = api.post("/push/count", json!({"authToken": ivy_token})).await;
+    assert_eq!(answer["code"], 1, "roomId is required: {answer}");
+
+    // When ivy leaves, the others get an updated member list (never an empty frame).
+    drop(ivy_ws);
+    let update = loop {
+        let frame = jack_ws.next_op(5).await;
+        if frame["count"] == 1 {
+            break frame;
+        }
+    };
+    assert!(update["roomUserInfo"].get(ivy.to_string()).is_none());
+
+    let doc = reqwest::get(format!("http://{}/openapi.json", courier.addresses.api)).await.expect("openapi");
+    let doc: serde_json::Value = doc.json().await.expect("JSON");
+    assert!(doc["paths"]["/push/getRoomInfo"]["post"].is_object());
+    courier.stop().await;
+}

@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use courier_proto::logic::logic_client::LogicClient;
 use courier_proto::logic::{Credentials, HistoryRequest, RoomRequest, SendRequest, TokenRequest, UserReply};
 use courier_telemetry::{Metrics, ReadyFlag, RouteCodeLabel, RouteLabel};
@@ -398,6 +398,25 @@ async fn observe(State(state): State<ApiState>, request: Request, next: Next) ->
     response
 }
 
+/// The OpenAPI 3 description of this API, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Every route of the API: one table, so the OpenAPI test covers all of them.
+fn routes() -> Vec<(&'static str, MethodRouter<ApiState>)> {
+    vec![
+        ("/user/register", post(register)),
+        ("/user/login", post(login)),
+        ("/user/checkAuth", post(check_auth)),
+        ("/user/logout", post(logout)),
+        ("/push/push", post(push)),
+        ("/push/pushRoom", post(push_room)),
+        ("/push/count", post(count)),
+        ("/push/getRoomInfo", post(room_info)),
+        ("/history/room", post(room_history)),
+        ("/history/private", post(private_history)),
+    ]
+}
+
 /// The API's routes.
 pub fn router(config: ApiConfig, logic: LogicClient<Channel>, metrics: Arc<Metrics>) -> Router {
     let per_ip = NonZeroU32::new(config.per_ip_per_second).and_then(|rate| {
@@ -419,17 +438,11 @@ pub fn router(config: ApiConfig, logic: LogicClient<Channel>, metrics: Arc<Metri
         });
     }
     let state = ApiState { logic, config: Arc::new(config), metrics, per_ip };
-    Router::new()
-        .route("/user/register", post(register))
-        .route("/user/login", post(login))
-        .route("/user/checkAuth", post(check_auth))
-        .route("/user/logout", post(logout))
-        .route("/push/push", post(push))
-        .route("/push/pushRoom", post(push_room))
-        .route("/push/count", post(count))
-        .route("/push/getRoomInfo", post(room_info))
-        .route("/history/room", post(room_history))
-        .route("/history/private", post(private_history))
+    let mut app = Router::new();
+    for (path, handler) in routes() {
+        app = app.route(path, handler);
+    }
+    app.route("/openapi.json", axum::routing::get(|| async { ([("content-type", "application/json")], OPENAPI) }))
         .fallback(unknown_path)
         .method_not_allowed_fallback(unknown_path)
         .layer(middleware::from_fn_with_state(state.clone(), limit))
@@ -465,4 +478,23 @@ pub async fn serve(
         .await;
     ready.set(false);
     Ok(result?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_describes_exactly_the_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let paths = doc["paths"].as_object().expect("paths");
+        let routes: Vec<&str> = routes().iter().map(|(path, _)| *path).collect();
+        for route in &routes {
+            assert!(paths.get(*route).is_some_and(|p| p.get("post").is_some()), "{route} is not documented");
+        }
+        for documented in paths.keys() {
+            assert!(routes.contains(&documented.as_str()), "{documented} is documented but not served");
+        }
+    }
 }
