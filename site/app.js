@@ -1,6 +1,8 @@
 // Courier's browser chat: plain ES module, no build step, no external resources.
-// It logs in over gochat's HTTP API, then keeps one WebSocket that carries every
-// room it joined and the user's private messages (Courier's ops 7-11).
+// It logs in over gochat's HTTP API, shows each room's recent history, then keeps
+// one WebSocket that carries every room it joined and the user's private messages
+// (Courier's ops 7-12). It remembers the last seq of every stream and resumes from
+// there on reconnect, so a dropped connection loses nothing and repeats nothing.
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -14,6 +16,19 @@ const state = {
   conversations: new Map(), // key -> { title, messages: [], unread, seen: Set }
   members: new Map(), // roomId -> { userId: name }
   pending: new Map(), // clientMsgId -> text
+  positions: new Map(), // stream -> { epoch, seq }: where to resume after a reconnect
+  holdReconnect: 0, // test hook: extra delay before reconnecting
+};
+
+// For tests and the curious: drop the connection and reconnect after `ms`.
+window.courierDebug = {
+  dropConnection(ms = 0) {
+    state.holdReconnect = ms;
+    if (state.socket) state.socket.close();
+  },
+  get connected() {
+    return Boolean(state.socket && state.socket.readyState === WebSocket.OPEN);
+  },
 };
 
 async function loadConfig() {
@@ -89,6 +104,7 @@ async function enterChat() {
   $("chat-view").hidden = false;
   for (const room of state.rooms) conversation(`room:${room}`, `Room ${room}`);
   select(`room:${state.rooms[0]}`);
+  for (const room of state.rooms) await loadRoomHistory(room);
   connect();
 }
 
@@ -97,8 +113,19 @@ function connect() {
   const socket = new WebSocket(state.config.ws);
   state.socket = socket;
   socket.onopen = () => {
-    socket.send(JSON.stringify({ authToken: state.token, roomId: state.rooms[0] }));
-    for (const room of state.rooms.slice(1)) socket.send(JSON.stringify({ op: 10, roomId: room }));
+    // Resume every stream from the last message seen: nothing missed, nothing twice.
+    const first = state.rooms[0];
+    socket.send(
+      JSON.stringify({
+        authToken: state.token,
+        roomId: first,
+        since: since(`room:${first}`),
+        inboxSince: since(`user:${state.me.userId}`),
+      }),
+    );
+    for (const room of state.rooms.slice(1)) {
+      socket.send(JSON.stringify({ op: 10, roomId: room, since: since(`room:${room}`) }));
+    }
     state.retry = 0;
     setConnection("online", true);
   };
@@ -120,7 +147,8 @@ function connect() {
       showError("login-error", "Your session ended. Please log in again.");
       return;
     }
-    const delay = Math.min(30000, 500 * 2 ** state.retry++);
+    const delay = Math.min(30000, 500 * 2 ** state.retry++) + state.holdReconnect;
+    state.holdReconnect = 0;
     setConnection(`offline — retrying in ${Math.round(delay / 1000)} s`, false);
     setTimeout(() => state.token && connect(), delay);
   };
@@ -152,14 +180,34 @@ function onFrame(frame) {
   }
 }
 
-function addMessage(key, title, frame) {
+function remember(frame) {
+  if (!frame.stream || !frame.seq) return;
+  const known = state.positions.get(frame.stream);
+  if (!known || frame.seq > known.seq) state.positions.set(frame.stream, { epoch: frame.epoch || "", seq: frame.seq });
+}
+
+function since(stream) {
+  const p = state.positions.get(stream);
+  return p ? { epoch: p.epoch, seq: p.seq } : { epoch: "", seq: 0 };
+}
+
+// The newest page of a room's history, shown before live traffic.
+async function loadRoomHistory(room) {
+  const answer = await api("/history/room", { authToken: state.token, roomId: room, limit: 50 });
+  if (answer.code !== 0) return;
+  const frames = (answer.data.messages || []).slice().reverse();
+  for (const frame of frames) addMessage(`room:${room}`, `Room ${room}`, frame, true);
+}
+
+function addMessage(key, title, frame, old = false) {
+  remember(frame);
   const c = conversation(key, title);
   if (frame.msgId && c.seen.has(frame.msgId)) return;
   if (frame.msgId) c.seen.add(frame.msgId);
   c.messages.push(frame);
   if (key === state.current) {
     renderMessage(frame);
-  } else {
+  } else if (!old) {
     c.unread += 1;
   }
   renderRooms();
@@ -258,16 +306,17 @@ function send(text) {
   return true;
 }
 
-function joinRoom(room) {
+async function joinRoom(room) {
+  conversation(`room:${room}`, `Room ${room}`);
+  select(`room:${room}`);
   if (!state.rooms.includes(room)) {
     state.rooms.push(room);
     sessionStorage.setItem("courier.rooms", JSON.stringify(state.rooms));
+    await loadRoomHistory(room);
     if (state.socket && state.socket.readyState === WebSocket.OPEN) {
-      state.socket.send(JSON.stringify({ op: 10, roomId: room }));
+      state.socket.send(JSON.stringify({ op: 10, roomId: room, since: since(`room:${room}`) }));
     }
   }
-  conversation(`room:${room}`, `Room ${room}`);
-  select(`room:${room}`);
 }
 
 function leaveRoom(room) {
@@ -277,6 +326,7 @@ function leaveRoom(room) {
     state.socket.send(JSON.stringify({ op: 11, roomId: room }));
   }
   state.conversations.delete(`room:${room}`);
+  state.positions.delete(`room:${room}`);
   select(`room:${state.rooms[0]}`);
 }
 
@@ -287,6 +337,8 @@ async function logout() {
   if (state.socket) state.socket.close();
   state.socket = null;
   if (token) await api("/user/logout", { authToken: token });
+  state.conversations.clear();
+  state.positions.clear();
   $("chat-view").hidden = true;
   $("login-view").hidden = false;
   setConnection("offline", false);
