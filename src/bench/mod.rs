@@ -290,8 +290,10 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
         Shape::Private { .. } => 1,
         Shape::Room { members, .. } => members as u64,
     };
-    // Send for the duration, then give deliveries up to 10 s to drain.
-    let drain_limit = send_for + Duration::from_secs(10);
+    // Send for the duration, then let deliveries drain for as long as they keep
+    // coming (a backlog is latency, not loss): stop once everything is in, or
+    // nothing arrived for 5 s, or after 5 minutes.
+    let mut last_progress = (0u64, Instant::now());
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let elapsed = start.elapsed();
@@ -301,12 +303,15 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
         if show {
             print_progress(&progress, elapsed, send_for);
         }
-        // Done once every send is answered and every answered one delivered.
         let acked = progress.acked.load(Ordering::Relaxed);
+        let delivered = progress.delivered.load(Ordering::Relaxed);
+        if delivered != last_progress.0 {
+            last_progress = (delivered, Instant::now());
+        }
         let answered = acked + progress.failed.load(Ordering::Relaxed);
-        let settled = answered >= progress.sent.load(Ordering::Relaxed)
-            && progress.delivered.load(Ordering::Relaxed) >= acked * fanout;
-        if elapsed >= send_for && settled || elapsed >= drain_limit {
+        let settled = answered >= progress.sent.load(Ordering::Relaxed) && delivered >= acked * fanout;
+        let stalled = last_progress.1.elapsed() > Duration::from_secs(5);
+        if elapsed >= send_for && (settled || stalled) || elapsed >= send_for + Duration::from_secs(300) {
             break;
         }
     }
@@ -314,6 +319,8 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
         eprintln!();
     }
     let active = start.elapsed().min(send_for).as_secs_f64();
+    // Deliveries per second over the time until the last one arrived.
+    let delivering = last_progress.1.duration_since(start).as_secs_f64().max(1e-9);
     let cpu = (measure::total_cpu(&pids) - cpu_before).max(0.0);
     for writer in &writers {
         writer.abort();
@@ -351,7 +358,7 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
         duplicated,
         out_of_order,
         messages_per_s: acknowledged as f64 / active.max(1e-9),
-        deliveries_per_s: delivered as f64 / active.max(1e-9),
+        deliveries_per_s: delivered as f64 / delivering,
         latency: Latency::of(&histogram),
         server_pids: pids,
         server_cpu_s: cpu,
