@@ -18,7 +18,7 @@ use courier_api::ApiConfig;
 use courier_connect::{ConnectConfig, ConnectListeners};
 use courier_discovery::{ConnectNode, StaticDiscovery};
 use courier_logic::{Logic, LogicBackends, LogicConfig};
-use courier_presence::memory::{MemoryPresence, MemorySessions, SessionPolicy};
+use courier_presence::memory::{MemoryClientMsgIds, MemoryPresence, MemorySessions, SessionPolicy};
 use courier_push::{Pusher, PusherOptions};
 use courier_queue::sqlite::{SqliteQueue, SqliteQueueOptions};
 use courier_store::sqlite::SqliteStore;
@@ -162,6 +162,7 @@ impl Standalone {
                 history: store.clone(),
                 sessions: Arc::new(MemorySessions::new(config.sessions.clone())),
                 presence: Arc::new(MemoryPresence::default()),
+                client_msg_ids: Arc::new(MemoryClientMsgIds::new(crate::tiers::CLIENT_MSG_ID_TTL)),
                 queue: queue.clone(),
                 pusher: pusher.clone(),
                 metrics: metrics.clone(),

@@ -16,8 +16,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use courier_discovery::{ConnectNode, StaticDiscovery};
-use courier_presence::memory::{MemoryPresence, MemorySessions, SessionPolicy};
-use courier_presence::{Presence, Sessions};
+use courier_presence::memory::{MemoryClientMsgIds, MemoryPresence, MemorySessions, SessionPolicy};
+use courier_presence::{ClientMsgIds, Presence, Sessions};
 use courier_push::{Pusher, PusherOptions};
 use courier_queue::Queue;
 use courier_queue::kafka::{KafkaOptions, KafkaQueue};
@@ -59,6 +59,12 @@ pub struct Backends {
 /// A user store and a history store (one object implements both).
 pub type Stores = (Arc<dyn UserStore>, Arc<dyn HistoryStore>);
 
+/// Sessions, presence and client message ids.
+pub type SessionBackends = (Arc<dyn Sessions>, Arc<dyn Presence>, Arc<dyn ClientMsgIds>);
+
+/// How long a client message id is remembered for retries.
+pub const CLIENT_MSG_ID_TTL: Duration = Duration::from_secs(15 * 60);
+
 impl Backends {
     fn data_file(&self, name: &str) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(&self.data_dir)
@@ -99,17 +105,24 @@ impl Backends {
         })
     }
 
-    /// Sessions and presence: Redis, or in process.
-    pub async fn sessions(&self, policy: SessionPolicy) -> anyhow::Result<(Arc<dyn Sessions>, Arc<dyn Presence>)> {
+    /// Sessions, presence and client message ids: Redis, or in process.
+    pub async fn sessions(&self, policy: SessionPolicy) -> anyhow::Result<SessionBackends> {
+        use courier_presence::redis::{RedisClientMsgIds, RedisPresence, RedisSessions};
         Ok(match &self.redis {
             Some(url) => {
                 let redis = courier_presence::redis::connect(url).await.context("connecting to Redis")?;
+                let prefix = &self.redis_prefix;
                 (
-                    Arc::new(courier_presence::redis::RedisSessions::new(redis.clone(), policy, &self.redis_prefix)),
-                    Arc::new(courier_presence::redis::RedisPresence::new(redis, &self.redis_prefix)),
+                    Arc::new(RedisSessions::new(redis.clone(), policy, prefix)),
+                    Arc::new(RedisPresence::new(redis.clone(), prefix)),
+                    Arc::new(RedisClientMsgIds::new(redis, prefix, CLIENT_MSG_ID_TTL)),
                 )
             }
-            None => (Arc::new(MemorySessions::new(policy)), Arc::new(MemoryPresence::default())),
+            None => (
+                Arc::new(MemorySessions::new(policy)),
+                Arc::new(MemoryPresence::default()),
+                Arc::new(MemoryClientMsgIds::new(CLIENT_MSG_ID_TTL)),
+            ),
         })
     }
 }
@@ -162,7 +175,7 @@ pub async fn logic(
 ) -> anyhow::Result<()> {
     let (users, history) = backends.stores().await?;
     let queue = backends.queue().await?;
-    let (sessions, presence) = backends.sessions(policy).await?;
+    let (sessions, presence, client_msg_ids) = backends.sessions(policy).await?;
     let pusher = static_pusher(nodes, &admin).await;
     let logic = courier_logic::Logic::new(
         config,
@@ -171,6 +184,7 @@ pub async fn logic(
             history,
             sessions,
             presence,
+            client_msg_ids,
             queue,
             pusher,
             metrics: admin.metrics.clone(),

@@ -21,9 +21,14 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// One cluster at a time: two would share two cores with Kafka and starve.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Cluster {
     /// logic, task, task, connect-0, connect-1, api.
     children: Vec<Child>,
+    /// Their admin addresses, in the same order.
+    admins: Vec<SocketAddr>,
     api: SocketAddr,
     ws: [SocketAddr; 2],
     tcp: [SocketAddr; 2],
@@ -45,6 +50,8 @@ impl Cluster {
             ("COURIER_TASK_GROUP", format!("e2e-{run}")),
             ("COURIER_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
             ("COURIER_DATA_DIR", data.display().to_string()),
+            ("COURIER_SENDS_PER_SECOND", "0".into()),
+            ("COURIER_REQUESTS_PER_SECOND_PER_IP", "0".into()),
         ];
         let (logic, push) = (free_port(), [free_port(), free_port()]);
         let ws = [local(free_port()), local(free_port())];
@@ -86,8 +93,10 @@ impl Cluster {
         ];
         let http = reqwest::Client::new();
         let mut children = Vec::new();
+        let mut admins = Vec::new();
         for args in tiers {
             let admin = local(free_port());
+            admins.push(admin);
             let child = Command::new(env!("CARGO_BIN_EXE_courier"))
                 .args(&args)
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -105,12 +114,13 @@ impl Cluster {
             })
             .await;
         }
-        Some(Self { children, api, ws, tcp })
+        Some(Self { children, admins, api, ws, tcp })
     }
 }
 
 #[tokio::test]
 async fn messages_cross_processes_once_and_in_order() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(mut cluster) = Cluster::start(dir.path()).await else { return };
     let api = Api::new(cluster.api);
@@ -187,4 +197,74 @@ async fn messages_cross_processes_once_and_in_order() {
         missed.iter().map(|f| (f["msg"].as_str().unwrap_or("").to_owned(), f["seq"].as_u64().unwrap_or(0))).collect();
     let want: Vec<(String, u64)> = (N..N + 10).map(|i| (format!("r{i}"), i + 1)).collect();
     assert_eq!(got, want, "exactly the messages missed while moving nodes");
+}
+
+#[tokio::test]
+async fn a_task_worker_killed_mid_stream_loses_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut cluster) = Cluster::start(dir.path()).await else { return };
+    let api = Api::new(cluster.api);
+    let run = courier_testkit::unique();
+    let (alice_token, alice) = api.register(&format!("ka{}", run % 1_000_000_000)).await;
+    let (bob_token, bob) = api.register(&format!("kb{}", run % 1_000_000_000)).await;
+    // Several rooms, so both workers own some of their partitions.
+    let rooms: Vec<u64> = (0..6).map(|i| 2_000_000_000 + (run % 1_000_000) * 10 + i).collect();
+    let mut alice_ws = Ws::connect(cluster.ws[0], &alice_token, rooms[0]).await;
+    alice_ws.await_members(&[alice]).await;
+    for room in &rooms[1..] {
+        alice_ws.send(json!({"op": 10, "roomId": room})).await;
+    }
+    let mut bob_ws = Ws::connect(cluster.ws[1], &bob_token, rooms[0]).await;
+    bob_ws.await_members(&[alice, bob]).await;
+
+    const PER_ROOM: u64 = 40;
+    let sender_rooms = rooms.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..PER_ROOM {
+            for room in &sender_rooms {
+                let frame = json!({"op": 7, "roomId": room, "msg": format!("{room}:{i}"), "clientMsgId": format!("{room}-{i}")});
+                bob_ws.send(frame).await;
+            }
+            // Private traffic too: its topic's partitions may sit with the other worker.
+            let frame = json!({"op": 7, "toUserId": alice, "roomId": sender_rooms[0], "msg": format!("p{i}"), "clientMsgId": format!("p-{i}")});
+            bob_ws.send(frame).await;
+        }
+        bob_ws.take_op(8, (PER_ROOM as usize) * (sender_rooms.len() + 1)).await
+    });
+
+    // Per stream (each room, and alice's inbox), the seqs alice received.
+    let mut per_stream: std::collections::BTreeMap<String, Vec<u64>> = std::collections::BTreeMap::new();
+    let total = PER_ROOM as usize * (rooms.len() + 1);
+    let mut received = 0;
+    let mut killed = false;
+    while received < total {
+        let frame = alice_ws.next().await.expect("alice's socket stays open");
+        if frame["op"] != 3 && frame["op"] != 2 {
+            continue;
+        }
+        let stream = frame["stream"].as_str().expect("stream").to_owned();
+        per_stream.entry(stream).or_default().push(frame["seq"].as_u64().expect("seq"));
+        received += 1;
+        if received == total / 5 && !killed {
+            // Both workers are handling records (the group split the partitions);
+            // now kill -9 one of them while messages flow.
+            let metrics = format!("http://{}/metrics", cluster.admins[2]);
+            courier_testkit::eventually("task-1 consuming", Duration::from_secs(15), || async {
+                let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+                text.contains("courier_records_consumed_total{").then_some(())
+            })
+            .await;
+            cluster.children[2].kill().await.expect("kill task-1");
+            killed = true;
+        }
+    }
+    let acks = sender.await.expect("sender");
+    assert_eq!(acks.len(), total, "every send acknowledged");
+    let streams: Vec<String> =
+        rooms.iter().map(|r| format!("room:{r}")).chain(std::iter::once(format!("user:{alice}"))).collect();
+    for stream in &streams {
+        let want: Vec<u64> = (1..=PER_ROOM).collect();
+        assert_eq!(per_stream.get(stream), Some(&want), "{stream}: every message once, in order");
+    }
 }

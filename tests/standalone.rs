@@ -309,3 +309,25 @@ async fn count_and_room_info_are_pushed_as_op_4_and_op_5() {
     assert!(doc["paths"]["/push/getRoomInfo"]["post"].is_object());
     courier.stop().await;
 }
+
+#[tokio::test]
+async fn a_retried_client_message_id_gets_the_same_id_and_one_copy() {
+    let (courier, _dir) = start().await;
+    let api = Api::new(courier.addresses.api);
+    let (token, me) = api.register("kim").await;
+    let mut ws = Ws::connect(courier.addresses.ws, &token, 12).await;
+    ws.await_members(&[me]).await;
+    // The same send three times, as a client that lost its acks would retry.
+    for _ in 0..3 {
+        ws.send(json!({"op": 7, "roomId": 12, "msg": "once", "clientMsgId": "retry-1"})).await;
+    }
+    let acks = ws.take_op(8, 3).await;
+    assert!(acks.iter().all(|a| a["msgId"] == acks[0]["msgId"]), "one message id for every retry: {acks:?}");
+    ws.send(json!({"op": 7, "roomId": 12, "msg": "after", "clientMsgId": "retry-2"})).await;
+    let frames = ws.take_op(3, 2).await;
+    let got: Vec<(&str, u64)> =
+        frames.iter().map(|f| (f["msg"].as_str().unwrap_or(""), f["seq"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(got, vec![("once", 1), ("after", 2)], "a single copy, and no seq taken by the retries");
+    assert_eq!(frames[0]["msgId"], acks[0]["msgId"]);
+    courier.stop().await;
+}

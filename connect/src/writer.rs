@@ -40,7 +40,8 @@ where
     let metrics = state.gateway.metrics().clone();
     let deliveries = metrics.deliveries.get_or_create(&TransportLabel { transport: framing.transport }).clone();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + config.ping_interval, config.ping_interval);
-    let mut batch = Vec::with_capacity(64);
+    // Grown on first use: an idle connection should not pay for a burst buffer.
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
             biased;

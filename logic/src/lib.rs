@@ -2,10 +2,11 @@
 //!
 //! Logic is stateless; its state lives behind the backend traits (users in the
 //! store, tokens in [`Sessions`], membership in [`Presence`]). Admission is the
-//! heart of it: [`Logic::send`] checks the session, the recipient and the size
-//! limit, stamps a snowflake id, wraps the message in a versioned protobuf envelope
-//! and answers only once the queue has acknowledged the record (keyed by room or
-//! by recipient, so each stream stays in order).
+//! heart of it: [`Logic::send`] checks the session, the rate limit, the recipient
+//! and the size limit, stamps a snowflake id (or, for a retried client message id,
+//! the first attempt's id), wraps the message in a versioned protobuf envelope and
+//! answers only once the queue has acknowledged the record (keyed by room or by
+//! recipient, so each stream stays in order).
 //!
 //! Membership changes mark a room dirty; a flusher pushes each dirty room's count
 //! (op 4) and member list (op 5) at most once per `presence_flush_interval`, so a
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use courier_ids::Snowflake;
-use courier_presence::{Presence, SessionUser, Sessions};
+use courier_presence::{ClientMsgIds, Presence, SessionUser, Sessions};
 use courier_proto::connect::{Delivery, delivery::Target};
 use courier_proto::logic::logic_server::{Logic as LogicRpc, LogicServer};
 use courier_proto::logic::{
@@ -100,6 +101,8 @@ pub struct LogicBackends {
     pub history: Arc<dyn HistoryStore>,
     pub sessions: Arc<dyn Sessions>,
     pub presence: Arc<dyn Presence>,
+    /// Retried sends (same client message id) get the first send's message id.
+    pub client_msg_ids: Arc<dyn ClientMsgIds>,
     pub queue: Arc<dyn Queue>,
     pub pusher: Pusher,
     pub metrics: Arc<Metrics>,
@@ -259,7 +262,18 @@ impl Logic {
         } else {
             return Err(Status::invalid_argument("roomId or toUserId is required"));
         };
-        let msg_id = self.inner.ids.next_id();
+        let mut msg_id = self.inner.ids.next_id();
+        if !request.client_msg_id.is_empty() {
+            // A retry re-sends the first attempt's record under its id: if that one
+            // reached the queue, the store keeps a single copy of the two.
+            msg_id = self
+                .inner
+                .backends
+                .client_msg_ids
+                .claim(sender.user_id, &request.client_msg_id, msg_id)
+                .await
+                .map_err(|e| self.presence_unavailable(e))?;
+        }
         let record = MessageRecord {
             version: RECORD_VERSION,
             msg_id,

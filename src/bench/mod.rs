@@ -30,7 +30,7 @@ use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -506,9 +506,6 @@ async fn read_loop(
 async fn connections(args: &BenchArgs, count: usize, per_process: usize, sources: &[IpAddr]) -> anyhow::Result<Report> {
     let pids = if args.pids.is_empty() { measure::find_server_pids() } else { args.pids.clone() };
     let rss = |pids: &[u32]| pids.iter().filter_map(|p| measure::rss_bytes(*p)).sum::<u64>();
-    let rss_before = rss(&pids);
-    let cpu_before = measure::total_cpu(&pids);
-    let start = Instant::now();
     let workers = count.div_ceil(per_process.max(1));
     let exe = std::env::current_exe().context("locating the courier binary")?;
     let mut children = Vec::with_capacity(workers);
@@ -528,6 +525,22 @@ async fn connections(args: &BenchArgs, count: usize, per_process: usize, sources
             .context("starting a bench worker")?;
         let stdout = child.stdout.take().context("worker stdout")?;
         children.push((child, tokio::io::BufReader::new(stdout).lines()));
+    }
+    // Logins allocate (sessions, password hashing) on the server: measure from
+    // after them, so the figure is what the connections themselves cost.
+    for (w, (_, lines)) in children.iter_mut().enumerate() {
+        match lines.next_line().await? {
+            Some(line) if line == "LOGGED_IN" => {}
+            other => bail!("worker {w} failed: {other:?}"),
+        }
+    }
+    let rss_before = rss(&pids);
+    let cpu_before = measure::total_cpu(&pids);
+    let start = Instant::now();
+    for (child, _) in children.iter_mut() {
+        if let Some(stdin) = child.stdin.as_mut() {
+            stdin.write_all(b"GO\n").await?;
+        }
     }
     for (w, (_, lines)) in children.iter_mut().enumerate() {
         match lines.next_line().await? {
@@ -580,6 +593,12 @@ async fn connection_worker(
     source: Option<IpAddr>,
 ) -> anyhow::Result<()> {
     let users = target.users(&args.prefix, offset, count, 8).await?;
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    println!("LOGGED_IN");
+    // Connect when the parent has measured the server after the logins.
+    if stdin.next_line().await?.is_none() {
+        return Ok(());
+    }
     let mut held = Vec::with_capacity(count);
     let permits = Arc::new(Semaphore::new(64));
     let mut tasks = Vec::with_capacity(count);
@@ -602,7 +621,6 @@ async fn connection_worker(
             while let Some(Ok(_)) = stream.next().await {}
         });
     }
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(_)) = stdin.next_line().await {}
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! the in-process and the Redis implementations. `base` namespaces user and room
 //! ids so runs can share one Redis.
 
-use crate::{Presence, SessionUser, Sessions};
+use crate::{ClientMsgIds, Presence, SessionUser, Sessions};
 
 fn user(id: u64) -> SessionUser {
     SessionUser { user_id: id, user_name: format!("u{id}") }
@@ -54,4 +54,13 @@ pub async fn presence_counts_users_not_tabs(presence: &dyn Presence, base: u64) 
     let members = presence.members(room, 3).await.expect("members");
     assert_eq!(members.iter().map(|m| m.0).collect::<Vec<_>>(), vec![base + 1, base + 2, base + 3]);
     assert_eq!(presence.count(room).await.expect("count"), 5);
+}
+
+/// The first claim of a client message id wins; retries get its message id; ids
+/// are per user.
+pub async fn client_msg_ids_return_the_first_claim(ids: &dyn ClientMsgIds, base: u64) {
+    assert_eq!(ids.claim(base + 1, "c-1", 100).await.expect("claim"), 100);
+    assert_eq!(ids.claim(base + 1, "c-1", 200).await.expect("claim"), 100, "a retry gets the first id");
+    assert_eq!(ids.claim(base + 1, "c-2", 300).await.expect("claim"), 300);
+    assert_eq!(ids.claim(base + 2, "c-1", 400).await.expect("claim"), 400, "another user's id is their own");
 }

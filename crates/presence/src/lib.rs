@@ -70,6 +70,16 @@ pub trait Presence: Send + Sync + 'static {
     async fn drop_server(&self, server: &str) -> Result<Vec<u64>>;
 }
 
+/// Remembers which message id a user's client message id was given, so a retried
+/// send gets the same id (and logic re-sends the same record: the store keeps one
+/// copy per message id, so a retry never makes a second message).
+#[async_trait]
+pub trait ClientMsgIds: Send + Sync + 'static {
+    /// The message id for (`user_id`, `client_msg_id`): `msg_id` if this is the
+    /// first time, otherwise the id given the first time (within the TTL).
+    async fn claim(&self, user_id: u64, client_msg_id: &str, msg_id: u64) -> Result<u64>;
+}
+
 /// A fresh token: 32 random bytes, base64url with padding.
 pub fn new_token() -> String {
     use base64::Engine as _;

@@ -170,3 +170,32 @@ impl Presence for MemoryPresence {
         Ok(changed)
     }
 }
+
+/// Client message ids in process memory, forgotten after `ttl`.
+#[derive(Debug)]
+pub struct MemoryClientMsgIds {
+    ttl: Duration,
+    ids: Mutex<HashMap<(u64, String), (u64, Instant)>>,
+}
+
+impl MemoryClientMsgIds {
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl, ids: Mutex::default() }
+    }
+}
+
+#[async_trait]
+impl crate::ClientMsgIds for MemoryClientMsgIds {
+    async fn claim(&self, user_id: u64, client_msg_id: &str, msg_id: u64) -> Result<u64> {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if ids.len() > 100_000 {
+            ids.retain(|_, (_, at)| now.duration_since(*at) < self.ttl);
+        }
+        let entry = ids.entry((user_id, client_msg_id.to_owned())).or_insert((msg_id, now));
+        if now.duration_since(entry.1) >= self.ttl {
+            *entry = (msg_id, now);
+        }
+        Ok(entry.0)
+    }
+}

@@ -257,3 +257,45 @@ impl Presence for RedisPresence {
         Ok(rooms)
     }
 }
+
+/// Client message ids in Redis (`client-msg:<userId>:<clientMsgId>`), with a TTL.
+#[derive(Clone)]
+pub struct RedisClientMsgIds {
+    redis: ConnectionManager,
+    prefix: String,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for RedisClientMsgIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisClientMsgIds").field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+impl RedisClientMsgIds {
+    pub fn new(redis: ConnectionManager, prefix: &str, ttl: Duration) -> Self {
+        Self { redis, prefix: prefix.to_owned(), ttl }
+    }
+}
+
+/// Sets the key if absent and returns its value either way.
+const CLAIM: &str = r"
+local existing = redis.call('GET', KEYS[1])
+if existing then return existing end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+";
+
+#[async_trait]
+impl crate::ClientMsgIds for RedisClientMsgIds {
+    async fn claim(&self, user_id: u64, client_msg_id: &str, msg_id: u64) -> Result<u64> {
+        let value: String = Script::new(CLAIM)
+            .key(format!("{}client-msg:{user_id}:{client_msg_id}", self.prefix))
+            .arg(msg_id)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        value.parse().map_err(|_| Error::Unavailable(format!("corrupt client message id entry {value:?}")))
+    }
+}

@@ -25,3 +25,9 @@ async fn expired_tokens_are_invalid() {
     .expect("create");
     assert_eq!(courier_presence::Sessions::get(&sessions, &s.token).await.expect("get"), None);
 }
+
+#[tokio::test]
+async fn client_msg_ids_return_the_first_claim() {
+    let ids = courier_presence::memory::MemoryClientMsgIds::new(std::time::Duration::from_secs(600));
+    conformance::client_msg_ids_return_the_first_claim(&ids, 0).await;
+}

@@ -23,3 +23,10 @@ async fn presence_counts_users_not_tabs() {
     let Some((redis, prefix)) = redis().await else { return };
     conformance::presence_counts_users_not_tabs(&RedisPresence::new(redis, &prefix), 0).await;
 }
+
+#[tokio::test]
+async fn client_msg_ids_return_the_first_claim() {
+    let Some((redis, prefix)) = redis().await else { return };
+    let ids = courier_presence::redis::RedisClientMsgIds::new(redis, &prefix, std::time::Duration::from_secs(600));
+    conformance::client_msg_ids_return_the_first_claim(&ids, 0).await;
+}
