@@ -276,11 +276,41 @@ function renderMessage(frame) {
   li.scrollIntoView({ block: "end" });
 }
 
+// Scroll-back: the page of history before the oldest message shown.
+async function loadOlder() {
+  const key = state.current;
+  const c = state.conversations.get(key);
+  if (!c) return;
+  const oldest = c.messages.reduce((min, f) => (f.seq && f.seq < min ? f.seq : min), Infinity);
+  const body = { authToken: state.token, limit: 50 };
+  if (Number.isFinite(oldest)) body.beforeSeq = oldest;
+  const id = Number(key.slice(5));
+  const answer = key.startsWith("room:")
+    ? await api("/history/room", { ...body, roomId: id })
+    : await api("/history/private", { ...body, userId: id });
+  if (answer.code !== 0) {
+    showError("chat-error", answer.message);
+    return;
+  }
+  const older = (answer.data.messages || []).filter((f) => !c.seen.has(f.msgId));
+  if (older.length === 0) {
+    $("older-button").textContent = "No older messages";
+    $("older-button").disabled = true;
+    return;
+  }
+  for (const f of older) c.seen.add(f.msgId);
+  c.messages.unshift(...older.reverse());
+  select(key);
+  $("messages").firstElementChild?.scrollIntoView({ block: "start" });
+}
+
 function select(key) {
   state.current = key;
   const c = conversation(key, key);
   c.unread = 0;
   $("conversation-title").textContent = c.title;
+  $("older-button").textContent = "Load older messages";
+  $("older-button").disabled = false;
   $("messages").replaceChildren();
   for (const frame of c.messages) renderMessage(frame);
   renderRooms();
@@ -350,6 +380,7 @@ $("login-form").onsubmit = (event) => {
 };
 $("register-button").onclick = () => authenticate("/user/register");
 $("logout-button").onclick = () => logout();
+$("older-button").onclick = () => loadOlder();
 $("send-form").onsubmit = (event) => {
   event.preventDefault();
   const text = $("message").value.trim();

@@ -329,5 +329,29 @@ async fn a_retried_client_message_id_gets_the_same_id_and_one_copy() {
         frames.iter().map(|f| (f["msg"].as_str().unwrap_or(""), f["seq"].as_u64().unwrap_or(0))).collect();
     assert_eq!(got, vec![("once", 1), ("after", 2)], "a single copy, and no seq taken by the retries");
     assert_eq!(frames[0]["msgId"], acks[0]["msgId"]);
+    // Reusing the id for a different message is refused, not swallowed.
+    ws.send(json!({"op": 7, "roomId": 12, "msg": "different", "clientMsgId": "retry-1"})).await;
+    let error = ws.next_op(9).await;
+    assert_eq!(error["clientMsgId"], "retry-1");
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("already used")), "{error}");
+    courier.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_session_closes_its_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StandaloneConfig::ephemeral(dir.path().join("data"));
+    config.demo_users = false;
+    config.sessions.ttl = std::time::Duration::from_secs(2);
+    config.connect.session_check_interval = std::time::Duration::from_millis(200);
+    let courier = Standalone::start(config).await.expect("standalone starts");
+    let api = Api::new(courier.addresses.api);
+    let (token, me) = api.register("lena").await;
+    let mut ws = Ws::connect(courier.addresses.ws, &token, 13).await;
+    ws.await_members(&[me]).await;
+    // It never sends anything; the expiry alone ends it.
+    let (code, reason) = ws.closed().await.expect("close frame");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("session expired"), "{reason}");
     courier.stop().await;
 }

@@ -274,6 +274,17 @@ impl Gateway {
         }
     }
 
+    /// Closes the connection if its session has expired or been revoked (called
+    /// every `session_check_interval`; revocations also arrive as pushes).
+    pub async fn check_session(&self, channel: &Channel) {
+        let request = TokenRequest { auth_token: channel.auth_token.clone() };
+        if let Err(status) = self.logic.clone().check_auth(request).await
+            && status.code() == Code::Unauthenticated
+        {
+            channel.close(close_code::POLICY, "session expired or revoked; log in again");
+        }
+    }
+
     /// Unregisters a finished connection and releases its presence.
     pub async fn close(&self, channel: &Arc<Channel>) {
         for room in self.hub.remove(channel) {

@@ -61,6 +61,9 @@ pub struct ConnectConfig {
     pub write_timeout: Duration,
     /// Longest wait for connections to finish at shutdown.
     pub drain_timeout: Duration,
+    /// How often a connection re-checks its session, so one whose token expired
+    /// is closed even if it never sends.
+    pub session_check_interval: Duration,
 }
 
 impl Default for ConnectConfig {
@@ -78,6 +81,7 @@ impl Default for ConnectConfig {
             pong_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            session_check_interval: Duration::from_secs(300),
         }
     }
 }

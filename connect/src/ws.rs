@@ -70,9 +70,17 @@ async fn serve(state: ConnectState, socket: WebSocket) {
 
     let writer = tokio::spawn(write_loop(sink, rx, channel.clone(), state.clone()));
     gateway.resume(&channel, &auth).await;
+    let mut session_check = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.session_check_interval,
+        config.session_check_interval,
+    );
     loop {
         let next = tokio::select! {
             _ = channel.closing() => break,
+            _ = session_check.tick() => {
+                gateway.check_session(&channel).await;
+                continue;
+            }
             next = tokio::time::timeout(config.pong_timeout, stream.next()) => next,
         };
         match next {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use courier_ids::Snowflake;
-use courier_presence::{ClientMsgIds, Presence, SessionUser, Sessions};
+use courier_presence::{Claim, ClientMsgIds, Presence, SessionUser, Sessions};
 use courier_proto::connect::{Delivery, delivery::Target};
 use courier_proto::logic::logic_server::{Logic as LogicRpc, LogicServer};
 use courier_proto::logic::{
@@ -266,13 +266,27 @@ impl Logic {
         if !request.client_msg_id.is_empty() {
             // A retry re-sends the first attempt's record under its id: if that one
             // reached the queue, the store keeps a single copy of the two.
-            msg_id = self
+            let mut print = Vec::with_capacity(request.body.len() + 16);
+            print.extend_from_slice(&request.room_id.to_le_bytes());
+            print.extend_from_slice(&request.to_user_id.to_le_bytes());
+            print.extend_from_slice(request.body.as_bytes());
+            let fingerprint = courier_queue::murmur2(&print) as u32;
+            let claim = self
                 .inner
                 .backends
                 .client_msg_ids
-                .claim(sender.user_id, &request.client_msg_id, msg_id)
+                .claim(sender.user_id, &request.client_msg_id, msg_id, fingerprint)
                 .await
                 .map_err(|e| self.presence_unavailable(e))?;
+            match claim {
+                Claim::New => {}
+                Claim::Retry(first) => msg_id = first,
+                Claim::Conflict => {
+                    return Err(Status::already_exists(
+                        "clientMsgId was already used for a different message; use a new id per message",
+                    ));
+                }
+            }
         }
         let record = MessageRecord {
             version: RECORD_VERSION,

@@ -412,7 +412,8 @@ async fn socket_send_loop(
         tokio::time::sleep_until((plan.start + due).into()).await;
         window.acquire().await?.forget();
         let body = measure::encode_body(&plan.run, plan.index, seq, due, plan.size);
-        let mut frame = json!({"op": 7, "roomId": plan.room, "msg": body, "clientMsgId": seq.to_string()});
+        let client_msg_id = format!("{}-{}-{seq}", plan.run, plan.index);
+        let mut frame = json!({"op": 7, "roomId": plan.room, "msg": body, "clientMsgId": client_msg_id});
         if let Some(to) = plan.to_user {
             frame["toUserId"] = to.into();
         }

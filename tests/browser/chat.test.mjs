@@ -92,9 +92,27 @@ test("two users chat in a room and privately, reload, and recover after a droppe
   await privateChat.click();
   await messages(alice, "psst, alice").waitFor();
 
-  // A reload keeps the session and shows the room's history.
+  // Bob fills the room with more than one page of history.
+  await bob.evaluate(async () => {
+    const token = sessionStorage.getItem("courier.token");
+    const config = await (await fetch("/config.json")).json();
+    const api = config.apiUrl || `${location.protocol}//${location.hostname}:${config.apiPort}`;
+    for (let i = 0; i < 55; i++) {
+      await fetch(`${api}/push/pushRoom`, {
+        method: "POST",
+        body: JSON.stringify({ authToken: token, msg: `filler ${i}`, roomId: 1 }),
+      });
+    }
+  });
+  await messages(bob, "filler 54").waitFor();
+
+  // A reload keeps the session and shows the room's recent history; older pages
+  // come on request.
   await alice.reload();
   await alice.locator("#connection", { hasText: /^online$/ }).waitFor();
+  await messages(alice, "filler 54").waitFor();
+  assert.equal(await messages(alice, "hello from alice").count(), 0, "only the newest page at first");
+  await alice.getByRole("button", { name: "Load older messages" }).click();
   await messages(alice, "hello from alice").waitFor();
   await alice.locator("#members button", { hasText: `bob${run}` }).waitFor();
   await alice.screenshot({ path: join(artifacts, "3-after-reload.png") });

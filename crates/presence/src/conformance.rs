@@ -2,7 +2,7 @@
 //! the in-process and the Redis implementations. `base` namespaces user and room
 //! ids so runs can share one Redis.
 
-use crate::{ClientMsgIds, Presence, SessionUser, Sessions};
+use crate::{Claim, ClientMsgIds, Presence, SessionUser, Sessions};
 
 fn user(id: u64) -> SessionUser {
     SessionUser { user_id: id, user_name: format!("u{id}") }
@@ -56,11 +56,17 @@ pub async fn presence_counts_users_not_tabs(presence: &dyn Presence, base: u64) 
     assert_eq!(presence.count(room).await.expect("count"), 5);
 }
 
-/// The first claim of a client message id wins; retries get its message id; ids
-/// are per user.
+/// The first claim of a client message id wins; a retry of the same message gets
+/// its message id; the id reused for another message is a conflict; ids are per
+/// user.
 pub async fn client_msg_ids_return_the_first_claim(ids: &dyn ClientMsgIds, base: u64) {
-    assert_eq!(ids.claim(base + 1, "c-1", 100).await.expect("claim"), 100);
-    assert_eq!(ids.claim(base + 1, "c-1", 200).await.expect("claim"), 100, "a retry gets the first id");
-    assert_eq!(ids.claim(base + 1, "c-2", 300).await.expect("claim"), 300);
-    assert_eq!(ids.claim(base + 2, "c-1", 400).await.expect("claim"), 400, "another user's id is their own");
+    assert_eq!(ids.claim(base + 1, "c-1", 100, 7).await.expect("claim"), Claim::New);
+    assert_eq!(
+        ids.claim(base + 1, "c-1", 200, 7).await.expect("claim"),
+        Claim::Retry(100),
+        "a retry gets the first id"
+    );
+    assert_eq!(ids.claim(base + 1, "c-1", 300, 8).await.expect("claim"), Claim::Conflict, "another message");
+    assert_eq!(ids.claim(base + 1, "c-2", 400, 7).await.expect("claim"), Claim::New);
+    assert_eq!(ids.claim(base + 2, "c-1", 500, 8).await.expect("claim"), Claim::New, "another user's id is their own");
 }

@@ -70,14 +70,27 @@ pub trait Presence: Send + Sync + 'static {
     async fn drop_server(&self, server: &str) -> Result<Vec<u64>>;
 }
 
+/// What a client message id stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// First use: send under the proposed message id.
+    New,
+    /// A retry of the same message: send again under its first message id.
+    Retry(u64),
+    /// The id was used for a different message (another body or recipient).
+    Conflict,
+}
+
 /// Remembers which message id a user's client message id was given, so a retried
 /// send gets the same id (and logic re-sends the same record: the store keeps one
-/// copy per message id, so a retry never makes a second message).
+/// copy per message id, so a retry never makes a second message). A fingerprint of
+/// the message tells a retry from a different message that reuses the id, which
+/// is refused rather than swallowed.
 #[async_trait]
 pub trait ClientMsgIds: Send + Sync + 'static {
-    /// The message id for (`user_id`, `client_msg_id`): `msg_id` if this is the
-    /// first time, otherwise the id given the first time (within the TTL).
-    async fn claim(&self, user_id: u64, client_msg_id: &str, msg_id: u64) -> Result<u64>;
+    /// Claims (`user_id`, `client_msg_id`) for `msg_id` with the message's
+    /// `fingerprint`, or reports what it was claimed for (within the TTL).
+    async fn claim(&self, user_id: u64, client_msg_id: &str, msg_id: u64, fingerprint: u32) -> Result<Claim>;
 }
 
 /// A fresh token: 32 random bytes, base64url with padding.

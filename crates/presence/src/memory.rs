@@ -171,11 +171,14 @@ impl Presence for MemoryPresence {
     }
 }
 
+type Claimed = (u64, u32, Instant);
+
 /// Client message ids in process memory, forgotten after `ttl`.
 #[derive(Debug)]
 pub struct MemoryClientMsgIds {
     ttl: Duration,
-    ids: Mutex<HashMap<(u64, String), (u64, Instant)>>,
+    /// (user, client message id) → (message id, fingerprint, first seen).
+    ids: Mutex<HashMap<(u64, String), Claimed>>,
 }
 
 impl MemoryClientMsgIds {
@@ -186,16 +189,21 @@ impl MemoryClientMsgIds {
 
 #[async_trait]
 impl crate::ClientMsgIds for MemoryClientMsgIds {
-    async fn claim(&self, user_id: u64, client_msg_id: &str, msg_id: u64) -> Result<u64> {
+    async fn claim(&self, user_id: u64, client_msg_id: &str, msg_id: u64, fingerprint: u32) -> Result<crate::Claim> {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if ids.len() > 100_000 {
-            ids.retain(|_, (_, at)| now.duration_since(*at) < self.ttl);
+            ids.retain(|_, (_, _, at)| now.duration_since(*at) < self.ttl);
         }
-        let entry = ids.entry((user_id, client_msg_id.to_owned())).or_insert((msg_id, now));
-        if now.duration_since(entry.1) >= self.ttl {
-            *entry = (msg_id, now);
+        let key = (user_id, client_msg_id.to_owned());
+        match ids.get(&key) {
+            Some((first, print, at)) if now.duration_since(*at) < self.ttl => {
+                Ok(if *print == fingerprint { crate::Claim::Retry(*first) } else { crate::Claim::Conflict })
+            }
+            _ => {
+                ids.insert(key, (msg_id, fingerprint, now));
+                Ok(crate::Claim::New)
+            }
         }
-        Ok(entry.0)
     }
 }

@@ -288,14 +288,21 @@ return ARGV[1]
 
 #[async_trait]
 impl crate::ClientMsgIds for RedisClientMsgIds {
-    async fn claim(&self, user_id: u64, client_msg_id: &str, msg_id: u64) -> Result<u64> {
+    async fn claim(&self, user_id: u64, client_msg_id: &str, msg_id: u64, fingerprint: u32) -> Result<crate::Claim> {
+        let proposed = format!("{msg_id}:{fingerprint}");
         let value: String = Script::new(CLAIM)
             .key(format!("{}client-msg:{user_id}:{client_msg_id}", self.prefix))
-            .arg(msg_id)
+            .arg(&proposed)
             .arg(self.ttl.as_millis() as u64)
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
-        value.parse().map_err(|_| Error::Unavailable(format!("corrupt client message id entry {value:?}")))
+        if value == proposed {
+            return Ok(crate::Claim::New);
+        }
+        let corrupt = || Error::Unavailable(format!("corrupt client message id entry {value:?}"));
+        let (first, print) = value.split_once(':').ok_or_else(corrupt)?;
+        let first: u64 = first.parse().map_err(|_| corrupt())?;
+        Ok(if print == fingerprint.to_string() { crate::Claim::Retry(first) } else { crate::Claim::Conflict })
     }
 }
