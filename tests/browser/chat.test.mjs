@@ -93,6 +93,7 @@ test("two users chat in a room and privately, reload, and recover after a droppe
   await messages(alice, "psst, alice").waitFor();
 
   // Bob fills the room with more than one page of history.
+  await bob.locator("#rooms button", { hasText: /^Room 1/ }).click();
   await bob.evaluate(async () => {
     const token = sessionStorage.getItem("courier.token");
     const config = await (await fetch("/config.json")).json();
@@ -120,7 +121,6 @@ test("two users chat in a room and privately, reload, and recover after a droppe
   // Alice loses her connection; bob writes meanwhile; she gets each message once.
   await alice.evaluate(() => window.courierDebug.dropConnection(2500));
   await alice.locator("#connection", { hasText: /offline|reconnecting/ }).waitFor();
-  await bob.locator("#rooms button", { hasText: /^Room 1/ }).click();
   for (const n of [1, 2, 3]) {
     await bob.getByLabel("Message").fill(`while you were away ${n}`);
     await bob.getByLabel("Message").press("Enter");
