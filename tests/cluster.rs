@@ -13,8 +13,18 @@ use common::{Api, Tcp, Ws};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
+/// A free port below the kernel's ephemeral range (32768 and up here), so that no
+/// outgoing connection can take it between this check and the tier's bind.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let offset = (std::process::id() % 6_000) as u16;
+    loop {
+        let port = 20_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -267,4 +277,23 @@ async fn a_task_worker_killed_mid_stream_loses_nothing() {
         let want: Vec<u64> = (1..=PER_ROOM).collect();
         assert_eq!(per_stream.get(stream), Some(&want), "{stream}: every message once, in order");
     }
+}
+
+#[tokio::test]
+async fn recovery_offline_messages_and_history_on_the_production_backends() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = Cluster::start(dir.path()).await else { return };
+    let run = courier_testkit::unique() % 1_000_000_000;
+    // The same bodies as tests/recovery.rs, clients on connect-1.
+    let target = |n: u64| common::recovery::Target {
+        api: cluster.api,
+        ws: cluster.ws[1],
+        prefix: format!("r{n}{}", run % 10_000_000),
+        room_base: 3_000_000_000 + run * 100 + n * 10,
+    };
+    common::recovery::reconnecting_with_since_gets_exactly_the_missed_messages(&target(1)).await;
+    common::recovery::joining_while_messages_flow_has_no_gap_or_duplicate(&target(2)).await;
+    common::recovery::offline_private_messages_arrive_on_the_next_connect(&target(3)).await;
+    common::recovery::history_pages_are_complete_and_ordered(&target(4)).await;
 }

@@ -1,187 +1,45 @@
-//! Recovery, offline messages and history on the embedded backends: clients that
-//! resume from `(epoch, seq)` get exactly what they missed, in order.
+//! Recovery, offline messages and history on the embedded backends (the same
+//! bodies run on the production backends in `tests/cluster.rs`).
 
 mod common;
 
-use common::{Api, Ws};
+use common::recovery::{self, Target};
 use courier::standalone::{Standalone, StandaloneConfig};
-use serde_json::{Value, json};
 
-async fn start() -> (Standalone, tempfile::TempDir) {
+async fn start() -> (Standalone, Target, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = StandaloneConfig::ephemeral(dir.path().join("data"));
     config.demo_users = false;
     config.logic.sends_per_second = 0; // these tests stream messages
-    (Standalone::start(config).await.expect("standalone starts"), dir)
-}
-
-fn seqs(frames: &[Value]) -> Vec<u64> {
-    frames.iter().map(|f| f["seq"].as_u64().expect("seq")).collect()
-}
-
-fn bodies(frames: &[Value]) -> Vec<String> {
-    frames.iter().map(|f| f["msg"].as_str().expect("msg").to_owned()).collect()
+    let courier = Standalone::start(config).await.expect("standalone starts");
+    let target = Target { api: courier.addresses.api, ws: courier.addresses.ws, prefix: String::new(), room_base: 0 };
+    (courier, target, dir)
 }
 
 #[tokio::test]
 async fn reconnecting_with_since_gets_exactly_the_missed_messages() {
-    let (courier, _dir) = start().await;
-    let addrs = courier.addresses;
-    let api = Api::new(addrs.api);
-    let (alice_token, alice) = api.register("alice").await;
-    let (bob_token, bob) = api.register("bob").await;
-    let mut alice_ws = Ws::connect(addrs.ws, &alice_token, 7).await;
-    alice_ws.await_members(&[alice]).await;
-    let send = |i: u32| {
-        let api = api.clone();
-        let token = bob_token.clone();
-        async move {
-            let answer =
-                api.post("/push/pushRoom", json!({"authToken": token, "msg": format!("m{i}"), "roomId": 7})).await;
-            assert_eq!(answer["code"], 0, "{answer}");
-        }
-    };
-    for i in 0..5 {
-        send(i).await;
-    }
-    let seen = alice_ws.take_op(3, 5).await;
-    let position = json!({"epoch": seen[4]["epoch"], "seq": seen[4]["seq"]});
-    drop(alice_ws);
-
-    for i in 5..10 {
-        send(i).await;
-    }
-    let mut alice_ws =
-        Ws::connect_with(addrs.ws, json!({"authToken": alice_token, "roomId": 7, "since": position})).await;
-    let missed = alice_ws.take_op(3, 5).await;
-    assert_eq!(seqs(&missed), vec![6, 7, 8, 9, 10]);
-    assert_eq!(bodies(&missed), vec!["m5", "m6", "m7", "m8", "m9"]);
-    send(10).await;
-    let live = alice_ws.next_op(3).await;
-    assert_eq!((live["seq"].as_u64(), live["msg"].as_str()), (Some(11), Some("m10")), "then live, no duplicate");
-    let _ = bob;
+    let (courier, target, _dir) = start().await;
+    recovery::reconnecting_with_since_gets_exactly_the_missed_messages(&target).await;
     courier.stop().await;
 }
 
 #[tokio::test]
 async fn joining_while_messages_flow_has_no_gap_or_duplicate() {
-    let (courier, _dir) = start().await;
-    let addrs = courier.addresses;
-    let api = Api::new(addrs.api);
-    let (alice_token, alice) = api.register("alice").await;
-    let (bob_token, bob) = api.register("bob").await;
-    let mut alice_ws = Ws::connect(addrs.ws, &alice_token, 1).await;
-    alice_ws.await_members(&[alice]).await;
-    let mut bob_ws = Ws::connect(addrs.ws, &bob_token, 8).await;
-    bob_ws.await_members(&[bob]).await;
-
-    const N: usize = 200;
-    let (halfway, reached) = tokio::sync::oneshot::channel();
-    // Bob streams messages over his socket; alice joins once a quarter is in.
-    let sender = tokio::spawn(async move {
-        for i in 0..N {
-            bob_ws.send(json!({"op": 7, "roomId": 8, "msg": format!("m{i}"), "clientMsgId": i.to_string()})).await;
-        }
-        let mut halfway = Some(halfway);
-        for acked in 1..=N {
-            bob_ws.next_op(8).await;
-            if acked == N / 4 {
-                halfway.take().map(|h| h.send(()));
-            }
-        }
-    });
-    reached.await.expect("bob's messages are flowing");
-    alice_ws.send(json!({"op": 10, "roomId": 8, "since": {"epoch": "", "seq": 0}})).await;
-    let frames = alice_ws.take_op(3, N).await;
-    assert_eq!(seqs(&frames), (1..=N as u64).collect::<Vec<_>>(), "no gap, no duplicate, in order");
-    assert_eq!(bodies(&frames), (0..N).map(|i| format!("m{i}")).collect::<Vec<_>>());
-    sender.await.expect("sender finished");
+    let (courier, target, _dir) = start().await;
+    recovery::joining_while_messages_flow_has_no_gap_or_duplicate(&target).await;
     courier.stop().await;
 }
 
 #[tokio::test]
 async fn offline_private_messages_arrive_on_the_next_connect() {
-    let (courier, _dir) = start().await;
-    let addrs = courier.addresses;
-    let api = Api::new(addrs.api);
-    let (alice_token, alice) = api.register("alice").await;
-    let (carol_token, carol) = api.register("carol").await;
-    // Carol is offline while alice writes to her.
-    for i in 0..5 {
-        let body = json!({"authToken": alice_token, "msg": format!("p{i}"), "toUserId": carol, "roomId": 1});
-        assert_eq!(api.post("/push/push", body).await["code"], 0);
-    }
-    let mut carol_ws = Ws::connect_with(
-        addrs.ws,
-        json!({"authToken": carol_token, "roomId": 1, "inboxSince": {"epoch": "", "seq": 0}}),
-    )
-    .await;
-    let inbox = carol_ws.take_op(2, 5).await;
-    assert_eq!(bodies(&inbox), vec!["p0", "p1", "p2", "p3", "p4"]);
-    assert_eq!(seqs(&inbox), vec![1, 2, 3, 4, 5]);
-    assert!(inbox.iter().all(|f| f["fromUserId"] == alice && f["stream"] == format!("user:{carol}")));
-
-    // Op 12 on a live connection resumes the inbox from a position.
-    let body = json!({"authToken": alice_token, "msg": "p5", "toUserId": carol, "roomId": 1});
-    assert_eq!(api.post("/push/push", body).await["code"], 0);
-    assert_eq!(carol_ws.next_op(2).await["msg"], "p5", "live delivery");
-    let mut second = Ws::connect(addrs.ws, &carol_token, 1).await;
-    second.send(json!({"op": 12, "since": {"epoch": inbox[0]["epoch"], "seq": 4}})).await;
-    let synced = second.take_op(2, 2).await;
-    assert_eq!(bodies(&synced), vec!["p4", "p5"]);
+    let (courier, target, _dir) = start().await;
+    recovery::offline_private_messages_arrive_on_the_next_connect(&target).await;
     courier.stop().await;
 }
 
 #[tokio::test]
 async fn history_pages_are_complete_and_ordered() {
-    let (courier, _dir) = start().await;
-    let addrs = courier.addresses;
-    let api = Api::new(addrs.api);
-    let (alice_token, alice) = api.register("alice").await;
-    let (bob_token, bob) = api.register("bob").await;
-    let (_, carol) = api.register("carol").await;
-    let mut ws = Ws::connect(addrs.ws, &alice_token, 9).await;
-    ws.await_members(&[alice]).await;
-    for i in 0..25 {
-        let answer =
-            api.post("/push/pushRoom", json!({"authToken": alice_token, "msg": format!("m{i}"), "roomId": 9})).await;
-        assert_eq!(answer["code"], 0);
-    }
-    ws.take_op(3, 25).await; // all persisted: they were pushed
-    let page = |body: Value| {
-        let api = api.clone();
-        async move {
-            let answer = api.post("/history/room", body).await;
-            assert_eq!(answer["code"], 0, "{answer}");
-            answer["data"].clone()
-        }
-    };
-    let t = alice_token.as_str();
-    let first = page(json!({"authToken": t, "roomId": 9, "afterSeq": 0, "limit": 10})).await;
-    assert_eq!(seqs(first["messages"].as_array().expect("messages")), (1..=10).collect::<Vec<_>>());
-    assert_eq!(first["lastSeq"], 25);
-    assert_eq!(first["stream"], "room:9");
-    let next = page(json!({"authToken": t, "roomId": 9, "afterSeq": 20, "limit": 10})).await;
-    assert_eq!(seqs(next["messages"].as_array().expect("messages")), vec![21, 22, 23, 24, 25]);
-    let back = page(json!({"authToken": t, "roomId": 9, "beforeSeq": 11, "limit": 5})).await;
-    assert_eq!(seqs(back["messages"].as_array().expect("messages")), vec![10, 9, 8, 7, 6]);
-    let newest = page(json!({"authToken": t, "roomId": 9, "limit": 3})).await;
-    assert_eq!(seqs(newest["messages"].as_array().expect("messages")), vec![25, 24, 23]);
-    assert_eq!(newest["messages"][0]["msg"], "m24");
-    let answer = api.post("/history/room", json!({"authToken": t, "roomId": 0})).await;
-    assert_eq!(answer["code"], 1, "roomId is required");
-    let answer = api.post("/history/room", json!({"authToken": "forged", "roomId": 9})).await;
-    assert_eq!(answer["code"], 40000);
-
-    // A private conversation is the inbox filtered to one other party.
-    for (to, text) in [(bob, "to bob 1"), (carol, "to carol"), (bob, "to bob 2")] {
-        let body = json!({"authToken": t, "msg": text, "toUserId": to, "roomId": 9});
-        assert_eq!(api.post("/push/push", body).await["code"], 0);
-    }
-    ws.take_op(2, 3).await; // alice's copies: all three are persisted
-    let answer = api.post("/history/private", json!({"authToken": bob_token, "userId": alice, "afterSeq": 0})).await;
-    assert_eq!(bodies(answer["data"]["messages"].as_array().expect("messages")), vec!["to bob 1", "to bob 2"]);
-    let answer = api.post("/history/private", json!({"authToken": t, "userId": bob, "afterSeq": 0})).await;
-    assert_eq!(bodies(answer["data"]["messages"].as_array().expect("messages")), vec!["to bob 1", "to bob 2"]);
+    let (courier, target, _dir) = start().await;
+    recovery::history_pages_are_complete_and_ordered(&target).await;
     courier.stop().await;
 }
