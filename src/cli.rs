@@ -161,9 +161,10 @@ pub struct LogicArgs {
         default_value = "connect-0=127.0.0.1:7270"
     )]
     pub connect_nodes: Vec<ConnectNode>,
-    /// Snowflake worker id (0–1023), unique among running logic instances.
-    #[arg(long, env = "COURIER_WORKER_ID", default_value_t = 0)]
-    pub worker_id: u32,
+    /// Snowflake worker id (0–1023), unique among running logic instances; by
+    /// default leased from Redis (or 0 on the embedded backends).
+    #[arg(long, env = "COURIER_WORKER_ID")]
+    pub worker_id: Option<u32>,
     /// Create the demo users (development only).
     #[arg(long, env = "COURIER_DEMO_USERS")]
     pub demo_users: bool,
@@ -284,7 +285,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logic(args) => {
             let admin = Admin::start(args.admin_addr).await?;
             let mut config = courier_logic::LogicConfig {
-                worker_id: args.worker_id,
                 room_topic: args.topics.room_topic,
                 private_topic: args.topics.private_topic,
                 partitions: args.topics.partitions,
@@ -292,8 +292,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             args.limits.apply(&mut config);
             let policy = SessionPolicy { max_devices: args.limits.max_devices.max(1), ..SessionPolicy::default() };
-            crate::tiers::logic(config, policy, args.listen, &args.backends, args.connect_nodes, args.demo_users, admin)
-                .await
+            let tier = crate::tiers::LogicTier {
+                config,
+                worker_id: args.worker_id,
+                policy,
+                listen: args.listen,
+                nodes: args.connect_nodes,
+                demo_users: args.demo_users,
+            };
+            crate::tiers::logic(tier, &args.backends, admin).await
         }
         Command::Connect(args) => {
             let admin = Admin::start(args.admin_addr).await?;

@@ -163,19 +163,45 @@ pub async fn static_pusher(nodes: Vec<ConnectNode>, admin: &Admin) -> Pusher {
     .await
 }
 
-/// Runs logic.
-pub async fn logic(
-    config: courier_logic::LogicConfig,
-    policy: SessionPolicy,
-    listen: SocketAddr,
-    backends: &Backends,
-    nodes: Vec<ConnectNode>,
-    demo_users: bool,
-    admin: Admin,
-) -> anyhow::Result<()> {
+/// How long a worker-id lease lasts without renewal; renewed every third of it.
+const WORKER_LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// What the logic command runs with, besides its backends.
+#[derive(Debug)]
+pub struct LogicTier {
+    pub config: courier_logic::LogicConfig,
+    /// A fixed worker id; `None` leases one (Redis) or uses 0 (embedded).
+    pub worker_id: Option<u32>,
+    pub policy: SessionPolicy,
+    pub listen: SocketAddr,
+    pub nodes: Vec<ConnectNode>,
+    pub demo_users: bool,
+}
+
+/// Runs logic. Without a fixed worker id, a cluster (Redis) leases one; the
+/// embedded set has a single logic and uses 0.
+pub async fn logic(tier: LogicTier, backends: &Backends, admin: Admin) -> anyhow::Result<()> {
+    let LogicTier { mut config, worker_id, policy, listen, nodes, demo_users } = tier;
     let (users, history) = backends.stores().await?;
     let queue = backends.queue().await?;
     let (sessions, presence, client_msg_ids) = backends.sessions(policy).await?;
+    let lease = match (worker_id, &backends.redis) {
+        (Some(id), _) => {
+            config.worker_id = id;
+            None
+        }
+        (None, Some(url)) => {
+            let redis = courier_presence::redis::connect(url).await.context("connecting to Redis")?;
+            let leases = courier_presence::redis::RedisWorkerIds::new(redis, &backends.redis_prefix, WORKER_LEASE_TTL);
+            let holder = format!("logic-{}-{:x}", std::process::id(), rand_suffix());
+            let lease = courier_presence::WorkerIds::acquire(&leases, &holder).await.context("leasing a worker id")?;
+            tracing::info!(worker_id = lease.worker_id, "leased snowflake worker id");
+            config.worker_id = lease.worker_id;
+            config.worker_not_before_unix_ms = lease.not_before_unix_ms;
+            Some((leases, lease.worker_id, holder))
+        }
+        (None, None) => None,
+    };
     let pusher = static_pusher(nodes, &admin).await;
     let logic = courier_logic::Logic::new(
         config,
@@ -199,6 +225,9 @@ pub async fn logic(
                 .map_err(|s| anyhow::anyhow!("demo user {name}: {s}"))?;
         }
     }
+    if let Some((leases, worker_id, holder)) = lease {
+        tokio::spawn(keep_worker_lease(leases, worker_id, holder, logic.clone(), admin.shutdown.clone()));
+    }
     let listener = bind(listen, "logic's gRPC service").await?;
     tracing::info!(addr = %listener.local_addr()?, "logic listening");
     courier_logic::serve(logic, listener, admin.readiness.flag("logic"), admin.shutdown.clone()).await?;
@@ -218,4 +247,41 @@ pub async fn task(
     let task_backends = courier_task::TaskBackends { queue, history, pusher, metrics: admin.metrics.clone() };
     courier_task::run(config, task_backends, admin.readiness.flag("task"), admin.shutdown.clone()).await;
     Ok(())
+}
+
+/// Renews the worker-id lease, recording the last millisecond used. A lease lost
+/// to another instance stops this one (its ids could collide); a Redis outage is
+/// retried, as the lease outlives a few failed renewals.
+async fn keep_worker_lease(
+    leases: courier_presence::redis::RedisWorkerIds,
+    worker_id: u32,
+    holder: String,
+    logic: courier_logic::Logic,
+    shutdown: CancellationToken,
+) {
+    use courier_presence::WorkerIds as _;
+    let mut ticker = tokio::time::interval(WORKER_LEASE_TTL / 3);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match leases.renew(worker_id, &holder, logic.last_id_unix_ms()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(worker_id, "worker id lease lost to another instance; stopping logic");
+                shutdown.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(worker_id, error = %e, "could not renew the worker id lease; retrying"),
+        }
+    }
+}
+
+/// 32 random bits for lease holder names.
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() as u32
 }

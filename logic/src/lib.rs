@@ -45,8 +45,11 @@ use crate::password::PasswordHasher;
 /// The logic tier's configuration.
 #[derive(Debug, Clone)]
 pub struct LogicConfig {
-    /// Snowflake worker id of this instance (0–1023), unique among live instances.
+    /// Snowflake worker id of this instance (0–1023), unique among live instances
+    /// (leased from Redis in a cluster).
     pub worker_id: u32,
+    /// The last millisecond an earlier holder of `worker_id` used; ids start after it.
+    pub worker_not_before_unix_ms: u64,
     /// Topic of room traffic, keyed `room:<roomId>`.
     pub room_topic: String,
     /// Topic of private traffic, keyed `user:<recipientId>`.
@@ -77,6 +80,7 @@ impl Default for LogicConfig {
     fn default() -> Self {
         Self {
             worker_id: 0,
+            worker_not_before_unix_ms: 0,
             room_topic: "courier-room".into(),
             private_topic: "courier-private".into(),
             partitions: 8,
@@ -149,7 +153,7 @@ pub enum StartError {
 
 impl Logic {
     pub fn new(config: LogicConfig, backends: LogicBackends) -> Result<Self, StartError> {
-        let ids = Snowflake::new(config.worker_id)?;
+        let ids = Snowflake::starting_after(config.worker_id, config.worker_not_before_unix_ms)?;
         let hasher = PasswordHasher::new(config.hash_concurrency);
         let send_limiter = limiter(config.sends_per_second, Duration::from_secs(1), config.send_burst);
         let login_limiter = limiter(config.logins_per_minute, Duration::from_secs(60), config.login_burst);
@@ -164,6 +168,11 @@ impl Logic {
                 login_limiter,
             }),
         })
+    }
+
+    /// The last millisecond used in a message id (recorded with the worker lease).
+    pub fn last_id_unix_ms(&self) -> u64 {
+        self.inner.ids.last_unix_ms()
     }
 
     /// Creates the topics if they do not exist (and checks their partition count).

@@ -40,6 +40,26 @@ impl Snowflake {
         Self::with_clock(worker_id, system_ms)
     }
 
+    /// A generator that never uses a millisecond before `not_before_unix_ms`: the
+    /// last millisecond a previous holder of this worker id may have used, so a
+    /// restart onto a clock that stepped back cannot repeat its ids.
+    pub fn starting_after(worker_id: u32, not_before_unix_ms: u64) -> Result<Self, WorkerIdError> {
+        let ids = Self::new(worker_id)?;
+        let floor = not_before_unix_ms.saturating_sub(EPOCH_MS);
+        *ids.state.lock().unwrap_or_else(|p| p.into_inner()) = (floor, MAX_SEQUENCE);
+        Ok(ids)
+    }
+
+    /// The worker id of this generator.
+    pub fn worker_id(&self) -> u32 {
+        self.worker as u32
+    }
+
+    /// The last millisecond (since the Unix epoch) this generator used.
+    pub fn last_unix_ms(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0 + EPOCH_MS
+    }
+
     /// A generator with its own clock (milliseconds since the Unix epoch).
     pub fn with_clock(worker_id: u32, clock: fn() -> u64) -> Result<Self, WorkerIdError> {
         if worker_id > u32::from(MAX_WORKER_ID) {
@@ -104,6 +124,17 @@ mod tests {
         }
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "ids must strictly increase");
         assert!(seen.iter().all(|&id| worker_of(id) == 5));
+    }
+
+    #[test]
+    fn a_successor_never_reuses_its_predecessors_milliseconds() {
+        let first = Snowflake::new(3).expect("valid worker");
+        let last = (0..10).map(|_| first.next_id()).max().expect("ids");
+        // The next holder of the id starts from the last millisecond the first used.
+        let successor = Snowflake::starting_after(3, first.last_unix_ms()).expect("valid worker");
+        let next = successor.next_id();
+        assert!(next > last, "{next} must follow {last}");
+        assert_eq!(successor.worker_id(), 3);
     }
 
     #[test]

@@ -93,6 +93,25 @@ pub trait ClientMsgIds: Send + Sync + 'static {
     async fn claim(&self, user_id: u64, client_msg_id: &str, msg_id: u64, fingerprint: u32) -> Result<Claim>;
 }
 
+/// A snowflake worker id held by one logic instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerLease {
+    pub worker_id: u32,
+    /// The last millisecond an earlier holder of this id recorded using; ids must
+    /// start after it.
+    pub not_before_unix_ms: u64,
+}
+
+/// Leases of snowflake worker ids, so no two live logic instances share one.
+#[async_trait]
+pub trait WorkerIds: Send + Sync + 'static {
+    /// Takes a free worker id for `holder`.
+    async fn acquire(&self, holder: &str) -> Result<WorkerLease>;
+    /// Extends `holder`'s lease and records the last millisecond used; false if
+    /// the lease was lost (expired and taken by someone else).
+    async fn renew(&self, worker_id: u32, holder: &str, last_unix_ms: u64) -> Result<bool>;
+}
+
 /// A fresh token: 32 random bytes, base64url with padding.
 pub fn new_token() -> String {
     use base64::Engine as _;

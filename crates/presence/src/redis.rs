@@ -68,7 +68,11 @@ if excess > 0 then
   end
 end
 redis.call('SET', session, value, 'PX', ttl_ms)
-redis.call('ZADD', user_sessions, now_ms, token)
+-- Strictly increasing scores: two logins in one millisecond keep their order.
+local newest = redis.call('ZRANGE', user_sessions, -1, -1, 'WITHSCORES')
+local score = now_ms
+if newest[2] and tonumber(newest[2]) >= score then score = tonumber(newest[2]) + 1 end
+redis.call('ZADD', user_sessions, score, token)
 redis.call('PEXPIRE', user_sessions, ttl_ms)
 return revoked
 ";
@@ -304,5 +308,77 @@ impl crate::ClientMsgIds for RedisClientMsgIds {
         let (first, print) = value.split_once(':').ok_or_else(corrupt)?;
         let first: u64 = first.parse().map_err(|_| corrupt())?;
         Ok(if print == fingerprint.to_string() { crate::Claim::Retry(first) } else { crate::Claim::Conflict })
+    }
+}
+
+/// Snowflake worker-id leases in Redis: `worker:<id>` holds the holder's name with
+/// a TTL, `worker-last:<id>` (no TTL) the last millisecond any holder used.
+#[derive(Clone)]
+pub struct RedisWorkerIds {
+    redis: ConnectionManager,
+    prefix: String,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for RedisWorkerIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisWorkerIds").field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+impl RedisWorkerIds {
+    pub fn new(redis: ConnectionManager, prefix: &str, ttl: Duration) -> Self {
+        Self { redis, prefix: prefix.to_owned(), ttl }
+    }
+}
+
+/// Takes the lowest free id; returns {id, last ms} or {-1, 0} when all are taken.
+const ACQUIRE_WORKER: &str = r"
+local prefix, holder, ttl = ARGV[1], ARGV[2], ARGV[3]
+for id = 0, 1023 do
+  if redis.call('SET', prefix .. 'worker:' .. id, holder, 'NX', 'PX', ttl) then
+    local last = redis.call('GET', prefix .. 'worker-last:' .. id) or '0'
+    return {id, last}
+  end
+end
+return {-1, '0'}
+";
+
+/// Extends the lease if `holder` still has it and records the last ms used.
+const RENEW_WORKER: &str = r"
+local lease, last_key = KEYS[1], KEYS[2]
+local holder, ttl, last_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if redis.call('GET', lease) ~= holder then return 0 end
+redis.call('PEXPIRE', lease, ttl)
+local known = tonumber(redis.call('GET', last_key) or '0')
+if last_ms > known then redis.call('SET', last_key, last_ms) end
+return 1
+";
+
+#[async_trait]
+impl crate::WorkerIds for RedisWorkerIds {
+    async fn acquire(&self, holder: &str) -> Result<crate::WorkerLease> {
+        let (id, last): (i64, String) = Script::new(ACQUIRE_WORKER)
+            .arg(&self.prefix)
+            .arg(holder)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        let worker_id = u32::try_from(id).map_err(|_| Error::Unavailable("all 1,024 worker ids are leased".into()))?;
+        Ok(crate::WorkerLease { worker_id, not_before_unix_ms: last.parse().unwrap_or(0) })
+    }
+
+    async fn renew(&self, worker_id: u32, holder: &str, last_unix_ms: u64) -> Result<bool> {
+        let renewed: i64 = Script::new(RENEW_WORKER)
+            .key(format!("{}worker:{worker_id}", self.prefix))
+            .key(format!("{}worker-last:{worker_id}", self.prefix))
+            .arg(holder)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(last_unix_ms)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(renewed == 1)
     }
 }

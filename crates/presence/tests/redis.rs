@@ -30,3 +30,24 @@ async fn client_msg_ids_return_the_first_claim() {
     let ids = courier_presence::redis::RedisClientMsgIds::new(redis, &prefix, std::time::Duration::from_secs(600));
     conformance::client_msg_ids_return_the_first_claim(&ids, 0).await;
 }
+
+#[tokio::test]
+async fn worker_ids_are_leased_once_and_remember_the_last_millisecond() {
+    use courier_presence::WorkerIds;
+    let Some((redis, prefix)) = redis().await else { return };
+    let leases = courier_presence::redis::RedisWorkerIds::new(redis, &prefix, std::time::Duration::from_millis(300));
+    let a = leases.acquire("logic-a").await.expect("acquire");
+    let b = leases.acquire("logic-b").await.expect("acquire");
+    assert_ne!(a.worker_id, b.worker_id, "two live instances never share an id");
+    assert!(leases.renew(a.worker_id, "logic-a", 5_000).await.expect("renew"));
+    assert!(!leases.renew(a.worker_id, "logic-b", 6_000).await.expect("renew"), "only the holder renews");
+    // a stops renewing; once its lease lapses, its id is free again and its
+    // successor learns the last millisecond a used.
+    let c = courier_testkit::eventually("a's lease to lapse", std::time::Duration::from_secs(5), || async {
+        let lease = leases.acquire("logic-c").await.expect("acquire");
+        (lease.worker_id == a.worker_id).then_some(lease)
+    })
+    .await;
+    assert_eq!(c.not_before_unix_ms, 5_000);
+    assert!(!leases.renew(a.worker_id, "logic-a", 7_000).await.expect("renew"), "a lost its lease");
+}
