@@ -168,6 +168,9 @@ pub struct LogicArgs {
     /// Create the demo users (development only).
     #[arg(long, env = "COURIER_DEMO_USERS")]
     pub demo_users: bool,
+    /// Milliseconds after which a silent connect node's presence is removed.
+    #[arg(long, env = "COURIER_NODE_LEASE_MS", default_value_t = 15_000)]
+    pub node_lease_ms: u64,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9102")]
@@ -195,6 +198,9 @@ pub struct ConnectArgs {
     /// Drop a WebSocket silent for this many seconds.
     #[arg(long, env = "COURIER_PONG_TIMEOUT_SECS", default_value_t = 60)]
     pub pong_timeout_secs: u64,
+    /// Milliseconds between presence heartbeats to logic (a third of its node lease).
+    #[arg(long, env = "COURIER_HEARTBEAT_MS", default_value_t = 5_000)]
+    pub heartbeat_ms: u64,
     #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9103")]
     pub admin_addr: SocketAddr,
 }
@@ -288,6 +294,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 room_topic: args.topics.room_topic,
                 private_topic: args.topics.private_topic,
                 partitions: args.topics.partitions,
+                node_lease: Duration::from_millis(args.node_lease_ms.max(100)),
                 ..Default::default()
             };
             args.limits.apply(&mut config);
@@ -319,6 +326,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 server_id: args.server_id,
                 ping_interval: Duration::from_secs(args.ping_secs.max(1)),
                 pong_timeout: Duration::from_secs(args.pong_timeout_secs.max(1)),
+                heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(50)),
                 ..Default::default()
             };
             let ready = admin.readiness.flag("connect");

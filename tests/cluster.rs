@@ -61,6 +61,9 @@ impl Cluster {
             ("COURIER_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
             ("COURIER_DATA_DIR", data.display().to_string()),
             ("COURIER_SENDS_PER_SECOND", "0".into()),
+            // A short node lease, so a killed connect node is reaped quickly.
+            ("COURIER_NODE_LEASE_MS", "2000".into()),
+            ("COURIER_HEARTBEAT_MS", "500".into()),
             ("COURIER_REQUESTS_PER_SECOND_PER_IP", "0".into()),
         ];
         let (logic, push) = (free_port(), [free_port(), free_port()]);
@@ -296,4 +299,30 @@ async fn recovery_offline_messages_and_history_on_the_production_backends() {
     common::recovery::joining_while_messages_flow_has_no_gap_or_duplicate(&target(2)).await;
     common::recovery::offline_private_messages_arrive_on_the_next_connect(&target(3)).await;
     common::recovery::history_pages_are_complete_and_ordered(&target(4)).await;
+}
+
+#[tokio::test]
+async fn a_crashed_connect_node_is_reaped_from_presence() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut cluster) = Cluster::start(dir.path()).await else { return };
+    let api = Api::new(cluster.api);
+    let run = courier_testkit::unique() % 1_000_000_000;
+    let room = 4_000_000_000 + run;
+    let (alice_token, alice) = api.register(&format!("na{run}")).await;
+    let (bob_token, bob) = api.register(&format!("nb{run}")).await;
+    let _alice_ws = Ws::connect(cluster.ws[0], &alice_token, room).await;
+    let mut bob_ws = Ws::connect(cluster.ws[1], &bob_token, room).await;
+    bob_ws.await_members(&[alice, bob]).await;
+
+    // connect-0 dies without a goodbye: alice's connection is never released.
+    cluster.children[3].kill().await.expect("kill connect-0");
+    let update = loop {
+        let frame = bob_ws.next_op(5).await;
+        if frame["count"] == 1 {
+            break frame;
+        }
+    };
+    assert!(update["roomUserInfo"].get(alice.to_string()).is_none(), "alice is no longer counted: {update}");
+    assert_eq!(update["roomUserInfo"][bob.to_string()], format!("nb{run}"));
 }

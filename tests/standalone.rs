@@ -321,10 +321,19 @@ async fn a_retried_client_message_id_gets_the_same_id_and_one_copy() {
     for _ in 0..3 {
         ws.send(json!({"op": 7, "roomId": 12, "msg": "once", "clientMsgId": "retry-1"})).await;
     }
-    let acks = ws.take_op(8, 3).await;
-    assert!(acks.iter().all(|a| a["msgId"] == acks[0]["msgId"]), "one message id for every retry: {acks:?}");
     ws.send(json!({"op": 7, "roomId": 12, "msg": "after", "clientMsgId": "retry-2"})).await;
-    let frames = ws.take_op(3, 2).await;
+    // Acks and pushed messages interleave on the socket: sort them by op.
+    let (mut acks, mut frames) = (Vec::new(), Vec::new());
+    while acks.len() < 4 || frames.len() < 2 {
+        let frame = ws.next().await.expect("socket open");
+        match frame["op"].as_i64() {
+            Some(8) => acks.push(frame),
+            Some(3) => frames.push(frame),
+            _ => {}
+        }
+    }
+    assert!(acks[..3].iter().all(|a| a["msgId"] == acks[0]["msgId"]), "one message id for every retry: {acks:?}");
+    assert_ne!(acks[3]["msgId"], acks[0]["msgId"]);
     let got: Vec<(&str, u64)> =
         frames.iter().map(|f| (f["msg"].as_str().unwrap_or(""), f["seq"].as_u64().unwrap_or(0))).collect();
     assert_eq!(got, vec![("once", 1), ("after", 2)], "a single copy, and no seq taken by the retries");

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::routing::get;
 use courier_proto::connect::connect_server::ConnectServer;
+use courier_proto::logic::NodeHeartbeatRequest;
 use courier_proto::logic::logic_client::LogicClient;
 use courier_telemetry::{Metrics, ReadyFlag};
 use tokio::net::TcpListener;
@@ -64,6 +65,9 @@ pub struct ConnectConfig {
     /// How often a connection re-checks its session, so one whose token expired
     /// is closed even if it never sends.
     pub session_check_interval: Duration,
+    /// How often the node renews its presence lease with logic (a third of the
+    /// lease, 15 s by default).
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for ConnectConfig {
@@ -82,6 +86,7 @@ impl Default for ConnectConfig {
             write_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             session_check_interval: Duration::from_secs(300),
+            heartbeat_interval: Duration::from_secs(5),
         }
     }
 }
@@ -131,6 +136,23 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let state = ConnectState { gateway, tracker: tracker.clone() };
 
+    // Announce this boot before taking connections, so a restart's cleanup of the
+    // previous boot's presence cannot remove new members; then keep the lease.
+    let boot_id = format!("{:x}-{:x}", std::process::id(), now_ms());
+    heartbeat(&state.gateway, &boot_id).await;
+    tokio::spawn({
+        let (gateway, stop, boot_id) = (state.gateway.clone(), shutdown.clone(), boot_id.clone());
+        async move {
+            let mut ticker = tokio::time::interval(gateway.config.heartbeat_interval);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = ticker.tick() => heartbeat(&gateway, &boot_id).await,
+                }
+            }
+        }
+    });
+
     let stop_accepting = CancellationToken::new();
     let app = Router::new().route("/ws", get(ws::upgrade)).with_state(state.clone());
     let ws_server = tokio::spawn({
@@ -167,6 +189,16 @@ pub async fn run(
     let _ = push_server.await;
     let _ = ws_server.await;
     Ok(())
+}
+
+/// Renews this node's presence lease; a failure is reported and retried on the
+/// next tick (the lease outlives a few).
+async fn heartbeat(gateway: &Gateway, boot_id: &str) {
+    let request = NodeHeartbeatRequest { server_id: gateway.config.server_id.clone(), boot_id: boot_id.to_owned() };
+    if let Err(status) = gateway.logic.clone().node_heartbeat(request).await {
+        gateway.metrics().error("node_heartbeat");
+        tracing::warn!(error = %status, "presence heartbeat failed");
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {

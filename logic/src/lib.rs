@@ -10,7 +10,9 @@
 //!
 //! Membership changes mark a room dirty; a flusher pushes each dirty room's count
 //! (op 4) and member list (op 5) at most once per `presence_flush_interval`, so a
-//! room where many join at once costs one update, not one per join.
+//! room where many join at once costs one update, not one per join. Connect nodes
+//! hold leases renewed by heartbeats; the same loop reaps the presence of a node
+//! whose lease lapsed, so a crashed node's members do not stay counted.
 
 pub mod password;
 
@@ -24,8 +26,8 @@ use courier_presence::{Claim, ClientMsgIds, Presence, SessionUser, Sessions};
 use courier_proto::connect::{Delivery, delivery::Target};
 use courier_proto::logic::logic_server::{Logic as LogicRpc, LogicServer};
 use courier_proto::logic::{
-    Credentials, Empty, HistoryFrame, HistoryReply, HistoryRequest, JoinRoomRequest, LeaveRoomRequest, RoomRequest,
-    SendReply, SendRequest, SessionReply, TokenRequest, UserReply,
+    Credentials, Empty, HistoryFrame, HistoryReply, HistoryRequest, JoinRoomRequest, LeaveRoomRequest,
+    NodeHeartbeatRequest, RoomRequest, SendReply, SendRequest, SessionReply, TokenRequest, UserReply,
 };
 use courier_proto::record::{MessageKind, MessageRecord, RECORD_VERSION};
 use courier_push::Pusher;
@@ -62,6 +64,9 @@ pub struct LogicConfig {
     pub room_member_cap: usize,
     /// Shortest interval between two op 4/5 updates of one room.
     pub presence_flush_interval: Duration,
+    /// A connect node silent this long loses its presence (the reaper removes its
+    /// members and pushes the changed counts).
+    pub node_lease: Duration,
     /// Longest client message id accepted.
     pub max_client_msg_id: usize,
     /// Most messages one history request returns.
@@ -87,6 +92,7 @@ impl Default for LogicConfig {
             hash_concurrency: 0,
             room_member_cap: 200,
             presence_flush_interval: Duration::from_secs(1),
+            node_lease: Duration::from_secs(15),
             max_client_msg_id: 64,
             history_page_limit: 500,
             sends_per_second: 20,
@@ -391,6 +397,29 @@ impl Logic {
         Status::unavailable(format!("presence unavailable: {e}"))
     }
 
+    /// Removes the presence of connect nodes whose lease lapsed (they died without
+    /// saying goodbye) and marks their rooms for an update.
+    async fn reap_lapsed_nodes(&self) {
+        let presence = &self.inner.backends.presence;
+        let lapsed = match presence.take_lapsed_nodes(now_ms()).await {
+            Ok(lapsed) => lapsed,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for lapsed connect nodes");
+                return;
+            }
+        };
+        for server in lapsed {
+            match presence.drop_server(&server).await {
+                Ok(rooms) => {
+                    tracing::warn!(%server, rooms = rooms.len(), "connect node lease lapsed; its presence was removed");
+                    self.metrics().error("node_lease_lapsed");
+                    rooms.into_iter().for_each(|room| self.mark_dirty(room));
+                }
+                Err(e) => tracing::warn!(%server, error = %e, "could not remove a lapsed node's presence"),
+            }
+        }
+    }
+
     /// Pushes op 4 and op 5 for every room whose membership changed since the last
     /// flush.
     async fn flush_dirty_rooms(&self) {
@@ -574,6 +603,25 @@ impl LogicRpc for Logic {
         .await
     }
 
+    async fn node_heartbeat(&self, request: Request<NodeHeartbeatRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.observed("NodeHeartbeat", async {
+            let presence = &self.inner.backends.presence;
+            let expires = now_ms() + self.inner.config.node_lease.as_millis() as i64;
+            let before = presence
+                .renew_node(&r.server_id, &r.boot_id, expires)
+                .await
+                .map_err(|e| self.presence_unavailable(e))?;
+            if before.is_some_and(|boot| boot != r.boot_id) {
+                // The node restarted: what its previous boot held is gone.
+                let rooms = presence.drop_server(&r.server_id).await.map_err(|e| self.presence_unavailable(e))?;
+                rooms.into_iter().for_each(|room| self.mark_dirty(room));
+            }
+            Ok(Empty {})
+        })
+        .await
+    }
+
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendReply>, Status> {
         let r = request.into_inner();
         self.observed("Send", self.send(r)).await
@@ -629,6 +677,7 @@ pub async fn serve(
             tokio::select! {
                 _ = flush_stop.cancelled() => break,
                 _ = ticker.tick() => {
+                    flusher.reap_lapsed_nodes().await;
                     flusher.flush_dirty_rooms().await;
                     // Forget limiter state of users who went quiet (bounded memory).
                     if let Some(l) = &flusher.inner.send_limiter { l.retain_recent(); }

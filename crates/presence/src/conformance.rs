@@ -70,3 +70,15 @@ pub async fn client_msg_ids_return_the_first_claim(ids: &dyn ClientMsgIds, base:
     assert_eq!(ids.claim(base + 1, "c-2", 400, 7).await.expect("claim"), Claim::New);
     assert_eq!(ids.claim(base + 2, "c-1", 500, 8).await.expect("claim"), Claim::New, "another user's id is their own");
 }
+
+/// Node leases: renewing reports the previous boot id; a lease that ends is
+/// reported once as lapsed, a renewed one is not.
+pub async fn node_leases_lapse_once(presence: &dyn Presence, base: u64) {
+    let (a, b) = (format!("node-a-{base}"), format!("node-b-{base}"));
+    assert_eq!(presence.renew_node(&a, "boot-1", 1_000).await.expect("renew"), None);
+    assert_eq!(presence.renew_node(&b, "boot-9", 1_000).await.expect("renew"), None);
+    assert_eq!(presence.renew_node(&a, "boot-2", 5_000).await.expect("renew"), Some("boot-1".into()), "a restart");
+    let lapsed = presence.take_lapsed_nodes(2_000).await.expect("lapsed");
+    assert!(lapsed.contains(&b) && !lapsed.contains(&a), "{lapsed:?}");
+    assert!(!presence.take_lapsed_nodes(2_000).await.expect("lapsed").contains(&b), "reported once");
+}

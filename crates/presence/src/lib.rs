@@ -68,6 +68,13 @@ pub trait Presence: Send + Sync + 'static {
     /// Forgets every connection on `server` (a node that stopped or died); returns
     /// the rooms whose membership changed.
     async fn drop_server(&self, server: &str) -> Result<Vec<u64>>;
+
+    /// Renews `server`'s lease until `expires_unix_ms`; returns the boot id it had
+    /// before (so a restarted node's old connections can be dropped).
+    async fn renew_node(&self, server: &str, boot_id: &str, expires_unix_ms: i64) -> Result<Option<String>>;
+
+    /// Servers whose lease ended before `now_unix_ms`; forgets their leases.
+    async fn take_lapsed_nodes(&self, now_unix_ms: i64) -> Result<Vec<String>>;
 }
 
 /// What a client message id stands for.

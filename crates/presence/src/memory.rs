@@ -100,6 +100,8 @@ struct Member {
 #[derive(Debug, Default)]
 pub struct MemoryPresence {
     rooms: Mutex<HashMap<u64, BTreeMap<u64, Member>>>,
+    /// Node leases: server id → (boot id, expiry ms).
+    nodes: Mutex<HashMap<String, (String, i64)>>,
 }
 
 impl MemoryPresence {
@@ -168,6 +170,23 @@ impl Presence for MemoryPresence {
         rooms.retain(|_, m| !m.is_empty());
         changed.sort_unstable();
         Ok(changed)
+    }
+
+    async fn renew_node(&self, server: &str, boot_id: &str, expires_unix_ms: i64) -> Result<Option<String>> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let before = nodes.insert(server.to_owned(), (boot_id.to_owned(), expires_unix_ms));
+        Ok(before.map(|(boot, _)| boot))
+    }
+
+    async fn take_lapsed_nodes(&self, now_unix_ms: i64) -> Result<Vec<String>> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lapsed: Vec<String> =
+            nodes.iter().filter(|(_, (_, expires))| *expires < now_unix_ms).map(|(id, _)| id.clone()).collect();
+        lapsed.sort();
+        for id in &lapsed {
+            nodes.remove(id);
+        }
+        Ok(lapsed)
     }
 }
 

@@ -202,6 +202,17 @@ for room, _ in pairs(changed) do table.insert(rooms, room) end
 return rooms
 ";
 
+/// Removes and returns the servers whose lease ended (only one reaper gets each).
+const TAKE_LAPSED: &str = r"
+local leases, boots, now = KEYS[1], KEYS[2], ARGV[1]
+local lapsed = redis.call('ZRANGEBYSCORE', leases, '-inf', '(' .. now)
+for _, server in ipairs(lapsed) do
+  redis.call('ZREM', leases, server)
+  redis.call('HDEL', boots, server)
+end
+return lapsed
+";
+
 #[async_trait]
 impl Presence for RedisPresence {
     async fn join(&self, room: u64, user: &SessionUser, server: &str) -> Result<bool> {
@@ -247,6 +258,37 @@ impl Presence for RedisPresence {
         members.sort_unstable();
         members.truncate(cap);
         Ok(members)
+    }
+
+    async fn renew_node(&self, server: &str, boot_id: &str, expires_unix_ms: i64) -> Result<Option<String>> {
+        let (before, _, _): (Option<String>, i64, i64) = redis::pipe()
+            .atomic()
+            .cmd("HGET")
+            .arg(format!("{}node-boots", self.prefix))
+            .arg(server)
+            .cmd("HSET")
+            .arg(format!("{}node-boots", self.prefix))
+            .arg(server)
+            .arg(boot_id)
+            .cmd("ZADD")
+            .arg(format!("{}node-leases", self.prefix))
+            .arg(expires_unix_ms)
+            .arg(server)
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(before)
+    }
+
+    async fn take_lapsed_nodes(&self, now_unix_ms: i64) -> Result<Vec<String>> {
+        let lapsed: Vec<String> = Script::new(TAKE_LAPSED)
+            .key(format!("{}node-leases", self.prefix))
+            .key(format!("{}node-boots", self.prefix))
+            .arg(now_unix_ms)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(lapsed)
     }
 
     async fn drop_server(&self, server: &str) -> Result<Vec<u64>> {

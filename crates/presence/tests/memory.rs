@@ -31,3 +31,8 @@ async fn client_msg_ids_return_the_first_claim() {
     let ids = courier_presence::memory::MemoryClientMsgIds::new(std::time::Duration::from_secs(600));
     conformance::client_msg_ids_return_the_first_claim(&ids, 0).await;
 }
+
+#[tokio::test]
+async fn node_leases_lapse_once() {
+    conformance::node_leases_lapse_once(&MemoryPresence::default(), 0).await;
+}

@@ -51,3 +51,9 @@ async fn worker_ids_are_leased_once_and_remember_the_last_millisecond() {
     assert_eq!(c.not_before_unix_ms, 5_000);
     assert!(!leases.renew(a.worker_id, "logic-a", 7_000).await.expect("renew"), "a lost its lease");
 }
+
+#[tokio::test]
+async fn node_leases_lapse_once() {
+    let Some((redis, prefix)) = redis().await else { return };
+    conformance::node_leases_lapse_once(&RedisPresence::new(redis, &prefix), 0).await;
+}
