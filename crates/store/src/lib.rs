@@ -16,6 +16,7 @@ use async_trait::async_trait;
 
 pub mod conformance;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 /// Errors from a store backend.

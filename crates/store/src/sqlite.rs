@@ -11,13 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::{
-    Appended, Error, HistoryStore, Message, MessageKind, Result, StoredMessage, StreamInfo, User, UserStore, new_epoch,
-};
+use crate::rows::{MESSAGE_COLUMNS, stored_from_row, user_from_row};
+use crate::{Appended, Error, HistoryStore, Message, Result, StoredMessage, StreamInfo, User, UserStore, new_epoch};
 
 /// Users and history in SQLite; cheap to clone.
 #[derive(Debug, Clone)]
@@ -53,14 +50,6 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn user_from_row(row: &SqliteRow) -> Result<User> {
-    Ok(User {
-        id: row.try_get::<i64, _>("id")? as u64,
-        name: row.try_get("name")?,
-        password_hash: row.try_get("password_hash")?,
-    })
-}
-
 #[async_trait]
 impl UserStore for SqliteStore {
     async fn create_user(&self, name: &str, password_hash: &str) -> Result<u64> {
@@ -94,32 +83,6 @@ impl UserStore for SqliteStore {
             .await?;
         row.as_ref().map(user_from_row).transpose()
     }
-}
-
-const MESSAGE_COLUMNS: &str = "e.stream, e.seq, s.epoch, m.msg_id, m.kind, m.room_id, m.from_user_id,
-    m.from_user_name, m.to_user_id, m.to_user_name, m.body, m.admitted_ms, m.client_msg_id";
-
-fn stored_from_row(row: &SqliteRow) -> Result<StoredMessage> {
-    let kind: i64 = row.try_get("kind")?;
-    Ok(StoredMessage {
-        position: Appended {
-            stream: row.try_get("stream")?,
-            seq: row.try_get::<i64, _>("seq")? as u64,
-            epoch: row.try_get("epoch")?,
-        },
-        message: Message {
-            msg_id: row.try_get::<i64, _>("msg_id")? as u64,
-            kind: MessageKind::from_code(kind).ok_or_else(|| Error::Corrupt(format!("message kind {kind}")))?,
-            room_id: row.try_get::<i64, _>("room_id")? as u64,
-            from_user_id: row.try_get::<i64, _>("from_user_id")? as u64,
-            from_user_name: row.try_get("from_user_name")?,
-            to_user_id: row.try_get::<i64, _>("to_user_id")? as u64,
-            to_user_name: row.try_get("to_user_name")?,
-            body: row.try_get("body")?,
-            admitted_ms: row.try_get("admitted_ms")?,
-            client_msg_id: row.try_get("client_msg_id")?,
-        },
-    })
 }
 
 #[async_trait]
