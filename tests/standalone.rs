@@ -279,7 +279,14 @@ async fn count_and_room_info_are_pushed_as_op_4_and_op_5() {
 
     let answer = api.post("/push/count", json!({"authToken": ivy_token, "roomId": 11})).await;
     assert_eq!(answer, json!({"code": 0, "message": "ok", "data": ""}));
-    assert_eq!(jack_ws.next_op(4).await, json!({"count": 2, "op": 4}));
+    // Presence updates also carry op 4; an older one may still be on its way.
+    loop {
+        let count = jack_ws.next_op(4).await;
+        assert!(count["count"].as_u64().is_some_and(|c| c <= 2), "three tabs, two users: {count}");
+        if count == json!({"count": 2, "op": 4}) {
+            break;
+        }
+    }
     let answer = api.post("/push/getRoomInfo", json!({"authToken": ivy_token, "roomId": "11"})).await;
     assert_eq!(answer, json!({"code": 0, "message": "ok", "data": ""}));
     let info = loop {
