@@ -48,6 +48,19 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
 }
 
+/// The connect nodes logic and task push to (static discovery).
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Connect nodes as SERVER_ID=HOST:PORT (their push service); repeatable.
+    #[arg(
+        long = "connect-node",
+        env = "COURIER_CONNECT_NODES",
+        value_delimiter = ',',
+        default_value = "connect-0=127.0.0.1:7270"
+    )]
+    pub connect_nodes: Vec<ConnectNode>,
+}
+
 /// Abuse limits; 0 turns a limit off (benchmarks and local clusters do).
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
@@ -153,14 +166,8 @@ pub struct LogicArgs {
     pub backends: crate::tiers::Backends,
     #[command(flatten)]
     pub topics: TopicArgs,
-    /// Connect nodes as SERVER_ID=HOST:PORT (their push service); repeatable.
-    #[arg(
-        long = "connect-node",
-        env = "COURIER_CONNECT_NODES",
-        value_delimiter = ',',
-        default_value = "connect-0=127.0.0.1:7270"
-    )]
-    pub connect_nodes: Vec<ConnectNode>,
+    #[command(flatten)]
+    pub nodes: NodeArgs,
     /// Snowflake worker id (0–1023), unique among running logic instances; by
     /// default leased from Redis (or 0 on the embedded backends).
     #[arg(long, env = "COURIER_WORKER_ID")]
@@ -214,14 +221,8 @@ pub struct TaskArgs {
     /// Consumer group shared by the task workers.
     #[arg(long, env = "COURIER_TASK_GROUP", default_value = "courier-task")]
     pub group: String,
-    /// Connect nodes as SERVER_ID=HOST:PORT (their push service); repeatable.
-    #[arg(
-        long = "connect-node",
-        env = "COURIER_CONNECT_NODES",
-        value_delimiter = ',',
-        default_value = "connect-0=127.0.0.1:7270"
-    )]
-    pub connect_nodes: Vec<ConnectNode>,
+    #[command(flatten)]
+    pub nodes: NodeArgs,
     #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9104")]
     pub admin_addr: SocketAddr,
 }
@@ -304,7 +305,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 worker_id: args.worker_id,
                 policy,
                 listen: args.listen,
-                nodes: args.connect_nodes,
+                nodes: args.nodes.connect_nodes,
                 demo_users: args.demo_users,
             };
             crate::tiers::logic(tier, &args.backends, admin).await
@@ -343,7 +344,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 partitions: args.topics.partitions,
                 ..Default::default()
             };
-            crate::tiers::task(config, &args.backends, args.connect_nodes, admin).await
+            crate::tiers::task(config, &args.backends, args.nodes.connect_nodes, admin).await
         }
         Command::Site(args) => {
             let admin = Admin::start(args.admin_addr).await?;

@@ -193,7 +193,7 @@ pub async fn logic(tier: LogicTier, backends: &Backends, admin: Admin) -> anyhow
         (None, Some(url)) => {
             let redis = courier_presence::redis::connect(url).await.context("connecting to Redis")?;
             let leases = courier_presence::redis::RedisWorkerIds::new(redis, &backends.redis_prefix, WORKER_LEASE_TTL);
-            let holder = format!("logic-{}-{:x}", std::process::id(), rand_suffix());
+            let holder = format!("logic-{}-{:x}", std::process::id(), rand::random::<u32>());
             let lease = courier_presence::WorkerIds::acquire(&leases, &holder).await.context("leasing a worker id")?;
             tracing::info!(worker_id = lease.worker_id, "leased snowflake worker id");
             config.worker_id = lease.worker_id;
@@ -276,12 +276,4 @@ async fn keep_worker_lease(
             Err(e) => tracing::warn!(worker_id, error = %e, "could not renew the worker id lease; retrying"),
         }
     }
-}
-
-/// 32 random bits for lease holder names.
-fn rand_suffix() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish() as u32
 }

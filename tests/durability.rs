@@ -5,7 +5,6 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use common::Api;
 use courier_store::HistoryStore;
@@ -80,14 +79,13 @@ async fn acknowledged_messages_survive_kill_9() {
     assert_eq!(login["code"], 0, "the account survives: {login}");
 
     let store = SqliteStore::open(&data.join("courier.sqlite")).await.expect("open store");
-    let deadline = Instant::now() + common::PATIENCE;
-    let history = loop {
-        let history = store.read_after("room:5", 0, 100).await.expect("read history");
-        if history.len() >= acknowledged.len() || Instant::now() > deadline {
-            break history;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await; // task catches up from its committed offsets
-    };
+    // Task catches up from its committed offsets after the restart.
+    let history =
+        courier_testkit::eventually("the history to hold every acknowledged message", common::PATIENCE, || async {
+            let history = store.read_after("room:5", 0, 100).await.expect("read history");
+            (history.len() >= acknowledged.len()).then_some(history)
+        })
+        .await;
     let bodies: Vec<&str> = history.iter().map(|m| m.message.body.as_str()).collect();
     assert_eq!(bodies, acknowledged, "every acknowledged message, once, in order");
     let seqs: Vec<u64> = history.iter().map(|m| m.position.seq).collect();

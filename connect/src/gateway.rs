@@ -65,10 +65,9 @@ impl Gateway {
             tx,
         ));
         self.hub.add(channel.clone());
-        if let Some(since) = &auth.inbox_since {
+        if auth.inbox_since.is_some() {
             // Hold the inbox's live frames back from the start; `resume` sends
             // what was missed once the transport's writer runs.
-            let _ = since;
             channel.begin_recovery(&courier_wire::user_stream(channel.user_id));
         }
         if room != 0 {
@@ -272,6 +271,13 @@ impl Gateway {
             self.metrics().error("leave_room");
             tracing::warn!(user_id, room, error = %status, "could not release presence");
         }
+    }
+
+    /// The timer of [`Gateway::check_session`] for one connection; its first tick
+    /// is one interval away.
+    pub fn session_check_timer(&self) -> tokio::time::Interval {
+        let every = self.config.session_check_interval;
+        tokio::time::interval_at(tokio::time::Instant::now() + every, every)
     }
 
     /// Closes the connection if its session has expired or been revoked (called

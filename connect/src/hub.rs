@@ -107,7 +107,12 @@ impl Channel {
             return self.queue(Outbound::Frame { text: text.clone(), admitted_ms }, metrics);
         }
         let mut streams = lock(&self.streams);
-        let state = streams.entry(stream.to_owned()).or_default();
+        // Look up before inserting: the stream's name is copied once per channel,
+        // not once per frame.
+        if !streams.contains_key(stream) {
+            streams.insert(stream.to_owned(), StreamState::default());
+        }
+        let Some(state) = streams.get_mut(stream) else { return false };
         if let Some(held) = &mut state.held_back {
             if held.len() >= MAX_HELD_BACK {
                 drop(streams);

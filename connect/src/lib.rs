@@ -19,7 +19,7 @@ pub mod writer;
 pub mod ws;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
@@ -138,7 +138,7 @@ pub async fn run(
 
     // Announce this boot before taking connections, so a restart's cleanup of the
     // previous boot's presence cannot remove new members; then keep the lease.
-    let boot_id = format!("{:x}-{:x}", std::process::id(), now_ms());
+    let boot_id = format!("{:x}-{:x}", std::process::id(), courier_ids::now_unix_ms());
     heartbeat(&state.gateway, &boot_id).await;
     tokio::spawn({
         let (gateway, stop, boot_id) = (state.gateway.clone(), shutdown.clone(), boot_id.clone());
@@ -199,8 +199,4 @@ async fn heartbeat(gateway: &Gateway, boot_id: &str) {
         gateway.metrics().error("node_heartbeat");
         tracing::warn!(error = %status, "presence heartbeat failed");
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

@@ -36,11 +36,15 @@ impl Connect for PushService {
                 }
             }
         }
+        let mut user_channels: Vec<Arc<Channel>>;
         for delivery in request.deliveries {
             let text = Utf8Bytes::from(delivery.body);
-            let channels = match delivery.target {
-                Some(Target::RoomId(room)) => rooms.entry(room).or_insert_with(|| self.hub.room(room)).clone(),
-                Some(Target::UserId(user)) => self.hub.user(user),
+            let channels: &[Arc<Channel>] = match delivery.target {
+                Some(Target::RoomId(room)) => rooms.entry(room).or_insert_with(|| self.hub.room(room)),
+                Some(Target::UserId(user)) => {
+                    user_channels = self.hub.user(user);
+                    &user_channels
+                }
                 None => continue,
             };
             for channel in channels {

@@ -15,8 +15,8 @@ use courier_telemetry::TransportLabel;
 use futures_util::{Sink, SinkExt};
 use tokio::sync::mpsc;
 
+use crate::ConnectState;
 use crate::hub::{Channel, Outbound, close_code};
-use crate::{ConnectState, now_ms};
 
 /// How a transport puts frames on the wire.
 pub(crate) struct Framing<T> {
@@ -58,7 +58,7 @@ where
                 };
                 match tokio::time::timeout(config.write_timeout, write).await {
                     Ok(Ok(())) => {
-                        let now = now_ms();
+                        let now = courier_ids::now_unix_ms();
                         for Outbound::Frame { admitted_ms, .. } in batch.drain(..) {
                             deliveries.inc();
                             if admitted_ms > 0 {

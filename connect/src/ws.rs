@@ -70,10 +70,7 @@ async fn serve(state: ConnectState, socket: WebSocket) {
 
     let writer = tokio::spawn(write_loop(sink, rx, channel.clone(), state.clone()));
     gateway.resume(&channel, &auth).await;
-    let mut session_check = tokio::time::interval_at(
-        tokio::time::Instant::now() + config.session_check_interval,
-        config.session_check_interval,
-    );
+    let mut session_check = gateway.session_check_timer();
     loop {
         let next = tokio::select! {
             _ = channel.closing() => break,

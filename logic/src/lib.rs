@@ -19,7 +19,7 @@ pub mod password;
 use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use courier_ids::Snowflake;
 use courier_presence::{Claim, ClientMsgIds, Presence, SessionUser, Sessions};
@@ -313,7 +313,7 @@ impl Logic {
             from_user_id: sender.user_id,
             from_user_name: sender.user_name,
             body: request.body,
-            admitted_ms: now_ms(),
+            admitted_ms: courier_ids::now_unix_ms(),
             client_msg_id: request.client_msg_id,
         };
         let started = Instant::now();
@@ -401,7 +401,7 @@ impl Logic {
     /// saying goodbye) and marks their rooms for an update.
     async fn reap_lapsed_nodes(&self) {
         let presence = &self.inner.backends.presence;
-        let lapsed = match presence.take_lapsed_nodes(now_ms()).await {
+        let lapsed = match presence.take_lapsed_nodes(courier_ids::now_unix_ms()).await {
             Ok(lapsed) => lapsed,
             Err(e) => {
                 tracing::warn!(error = %e, "could not look for lapsed connect nodes");
@@ -461,10 +461,6 @@ impl From<Status> for RegisterError {
 
 fn room_delivery(room: u64, body: String) -> Delivery {
     Delivery { target: Some(Target::RoomId(room)), stream: String::new(), seq: 0, body, admitted_ms: 0 }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// User names: 1–20 characters, no control characters, no surrounding whitespace.
@@ -607,7 +603,7 @@ impl LogicRpc for Logic {
         let r = request.into_inner();
         self.observed("NodeHeartbeat", async {
             let presence = &self.inner.backends.presence;
-            let expires = now_ms() + self.inner.config.node_lease.as_millis() as i64;
+            let expires = courier_ids::now_unix_ms() + self.inner.config.node_lease.as_millis() as i64;
             let before = presence
                 .renew_node(&r.server_id, &r.boot_id, expires)
                 .await

@@ -218,7 +218,7 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
         Shape::Private { users } => (users, users, 1),
         Shape::Room { members, senders, room } => (members, senders, room),
     };
-    let run = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+    let run = format!("{:x}", courier_ids::now_unix_ms());
     eprintln!("logging in {connections} users…");
     let users = target.users(&args.prefix, 0, connections, 8).await?;
     let user_ids: Arc<Vec<u64>> = Arc::new(users.iter().map(|u| u.id).collect());
@@ -383,6 +383,17 @@ struct SendPlan {
 }
 
 impl SendPlan {
+    /// Waits until message `seq` is due and returns when it was due, or `None`
+    /// once the run's sending time is over.
+    async fn wait_for(&self, seq: u64, stop: &AtomicBool) -> Option<Duration> {
+        let due = self.due(seq);
+        if due >= self.until || stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        tokio::time::sleep_until((self.start + due).into()).await;
+        Some(due)
+    }
+
     /// When message `seq` (1-based) is due, relative to the start; flat out, now.
     fn due(&self, seq: u64) -> Duration {
         if self.rate > 0.0 {
@@ -405,11 +416,7 @@ async fn socket_send_loop(
     let mut seq = 0u64;
     loop {
         seq += 1;
-        let due = plan.due(seq);
-        if due >= plan.until || stop.load(Ordering::Relaxed) {
-            break;
-        }
-        tokio::time::sleep_until((plan.start + due).into()).await;
+        let Some(due) = plan.wait_for(seq, &stop).await else { break };
         window.acquire().await?.forget();
         let body = measure::encode_body(&plan.run, plan.index, seq, due, plan.size);
         let client_msg_id = format!("{}-{}-{seq}", plan.run, plan.index);
@@ -435,11 +442,7 @@ async fn http_send_loop(
     let mut seq = 0u64;
     loop {
         seq += 1;
-        let due = plan.due(seq);
-        if due >= plan.until || stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        tokio::time::sleep_until((plan.start + due).into()).await;
+        let Some(due) = plan.wait_for(seq, &stop).await else { return Ok(()) };
         let body = measure::encode_body(&plan.run, plan.index, seq, due, plan.size);
         progress.sent.fetch_add(1, Ordering::Relaxed);
         // One request at a time per sender: concurrent HTTP requests could be

@@ -122,8 +122,9 @@ async fn handle_batch(
 ) -> bool {
     let mut last_offsets: BTreeMap<(String, u32), u64> = BTreeMap::new();
     let mut messages = Vec::with_capacity(records.len());
+    let mut consumed: BTreeMap<&str, u64> = BTreeMap::new();
     for record in &records {
-        backends.metrics.records_consumed.get_or_create(&TopicLabel { topic: record.topic.clone() }).inc();
+        *consumed.entry(record.topic.as_str()).or_default() += 1;
         last_offsets.insert((record.topic.clone(), record.partition), record.offset);
         match decode(record) {
             Ok(message) => messages.push(message),
@@ -132,6 +133,10 @@ async fn handle_batch(
                 tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "skipping undecodable record");
             }
         }
+    }
+
+    for (topic, count) in consumed {
+        backends.metrics.records_consumed.get_or_create(&TopicLabel { topic: topic.to_owned() }).inc_by(count);
     }
 
     let mut backoff = Backoff::default();

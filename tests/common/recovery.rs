@@ -43,7 +43,7 @@ fn bodies(frames: &[Value]) -> Vec<String> {
 pub async fn reconnecting_with_since_gets_exactly_the_missed_messages(target: &Target) {
     let api = Api::new(target.api);
     let (alice_token, alice) = api.register(&target.name("alice")).await;
-    let (bob_token, bob) = api.register(&target.name("bob")).await;
+    let (bob_token, _) = api.register(&target.name("bob")).await;
     let mut alice_ws = Ws::connect(target.ws, &alice_token, target.room(7)).await;
     alice_ws.await_members(&[alice]).await;
     let send = |i: u32| {
@@ -75,7 +75,6 @@ pub async fn reconnecting_with_since_gets_exactly_the_missed_messages(target: &T
     send(10).await;
     let live = alice_ws.next_op(3).await;
     assert_eq!((live["seq"].as_u64(), live["msg"].as_str()), (Some(11), Some("m10")), "then live, no duplicate");
-    let _ = bob;
 }
 
 /// Joining a room from seq 0 while messages flow into it gives every message once,

@@ -6,7 +6,8 @@
 //! it, and when a millisecond's 4,096 sequence numbers run out it borrows the next
 //! millisecond; so an id is never repeated by one generator, whatever the clock
 //! does. Uniqueness across generators rests on distinct worker ids, which callers
-//! lease (see the logic tier), never copy from configuration.
+//! lease (see the logic tier), never copy from configuration. [`now_unix_ms`] is
+//! the wall clock the generators and the rest of Courier read.
 
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -97,8 +98,15 @@ pub fn unix_ms_of(id: u64) -> u64 {
     (id >> (WORKER_BITS + SEQUENCE_BITS)) + EPOCH_MS
 }
 
+/// Milliseconds since the Unix epoch by the wall clock (0 if it reads before
+/// 1970). The one clock every Courier crate stamps records, leases and expiries
+/// with.
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 fn system_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    now_unix_ms() as u64
 }
 
 #[cfg(test)]

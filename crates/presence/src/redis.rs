@@ -12,7 +12,7 @@
 //! Every compound update is a Lua script, so concurrent joins and leaves from many
 //! nodes never leave the counts inconsistent.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
@@ -77,10 +77,6 @@ redis.call('PEXPIRE', user_sessions, ttl_ms)
 return revoked
 ";
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 fn parse_session(value: &str) -> Option<SessionUser> {
     let (id, name) = value.split_once('|')?;
     Some(SessionUser { user_id: id.parse().ok()?, user_name: name.to_owned() })
@@ -97,7 +93,7 @@ impl Sessions for RedisSessions {
             .arg(&token)
             .arg(format!("{}|{}", user.user_id, user.user_name))
             .arg(ttl)
-            .arg(now_ms())
+            .arg(courier_ids::now_unix_ms())
             .arg(self.policy.max_devices.max(1))
             .arg(&self.prefix)
             .invoke_async(&mut self.redis.clone())

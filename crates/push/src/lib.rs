@@ -178,11 +178,6 @@ impl Pusher {
             }
         }
     }
-
-    /// The number of connect nodes pushed to.
-    pub fn node_count(&self) -> usize {
-        self.lock().len()
-    }
 }
 
 async fn node_worker(

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::Row;
@@ -183,7 +183,7 @@ impl Queue for SqliteQueue {
         for topic in topics {
             self.topic_partitions(topic).await?;
         }
-        let member_id = format!("{:016x}-{:016x}", now_ms(), rand_u64());
+        let member_id = format!("{:016x}-{:016x}", courier_ids::now_unix_ms(), rand::random::<u64>());
         Ok(Box::new(SqliteConsumer {
             queue: self.clone(),
             group: group.to_owned(),
@@ -235,7 +235,7 @@ async fn append_batch(
 ) -> Result<Vec<Position>> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let mut positions = Vec::with_capacity(batch.len());
-    let now = now_ms();
+    let now = courier_ids::now_unix_ms();
     for append in batch {
         let count = match partitions.get(&append.topic) {
             Some(n) => *n,
@@ -319,7 +319,7 @@ impl SqliteConsumer {
             return Ok(());
         }
         let pool = &self.queue.pool;
-        let now = now_ms();
+        let now = courier_ids::now_unix_ms();
         let expires = now + self.queue.options.session_timeout.as_millis() as i64;
         sqlx::query(
             "INSERT INTO queue_group_members (group_id, member_id, expires_ms) VALUES (?, ?, ?)
@@ -446,17 +446,4 @@ impl Consumer for SqliteConsumer {
         self.next_heartbeat = None;
         Ok(())
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A process-unique random number for member ids, from the standard library's
-/// randomly seeded hasher (no extra dependency for 64 bits of uniqueness).
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_ms() as u64);
-    h.finish()
 }

@@ -8,7 +8,7 @@
 //! `(stream, msg_id)` unique key and rolls back its seq; the caller retries and
 //! then finds the existing position.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Row;
@@ -41,10 +41,6 @@ impl PgStore {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 #[async_trait]
 impl UserStore for PgStore {
     async fn create_user(&self, name: &str, password_hash: &str) -> Result<u64> {
@@ -53,7 +49,7 @@ impl UserStore for PgStore {
         )
         .bind(name)
         .bind(password_hash)
-        .bind(now_ms())
+        .bind(courier_ids::now_unix_ms())
         .fetch_one(&self.pool)
         .await;
         match result {

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Row;
@@ -46,10 +46,6 @@ impl SqliteStore {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 #[async_trait]
 impl UserStore for SqliteStore {
     async fn create_user(&self, name: &str, password_hash: &str) -> Result<u64> {
@@ -58,7 +54,7 @@ impl UserStore for SqliteStore {
         )
         .bind(name)
         .bind(password_hash)
-        .bind(now_ms())
+        .bind(courier_ids::now_unix_ms())
         .fetch_one(&self.pool)
         .await;
         match result {

@@ -233,10 +233,6 @@ impl ReadyFlag {
     pub fn set(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 /// The readiness of everything running in this process: ready when every flag is.
