@@ -186,7 +186,7 @@ impl Queue for KafkaQueue {
         let consumer: StreamConsumer = self.consumer_config(group).create().map_err(unavailable)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(unavailable)?;
-        Ok(Box::new(KafkaConsumer { consumer }))
+        Ok(Box::new(KafkaConsumer { consumer, leave_within: self.options.session_timeout }))
     }
 
     async fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<Record>> {
@@ -246,6 +246,9 @@ fn to_record<M: rdkafka::message::Message>(message: &M) -> Record {
 
 struct KafkaConsumer {
     consumer: StreamConsumer,
+    /// How long [`Consumer::close`] waits for the group to take its partitions
+    /// back; past this the broker's session timeout frees them anyway.
+    leave_within: Duration,
 }
 
 #[async_trait]
@@ -288,7 +291,19 @@ impl Consumer for KafkaConsumer {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(e) => Err(unavailable(e)),
         };
+        // Leaving is a rebalance: librdkafka hands the revocation to this
+        // consumer's queue and the partitions stay ours, held by heartbeats from
+        // its background thread, until the queue is served. Serve it until they
+        // are gone; records that arrive meanwhile were not stored, so the next
+        // owner receives them.
         self.consumer.unsubscribe();
+        let deadline = tokio::time::Instant::now() + self.leave_within;
+        while !self.assignment().is_empty() && tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "while leaving the group"),
+                Ok(Ok(_)) | Err(_) => {}
+            }
+        }
         committed
     }
 }
