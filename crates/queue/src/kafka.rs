@@ -299,9 +299,9 @@ impl Consumer for KafkaConsumer {
         self.consumer.unsubscribe();
         let deadline = tokio::time::Instant::now() + self.leave_within;
         while !self.assignment().is_empty() && tokio::time::Instant::now() < deadline {
-            match tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await {
-                Ok(Err(e)) => tracing::debug!(error = %e, "while leaving the group"),
-                Ok(Ok(_)) | Err(_) => {}
+            let served = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await;
+            if let Ok(Err(e)) = served {
+                tracing::debug!(error = %e, "while leaving the group");
             }
         }
         committed
