@@ -14,6 +14,7 @@
 
 use async_trait::async_trait;
 
+mod append;
 pub mod conformance;
 pub mod postgres;
 mod rows;

@@ -1,13 +1,15 @@
 //! The production store: users and history in PostgreSQL, schema from
 //! `migrations/postgres`.
 //!
-//! An append takes each stream's row lock through its `INSERT … ON CONFLICT DO
-//! UPDATE` before writing the entry, so concurrent writers to one stream queue up
-//! on that row and seqs stay gap-free. If two writers race on the same message id
-//! (a record redelivered during a rebalance), the loser's transaction fails on the
-//! `(stream, msg_id)` unique key and rolls back its seq; the caller retries and
-//! then finds the existing position.
+//! An append is a fixed handful of set-based statements per batch (`UNNEST` of
+//! one array per column; see [`crate::append`]). It takes the row lock of every
+//! stream head it moves, in sorted order, before reading them, so concurrent
+//! writers to one stream queue up and seqs stay gap-free, and writers whose
+//! streams cross cannot deadlock. Two writers of the same message id (a record
+//! redelivered during a rebalance) meet on the message's primary key: the second
+//! waits for the first to commit, then finds its positions.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,7 +17,9 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::rows::{MESSAGE_COLUMNS, stored_from_row, user_from_row};
-use crate::{Appended, Error, HistoryStore, Message, Result, StoredMessage, StreamInfo, User, UserStore, new_epoch};
+use crate::{
+    Appended, Error, HistoryStore, Message, Result, StoredMessage, StreamInfo, User, UserStore, append, new_epoch,
+};
 
 /// Users and history in PostgreSQL; cheap to clone.
 #[derive(Debug, Clone)]
@@ -80,64 +84,95 @@ impl UserStore for PgStore {
 #[async_trait]
 impl HistoryStore for PgStore {
     async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Appended>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for message in batch {
-            sqlx::query(
-                "INSERT INTO messages (msg_id, kind, room_id, from_user_id, from_user_name, to_user_id,
-                    to_user_name, body, admitted_ms, client_msg_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (msg_id) DO NOTHING",
+
+        // 1. The messages, in id order so two writers of one partition (a
+        //    rebalance overlap) take the id locks alike.
+        let mut sorted: Vec<&Message> = batch.iter().collect();
+        sorted.sort_by_key(|m| m.msg_id);
+        let inserted: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO messages (msg_id, kind, room_id, from_user_id, from_user_name, to_user_id,
+                to_user_name, body, admitted_ms, client_msg_id)
+             SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::bigint[], $4::bigint[], $5::text[],
+                $6::bigint[], $7::text[], $8::text[], $9::bigint[], $10::text[])
+             ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id",
+        )
+        .bind(sorted.iter().map(|m| m.msg_id as i64).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|m| m.kind as i16).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|m| m.room_id as i64).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|m| m.from_user_id as i64).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|m| m.from_user_name.as_str()).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|m| m.to_user_id as i64).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|m| m.to_user_name.as_str()).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|m| m.body.as_str()).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|m| m.admitted_ms).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|m| m.client_msg_id.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+
+        // 2. Every head the batch moves, locked in sorted order (the no-op update
+        //    takes the row lock); missing streams are created at seq 0.
+        let streams = append::streams_to_lock(batch);
+        let epochs: Vec<String> = streams.iter().map(|_| new_epoch()).collect();
+        let rows = sqlx::query(
+            "INSERT INTO streams (stream, epoch, last_seq)
+             SELECT stream, epoch, 0 FROM UNNEST($1::text[], $2::text[]) AS t(stream, epoch) ORDER BY stream
+             ON CONFLICT (stream) DO UPDATE SET last_seq = streams.last_seq
+             RETURNING stream, last_seq, epoch",
+        )
+        .bind(&streams)
+        .bind(&epochs)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut heads = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let info = StreamInfo { last_seq: row.try_get::<i64, _>(1)? as u64, epoch: row.try_get(2)? };
+            heads.insert(row.try_get::<String, _>(0)?, info);
+        }
+
+        // 3. Positions of messages stored before (a redelivered record).
+        let mut existing = HashMap::new();
+        let known = append::known_ids(batch, &inserted);
+        if !known.is_empty() {
+            let rows = sqlx::query(
+                "SELECT stream, msg_id, seq FROM stream_entries WHERE stream = ANY($1) AND msg_id = ANY($2)",
             )
-            .bind(message.msg_id as i64)
-            .bind(message.kind as i16)
-            .bind(message.room_id as i64)
-            .bind(message.from_user_id as i64)
-            .bind(&message.from_user_name)
-            .bind(message.to_user_id as i64)
-            .bind(&message.to_user_name)
-            .bind(&message.body)
-            .bind(message.admitted_ms)
-            .bind(&message.client_msg_id)
+            .bind(&streams)
+            .bind(known.iter().map(|id| *id as i64).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &rows {
+                let key = (row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)? as u64);
+                existing.insert(key, row.try_get::<i64, _>(2)? as u64);
+            }
+        }
+
+        // 4. New entries and heads.
+        let plan = append::plan(batch, heads, existing)?;
+        if !plan.entries.is_empty() {
+            sqlx::query(
+                "INSERT INTO stream_entries (stream, seq, msg_id)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[])",
+            )
+            .bind(plan.entries.iter().map(|e| e.stream.as_str()).collect::<Vec<_>>())
+            .bind(plan.entries.iter().map(|e| e.seq as i64).collect::<Vec<_>>())
+            .bind(plan.entries.iter().map(|e| e.msg_id as i64).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
-            let mut positions = Vec::new();
-            for stream in message.streams() {
-                let existing = sqlx::query(
-                    "SELECT e.seq, s.epoch FROM stream_entries e JOIN streams s ON s.stream = e.stream
-                     WHERE e.stream = $1 AND e.msg_id = $2",
-                )
-                .bind(&stream)
-                .bind(message.msg_id as i64)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let (seq, epoch) = match existing {
-                    Some(row) => (row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?),
-                    None => {
-                        let row = sqlx::query(
-                            "INSERT INTO streams (stream, epoch, last_seq) VALUES ($1, $2, 1)
-                             ON CONFLICT (stream) DO UPDATE SET last_seq = streams.last_seq + 1
-                             RETURNING last_seq, epoch",
-                        )
-                        .bind(&stream)
-                        .bind(new_epoch())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        let seq: i64 = row.try_get(0)?;
-                        sqlx::query("INSERT INTO stream_entries (stream, seq, msg_id) VALUES ($1, $2, $3)")
-                            .bind(&stream)
-                            .bind(seq)
-                            .bind(message.msg_id as i64)
-                            .execute(&mut *tx)
-                            .await?;
-                        (seq, row.try_get::<String, _>(1)?)
-                    }
-                };
-                positions.push(Appended { stream, seq: seq as u64, epoch });
-            }
-            out.push(positions);
+            sqlx::query(
+                "UPDATE streams SET last_seq = t.last_seq
+                 FROM UNNEST($1::text[], $2::bigint[]) AS t(stream, last_seq) WHERE streams.stream = t.stream",
+            )
+            .bind(plan.heads.iter().map(|(stream, _)| stream.as_str()).collect::<Vec<_>>())
+            .bind(plan.heads.iter().map(|(_, last)| *last as i64).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
-        Ok(out)
+        Ok(plan.positions)
     }
 
     async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {

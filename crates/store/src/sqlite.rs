@@ -3,8 +3,12 @@
 //!
 //! Appends run in `BEGIN IMMEDIATE` transactions: the write lock is taken before
 //! anything is read, so two writers never both read the same `last_seq`, and
-//! SQLite's busy timeout (rather than a failed upgrade) handles contention.
+//! SQLite's busy timeout (rather than a failed upgrade) handles contention. A
+//! batch is a fixed handful of set-based statements (see [`crate::append`]); the
+//! rows travel as one JSON array per statement, unpacked by `json_each`, because
+//! SQLite has no array parameters and each statement costs sqlx a thread hop.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,7 +18,9 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::rows::{MESSAGE_COLUMNS, stored_from_row, user_from_row};
-use crate::{Appended, Error, HistoryStore, Message, Result, StoredMessage, StreamInfo, User, UserStore, new_epoch};
+use crate::{
+    Appended, Error, HistoryStore, Message, Result, StoredMessage, StreamInfo, User, UserStore, append, new_epoch,
+};
 
 /// Users and history in SQLite; cheap to clone.
 #[derive(Debug, Clone)]
@@ -84,64 +90,99 @@ impl UserStore for SqliteStore {
 #[async_trait]
 impl HistoryStore for SqliteStore {
     async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Appended>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for message in batch {
-            sqlx::query(
-                "INSERT INTO messages (msg_id, kind, room_id, from_user_id, from_user_name, to_user_id,
-                    to_user_name, body, admitted_ms, client_msg_id)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (msg_id) DO NOTHING",
+
+        // 1. The messages, learning which ids were new.
+        let rows: Vec<serde_json::Value> = batch
+            .iter()
+            .map(|m| {
+                serde_json::json!([
+                    m.msg_id as i64,
+                    m.kind as i64,
+                    m.room_id as i64,
+                    m.from_user_id as i64,
+                    m.from_user_name,
+                    m.to_user_id as i64,
+                    m.to_user_name,
+                    m.body,
+                    m.admitted_ms,
+                    m.client_msg_id,
+                ])
+            })
+            .collect();
+        let inserted: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO messages (msg_id, kind, room_id, from_user_id, from_user_name, to_user_id,
+                to_user_name, body, admitted_ms, client_msg_id)
+             SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7,
+                value->>8, value->>9
+             FROM json_each(?) WHERE true
+             ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id",
+        )
+        .bind(json(&rows)?)
+        .fetch_all(&mut *tx)
+        .await?;
+
+        // 2. The heads of every stream the batch moves (BEGIN IMMEDIATE already
+        //    holds the database's write lock); missing streams start at seq 0.
+        let streams = append::streams_to_lock(batch);
+        let new_streams: Vec<[String; 2]> = streams.iter().map(|s| [s.clone(), new_epoch()]).collect();
+        let rows = sqlx::query(
+            "INSERT INTO streams (stream, epoch, last_seq)
+             SELECT value->>0, value->>1, 0 FROM json_each(?) WHERE true
+             ON CONFLICT (stream) DO UPDATE SET last_seq = last_seq
+             RETURNING stream, last_seq, epoch",
+        )
+        .bind(json(&new_streams)?)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut heads = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let info = StreamInfo { last_seq: row.try_get::<i64, _>(1)? as u64, epoch: row.try_get(2)? };
+            heads.insert(row.try_get::<String, _>(0)?, info);
+        }
+
+        // 3. Positions of messages stored before (a redelivered record).
+        let mut existing = HashMap::new();
+        let known = append::known_ids(batch, &inserted);
+        if !known.is_empty() {
+            let rows = sqlx::query(
+                "SELECT stream, msg_id, seq FROM stream_entries
+                 WHERE stream IN (SELECT value FROM json_each(?)) AND msg_id IN (SELECT value FROM json_each(?))",
             )
-            .bind(message.msg_id as i64)
-            .bind(message.kind as i64)
-            .bind(message.room_id as i64)
-            .bind(message.from_user_id as i64)
-            .bind(&message.from_user_name)
-            .bind(message.to_user_id as i64)
-            .bind(&message.to_user_name)
-            .bind(&message.body)
-            .bind(message.admitted_ms)
-            .bind(&message.client_msg_id)
+            .bind(json(&streams)?)
+            .bind(json(&known.iter().map(|id| *id as i64).collect::<Vec<_>>())?)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &rows {
+                let key = (row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)? as u64);
+                existing.insert(key, row.try_get::<i64, _>(2)? as u64);
+            }
+        }
+
+        // 4. New entries and heads.
+        let plan = append::plan(batch, heads, existing)?;
+        if !plan.entries.is_empty() {
+            let entries: Vec<(&str, i64, i64)> =
+                plan.entries.iter().map(|e| (e.stream.as_str(), e.seq as i64, e.msg_id as i64)).collect();
+            sqlx::query(
+                "INSERT INTO stream_entries (stream, seq, msg_id)
+                 SELECT value->>0, value->>1, value->>2 FROM json_each(?)",
+            )
+            .bind(json(&entries)?)
             .execute(&mut *tx)
             .await?;
-            let mut positions = Vec::new();
-            for stream in message.streams() {
-                let existing = sqlx::query(
-                    "SELECT e.seq, s.epoch FROM stream_entries e JOIN streams s ON s.stream = e.stream
-                     WHERE e.stream = ? AND e.msg_id = ?",
-                )
-                .bind(&stream)
-                .bind(message.msg_id as i64)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let (seq, epoch) = match existing {
-                    Some(row) => (row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?),
-                    None => {
-                        let row = sqlx::query(
-                            "INSERT INTO streams (stream, epoch, last_seq) VALUES (?, ?, 1)
-                             ON CONFLICT (stream) DO UPDATE SET last_seq = last_seq + 1
-                             RETURNING last_seq, epoch",
-                        )
-                        .bind(&stream)
-                        .bind(new_epoch())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        let seq: i64 = row.try_get(0)?;
-                        sqlx::query("INSERT INTO stream_entries (stream, seq, msg_id) VALUES (?, ?, ?)")
-                            .bind(&stream)
-                            .bind(seq)
-                            .bind(message.msg_id as i64)
-                            .execute(&mut *tx)
-                            .await?;
-                        (seq, row.try_get::<String, _>(1)?)
-                    }
-                };
-                positions.push(Appended { stream, seq: seq as u64, epoch });
-            }
-            out.push(positions);
+            sqlx::query(
+                "UPDATE streams SET last_seq = t.value->>1 FROM json_each(?) AS t WHERE streams.stream = t.value->>0",
+            )
+            .bind(json(&plan.heads)?)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
-        Ok(out)
+        Ok(plan.positions)
     }
 
     async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
@@ -181,4 +222,9 @@ impl HistoryStore for SqliteStore {
             .await?;
         row.map(|row| Ok(StreamInfo { epoch: row.try_get(0)?, last_seq: row.try_get::<i64, _>(1)? as u64 })).transpose()
     }
+}
+
+/// One statement parameter holding `rows` as a JSON array, for `json_each`.
+fn json<T: serde::Serialize>(rows: &T) -> Result<String> {
+    serde_json::to_string(rows).map_err(|e| Error::Corrupt(format!("encoding a batch: {e}")))
 }

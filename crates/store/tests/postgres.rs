@@ -39,3 +39,9 @@ async fn pages_in_both_directions() {
     let Some(store) = store().await else { return };
     conformance::pages_in_both_directions(&store, courier_testkit::unique() + 3).await;
 }
+
+#[tokio::test]
+async fn concurrent_writers_stay_gap_free() {
+    let Some(store) = store().await else { return };
+    conformance::concurrent_writers_stay_gap_free(&store, courier_testkit::unique() + 4).await;
+}

@@ -50,3 +50,9 @@ async fn data_survives_reopen() {
     assert_eq!(read.len(), 1);
     assert!(courier_store::UserStore::user_by_id(&store, id).await.expect("lookup").is_some());
 }
+
+#[tokio::test]
+async fn concurrent_writers_stay_gap_free() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance::concurrent_writers_stay_gap_free(&open(&dir).await, 1).await;
+}

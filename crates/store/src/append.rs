@@ -1,0 +1,149 @@
+//! How a batch of messages gets its positions, shared by the SQLite and
+//! PostgreSQL stores.
+//!
+//! Both stores append a whole batch with a fixed handful of set-based statements,
+//! not a few statements per message (a round trip each on PostgreSQL, a thread
+//! hop each on SQLite):
+//!
+//! 1. insert the messages, learning which ids were new;
+//! 2. lock the heads of every stream the batch touches, **in sorted order** (so
+//!    two writers whose batches cross — A→B and B→A private traffic in different
+//!    partitions — queue up instead of deadlocking), creating missing streams;
+//! 3. only for ids that already existed (a redelivery), read their positions;
+//! 4. [`plan`] the seqs here, in batch order, then insert the new entries and
+//!    move the heads.
+//!
+//! Keeping step 4 in Rust makes the seq rule — gap-free, in batch order, a known
+//! message keeps its seq — one function with unit tests, whatever the database.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use crate::{Appended, Error, Message, Result, StreamInfo};
+
+/// A new row of `stream_entries`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub stream: String,
+    pub seq: u64,
+    pub msg_id: u64,
+}
+
+/// What a batch writes, and the positions it returns.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Per message, its positions in [`Message::streams`] order.
+    pub positions: Vec<Vec<Appended>>,
+    pub entries: Vec<Entry>,
+    /// Streams whose last seq moved, with the new value.
+    pub heads: Vec<(String, u64)>,
+}
+
+/// Every stream the batch touches, sorted: the order in which heads are locked.
+pub(crate) fn streams_to_lock(batch: &[Message]) -> Vec<String> {
+    batch.iter().flat_map(Message::streams).collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// Ids of `batch` that the message insert did not insert: they were stored
+/// before, and may already have positions.
+pub(crate) fn known_ids(batch: &[Message], inserted: &[i64]) -> Vec<u64> {
+    let inserted: HashSet<u64> = inserted.iter().map(|id| *id as u64).collect();
+    let known: BTreeSet<u64> = batch.iter().map(|m| m.msg_id).filter(|id| !inserted.contains(id)).collect();
+    known.into_iter().collect()
+}
+
+/// Gives each message of `batch` its seq in each of its streams. `heads` holds
+/// the locked head of every stream of [`streams_to_lock`]; `existing` the
+/// positions already stored for `(stream, msg_id)`.
+pub(crate) fn plan(
+    batch: &[Message],
+    mut heads: HashMap<String, StreamInfo>,
+    mut existing: HashMap<(String, u64), u64>,
+) -> Result<Plan> {
+    let mut plan = Plan { positions: Vec::with_capacity(batch.len()), ..Plan::default() };
+    let mut moved = BTreeSet::new();
+    for message in batch {
+        let mut positions = Vec::with_capacity(2);
+        for stream in message.streams() {
+            let head = heads
+                .get_mut(&stream)
+                .ok_or_else(|| Error::Corrupt(format!("stream {stream} was not locked for the append")))?;
+            let key = (stream, message.msg_id);
+            let seq = match existing.get(&key) {
+                Some(seq) => *seq,
+                None => {
+                    head.last_seq += 1;
+                    moved.insert(key.0.clone());
+                    plan.entries.push(Entry { stream: key.0.clone(), seq: head.last_seq, msg_id: message.msg_id });
+                    // The same id twice in one batch is one message.
+                    existing.insert(key.clone(), head.last_seq);
+                    head.last_seq
+                }
+            };
+            positions.push(Appended { stream: key.0, seq, epoch: head.epoch.clone() });
+        }
+        plan.positions.push(positions);
+    }
+    plan.heads = moved
+        .into_iter()
+        .map(|stream| {
+            let last = heads.get(&stream).map_or(0, |h| h.last_seq);
+            (stream, last)
+        })
+        .collect();
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MessageKind;
+
+    fn private(msg_id: u64, from: u64, to: u64) -> Message {
+        Message {
+            msg_id,
+            kind: MessageKind::Private,
+            room_id: 0,
+            from_user_id: from,
+            from_user_name: format!("u{from}"),
+            to_user_id: to,
+            to_user_name: format!("u{to}"),
+            body: "hi".into(),
+            admitted_ms: 0,
+            client_msg_id: String::new(),
+        }
+    }
+
+    fn head(last_seq: u64) -> StreamInfo {
+        StreamInfo { epoch: "e".into(), last_seq }
+    }
+
+    #[test]
+    fn seqs_follow_batch_order_and_known_messages_keep_theirs() {
+        let batch = [private(10, 1, 2), private(11, 2, 1), private(12, 1, 2)];
+        assert_eq!(streams_to_lock(&batch), ["user:1", "user:2"]);
+        let heads = HashMap::from([("user:1".to_owned(), head(5)), ("user:2".to_owned(), head(0))]);
+        // Message 10 was stored before (a redelivery): it keeps seqs 1 and 5.
+        let existing = HashMap::from([(("user:2".to_owned(), 10), 1), (("user:1".to_owned(), 10), 5)]);
+        let plan = plan(&batch, heads, existing).expect("plan");
+        let seqs: Vec<Vec<u64>> = plan.positions.iter().map(|p| p.iter().map(|a| a.seq).collect()).collect();
+        // Streams are [recipient, sender].
+        assert_eq!(seqs, vec![vec![1, 5], vec![6, 1], vec![2, 7]]);
+        assert_eq!(plan.entries.len(), 4, "only the new message entries are written");
+        assert_eq!(plan.heads, vec![("user:1".to_owned(), 7), ("user:2".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn a_repeated_id_in_one_batch_is_one_message() {
+        let batch = [private(10, 1, 1), private(10, 1, 1)];
+        let plan = plan(&batch, HashMap::from([("user:1".to_owned(), head(0))]), HashMap::new()).expect("plan");
+        assert_eq!(plan.entries.len(), 1);
+        assert_eq!(plan.positions[0], plan.positions[1]);
+        assert_eq!(known_ids(&batch, &[10]), Vec::<u64>::new());
+        assert_eq!(known_ids(&batch, &[]), vec![10]);
+    }
+
+    #[test]
+    fn an_unlocked_stream_is_an_error_not_a_guess() {
+        assert!(plan(&[private(1, 1, 2)], HashMap::new(), HashMap::new()).is_err());
+    }
+}
