@@ -1,19 +1,31 @@
 //! The task tier: consumes the queue, persists each message with its stream seq,
 //! commits, then hands the frames to the connect nodes.
 //!
-//! The store is the point of durability, so the order inside one poll is fixed:
-//! persist the whole batch in one transaction → commit each partition's last
-//! offset → push. A crash before the commit redelivers the batch, and the store's
-//! idempotence by message id gives the redelivered messages their original seqs,
-//! which connect then drops as already sent. Persisting is retried until it
-//! succeeds (skipping would lose a message, and going on would reorder a stream);
-//! pushing never waits (see `courier-push`). A record that cannot be decoded is
-//! logged, counted and skipped, so one bad record cannot stall its partition.
+//! Shape, from the queue inwards:
 //!
-//! Records of one partition are handled in offset order; a batch holds records of
-//! several partitions, each in order.
+//! - **One consumer per topic**, each in its own group (`<group>.<topic>`), so
+//!   room and private partitions are balanced across workers independently (one
+//!   group over both topics balances partition *counts*, and can leave all
+//!   private traffic on one worker).
+//! - **One lane per partition.** A dispatcher polls and hands each partition's
+//!   records, in offset order, to that partition's lane, a task with a bounded
+//!   queue. Lanes run in parallel, so a busy room or a slow transaction delays
+//!   only its own partition; when a lane's queue is full the dispatcher waits,
+//!   which is the backpressure on the consumer.
+//! - **Inside a lane the order is fixed**: persist the records (merging what is
+//!   queued, up to `max_batch`, into one transaction) → report the last offset to
+//!   the dispatcher, which owns the consumer and commits it → push. A crash before
+//!   the commit redelivers the records, and the store's idempotence by message id
+//!   gives them their original seqs, which connect then drops as already sent.
+//!   Persisting is retried until it succeeds (skipping would lose a message, and
+//!   going on would reorder a stream); pushing never waits (see `courier-push`).
+//!   A record that cannot be decoded is logged, counted and skipped, so one bad
+//!   record cannot stall its partition.
+//! - Lanes of partitions this worker no longer owns are retired: their queues
+//!   drain (the new owner's redelivery of the same records is idempotent) and
+//!   their offsets are no longer committed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,12 +35,14 @@ use courier_queue::{Consumer, Queue, Record};
 use courier_store::{HistoryStore, Message, MessageKind};
 use courier_telemetry::{Metrics, ReadyFlag, TopicLabel};
 use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// The task tier's configuration.
 #[derive(Debug, Clone)]
 pub struct TaskConfig {
-    /// Consumer group shared by all task workers.
+    /// Prefix of the consumer groups shared by all task workers (one per topic).
     pub group: String,
     pub room_topic: String,
     pub private_topic: String,
@@ -50,6 +64,13 @@ impl Default for TaskConfig {
     }
 }
 
+impl TaskConfig {
+    /// The consumer group that consumes `topic`.
+    pub fn group_for(&self, topic: &str) -> String {
+        format!("{}.{topic}", self.group)
+    }
+}
+
 /// What task works with.
 #[derive(Clone)]
 pub struct TaskBackends {
@@ -59,118 +80,250 @@ pub struct TaskBackends {
     pub metrics: Arc<Metrics>,
 }
 
+/// Batches a lane may have queued before the dispatcher waits for it.
+const LANE_DEPTH: usize = 4;
+/// How long the dispatcher polls before committing what lanes finished.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// How often the dispatcher retires lanes of partitions it no longer owns.
+const PRUNE_EVERY: Duration = Duration::from_secs(2);
+
 /// Consumes until `shutdown`; never returns early because a backend failed (it
 /// retries, with backoff, and reports).
 pub async fn run(config: TaskConfig, backends: TaskBackends, ready: ReadyFlag, shutdown: CancellationToken) {
-    let topics = vec![config.room_topic.clone(), config.private_topic.clone()];
-    let mut backoff = Backoff::default();
-    let mut consumer = loop {
-        let subscribed = async {
-            for topic in &topics {
-                backends.queue.ensure_topic(topic, config.partitions).await?;
-            }
-            backends.queue.subscribe(&config.group, &topics).await
-        };
-        match subscribed.await {
-            Ok(consumer) => break consumer,
-            Err(e) => {
-                tracing::warn!(error = %e, "task could not join its consumer group; retrying");
-                backends.metrics.error("subscribe");
-                if !backoff.wait(&shutdown).await {
-                    return;
-                }
-            }
-        }
-    };
+    let mut consumers = Vec::new();
+    for topic in [&config.room_topic, &config.private_topic] {
+        let Some(consumer) = subscribe(&config, &backends, topic, &shutdown).await else { return };
+        consumers.push((topic.clone(), consumer));
+    }
     ready.set(true);
     tracing::info!(group = %config.group, "task consuming");
-    loop {
-        let polled = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            polled = consumer.poll(config.max_batch, Duration::from_millis(500)) => polled,
+    let dispatchers = consumers.into_iter().map(|(topic, consumer)| {
+        let dispatcher = Dispatcher {
+            config: config.clone(),
+            backends: backends.clone(),
+            shutdown: shutdown.clone(),
+            topic,
+            lanes: HashMap::new(),
+            finished: mpsc::unbounded_channel(),
+            tasks: JoinSet::new(),
         };
-        match polled {
-            Ok(records) if records.is_empty() => {}
-            Ok(records) => {
-                backoff.reset();
-                if !handle_batch(&backends, consumer.as_mut(), records, &shutdown).await {
-                    break;
-                }
-            }
+        dispatcher.run(consumer)
+    });
+    futures_util::future::join_all(dispatchers).await;
+    ready.set(false);
+}
+
+/// Joins `topic`'s consumer group, retrying until it works or shutdown.
+async fn subscribe(
+    config: &TaskConfig,
+    backends: &TaskBackends,
+    topic: &str,
+    shutdown: &CancellationToken,
+) -> Option<Box<dyn Consumer>> {
+    let mut backoff = Backoff::default();
+    loop {
+        let subscribed = async {
+            backends.queue.ensure_topic(topic, config.partitions).await?;
+            backends.queue.subscribe(&config.group_for(topic), &[topic.to_owned()]).await
+        };
+        match subscribed.await {
+            Ok(consumer) => return Some(consumer),
             Err(e) => {
-                tracing::warn!(error = %e, "poll failed; retrying");
-                backends.metrics.error("poll");
-                if !backoff.wait(&shutdown).await {
-                    break;
+                tracing::warn!(error = %e, topic, "task could not join its consumer group; retrying");
+                backends.metrics.error("subscribe");
+                if !backoff.wait(shutdown).await {
+                    return None;
                 }
             }
         }
-    }
-    ready.set(false);
-    if let Err(e) = consumer.close().await {
-        tracing::warn!(error = %e, "leaving the consumer group failed");
     }
 }
 
-/// Persists, commits and pushes one batch. Returns false if shutdown interrupted
-/// it (nothing is committed then, so the records will be redelivered).
-async fn handle_batch(
-    backends: &TaskBackends,
-    consumer: &mut dyn Consumer,
-    records: Vec<Record>,
-    shutdown: &CancellationToken,
-) -> bool {
-    let mut last_offsets: BTreeMap<(String, u32), u64> = BTreeMap::new();
-    let mut messages = Vec::with_capacity(records.len());
-    let mut consumed: BTreeMap<&str, u64> = BTreeMap::new();
-    for record in &records {
-        *consumed.entry(record.topic.as_str()).or_default() += 1;
-        last_offsets.insert((record.topic.clone(), record.partition), record.offset);
-        match decode(record) {
-            Ok(message) => messages.push(message),
-            Err(reason) => {
-                backends.metrics.error("bad_record");
-                tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "skipping undecodable record");
-            }
-        }
-    }
+/// Polls one topic and feeds its partitions' lanes; owns the consumer, so every
+/// commit goes through it.
+struct Dispatcher {
+    config: TaskConfig,
+    backends: TaskBackends,
+    shutdown: CancellationToken,
+    topic: String,
+    lanes: HashMap<u32, mpsc::Sender<Vec<Record>>>,
+    /// Lanes report `(partition, last persisted offset)` here.
+    finished: (mpsc::UnboundedSender<(u32, u64)>, mpsc::UnboundedReceiver<(u32, u64)>),
+    tasks: JoinSet<()>,
+}
 
-    for (topic, count) in consumed {
-        backends.metrics.records_consumed.get_or_create(&TopicLabel { topic: topic.to_owned() }).inc_by(count);
-    }
-
-    let mut backoff = Backoff::default();
-    let positions = loop {
-        let started = Instant::now();
-        match backends.history.append(&messages).await {
-            Ok(positions) => {
-                backends.metrics.history_write_duration.observe(started.elapsed().as_secs_f64());
-                break positions;
+impl Dispatcher {
+    async fn run(mut self, mut consumer: Box<dyn Consumer>) {
+        let mut backoff = Backoff::default();
+        let mut pruned = Instant::now();
+        'polling: loop {
+            self.commit_finished(consumer.as_mut()).await;
+            if pruned.elapsed() >= PRUNE_EVERY {
+                self.retire_lost_lanes(consumer.as_ref());
+                pruned = Instant::now();
             }
-            Err(e) => {
-                tracing::warn!(error = %e, messages = messages.len(), "persisting failed; retrying");
-                backends.metrics.error("history_write");
-                if !backoff.wait(shutdown).await {
-                    return false;
+            let polled = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                polled = consumer.poll(self.config.max_batch, POLL_WAIT) => polled,
+            };
+            let records = match polled {
+                Ok(records) => records,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %self.topic, "poll failed; retrying");
+                    self.backends.metrics.error("poll");
+                    if !backoff.wait(&self.shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            if records.is_empty() {
+                continue;
+            }
+            let label = TopicLabel { topic: self.topic.clone() };
+            self.backends.metrics.records_consumed.get_or_create(&label).inc_by(records.len() as u64);
+            for (partition, records) in by_partition(records) {
+                let lane = self.lane(partition);
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => break 'polling,
+                    sent = lane.send(records) => if sent.is_err() {
+                        // A lane only ends early on shutdown.
+                        break 'polling;
+                    },
                 }
             }
         }
-    };
-
-    for ((topic, partition), offset) in &last_offsets {
-        if let Err(e) = consumer.commit(topic, *partition, *offset).await {
-            // Not fatal: the records are persisted, and a redelivery keeps its seqs.
-            tracing::warn!(error = %e, %topic, partition, "commit failed; records may be redelivered");
-            backends.metrics.error("commit");
+        // Lanes finish what they hold (or stop at shutdown, uncommitted); then
+        // commit what they persisted and leave the group.
+        self.lanes.clear();
+        while self.tasks.join_next().await.is_some() {}
+        self.commit_finished(consumer.as_mut()).await;
+        if let Err(e) = consumer.close().await {
+            tracing::warn!(error = %e, topic = %self.topic, "leaving the consumer group failed");
         }
     }
 
-    let mut deliveries = Vec::with_capacity(messages.len() * 2);
-    for (message, positions) in messages.iter().zip(&positions) {
-        deliveries.extend(courier_push::frames::frames_for(message, positions));
+    /// The lane of `partition`, started on first use.
+    fn lane(&mut self, partition: u32) -> mpsc::Sender<Vec<Record>> {
+        if let Some(lane) = self.lanes.get(&partition) {
+            return lane.clone();
+        }
+        let (tx, rx) = mpsc::channel(LANE_DEPTH);
+        let lane = Lane {
+            backends: self.backends.clone(),
+            shutdown: self.shutdown.clone(),
+            max_batch: self.config.max_batch,
+            partition,
+            finished: self.finished.0.clone(),
+        };
+        self.tasks.spawn(lane.run(rx));
+        self.lanes.insert(partition, tx.clone());
+        tx
     }
-    backends.pusher.broadcast(&deliveries);
-    true
+
+    /// Commits, per partition, the highest offset its lane reported persisted.
+    async fn commit_finished(&mut self, consumer: &mut dyn Consumer) {
+        let mut highest: BTreeMap<u32, u64> = BTreeMap::new();
+        while let Ok((partition, offset)) = self.finished.1.try_recv() {
+            let entry = highest.entry(partition).or_insert(offset);
+            *entry = (*entry).max(offset);
+        }
+        for (partition, offset) in highest {
+            if !self.lanes.contains_key(&partition) && !self.shutdown.is_cancelled() {
+                continue; // retired: the partition has another owner now
+            }
+            if let Err(e) = consumer.commit(&self.topic, partition, offset).await {
+                // Not fatal: the records are persisted, and a redelivery keeps its seqs.
+                tracing::warn!(error = %e, topic = %self.topic, partition, "commit failed; records may be redelivered");
+                self.backends.metrics.error("commit");
+            }
+        }
+    }
+
+    /// Drops the lanes of partitions the consumer no longer owns.
+    fn retire_lost_lanes(&mut self, consumer: &dyn Consumer) {
+        let owned: HashSet<u32> =
+            consumer.assignment().into_iter().filter(|(topic, _)| *topic == self.topic).map(|(_, p)| p).collect();
+        self.lanes.retain(|partition, _| owned.contains(partition));
+    }
+}
+
+/// Splits a poll's records by partition, each partition's in offset order.
+fn by_partition(records: Vec<Record>) -> BTreeMap<u32, Vec<Record>> {
+    let mut split: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+    for record in records {
+        split.entry(record.partition).or_default().push(record);
+    }
+    split
+}
+
+/// Persists and pushes one partition's records, in order.
+struct Lane {
+    backends: TaskBackends,
+    shutdown: CancellationToken,
+    max_batch: usize,
+    partition: u32,
+    finished: mpsc::UnboundedSender<(u32, u64)>,
+}
+
+impl Lane {
+    async fn run(self, mut queue: mpsc::Receiver<Vec<Record>>) {
+        while let Some(mut records) = queue.recv().await {
+            // Whatever queued up behind goes into the same transaction.
+            while records.len() < self.max_batch {
+                match queue.try_recv() {
+                    Ok(more) => records.extend(more),
+                    Err(_) => break,
+                }
+            }
+            let Some(last) = records.last().map(|r| r.offset) else { continue };
+            if !self.persist_and_push(&records).await {
+                return;
+            }
+            // The dispatcher is gone only at shutdown, after lanes ended.
+            let _ = self.finished.send((self.partition, last));
+        }
+    }
+
+    /// Persists the records (retrying until it works) and pushes their frames.
+    /// False if shutdown interrupted it: nothing is committed then, so the
+    /// records will be redelivered.
+    async fn persist_and_push(&self, records: &[Record]) -> bool {
+        let mut messages = Vec::with_capacity(records.len());
+        for record in records {
+            match decode(record) {
+                Ok(message) => messages.push(message),
+                Err(reason) => {
+                    self.backends.metrics.error("bad_record");
+                    tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "skipping undecodable record");
+                }
+            }
+        }
+        let mut backoff = Backoff::default();
+        let positions = loop {
+            let started = Instant::now();
+            match self.backends.history.append(&messages).await {
+                Ok(positions) => {
+                    self.backends.metrics.history_write_duration.observe(started.elapsed().as_secs_f64());
+                    break positions;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, messages = messages.len(), "persisting failed; retrying");
+                    self.backends.metrics.error("history_write");
+                    if !backoff.wait(&self.shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        };
+        let mut deliveries = Vec::with_capacity(messages.len() * 2);
+        for (message, positions) in messages.iter().zip(&positions) {
+            deliveries.extend(courier_push::frames::frames_for(message, positions));
+        }
+        self.backends.pusher.broadcast(&deliveries);
+        true
+    }
 }
 
 /// Decodes a queue record into a message.

@@ -190,6 +190,7 @@ impl Queue for SqliteQueue {
             topics: topics.to_vec(),
             member_id,
             assignment: Vec::new(),
+            rotation: 0,
             positions: BTreeMap::new(),
             next_heartbeat: None,
         }))
@@ -309,6 +310,8 @@ struct SqliteConsumer {
     assignment: Vec<TopicPartition>,
     /// Next offset to hand out, per owned partition.
     positions: BTreeMap<TopicPartition, u64>,
+    /// Which owned partition a poll reads first.
+    rotation: usize,
     next_heartbeat: Option<Instant>,
 }
 
@@ -392,11 +395,17 @@ impl Consumer for SqliteConsumer {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
+            // Start at the next partition each poll, so a busy partition that
+            // fills `max` on its own cannot starve the ones after it.
+            let owned: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+            self.rotation = self.rotation.wrapping_add(1);
             let mut records = Vec::new();
-            for (tp, position) in self.positions.iter_mut() {
+            for i in 0..owned.len() {
                 if records.len() >= max {
                     break;
                 }
+                let tp = &owned[(self.rotation + i) % owned.len()];
+                let Some(position) = self.positions.get_mut(tp) else { continue };
                 let batch = read_partition(&self.queue.pool, &tp.0, tp.1, *position, max - records.len()).await?;
                 if let Some(last) = batch.last() {
                     *position = last.offset + 1;

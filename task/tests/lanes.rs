@@ -1,0 +1,115 @@
+//! Partitions are processed in parallel inside one task worker: a partition
+//! whose writes are stuck holds back only its own records, and its records are
+//! persisted, in order, once the store answers again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use courier_proto::record::{MessageKind, MessageRecord};
+use courier_push::{Pusher, PusherOptions};
+use courier_queue::sqlite::{SqliteQueue, SqliteQueueOptions};
+use courier_queue::{Queue, partition_for};
+use courier_store::sqlite::SqliteStore;
+use courier_store::{Appended, HistoryStore, Message, Result, StoredMessage, StreamInfo};
+use courier_task::{TaskBackends, TaskConfig};
+use courier_telemetry::{Metrics, Readiness};
+use prost::Message as _;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// The embedded store, except that appends touching `gated_room` wait for a
+/// permit of `gate`.
+struct GatedStore {
+    inner: SqliteStore,
+    gate: Arc<Semaphore>,
+    gated_room: u64,
+}
+
+#[async_trait]
+impl HistoryStore for GatedStore {
+    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Appended>>> {
+        if batch.iter().any(|m| m.room_id == self.gated_room) {
+            let _permit = self.gate.acquire().await;
+        }
+        self.inner.append(batch).await
+    }
+    async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
+        self.inner.read_after(stream, after, limit).await
+    }
+    async fn read_before(&self, stream: &str, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
+        self.inner.read_before(stream, before, limit).await
+    }
+    async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>> {
+        self.inner.stream_info(stream).await
+    }
+}
+
+fn record(msg_id: u64, room_id: u64) -> Vec<u8> {
+    MessageRecord {
+        version: 1,
+        msg_id,
+        kind: MessageKind::Room as i32,
+        room_id,
+        from_user_id: 1,
+        from_user_name: "alice".into(),
+        body: format!("message {msg_id}"),
+        admitted_ms: 1,
+        ..MessageRecord::default()
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_partition_holds_back_only_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = TaskConfig { partitions: 8, ..TaskConfig::default() };
+    let queue =
+        SqliteQueue::open(&dir.path().join("queue.sqlite"), SqliteQueueOptions::default()).await.expect("queue");
+    queue.ensure_topic(&config.room_topic, config.partitions).await.expect("topic");
+    let stuck = 1;
+    let free = (2..100)
+        .find(|r| partition_for(&format!("room:{r}"), 8) != partition_for("room:1", 8))
+        .expect("a room in another partition");
+    let gate = Arc::new(Semaphore::new(0));
+    let store = SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("store");
+    let history = Arc::new(GatedStore { inner: store, gate: gate.clone(), gated_room: stuck });
+
+    // The stuck room's records come first in the log.
+    for i in 0..20 {
+        queue.produce(&config.room_topic, "room:1", &record(1000 + i, stuck)).await.expect("produce");
+    }
+    for i in 0..20 {
+        queue.produce(&config.room_topic, &format!("room:{free}"), &record(2000 + i, free)).await.expect("produce");
+    }
+
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let discovery = Arc::new(courier_discovery::StaticDiscovery::new(Vec::new()));
+    let pusher = Pusher::start(discovery, metrics.clone(), PusherOptions::default(), shutdown.clone()).await;
+    let backends = TaskBackends { queue: Arc::new(queue), history: history.clone(), pusher, metrics };
+    let ready = Readiness::default().flag("task");
+    let worker = tokio::spawn(courier_task::run(config, backends, ready, shutdown.clone()));
+
+    let patience = Duration::from_secs(20);
+    let free_stream = format!("room:{free}");
+    courier_testkit::eventually("the free room's records are persisted", patience, || async {
+        let info = history.stream_info(&free_stream).await.expect("stream info");
+        info.filter(|i| i.last_seq == 20)
+    })
+    .await;
+    assert!(history.stream_info("room:1").await.expect("stream info").is_none(), "the stuck room is still waiting");
+
+    gate.add_permits(1_000);
+    courier_testkit::eventually("the stuck room's records are persisted", patience, || async {
+        let info = history.stream_info("room:1").await.expect("stream info");
+        info.filter(|i| i.last_seq == 20)
+    })
+    .await;
+    let stored = history.read_after("room:1", 0, 100).await.expect("read");
+    let ids: Vec<u64> = stored.iter().map(|m| m.message.msg_id).collect();
+    assert_eq!(ids, (1000..1020).collect::<Vec<_>>(), "in log order, each once");
+
+    shutdown.cancel();
+    worker.await.expect("task worker ends cleanly");
+}
