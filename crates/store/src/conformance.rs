@@ -92,7 +92,7 @@ pub async fn redelivery_keeps_its_seq(store: &dyn HistoryStore, prefix: u64) {
 pub async fn private_message_reaches_both_inboxes(store: &dyn HistoryStore, prefix: u64) {
     let (alice, bob) = (prefix * 1000 + 1, prefix * 1000 + 2);
     let message = private_message(prefix * 1_000_000 + 1, alice, bob, "psst");
-    let positions = store.append(&[message.clone()]).await.expect("append");
+    let positions = store.append(std::slice::from_ref(&message)).await.expect("append");
     let streams: Vec<&str> = positions[0].iter().map(|p| p.stream.as_str()).collect();
     let (bob_inbox, alice_inbox) = (format!("user:{bob}"), format!("user:{alice}"));
     assert_eq!(streams, vec![bob_inbox.as_str(), alice_inbox.as_str()]);
