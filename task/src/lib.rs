@@ -98,13 +98,15 @@ pub async fn run(config: TaskConfig, backends: TaskBackends, ready: ReadyFlag, s
     ready.set(true);
     tracing::info!(group = %config.group, "task consuming");
     let dispatchers = consumers.into_iter().map(|(topic, consumer)| {
+        let (finished_tx, finished) = mpsc::unbounded_channel();
         let dispatcher = Dispatcher {
             config: config.clone(),
             backends: backends.clone(),
             shutdown: shutdown.clone(),
             topic,
             lanes: HashMap::new(),
-            finished: mpsc::unbounded_channel(),
+            finished_tx,
+            finished,
             tasks: JoinSet::new(),
         };
         dispatcher.run(consumer)
@@ -148,7 +150,8 @@ struct Dispatcher {
     topic: String,
     lanes: HashMap<u32, mpsc::Sender<Vec<Record>>>,
     /// Lanes report `(partition, last persisted offset)` here.
-    finished: (mpsc::UnboundedSender<(u32, u64)>, mpsc::UnboundedReceiver<(u32, u64)>),
+    finished_tx: mpsc::UnboundedSender<(u32, u64)>,
+    finished: mpsc::UnboundedReceiver<(u32, u64)>,
     tasks: JoinSet<()>,
 }
 
@@ -215,7 +218,7 @@ impl Dispatcher {
             shutdown: self.shutdown.clone(),
             max_batch: self.config.max_batch,
             partition,
-            finished: self.finished.0.clone(),
+            finished: self.finished_tx.clone(),
         };
         self.tasks.spawn(lane.run(rx));
         self.lanes.insert(partition, tx.clone());
@@ -225,7 +228,7 @@ impl Dispatcher {
     /// Commits, per partition, the highest offset its lane reported persisted.
     async fn commit_finished(&mut self, consumer: &mut dyn Consumer) {
         let mut highest: BTreeMap<u32, u64> = BTreeMap::new();
-        while let Ok((partition, offset)) = self.finished.1.try_recv() {
+        while let Ok((partition, offset)) = self.finished.try_recv() {
             let entry = highest.entry(partition).or_insert(offset);
             *entry = (*entry).max(offset);
         }
