@@ -45,6 +45,10 @@ pub struct Backends {
     /// Milliseconds after which a silent task worker loses its partitions.
     #[arg(long, env = "COURIER_KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_session_timeout_ms: u64,
+    /// Milliseconds a send may wait for Kafka's acknowledgement before the client
+    /// is told it failed.
+    #[arg(long, env = "COURIER_KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_delivery_timeout_ms: u64,
     /// PostgreSQL URL for users and history; the embedded SQLite store when absent.
     #[arg(long, env = "COURIER_POSTGRES")]
     pub postgres: Option<String>,
@@ -80,6 +84,7 @@ impl Backends {
                 options.replication = self.kafka_replication;
                 options.session_timeout = Duration::from_millis(self.kafka_session_timeout_ms);
                 options.heartbeat_interval = (options.session_timeout / 6).max(Duration::from_millis(100));
+                options.delivery_timeout = Duration::from_millis(self.kafka_delivery_timeout_ms);
                 Arc::new(KafkaQueue::connect(options).context("connecting to Kafka")?)
             }
             None => Arc::new(

@@ -46,11 +46,20 @@ struct Cluster {
 
 impl Cluster {
     async fn start(data: &Path) -> Option<Self> {
-        let kafka = courier_testkit::service("COURIER_KAFKA")?;
+        Self::start_with(data, None, &[]).await
+    }
+
+    /// A cluster on `kafka` (the shared broker when `None`), with `extra`
+    /// environment for every tier.
+    async fn start_with(data: &Path, kafka: Option<String>, extra: &[(&'static str, &str)]) -> Option<Self> {
+        let kafka = match kafka {
+            Some(kafka) => kafka,
+            None => courier_testkit::service("COURIER_KAFKA")?,
+        };
         let postgres = courier_testkit::service("COURIER_POSTGRES")?;
         let redis = courier_testkit::service("COURIER_REDIS")?;
         let run = courier_testkit::unique();
-        let env = [
+        let mut env = vec![
             ("COURIER_KAFKA", kafka),
             ("COURIER_POSTGRES", postgres),
             ("COURIER_REDIS", redis),
@@ -66,6 +75,7 @@ impl Cluster {
             ("COURIER_HEARTBEAT_MS", "500".into()),
             ("COURIER_REQUESTS_PER_SECOND_PER_IP", "0".into()),
         ];
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let (logic, push) = (free_port(), [free_port(), free_port()]);
         let ws = [local(free_port()), local(free_port())];
         let tcp = [local(free_port()), local(free_port())];
@@ -107,15 +117,24 @@ impl Cluster {
         let http = reqwest::Client::new();
         let mut children = Vec::new();
         let mut admins = Vec::new();
-        for args in tiers {
+        // COURIER_TEST_LOG_DIR keeps each tier's log (to see why a test failed).
+        let log_dir = std::env::var_os("COURIER_TEST_LOG_DIR").map(std::path::PathBuf::from);
+        for (n, args) in tiers.into_iter().enumerate() {
             let admin = local(free_port());
             admins.push(admin);
+            let stderr = match &log_dir {
+                Some(dir) => {
+                    let path = dir.join(format!("{}-{n}-{}.log", run, args[0]));
+                    Stdio::from(std::fs::File::create(&path).expect("tier log file"))
+                }
+                None => Stdio::null(),
+            };
             let child = Command::new(env!("CARGO_BIN_EXE_courier"))
                 .args(&args)
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
                 .env("COURIER_ADMIN_ADDR", admin.to_string())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .kill_on_drop(true)
                 .spawn()
                 .expect("tier starts");
@@ -325,4 +344,134 @@ async fn a_crashed_connect_node_is_reaped_from_presence() {
     };
     assert!(update["roomUserInfo"].get(alice.to_string()).is_none(), "alice is no longer counted: {update}");
     assert_eq!(update["roomUserInfo"][bob.to_string()], format!("nb{run}"));
+}
+
+/// A Kafka broker of the test's own (ports, directory), started and stopped with
+/// `scripts/services kafka-up | kafka-down`, so stopping it disturbs no other test.
+struct Broker {
+    env: Vec<(&'static str, String)>,
+    addr: String,
+}
+
+impl Broker {
+    async fn start(dir: &Path) -> Self {
+        let (port, controller) = (free_port(), free_port());
+        let env = vec![
+            ("COURIER_KAFKA_PORT", port.to_string()),
+            ("COURIER_KAFKA_CONTROLLER_PORT", controller.to_string()),
+            ("COURIER_KAFKA_DIR", dir.display().to_string()),
+        ];
+        let broker = Self { env, addr: format!("127.0.0.1:{port}") };
+        broker.run("kafka-up").await;
+        broker
+    }
+
+    async fn run(&self, command: &str) {
+        let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services"))
+            .arg(command)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .expect("scripts/services runs");
+        assert!(status.success(), "scripts/services {command} failed");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services"))
+            .arg("kafka-down")
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn the_kafka_broker_stopped_and_restarted_during_sends() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    if courier_testkit::service("COURIER_KAFKA").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(&dir.path().join("kafka")).await;
+    let extra = [("COURIER_KAFKA_DELIVERY_TIMEOUT_MS", "3000")];
+    let Some(cluster) = Cluster::start_with(dir.path(), Some(broker.addr.clone()), &extra).await else { return };
+    let api = Api::new(cluster.api);
+    let run = courier_testkit::unique() % 1_000_000_000;
+    let room = 5_000_000_000 + run;
+    let (alice_token, alice) = api.register(&format!("ba{run}")).await;
+    let (bob_token, bob) = api.register(&format!("bb{run}")).await;
+    let mut alice_ws = Ws::connect(cluster.ws[0], &alice_token, room).await;
+    alice_ws.await_members(&[alice]).await;
+
+    // Alice reads all along (her connection must keep answering heartbeats).
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let done = tokio_util::sync::CancellationToken::new();
+    let reader = tokio::spawn({
+        let (received, done) = (received.clone(), done.clone());
+        async move {
+            while !done.is_cancelled() {
+                match alice_ws.next_within(Duration::from_millis(500)).await {
+                    Ok(Some(frame)) if frame["op"] == 3 => received.lock().expect("frames").push(frame),
+                    Ok(Some(_)) | Err(_) => {}
+                    Ok(None) => panic!("alice's connection closed"),
+                }
+            }
+        }
+    });
+
+    let send = |i: usize| {
+        let body = json!({"authToken": bob_token, "msg": format!("m{i}"), "roomId": room});
+        let api = &api;
+        async move { api.post("/push/pushRoom", body).await }
+    };
+    // Whether each send, m0, m1, …, was acknowledged.
+    let mut acked = Vec::new();
+    for i in 0..15 {
+        let answer = send(i).await;
+        assert_eq!(answer["code"], 0, "the broker is up: {answer}");
+        acked.push(true);
+    }
+    broker.run("kafka-down").await;
+    for i in 15..18 {
+        let answer = send(i).await;
+        assert_ne!(answer["code"], 0, "a send while the broker is down is refused: {answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "with a reason: {answer}");
+        acked.push(false);
+    }
+    broker.run("kafka-up").await;
+    // Sends succeed again once the clients have reconnected.
+    let mut acked_after = 0;
+    while acked_after < 15 {
+        let i = acked.len();
+        assert!(i < 300, "sends keep failing after the broker came back");
+        let ok = send(i).await["code"] == 0;
+        acked_after += usize::from(ok);
+        acked.push(ok);
+    }
+
+    // Every acknowledged message reaches alice once, in order, with gap-free
+    // seqs; a refused one may have reached Kafka anyway (its fate was unknown),
+    // but then also only once and in order.
+    let want: Vec<String> = (0..acked.len()).filter(|i| acked[*i]).map(|i| format!("m{i}")).collect();
+    let frames = courier_testkit::eventually("every acknowledged message delivered", Duration::from_secs(60), || {
+        let frames = received.lock().expect("frames").clone();
+        let bodies: Vec<String> = frames.iter().map(|f| f["msg"].as_str().unwrap_or_default().to_owned()).collect();
+        let complete = want.iter().all(|w| bodies.contains(w));
+        async move { complete.then_some(frames) }
+    })
+    .await;
+    done.cancel();
+    reader.await.expect("reader");
+    let seqs: Vec<u64> = frames.iter().map(|f| f["seq"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(seqs, (1..=frames.len() as u64).collect::<Vec<_>>(), "gap-free seqs, no duplicate");
+    let sent: Vec<usize> = frames
+        .iter()
+        .map(|f| f["msg"].as_str().and_then(|m| m.strip_prefix('m')).and_then(|n| n.parse().ok()).expect("mN"))
+        .collect();
+    assert!(sent.windows(2).all(|w| w[0] < w[1]), "in send order, each once: {sent:?}");
+    assert!(frames.iter().all(|f| f["fromUserId"] == bob));
 }

@@ -95,11 +95,16 @@ impl Ws {
 
     /// The next JSON frame, or `None` if the server closed the connection.
     pub async fn next(&mut self) -> Option<Value> {
+        self.next_within(PATIENCE).await.expect("a frame in time")
+    }
+
+    /// Like [`Ws::next`], but an `Err` when no frame came within `patience`.
+    pub async fn next_within(&mut self, patience: Duration) -> Result<Option<Value>, tokio::time::error::Elapsed> {
         loop {
-            let message = tokio::time::timeout(PATIENCE, self.socket.next()).await.expect("a frame in time");
+            let message = tokio::time::timeout(patience, self.socket.next()).await?;
             match message {
-                Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).expect("JSON frame")),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(Message::Text(text))) => return Ok(Some(serde_json::from_str(&text).expect("JSON frame"))),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(None),
                 Some(Ok(_)) => continue,
             }
         }

@@ -244,6 +244,21 @@ fn to_record<M: rdkafka::message::Message>(message: &M) -> Record {
     }
 }
 
+/// Sorts a consumer error: fatal ones end the poll; the others are librdkafka
+/// reporting what it is already recovering from (a broker down, a connection
+/// reset), one event per failed attempt. Returning those as failures made the
+/// caller back off per event, and after a broker restart it spent minutes
+/// draining the backlog while records waited.
+fn transient(e: KafkaError) -> Result<()> {
+    match e {
+        KafkaError::MessageConsumptionFatal(_) => Err(unavailable(e)),
+        other => {
+            tracing::debug!(error = %other, "consumer is recovering");
+            Ok(())
+        }
+    }
+}
+
 struct KafkaConsumer {
     consumer: StreamConsumer,
     /// How long [`Consumer::close`] waits for the group to take its partitions
@@ -254,19 +269,21 @@ struct KafkaConsumer {
 #[async_trait]
 impl Consumer for KafkaConsumer {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut records = Vec::new();
-        let first = match tokio::time::timeout(timeout, self.consumer.recv()).await {
-            Err(_) => return Ok(records),
-            Ok(result) => result.map_err(unavailable)?,
-        };
-        records.push(to_record(&first));
-        drop(first);
+        while records.is_empty() {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_) => return Ok(records),
+                Ok(Ok(message)) => records.push(to_record(&message)),
+                Ok(Err(e)) => transient(e)?,
+            }
+        }
         // Take whatever else is ready now, without waiting.
         while records.len() < max {
             use futures_util::FutureExt as _;
             match self.consumer.recv().now_or_never() {
                 Some(Ok(message)) => records.push(to_record(&message)),
-                Some(Err(e)) => return Err(unavailable(e)),
+                Some(Err(e)) => transient(e)?,
                 None => break,
             }
         }
