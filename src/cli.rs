@@ -73,6 +73,13 @@ pub struct LimitArgs {
     /// Most devices (tokens) one user may be logged in with; 1 is gochat's rule.
     #[arg(long, env = "COURIER_MAX_DEVICES", default_value_t = 8)]
     pub max_devices: usize,
+    /// argon2id memory of new password hashes, KiB (OWASP: 19456). Lower only
+    /// for load tests that register many users.
+    #[arg(long, env = "COURIER_PASSWORD_MEMORY_KIB", default_value_t = 19_456)]
+    pub password_memory_kib: u32,
+    /// argon2id passes of new password hashes (OWASP: 2).
+    #[arg(long, env = "COURIER_PASSWORD_ITERATIONS", default_value_t = 2)]
+    pub password_iterations: u32,
 }
 
 impl LimitArgs {
@@ -80,6 +87,10 @@ impl LimitArgs {
         logic.sends_per_second = self.sends_per_second;
         logic.send_burst = self.sends_per_second.saturating_mul(3);
         logic.logins_per_minute = self.logins_per_minute;
+        logic.password_cost = courier_logic::password::PasswordCost {
+            memory_kib: self.password_memory_kib,
+            iterations: self.password_iterations,
+        };
     }
 }
 

@@ -77,7 +77,7 @@ impl Default for ConnectConfig {
             buckets: 64,
             outbound_capacity: 1024,
             max_frame_bytes: 16 * 1024,
-            ws_read_buffer: 4 * 1024,
+            ws_read_buffer: 1024,
             ws_write_buffer: 0,
             ws_max_write_buffer: 1024 * 1024,
             auth_timeout: Duration::from_secs(10),

@@ -75,31 +75,35 @@ async fn serve(state: ConnectState, stream: TcpStream) {
         Err(reason) => return refuse(&mut sink, &reason).await,
     };
     let (tx, rx) = mpsc::channel(config.outbound_capacity);
-    let channel = match gateway.open(&auth, TRANSPORT, tx).await {
+    // The large, rarely running futures (calls to logic) are boxed, so that
+    // the connection's task, alive for hours, only holds their size while
+    // they run.
+    let channel = match Box::pin(gateway.open(&auth, TRANSPORT, tx)).await {
         Ok(channel) => channel,
         Err(reason) => return refuse(&mut sink, &reason).await,
     };
 
     let writer = tokio::spawn(write_loop(sink, rx, channel.clone(), state.clone()));
-    gateway.resume(&channel, &auth).await;
+    Box::pin(gateway.resume(&channel, &auth)).await;
+    drop(auth);
     let mut session_check = gateway.session_check_timer();
     loop {
         let next = tokio::select! {
             _ = channel.closing() => break,
             _ = session_check.tick() => {
-                gateway.check_session(&channel).await;
+                Box::pin(gateway.check_session(&channel)).await;
                 continue;
             }
             next = frames.next() => next,
         };
         match next {
-            Some(Ok(payload)) => gateway.handle(&channel, &payload).await,
+            Some(Ok(payload)) => Box::pin(gateway.handle(&channel, &payload)).await,
             Some(Err(e)) => channel.close(close_code::POLICY, &e.to_string()),
             None => channel.close(close_code::NORMAL, "closed by the client"),
         }
     }
     let _ = writer.await;
-    gateway.close(&channel).await;
+    Box::pin(gateway.close(&channel)).await;
 }
 
 async fn refuse(sink: &mut Sink, reason: &str) {

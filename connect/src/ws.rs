@@ -62,26 +62,30 @@ async fn serve(state: ConnectState, socket: WebSocket) {
         Err(reason) => return refuse(&mut sink, &reason).await,
     };
     let (tx, rx) = mpsc::channel(config.outbound_capacity);
-    let channel = match gateway.open(&auth, TRANSPORT, tx).await {
+    // The large, rarely running futures (calls to logic) are boxed, so that
+    // the connection's task, alive for hours, only holds their size while
+    // they run.
+    let channel = match Box::pin(gateway.open(&auth, TRANSPORT, tx)).await {
         Ok(channel) => channel,
         Err(reason) => return refuse(&mut sink, &reason).await,
     };
     tracing::debug!(user = channel.user_id, "websocket authenticated");
 
     let writer = tokio::spawn(write_loop(sink, rx, channel.clone(), state.clone()));
-    gateway.resume(&channel, &auth).await;
+    Box::pin(gateway.resume(&channel, &auth)).await;
+    drop(auth);
     let mut session_check = gateway.session_check_timer();
     loop {
         let next = tokio::select! {
             _ = channel.closing() => break,
             _ = session_check.tick() => {
-                gateway.check_session(&channel).await;
+                Box::pin(gateway.check_session(&channel)).await;
                 continue;
             }
             next = tokio::time::timeout(config.pong_timeout, stream.next()) => next,
         };
         match next {
-            Ok(Some(Ok(Message::Text(text)))) => gateway.handle(&channel, text.as_bytes()).await,
+            Ok(Some(Ok(Message::Text(text)))) => Box::pin(gateway.handle(&channel, text.as_bytes())).await,
             Ok(Some(Ok(Message::Binary(_)))) => {
                 channel.reply(
                     to_text(&ErrorFrame::new("binary frames are not supported; send JSON text", None)),
@@ -102,7 +106,7 @@ async fn serve(state: ConnectState, socket: WebSocket) {
         }
     }
     let _ = writer.await;
-    gateway.close(&channel).await;
+    Box::pin(gateway.close(&channel)).await;
 }
 
 /// Closes a connection that failed to authenticate, saying why.

@@ -60,6 +60,8 @@ pub struct LogicConfig {
     pub partitions: u32,
     /// Concurrent password hashes (0: one per core).
     pub hash_concurrency: usize,
+    /// argon2id cost of new password hashes.
+    pub password_cost: password::PasswordCost,
     /// Most members listed in an op 5 frame.
     pub room_member_cap: usize,
     /// Shortest interval between two op 4/5 updates of one room.
@@ -90,6 +92,7 @@ impl Default for LogicConfig {
             private_topic: "courier-private".into(),
             partitions: 8,
             hash_concurrency: 0,
+            password_cost: password::PasswordCost::default(),
             room_member_cap: 200,
             presence_flush_interval: Duration::from_secs(1),
             node_lease: Duration::from_secs(15),
@@ -155,12 +158,14 @@ pub enum StartError {
     Queue(#[from] courier_queue::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Password(#[from] password::HashError),
 }
 
 impl Logic {
     pub fn new(config: LogicConfig, backends: LogicBackends) -> Result<Self, StartError> {
         let ids = Snowflake::starting_after(config.worker_id, config.worker_not_before_unix_ms)?;
-        let hasher = PasswordHasher::new(config.hash_concurrency);
+        let hasher = PasswordHasher::new(config.hash_concurrency, config.password_cost)?;
         let send_limiter = limiter(config.sends_per_second, Duration::from_secs(1), config.send_burst);
         let login_limiter = limiter(config.logins_per_minute, Duration::from_secs(60), config.login_burst);
         Ok(Self {

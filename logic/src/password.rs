@@ -4,29 +4,41 @@
 //! runtime's workers would stall every other request, and running unbounded many
 //! at once would let a burst of logins starve the machine; so hashes run on the
 //! blocking pool behind a semaphore with one permit per core.
+//!
+//! The cost ([`PasswordCost`]) applies to new hashes; a stored hash carries its
+//! own parameters, so raising the cost later leaves existing logins working.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::Semaphore;
 
-/// A real hash of a password nobody knows, computed once and used when the user
-/// does not exist, so "no such user" costs the same time as "wrong password".
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        Argon2::default()
-            .hash_password(format!("{:?}", std::time::Instant::now()).as_bytes())
-            .map(|h| h.to_string())
-            .unwrap_or_default()
-    })
+/// argon2id's cost parameters for new hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordCost {
+    /// Memory per hash, KiB.
+    pub memory_kib: u32,
+    /// Passes over that memory.
+    pub iterations: u32,
+}
+
+impl Default for PasswordCost {
+    /// OWASP's recommendation for argon2id (and the `argon2` crate's default):
+    /// 19 MiB, 2 passes, one lane.
+    fn default() -> Self {
+        Self { memory_kib: Params::DEFAULT_M_COST, iterations: Params::DEFAULT_T_COST }
+    }
 }
 
 /// Hashes and verifies passwords.
 #[derive(Debug, Clone)]
 pub struct PasswordHasher {
     permits: Arc<Semaphore>,
+    argon2: Argon2<'static>,
+    /// A real hash of a password nobody knows, used when the user does not
+    /// exist, so "no such user" costs the same time as "wrong password".
+    dummy: Arc<str>,
 }
 
 /// Hashing failed (an internal error, never a wrong password).
@@ -35,21 +47,25 @@ pub struct PasswordHasher {
 pub struct HashError(String);
 
 impl PasswordHasher {
-    /// At most `concurrency` hashes at a time (0 means one per core).
-    pub fn new(concurrency: usize) -> Self {
+    /// At most `concurrency` hashes at a time (0 means one per core), each of
+    /// `cost`; refuses parameters argon2 cannot use.
+    pub fn new(concurrency: usize, cost: PasswordCost) -> Result<Self, HashError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let permits = if concurrency == 0 { cores } else { concurrency };
-        Self { permits: Arc::new(Semaphore::new(permits)) }
+        let params =
+            Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(|e| HashError(format!("{cost:?}: {e}")))?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let nobody = format!("{:?}", std::time::Instant::now());
+        let dummy = argon2.hash_password(nobody.as_bytes()).map_err(|e| HashError(e.to_string()))?.to_string();
+        Ok(Self { permits: Arc::new(Semaphore::new(permits)), argon2, dummy: dummy.into() })
     }
 
     /// An argon2id PHC string for `password` with a fresh random salt.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
         let _permit = self.permits.acquire().await.map_err(|e| HashError(e.to_string()))?;
+        let argon2 = self.argon2.clone();
         tokio::task::spawn_blocking(move || {
-            Argon2::default()
-                .hash_password(password.as_bytes())
-                .map(|hash| hash.to_string())
-                .map_err(|e| HashError(e.to_string()))
+            argon2.hash_password(password.as_bytes()).map(|hash| hash.to_string()).map_err(|e| HashError(e.to_string()))
         })
         .await
         .map_err(|e| HashError(e.to_string()))?
@@ -59,10 +75,11 @@ impl PasswordHasher {
     /// so the time taken does not reveal whether the user exists.
     pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, HashError> {
         let _permit = self.permits.acquire().await.map_err(|e| HashError(e.to_string()))?;
+        let (argon2, dummy) = (self.argon2.clone(), self.dummy.clone());
         tokio::task::spawn_blocking(move || {
             let known = hash.is_some();
-            let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
-            let ok = Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok();
+            // Verification reads the parameters from the stored hash.
+            let ok = argon2.verify_password(password.as_bytes(), hash.as_deref().unwrap_or(&dummy)).is_ok();
             ok && known
         })
         .await
@@ -76,7 +93,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_salted_argon2id_and_verify() {
-        let hasher = PasswordHasher::new(0);
+        let hasher = PasswordHasher::new(0, PasswordCost::default()).expect("hasher");
         let a = hasher.hash("111111".into()).await.expect("hash");
         let b = hasher.hash("111111".into()).await.expect("hash");
         assert!(a.starts_with("$argon2id$"), "{a}");
@@ -85,5 +102,15 @@ mod tests {
         assert!(!hasher.verify("111112".into(), Some(a)).await.expect("verify"));
         assert!(!hasher.verify("111111".into(), None).await.expect("verify"));
         assert!(!hasher.verify("x".into(), Some("not a phc string".into())).await.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn a_hash_keeps_verifying_after_the_cost_changes() {
+        let cheap = PasswordCost { memory_kib: 1024, iterations: 1 };
+        let old = PasswordHasher::new(1, cheap).expect("hasher").hash("pw".into()).await.expect("hash");
+        assert!(old.contains("m=1024,t=1"), "{old}");
+        let now = PasswordHasher::new(1, PasswordCost::default()).expect("hasher");
+        assert!(now.verify("pw".into(), Some(old)).await.expect("verify"));
+        assert!(PasswordHasher::new(1, PasswordCost { memory_kib: 1, iterations: 0 }).is_err(), "invalid cost");
     }
 }

@@ -45,10 +45,10 @@ pub struct BenchArgs {
     /// API base URL.
     #[arg(long, global = true, default_value = "http://127.0.0.1:7070")]
     pub api: String,
-    /// WebSocket URL.
+    /// WebSocket URL (the `connections` scenario takes several, comma-separated).
     #[arg(long, global = true, default_value = "ws://127.0.0.1:7000/ws")]
     pub ws: String,
-    /// TCP address.
+    /// TCP address (the `connections` scenario takes several, comma-separated).
     #[arg(long, global = true, default_value = "127.0.0.1:7001")]
     pub tcp: String,
     /// Socket transport of the clients.
@@ -513,12 +513,16 @@ async fn connections(args: &BenchArgs, count: usize, per_process: usize, sources
     let workers = count.div_ceil(per_process.max(1));
     let exe = std::env::current_exe().context("locating the courier binary")?;
     let mut children = Vec::with_capacity(workers);
+    // Several connect nodes (`--ws a,b,…`, `--tcp a,b,…`): workers take them in turn.
+    let ws: Vec<&str> = args.ws.split(',').collect();
+    let tcp: Vec<&str> = args.tcp.split(',').collect();
     for w in 0..workers {
         let offset = w * per_process;
         let n = per_process.min(count - offset);
         let source = sources[w % sources.len().max(1)];
+        let (ws, tcp) = (ws[w % ws.len()], tcp[w % tcp.len()]);
         let mut child = tokio::process::Command::new(&exe)
-            .args(["bench", "--api", &args.api, "--ws", &args.ws, "--tcp", &args.tcp, "--prefix", &args.prefix])
+            .args(["bench", "--api", &args.api, "--ws", ws, "--tcp", tcp, "--prefix", &args.prefix])
             .args(["--transport", if args.transport == Transport::Ws { "ws" } else { "tcp" }])
             .args(["connections", "--count", &n.to_string(), "--worker-offset", &offset.to_string()])
             .args(["--worker-source", &source.to_string()])
