@@ -290,7 +290,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(addr = %args.listen, "api listening");
             let ready = admin.readiness.flag("api");
             courier_api::serve(
-                Default::default(),
+                args.http_limits.config(),
                 listener,
                 &args.logic_addr,
                 admin.metrics.clone(),
