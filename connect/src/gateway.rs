@@ -18,12 +18,11 @@ use courier_proto::logic::logic_client::LogicClient;
 use courier_proto::logic::{HistoryRequest, JoinRoomRequest, LeaveRoomRequest, SendRequest, TokenRequest};
 use courier_telemetry::Metrics;
 use courier_wire::frame::{AckFrame, ClientFrame, ErrorFrame, Since, op, to_text};
-use tokio::sync::mpsc;
 use tonic::Code;
 use tonic::transport::Channel as GrpcChannel;
 
 use crate::ConnectConfig;
-use crate::hub::{Channel, Hub, Outbound, close_code};
+use crate::hub::{Channel, Hub, close_code};
 
 /// Messages read per history request while recovering.
 const RECOVERY_PAGE: u32 = 500;
@@ -46,12 +45,7 @@ impl Gateway {
     /// Authenticates `token`, registers a channel and joins `room` (0: none).
     /// The error text is fit to show the client.
     /// `since` resumes the room and `inbox_since` the user's inbox (see module docs).
-    pub async fn open(
-        &self,
-        auth: &ClientFrame,
-        transport: &'static str,
-        tx: mpsc::Sender<Outbound>,
-    ) -> Result<Arc<Channel>, String> {
+    pub async fn open(&self, auth: &ClientFrame, transport: &'static str) -> Result<Arc<Channel>, String> {
         let token = auth.auth_token.as_deref().unwrap_or_default();
         let room = auth.room_id.unwrap_or(0);
         let request = TokenRequest { auth_token: token.to_owned() };
@@ -62,12 +56,12 @@ impl Gateway {
             user.user_name,
             token.to_owned(),
             transport,
-            tx,
+            self.config.outbound_capacity,
         ));
         self.hub.add(channel.clone());
         if auth.inbox_since.is_some() {
             // Hold the inbox's live frames back from the start; `resume` sends
-            // what was missed once the transport's writer runs.
+            // what was missed once the connection is being driven.
             channel.begin_recovery(&courier_wire::user_stream(channel.user_id));
         }
         if room != 0 {
@@ -83,7 +77,7 @@ impl Gateway {
     }
 
     /// Recovers what the auth message asked for (`since`, `inboxSince`); call once
-    /// the connection's writer is running.
+    /// the connection is being driven (frames are written meanwhile).
     pub async fn resume(&self, channel: &Arc<Channel>, auth: &ClientFrame) {
         if let (Some(room), Some(since)) = (auth.room_id.filter(|r| *r != 0), &auth.since) {
             self.recover(channel, room, since).await;

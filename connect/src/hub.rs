@@ -7,13 +7,13 @@
 //! channels concerned; frames are queued after the lock is released, and queueing
 //! never waits (see [`Channel::offer`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use courier_telemetry::{Metrics, TransportLabel};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// What a connection's writer sends next.
@@ -31,7 +31,7 @@ pub struct Channel {
     pub user_name: String,
     pub auth_token: String,
     pub transport: &'static str,
-    tx: mpsc::Sender<Outbound>,
+    outbox: Outbox,
     /// Per stream: the last seq queued, so a redelivered or replayed frame is never
     /// sent twice or out of order (gochat clients cannot deduplicate), and while the
     /// stream is being recovered, the live frames held back until history is sent.
@@ -71,6 +71,85 @@ struct StreamState {
     held_back: Option<Vec<(u64, Utf8Bytes, i64)>>,
 }
 
+/// A connection's queue of frames to write: bounded, first in first out, and
+/// holding no allocation while empty, so an idle connection pays only for the
+/// struct (a channel's preallocated block would cost over a kilobyte each).
+#[derive(Debug)]
+struct Outbox {
+    frames: Mutex<VecDeque<Outbound>>,
+    capacity: usize,
+    /// Frames arrived (one waiter: the connection's task).
+    filled: Notify,
+    /// Room was made (waiters: recoveries sending history).
+    drained: Notify,
+}
+
+/// An outbox whose capacity grew past this while busy gives it back once empty.
+const OUTBOX_KEEP: usize = 64;
+
+impl Outbox {
+    fn new(capacity: usize) -> Self {
+        Self { frames: Mutex::default(), capacity: capacity.max(1), filled: Notify::new(), drained: Notify::new() }
+    }
+
+    /// Queues a frame unless the outbox is full (then hands it back).
+    fn offer(&self, outbound: Outbound) -> Result<(), Outbound> {
+        {
+            let mut frames = lock(&self.frames);
+            if frames.len() >= self.capacity {
+                return Err(outbound);
+            }
+            frames.push_back(outbound);
+        }
+        self.filled.notify_one();
+        Ok(())
+    }
+
+    /// Queues a frame, waiting for room.
+    async fn offer_waiting(&self, mut outbound: Outbound) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Register before looking, so a drain in between still wakes us.
+            drained.as_mut().enable();
+            match self.offer(outbound) {
+                Ok(()) => return,
+                Err(back) => outbound = back,
+            }
+            drained.await;
+        }
+    }
+
+    /// Waits until frames are queued, then moves up to `max` into `batch`.
+    async fn take(&self, batch: &mut Vec<Outbound>, max: usize) {
+        loop {
+            let filled = self.filled.notified();
+            tokio::pin!(filled);
+            filled.as_mut().enable();
+            if self.drain_into(batch, max) > 0 {
+                return;
+            }
+            filled.await;
+        }
+    }
+
+    fn drain_into(&self, batch: &mut Vec<Outbound>, max: usize) -> usize {
+        let taken = {
+            let mut frames = lock(&self.frames);
+            let n = frames.len().min(max);
+            batch.extend(frames.drain(..n));
+            if frames.is_empty() && frames.capacity() > OUTBOX_KEEP {
+                *frames = VecDeque::new();
+            }
+            n
+        };
+        if taken > 0 {
+            self.drained.notify_waiters();
+        }
+        taken
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -82,7 +161,7 @@ impl Channel {
         user_name: String,
         auth_token: String,
         transport: &'static str,
-        tx: mpsc::Sender<Outbound>,
+        capacity: usize,
     ) -> Self {
         Self {
             id,
@@ -90,7 +169,7 @@ impl Channel {
             user_name,
             auth_token,
             transport,
-            tx,
+            outbox: Outbox::new(capacity),
             streams: Mutex::default(),
             rooms: Mutex::default(),
             closed: CancellationToken::new(),
@@ -188,8 +267,10 @@ impl Channel {
             }
             state.last = seq;
         }
-        // An error means the connection is gone; nothing more to do.
-        let _ = self.tx.send(Outbound::Frame { text, admitted_ms }).await;
+        tokio::select! {
+            _ = self.closing() => {}
+            _ = self.outbox.offer_waiting(Outbound::Frame { text, admitted_ms }) => {}
+        }
     }
 
     /// Queues a reply (ack, error) to this connection.
@@ -198,20 +279,30 @@ impl Channel {
     }
 
     fn queue(&self, outbound: Outbound, metrics: &Metrics) -> bool {
-        match self.tx.try_send(outbound) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.closed.is_cancelled() {
-                    metrics.slow_consumer_closes.inc();
-                    self.close(
-                        close_code::TRY_AGAIN_LATER,
-                        "outbound queue full: the client is not reading fast enough; reconnect and resume",
-                    );
-                }
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.closed.is_cancelled() {
+            return false;
         }
+        if self.outbox.offer(outbound).is_ok() {
+            return true;
+        }
+        metrics.slow_consumer_closes.inc();
+        self.close(
+            close_code::TRY_AGAIN_LATER,
+            "outbound queue full: the client is not reading fast enough; reconnect and resume",
+        );
+        false
+    }
+
+    /// Waits for frames to write and moves up to `max` of them into `batch`.
+    pub async fn next_frames(&self, batch: &mut Vec<Outbound>, max: usize) {
+        self.outbox.take(batch, max).await;
+    }
+
+    /// The frames still queued, for a last write before the connection ends.
+    pub fn remaining_frames(&self) -> Vec<Outbound> {
+        let mut batch = Vec::new();
+        self.outbox.drain_into(&mut batch, usize::MAX);
+        batch
     }
 
     /// Asks the connection to end with `reason` (the first reason wins).
@@ -389,19 +480,18 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn channel(hub: &Hub, user: u64, capacity: usize) -> (Arc<Channel>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let ch = Arc::new(Channel::new(hub.next_channel_id(), user, format!("u{user}"), "t".into(), "ws", tx));
+    fn channel(hub: &Hub, user: u64, capacity: usize) -> Arc<Channel> {
+        let ch = Arc::new(Channel::new(hub.next_channel_id(), user, format!("u{user}"), "t".into(), "ws", capacity));
         hub.add(ch.clone());
-        (ch, rx)
+        ch
     }
 
     #[test]
     fn rooms_and_users_index_channels() {
         let hub = Hub::new(4, Arc::new(Metrics::new()));
-        let (a1, _r1) = channel(&hub, 1, 8);
-        let (a2, _r2) = channel(&hub, 1, 8);
-        let (b, _r3) = channel(&hub, 2, 8);
+        let a1 = channel(&hub, 1, 8);
+        let a2 = channel(&hub, 1, 8);
+        let b = channel(&hub, 2, 8);
         assert!(hub.join(&a1, 10));
         assert!(!hub.join(&a1, 10), "joining twice is a no-op");
         hub.join(&b, 10);
@@ -418,18 +508,16 @@ mod tests {
     async fn recovery_sends_history_then_held_back_live_frames_without_duplicates() {
         let metrics = Metrics::new();
         let hub = Hub::new(1, Arc::new(Metrics::new()));
-        let (ch, mut rx) = channel(&hub, 1, 64);
+        let ch = channel(&hub, 1, 64);
         let text = |n: u64| Utf8Bytes::from(n.to_string());
         ch.begin_recovery("room:1");
         // Live frames 4 and 5 arrive while history 2..=4 is being read.
         assert!(ch.offer("room:1", 5, &text(5), 0, &metrics));
         assert!(ch.offer("room:1", 4, &text(4), 0, &metrics));
-        assert!(rx.try_recv().is_err(), "held back during recovery");
+        assert!(ch.remaining_frames().is_empty(), "held back during recovery");
         ch.finish_recovery("room:1", (2..=4).map(|n| (n, text(n))).collect()).await;
-        let mut got = Vec::new();
-        while let Ok(Outbound::Frame { text, .. }) = rx.try_recv() {
-            got.push(text.as_str().to_owned());
-        }
+        let got: Vec<String> =
+            ch.remaining_frames().into_iter().map(|Outbound::Frame { text, .. }| text.as_str().to_owned()).collect();
         assert_eq!(got, vec!["2", "3", "4", "5"]);
         assert!(!ch.offer("room:1", 5, &text(5), 0, &metrics), "already sent");
     }
@@ -438,7 +526,7 @@ mod tests {
     fn stale_seqs_are_dropped_and_overflow_closes() {
         let metrics = Metrics::new();
         let hub = Hub::new(1, Arc::new(Metrics::new()));
-        let (ch, mut rx) = channel(&hub, 1, 2);
+        let ch = channel(&hub, 1, 2);
         let text = Utf8Bytes::from("{}");
         assert!(ch.offer("room:1", 5, &text, 0, &metrics));
         assert!(!ch.offer("room:1", 5, &text, 0, &metrics), "same seq again");
@@ -448,6 +536,29 @@ mod tests {
         assert!(!ch.offer("", 0, &text, 0, &metrics), "queue of two is full");
         assert!(ch.is_closing(), "overflow closes the connection");
         assert!(ch.close_reason().is_some_and(|r| r.text.contains("not reading fast enough") && r.code == 1013));
-        assert!(rx.try_recv().is_ok());
+        assert_eq!(ch.remaining_frames().len(), 2, "what was queued before the overflow stays queued");
+    }
+
+    #[tokio::test]
+    async fn a_recovery_waits_for_room_instead_of_overflowing() {
+        let hub = Hub::new(1, Arc::new(Metrics::new()));
+        let ch = channel(&hub, 1, 2);
+        let text = |n: u64| Utf8Bytes::from(n.to_string());
+        ch.begin_recovery("room:1");
+        let writer = {
+            let ch = ch.clone();
+            tokio::spawn(async move {
+                let mut written = Vec::new();
+                while written.len() < 5 {
+                    let mut batch = Vec::new();
+                    ch.next_frames(&mut batch, 1).await;
+                    written.extend(batch.into_iter().map(|Outbound::Frame { text, .. }| text.as_str().to_owned()));
+                }
+                written
+            })
+        };
+        ch.finish_recovery("room:1", (1..=5).map(|n| (n, text(n))).collect()).await;
+        assert_eq!(writer.await.expect("writer"), vec!["1", "2", "3", "4", "5"]);
+        assert!(!ch.is_closing(), "history never overflows the queue");
     }
 }

@@ -4,18 +4,18 @@
 //! - [`hub`]: channels indexed by user and room in locked buckets; each channel has
 //!   a bounded outbound queue and drops frames it has already sent.
 //! - [`gateway`]: what every connection does, whatever the transport.
-//! - [`ws`] and [`tcp`]: gochat's two transports, sharing [`writer`].
+//! - [`ws`] and [`tcp`]: gochat's two transports, each connection driven by [`conn`].
 //! - [`push`]: the gRPC service task and logic call.
 //!
 //! Shutdown stops accepting, closes every connection with "going away" (clients
 //! reconnect, to another node in a cluster), releases presence, and returns once
 //! the connections are gone or `drain_timeout` has passed.
 
+pub mod conn;
 pub mod gateway;
 pub mod hub;
 pub mod push;
 pub mod tcp;
-pub mod writer;
 pub mod ws;
 
 use std::sync::Arc;

@@ -1,0 +1,154 @@
+//! Drives one authenticated connection, for both transports, in a single task.
+//!
+//! Connect holds tens of thousands of mostly idle connections, so what one costs
+//! while idle is what the node costs. Hence one task per connection (a task is
+//! an allocation holding its future; a reader and a writer would be two, plus
+//! the lock a split socket shares), and the large futures that run now and then
+//! (a send, a join, a session check: calls to logic) are boxed while they run
+//! instead of enlarging every connection's future.
+//!
+//! The loop waits on, in this order: the channel closing; the client frame being
+//! handled; frames queued for the client (every frame waiting is written before
+//! one flush); the heartbeat; the session check; the next client frame. A client
+//! frame is read only once the previous one is handled, so one connection's
+//! sends reach logic in order, while pushes keep being written during a slow
+//! send. A write that takes longer than `write_timeout` ends the connection.
+//! When the channel closes, what is still queued (an error explaining the close,
+//! say) is written and the socket handed back for the transport's goodbye.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use courier_telemetry::TransportLabel;
+use courier_wire::frame::{ClientFrame, ErrorFrame, to_text};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+
+use crate::ConnectState;
+use crate::hub::{Channel, Outbound, close_code};
+
+/// What the transport made of one item read from the socket.
+pub(crate) enum Incoming {
+    /// A client frame's JSON.
+    Frame(Bytes),
+    /// A frame this transport does not accept (a WebSocket binary frame).
+    Unsupported(&'static str),
+    /// Nothing for the application (a WebSocket ping or pong).
+    Nothing,
+    /// The client closed the connection.
+    Closed,
+    /// The client broke the protocol; the connection ends with this reason.
+    Broken(String),
+}
+
+/// How a transport reads and writes.
+pub(crate) struct Framing<T, I> {
+    pub(crate) transport: &'static str,
+    pub(crate) frame: fn(Utf8Bytes) -> T,
+    pub(crate) ping: fn() -> T,
+    pub(crate) incoming: fn(I) -> Incoming,
+    /// A client silent this long is dropped (WebSocket clients answer pings;
+    /// gochat's TCP clients send nothing, so TCP has no limit).
+    pub(crate) read_timeout: Option<Duration>,
+}
+
+/// A boxed piece of work on behalf of the client.
+type Work<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Serves `channel` over `socket` until the channel closes; returns the socket.
+/// `auth` is the authentication frame, whose recovery requests run first.
+pub(crate) async fn drive<S, T, I>(
+    mut socket: S,
+    channel: Arc<Channel>,
+    auth: ClientFrame,
+    state: &ConnectState,
+    framing: Framing<T, I>,
+) -> S
+where
+    S: Sink<T> + Stream<Item = I> + Unpin,
+{
+    let gateway = &state.gateway;
+    let config = &gateway.config;
+    let metrics = gateway.metrics();
+    let deliveries = metrics.deliveries.get_or_create(&TransportLabel { transport: framing.transport }).clone();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + config.ping_interval, config.ping_interval);
+    let mut session_check = gateway.session_check_timer();
+    // Grown on first use: an idle connection should not pay for a burst buffer.
+    let mut batch = Vec::new();
+    let mut handling: Option<Work<'_>> = {
+        let channel = channel.clone();
+        Some(Box::pin(async move { gateway.resume(&channel, &auth).await }))
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = channel.closing() => break,
+            _ = async { if let Some(work) = handling.as_mut() { work.await } }, if handling.is_some() => {
+                handling = None;
+            }
+            _ = channel.next_frames(&mut batch, 64) => {
+                let write = async {
+                    for Outbound::Frame { text, .. } in &batch {
+                        socket.feed((framing.frame)(text.clone())).await?;
+                    }
+                    socket.flush().await
+                };
+                match tokio::time::timeout(config.write_timeout, write).await {
+                    Ok(Ok(())) => {
+                        let now = courier_ids::now_unix_ms();
+                        for Outbound::Frame { admitted_ms, .. } in batch.drain(..) {
+                            deliveries.inc();
+                            if admitted_ms > 0 {
+                                metrics.delivery_latency.observe((now - admitted_ms).max(0) as f64 / 1000.0);
+                            }
+                        }
+                    }
+                    Ok(Err(_)) => channel.close(close_code::GOING_AWAY, "write failed"),
+                    Err(_) => channel.close(close_code::TRY_AGAIN_LATER, "write timed out"),
+                }
+            }
+            _ = ping.tick() => {
+                let sent = tokio::time::timeout(config.write_timeout, socket.send((framing.ping)())).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    channel.close(close_code::GOING_AWAY, "heartbeat write failed");
+                }
+            }
+            _ = session_check.tick() => Box::pin(gateway.check_session(&channel)).await,
+            read = read(&mut socket, framing.read_timeout), if handling.is_none() => match read.map(|item| item.map(framing.incoming)) {
+                Some(Some(Incoming::Frame(text))) => {
+                    let channel = channel.clone();
+                    handling = Some(Box::pin(async move { gateway.handle(&channel, &text).await }));
+                }
+                Some(Some(Incoming::Unsupported(why))) => {
+                    channel.reply(to_text(&ErrorFrame::new(why, None)), metrics);
+                }
+                Some(Some(Incoming::Nothing)) => {}
+                Some(Some(Incoming::Closed) | None) => channel.close(close_code::NORMAL, "closed by the client"),
+                // Oversized or malformed frames end here, for this connection only.
+                Some(Some(Incoming::Broken(reason))) => channel.close(close_code::POLICY, &reason),
+                None => channel.close(close_code::POLICY, "no answer to heartbeat in time"),
+            },
+        }
+    }
+    drop(handling);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for Outbound::Frame { text, .. } in channel.remaining_frames() {
+        if Instant::now() > deadline || socket.feed((framing.frame)(text)).await.is_err() {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
+    socket
+}
+
+/// The next item from the socket (`Some(None)` when it ended), or `None` when
+/// nothing came within `limit`.
+async fn read<S: Stream + Unpin>(socket: &mut S, limit: Option<Duration>) -> Option<Option<S::Item>> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, socket.next()).await.ok(),
+        None => Some(socket.next().await),
+    }
+}
