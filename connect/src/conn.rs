@@ -5,7 +5,10 @@
 //! an allocation holding its future; a reader and a writer would be two, plus
 //! the lock a split socket shares), and the large futures that run now and then
 //! (a send, a join, a session check: calls to logic) are boxed while they run
-//! instead of enlarging every connection's future.
+//! instead of enlarging every connection's future. The transports box the
+//! socket and this driver too: an async fn that takes a value and awaits a
+//! future built from it keeps both copies in its state, so passing big values
+//! down by value would store them twice for the connection's whole life.
 //!
 //! The loop waits on, in this order: the channel closing; the client frame being
 //! handled; frames queued for the client (every frame waiting is written before

@@ -85,7 +85,7 @@ struct Outbox {
 }
 
 /// An outbox whose capacity grew past this while busy gives it back once empty.
-const OUTBOX_KEEP: usize = 64;
+const OUTBOX_KEEP: usize = 8;
 
 impl Outbox {
     fn new(capacity: usize) -> Self {

@@ -24,7 +24,7 @@ use crate::hub::close_code;
 const TRANSPORT: &str = "tcp";
 const PING: &[u8] = b"ping msg";
 
-type Socket = Framed<TcpStream, V1Codec>;
+type Socket = Box<Framed<TcpStream, V1Codec>>;
 
 /// Accepts TCP clients until `shutdown`.
 pub(crate) async fn accept_loop(listener: TcpListener, state: ConnectState, shutdown: CancellationToken) {
@@ -51,7 +51,8 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: ConnectState, shut
 async fn serve(state: ConnectState, stream: TcpStream) {
     let gateway = &state.gateway;
     let config = gateway.config.clone();
-    let mut socket = Framed::new(stream, V1Codec);
+    // One allocation of its own, so futures taking it hold a pointer (see `conn`).
+    let mut socket = Box::new(Framed::new(stream, V1Codec));
 
     let first = tokio::time::timeout(config.auth_timeout, socket.next()).await;
     let frame = match first {
@@ -84,7 +85,7 @@ async fn serve(state: ConnectState, stream: TcpStream) {
         incoming,
         read_timeout: None,
     };
-    let mut socket = conn::drive(socket, channel.clone(), auth, &state, framing).await;
+    let mut socket = Box::pin(conn::drive(socket, channel.clone(), auth, &state, framing)).await;
     // TCP has no close frame: tell the client why in an op 9 error, then close.
     if let Some(reason) = channel.close_reason().filter(|r| r.code != close_code::NORMAL) {
         let _ = socket.feed(Bytes::from(to_text(&ErrorFrame::new(reason.text, None)))).await;

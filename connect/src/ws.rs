@@ -28,11 +28,13 @@ pub(crate) async fn upgrade(State(state): State<ConnectState>, ws: WebSocketUpgr
         .max_frame_size(config.max_frame_bytes)
         .on_upgrade(move |socket| {
             let tracker = state.tracker.clone();
-            tracker.track_future(serve(state, socket))
+            // The socket lives in one allocation of its own: futures that take
+            // it by value then hold a pointer, not another copy (see `conn`).
+            tracker.track_future(serve(state, Box::new(socket)))
         })
 }
 
-async fn serve(state: ConnectState, mut socket: WebSocket) {
+async fn serve(state: ConnectState, mut socket: Box<WebSocket>) {
     let gateway = &state.gateway;
     let config = gateway.config.clone();
 
@@ -72,7 +74,7 @@ async fn serve(state: ConnectState, mut socket: WebSocket) {
         incoming,
         read_timeout: Some(config.pong_timeout),
     };
-    let mut socket = conn::drive(socket, channel.clone(), auth, &state, framing).await;
+    let mut socket = Box::pin(conn::drive(socket, channel.clone(), auth, &state, framing)).await;
     // Say goodbye with the reason.
     let reason = channel.close_reason().unwrap_or(CloseReason { code: close_code::NORMAL, text: String::new() });
     let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from(truncate(&reason.text, 120)) };
@@ -92,7 +94,7 @@ fn incoming(message: Result<Message, axum::Error>) -> Incoming {
 }
 
 /// Closes a connection that failed to authenticate, saying why.
-async fn refuse(mut socket: WebSocket, reason: &str) {
+async fn refuse(mut socket: Box<WebSocket>, reason: &str) {
     tracing::debug!(reason, "websocket refused");
     let frame = CloseFrame { code: close_code::POLICY, reason: Utf8Bytes::from(truncate(reason, 120)) };
     let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(Message::Close(Some(frame)))).await;

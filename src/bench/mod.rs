@@ -115,6 +115,11 @@ pub enum Scenario {
         /// Source addresses to spread connections over (127.0.0.x), one per worker.
         #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
         sources: Vec<IpAddr>,
+        /// Rooms the users are spread over (user i joins room 1 + i % rooms). One
+        /// room of every user is the worst case: each join pushes the member list
+        /// to everyone.
+        #[arg(long, default_value_t = 1)]
+        rooms: u64,
         /// Internal: run as a worker holding users offset..offset+count.
         #[arg(long, hide = true)]
         worker_offset: Option<usize>,
@@ -185,11 +190,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             traffic(&args, &target, Shape::Room { members: *members, senders: *senders, room: *room }).await?
         }
-        Scenario::Connections { count, per_process, sources, worker_offset, worker_source } => {
+        Scenario::Connections { count, per_process, sources, rooms, worker_offset, worker_source } => {
+            let rooms = (*rooms).max(1);
             if let Some(offset) = worker_offset {
-                return connection_worker(&args, &target, *offset, *count, *worker_source).await;
+                return connection_worker(&args, &target, (*offset, *count), rooms, *worker_source).await;
             }
-            connections(&args, *count, *per_process, sources).await?
+            connections(&args, *count, *per_process, rooms, sources).await?
         }
     };
     if args.json {
@@ -507,7 +513,13 @@ async fn read_loop(
 }
 
 /// The `connections` scenario: hold `count` idle connections, measure the servers.
-async fn connections(args: &BenchArgs, count: usize, per_process: usize, sources: &[IpAddr]) -> anyhow::Result<Report> {
+async fn connections(
+    args: &BenchArgs,
+    count: usize,
+    per_process: usize,
+    rooms: u64,
+    sources: &[IpAddr],
+) -> anyhow::Result<Report> {
     let pids = if args.pids.is_empty() { measure::find_server_pids() } else { args.pids.clone() };
     let rss = |pids: &[u32]| pids.iter().filter_map(|p| measure::rss_bytes(*p)).sum::<u64>();
     let workers = count.div_ceil(per_process.max(1));
@@ -525,6 +537,7 @@ async fn connections(args: &BenchArgs, count: usize, per_process: usize, sources
             .args(["bench", "--api", &args.api, "--ws", ws, "--tcp", tcp, "--prefix", &args.prefix])
             .args(["--transport", if args.transport == Transport::Ws { "ws" } else { "tcp" }])
             .args(["connections", "--count", &n.to_string(), "--worker-offset", &offset.to_string()])
+            .args(["--rooms", &rooms.to_string()])
             .args(["--worker-source", &source.to_string()])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -596,8 +609,8 @@ async fn connections(args: &BenchArgs, count: usize, per_process: usize, sources
 async fn connection_worker(
     args: &BenchArgs,
     target: &Target,
-    offset: usize,
-    count: usize,
+    (offset, count): (usize, usize),
+    rooms: u64,
     source: Option<IpAddr>,
 ) -> anyhow::Result<()> {
     let users = target.users(&args.prefix, offset, count, 8).await?;
@@ -610,11 +623,12 @@ async fn connection_worker(
     let mut held = Vec::with_capacity(count);
     let permits = Arc::new(Semaphore::new(64));
     let mut tasks = Vec::with_capacity(count);
-    for user in users {
+    for (i, user) in users.into_iter().enumerate() {
         let (target, permits, transport) = (target.clone(), permits.clone(), args.transport);
+        let room = 1 + (offset + i) as u64 % rooms;
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await?;
-            clients::open(&target, transport, source, &user, 1).await
+            clients::open(&target, transport, source, &user, room).await
         }));
     }
     for task in tasks {
