@@ -11,8 +11,9 @@
 //! down by value would store them twice for the connection's whole life.
 //!
 //! The loop waits on, in this order: the channel closing; the client frame being
-//! handled; frames queued for the client (every frame waiting is written before
-//! one flush); the heartbeat; the session check; the next client frame. A client
+//! handled; a gap in a stream's pushes being filled; frames queued for the
+//! client (every frame waiting is written before one flush); the heartbeat; the
+//! session check; a new gap; the next client frame. A client
 //! frame is read only once the previous one is handled, so one connection's
 //! sends reach logic in order, while pushes keep being written during a slow
 //! send. A write that takes longer than `write_timeout` ends the connection.
@@ -85,12 +86,16 @@ where
         let channel = channel.clone();
         Some(Box::pin(async move { gateway.resume(&channel, &auth).await }))
     };
+    let mut filling: Option<Work<'_>> = None;
     loop {
         tokio::select! {
             biased;
             _ = channel.closing() => break,
             _ = async { if let Some(work) = handling.as_mut() { work.await } }, if handling.is_some() => {
                 handling = None;
+            }
+            _ = async { if let Some(work) = filling.as_mut() { work.await } }, if filling.is_some() => {
+                filling = None;
             }
             _ = channel.next_frames(&mut batch, 64) => {
                 let write = async {
@@ -120,6 +125,10 @@ where
                 }
             }
             _ = session_check.tick() => Box::pin(gateway.check_session(&channel)).await,
+            (stream, after) = channel.next_gap(), if filling.is_none() => {
+                let channel = channel.clone();
+                filling = Some(Box::pin(async move { gateway.fill_gap(&channel, &stream, after).await }));
+            }
             read = read(&mut socket, framing.read_timeout), if handling.is_none() => match read.map(|item| item.map(framing.incoming)) {
                 Some(Some(Incoming::Frame(text))) => {
                     let channel = channel.clone();
@@ -136,7 +145,7 @@ where
             },
         }
     }
-    drop(handling);
+    drop((handling, filling));
     let deadline = Instant::now() + Duration::from_secs(2);
     for Outbound::Frame { text, .. } in channel.remaining_frames() {
         if Instant::now() > deadline || socket.feed((framing.frame)(text)).await.is_err() {

@@ -26,6 +26,8 @@ use crate::hub::{Channel, Hub, close_code};
 
 /// Messages read per history request while recovering.
 const RECOVERY_PAGE: u32 = 500;
+/// How long a gap in a stream's pushes may close by itself before history is read.
+const GAP_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 /// Most missed messages sent on one join; older ones stay reachable over HTTP.
 const MAX_RECOVERY: usize = 20_000;
 
@@ -203,6 +205,25 @@ impl Gateway {
 
     /// Sends what the client missed in a room (`room` ≠ 0) or its inbox after
     /// `since`, then releases the live frames held back meanwhile.
+    /// Fills a gap in `stream` after seq `after` (see `Channel::offer`): most
+    /// gaps are pushes from two writers racing, closed by the late push within
+    /// moments; whatever is still missing then is read from history. Either
+    /// way the held-back frames follow, in order, each once.
+    pub async fn fill_gap(&self, channel: &Arc<Channel>, stream: &str, after: u64) {
+        tokio::time::sleep(GAP_GRACE).await;
+        if channel.held_back_is_contiguous(stream, after) {
+            channel.finish_recovery(stream, Vec::new()).await;
+            return;
+        }
+        let room = match stream.strip_prefix("room:").map(str::parse::<u64>) {
+            Some(Ok(room)) => room,
+            // The only other stream a channel receives is its user's inbox.
+            _ => 0,
+        };
+        self.metrics().error("push_gap_filled_from_history");
+        self.recover(channel, room, &Since { epoch: String::new(), seq: after }).await;
+    }
+
     async fn recover(&self, channel: &Arc<Channel>, room: u64, since: &Since) {
         let stream =
             if room != 0 { courier_wire::room_stream(room) } else { courier_wire::user_stream(channel.user_id) };

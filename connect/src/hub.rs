@@ -37,6 +37,9 @@ pub struct Channel {
     /// stream is being recovered, the live frames held back until history is sent.
     streams: Mutex<HashMap<String, StreamState>>,
     rooms: Mutex<HashSet<u64>>,
+    /// Streams whose pushes arrived with a gap, with the last seq sent before it.
+    gaps: Mutex<Vec<(String, u64)>>,
+    gap: Notify,
     /// Cancelled when the connection must end; the reason says why.
     closed: CancellationToken,
     close_reason: Mutex<Option<CloseReason>>,
@@ -172,6 +175,8 @@ impl Channel {
             outbox: Outbox::new(capacity),
             streams: Mutex::default(),
             rooms: Mutex::default(),
+            gaps: Mutex::default(),
+            gap: Notify::new(),
             closed: CancellationToken::new(),
             close_reason: Mutex::default(),
         }
@@ -204,7 +209,44 @@ impl Channel {
             held.push((seq, text.clone(), admitted_ms));
             return true;
         }
+        if state.last != 0 && seq > state.last + 1 {
+            // A gap: the frames between were pushed by another writer of this
+            // stream (a sender's copy lands in the recipient's partition; a
+            // partition changing workers) and are late, or were lost on the
+            // way. Hold this one back until the gap is filled (see
+            // `Gateway::fill_gap`): sending it would make the missing ones
+            // look stale, and they would never reach the client.
+            state.held_back = Some(vec![(seq, text.clone(), admitted_ms)]);
+            let after = state.last;
+            drop(streams);
+            lock(&self.gaps).push((stream.to_owned(), after));
+            self.gap.notify_one();
+            return true;
+        }
         self.queue_in_order(state, seq, text.clone(), admitted_ms, metrics)
+    }
+
+    /// Waits for a stream with a gap; returns it and the last seq sent before.
+    pub async fn next_gap(&self) -> (String, u64) {
+        loop {
+            let gap = self.gap.notified();
+            tokio::pin!(gap);
+            gap.as_mut().enable();
+            if let Some(found) = lock(&self.gaps).pop() {
+                return found;
+            }
+            gap.await;
+        }
+    }
+
+    /// Whether the frames held back for `stream` follow `after` without a hole.
+    pub fn held_back_is_contiguous(&self, stream: &str, after: u64) -> bool {
+        let streams = lock(&self.streams);
+        let Some(held) = streams.get(stream).and_then(|s| s.held_back.as_ref()) else { return true };
+        let mut seqs: Vec<u64> = held.iter().map(|(seq, _, _)| *seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.iter().enumerate().all(|(i, seq)| *seq == after + 1 + i as u64)
     }
 
     /// Queues a stream frame if it is newer than the last one queued.
@@ -251,10 +293,29 @@ impl Channel {
             };
             let mut held = held;
             held.sort_by_key(|(seq, _, _)| *seq);
-            for (seq, text, admitted_ms) in held {
+            let mut rest = held.into_iter();
+            while let Some((seq, text, admitted_ms)) = rest.next() {
+                let last = self.last_sent(stream);
+                if last != 0 && seq > last + 1 {
+                    // A new gap: keep holding from here and have it filled.
+                    let mut streams = lock(&self.streams);
+                    let state = streams.entry(stream.to_owned()).or_default();
+                    let held = state.held_back.get_or_insert_with(Vec::new);
+                    held.push((seq, text, admitted_ms));
+                    held.extend(rest);
+                    drop(streams);
+                    lock(&self.gaps).push((stream.to_owned(), last));
+                    self.gap.notify_one();
+                    return;
+                }
                 self.send_in_order(stream, seq, text, admitted_ms).await;
             }
         }
+    }
+
+    /// The last seq queued on `stream` (0: none yet).
+    fn last_sent(&self, stream: &str) -> u64 {
+        lock(&self.streams).get(stream).map_or(0, |s| s.last)
     }
 
     /// Queues one recovered frame if newer than the last, waiting for room.
@@ -537,6 +598,40 @@ mod tests {
         assert!(ch.is_closing(), "overflow closes the connection");
         assert!(ch.close_reason().is_some_and(|r| r.text.contains("not reading fast enough") && r.code == 1013));
         assert_eq!(ch.remaining_frames().len(), 2, "what was queued before the overflow stays queued");
+    }
+
+    #[tokio::test]
+    async fn a_gap_holds_frames_back_until_it_is_filled() {
+        let metrics = Metrics::new();
+        let hub = Hub::new(1, Arc::new(Metrics::new()));
+        let ch = channel(&hub, 1, 64);
+        let text = |n: u64| Utf8Bytes::from(n.to_string());
+        let sent = |ch: &Channel| -> Vec<String> {
+            ch.remaining_frames().into_iter().map(|Outbound::Frame { text, .. }| text.as_str().to_owned()).collect()
+        };
+        assert!(ch.offer("user:1", 1, &text(1), 0, &metrics));
+        // 3 and 4 arrive before 2 (another writer's push is late).
+        assert!(ch.offer("user:1", 3, &text(3), 0, &metrics));
+        assert!(ch.offer("user:1", 4, &text(4), 0, &metrics));
+        assert_eq!(sent(&ch), vec!["1"], "nothing after the gap goes out");
+        assert_eq!(ch.next_gap().await, ("user:1".to_owned(), 1));
+        assert!(!ch.held_back_is_contiguous("user:1", 1));
+        assert!(ch.offer("user:1", 2, &text(2), 0, &metrics));
+        assert!(ch.held_back_is_contiguous("user:1", 1), "the late push closed the gap");
+        ch.finish_recovery("user:1", Vec::new()).await;
+        assert_eq!(sent(&ch), vec!["2", "3", "4"]);
+        // A gap that no push closes is filled from history.
+        assert!(ch.offer("user:1", 7, &text(7), 0, &metrics));
+        assert_eq!(ch.next_gap().await, ("user:1".to_owned(), 4));
+        ch.finish_recovery("user:1", vec![(5, text(5)), (6, text(6)), (7, text(7))]).await;
+        assert_eq!(sent(&ch), vec!["5", "6", "7"], "each once, in order");
+        // A frame held back beyond a new hole stays held, and the hole is reported.
+        assert!(ch.offer("user:1", 9, &text(9), 0, &metrics));
+        assert!(ch.offer("user:1", 11, &text(11), 0, &metrics));
+        assert_eq!(ch.next_gap().await, ("user:1".to_owned(), 7));
+        ch.finish_recovery("user:1", vec![(8, text(8))]).await;
+        assert_eq!(sent(&ch), vec!["8", "9"]);
+        assert_eq!(ch.next_gap().await, ("user:1".to_owned(), 9));
     }
 
     #[tokio::test]
