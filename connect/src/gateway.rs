@@ -60,6 +60,8 @@ impl Gateway {
             transport,
             self.config.outbound_capacity,
         ));
+        // Before any push can reach the channel.
+        channel.set_baseline(&courier_wire::user_stream(channel.user_id), user.last_seq);
         self.hub.add(channel.clone());
         if auth.inbox_since.is_some() {
             // Hold the inbox's live frames back from the start; `resume` sends
@@ -184,7 +186,10 @@ impl Gateway {
             server_id: self.config.server_id.clone(),
         };
         match self.logic.clone().join_room(request).await {
-            Ok(_) => {
+            Ok(reply) => {
+                // Pushes may have come since `hub.join`; the baseline only raises
+                // `last`, and a hole after a push is still caught.
+                channel.set_baseline(&courier_wire::room_stream(room), reply.into_inner().last_seq);
                 if let Some(since) = since {
                     self.recover(channel, room, since).await;
                 }
@@ -227,7 +232,10 @@ impl Gateway {
     async fn recover(&self, channel: &Arc<Channel>, room: u64, since: &Since) {
         let stream =
             if room != 0 { courier_wire::room_stream(room) } else { courier_wire::user_stream(channel.user_id) };
-        channel.begin_recovery(&stream);
+        // The client has the stream up to `since`: send what follows, even what
+        // this channel already sent (it asked again) or what came before its
+        // baseline.
+        channel.begin_recovery_after(&stream, since.seq);
         let mut missed = Vec::new();
         let mut after = since.seq;
         let mut checked_epoch = false;
@@ -255,6 +263,7 @@ impl Gateway {
                         None,
                     );
                     after = 0;
+                    channel.begin_recovery_after(&stream, 0);
                     continue;
                 }
             }

@@ -226,6 +226,25 @@ impl Channel {
         self.queue_in_order(state, seq, text.clone(), admitted_ms, metrics)
     }
 
+    /// Starts recovering `stream` for a client that has it up to `after`.
+    pub fn begin_recovery_after(&self, stream: &str, after: u64) {
+        let mut streams = lock(&self.streams);
+        let state = streams.entry(stream.to_owned()).or_default();
+        state.held_back.get_or_insert_with(Vec::new);
+        state.last = after;
+    }
+
+    /// Where live delivery of `stream` starts: its last seq when the connection
+    /// registered. Later pushes are expected from `last_seq + 1` on, so a hole
+    /// right at the start is caught like any other.
+    pub fn set_baseline(&self, stream: &str, last_seq: u64) {
+        let mut streams = lock(&self.streams);
+        let state = streams.entry(stream.to_owned()).or_default();
+        if state.held_back.is_none() {
+            state.last = state.last.max(last_seq);
+        }
+    }
+
     /// Waits for a stream with a gap; returns it and the last seq sent before.
     pub async fn next_gap(&self) -> (String, u64) {
         loop {

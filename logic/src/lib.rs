@@ -241,6 +241,19 @@ impl Logic {
         Ok(self.new_session(SessionUser { user_id: id, user_name: name.to_owned() }).await?)
     }
 
+    /// A stream's last seq for [`UserReply::last_seq`]; 0 (unknown) if the store
+    /// does not answer, which costs the connection only its gap detection.
+    async fn last_seq(&self, stream: &str) -> u64 {
+        match self.inner.backends.history.stream_info(stream).await {
+            Ok(info) => info.map_or(0, |i| i.last_seq),
+            Err(e) => {
+                self.metrics().error("store");
+                tracing::warn!(error = %e, stream, "history store failed reading a stream's last seq");
+                0
+            }
+        }
+    }
+
     fn store_unavailable(&self, e: StoreError) -> Status {
         self.metrics().error("store");
         tracing::warn!(error = %e, "user store failed");
@@ -551,7 +564,8 @@ impl LogicRpc for Logic {
         let token = request.into_inner().auth_token;
         self.observed("CheckAuth", async {
             let user = self.session(&token).await?;
-            Ok(UserReply { user_id: user.user_id, user_name: user.user_name })
+            let last_seq = self.last_seq(&courier_wire::user_stream(user.user_id)).await;
+            Ok(UserReply { user_id: user.user_id, user_name: user.user_name, last_seq })
         })
         .await
     }
@@ -584,7 +598,8 @@ impl LogicRpc for Logic {
                     .map_err(|e| self.presence_unavailable(e))?;
                 self.mark_dirty(r.room_id);
             }
-            Ok(UserReply { user_id: user.user_id, user_name: user.user_name })
+            let last_seq = if r.room_id == 0 { 0 } else { self.last_seq(&courier_wire::room_stream(r.room_id)).await };
+            Ok(UserReply { user_id: user.user_id, user_name: user.user_name, last_seq })
         })
         .await
     }
