@@ -77,7 +77,7 @@ impl Default for ConnectConfig {
             buckets: 64,
             outbound_capacity: 1024,
             max_frame_bytes: 16 * 1024,
-            ws_read_buffer: 1024,
+            ws_read_buffer: 256,
             ws_write_buffer: 0,
             ws_max_write_buffer: 1024 * 1024,
             auth_timeout: Duration::from_secs(10),
@@ -132,7 +132,12 @@ pub async fn run(
     let logic = courier_proto::lazy_channel(logic_addr, Duration::from_secs(30))
         .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?;
     let hub = Arc::new(Hub::new(config.buckets, metrics));
-    let gateway = Gateway { hub: hub.clone(), logic: LogicClient::new(logic), config: Arc::new(config) };
+    let gateway = Gateway {
+        hub: hub.clone(),
+        logic: LogicClient::new(logic),
+        config: Arc::new(config),
+        presence_calls: Arc::new(tokio::sync::Semaphore::new(gateway::PRESENCE_CALLS)),
+    };
     let tracker = TaskTracker::new();
     let state = ConnectState { gateway, tracker: tracker.clone() };
 
