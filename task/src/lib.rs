@@ -23,7 +23,9 @@
 //!   record cannot stall its partition.
 //! - Lanes of partitions this worker no longer owns are retired: their queues
 //!   drain (the new owner's redelivery of the same records is idempotent) and
-//!   their offsets are no longer committed.
+//!   their offsets are no longer committed. Every couple of seconds the
+//!   dispatcher also publishes the consumer's lag per owned partition
+//!   (`courier_consumer_lag`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -33,7 +35,7 @@ use courier_proto::record::{MessageKind as RecordKind, MessageRecord};
 use courier_push::Pusher;
 use courier_queue::{Consumer, Queue, Record};
 use courier_store::{HistoryStore, Message, MessageKind};
-use courier_telemetry::{Metrics, ReadyFlag, TopicLabel};
+use courier_telemetry::{Metrics, PartitionLabel, ReadyFlag, TopicLabel};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -108,6 +110,7 @@ pub async fn run(config: TaskConfig, backends: TaskBackends, ready: ReadyFlag, s
             finished_tx,
             finished,
             tasks: JoinSet::new(),
+            lag_reported: HashSet::new(),
         };
         dispatcher.run(consumer)
     });
@@ -153,6 +156,8 @@ struct Dispatcher {
     finished_tx: mpsc::UnboundedSender<(u32, u64)>,
     finished: mpsc::UnboundedReceiver<(u32, u64)>,
     tasks: JoinSet<()>,
+    /// Partitions whose lag the gauge shows.
+    lag_reported: HashSet<u32>,
 }
 
 impl Dispatcher {
@@ -163,6 +168,7 @@ impl Dispatcher {
             self.commit_finished(consumer.as_mut()).await;
             if pruned.elapsed() >= PRUNE_EVERY {
                 self.retire_lost_lanes(consumer.as_ref());
+                self.report_lag(consumer.as_ref());
                 pruned = Instant::now();
             }
             let polled = tokio::select! {
@@ -242,6 +248,24 @@ impl Dispatcher {
                 self.backends.metrics.error("commit");
             }
         }
+    }
+
+    /// Publishes the consumer's lag per owned partition; partitions it no longer
+    /// owns disappear from the gauge (their new owner reports them).
+    fn report_lag(&mut self, consumer: &dyn Consumer) {
+        let family = &self.backends.metrics.consumer_lag;
+        let mut reported = HashSet::new();
+        for ((topic, partition), records) in consumer.lag() {
+            if topic != self.topic {
+                continue;
+            }
+            family.get_or_create(&PartitionLabel { topic, partition }).set(records as i64);
+            reported.insert(partition);
+        }
+        for gone in self.lag_reported.difference(&reported) {
+            family.remove(&PartitionLabel { topic: self.topic.clone(), partition: *gone });
+        }
+        self.lag_reported = reported;
     }
 
     /// Drops the lanes of partitions the consumer no longer owns.

@@ -114,3 +114,27 @@ pub async fn partition_count_is_fixed(queue: &dyn Queue, prefix: &str) {
     assert_eq!(queue.partitions(&topic).await.expect("partitions"), 3);
     assert!(queue.produce(&format!("{prefix}-missing"), "k", b"v").await.is_err(), "unknown topic");
 }
+
+/// The lag reports each owned partition, and falls to zero once every record
+/// is consumed.
+pub async fn lag_reaches_zero_once_consumed(queue: &dyn Queue, prefix: &str) {
+    let topic = format!("{prefix}-lag");
+    queue.ensure_topic(&topic, 2).await.expect("create topic");
+    for i in 0..10u8 {
+        queue.produce(&topic, &format!("room:{i}"), &[i]).await.expect("produce");
+    }
+    let mut consumer = queue.subscribe(&format!("{prefix}-g"), std::slice::from_ref(&topic)).await.expect("subscribe");
+    drain(consumer.as_mut(), 10).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // Polling serves the backends' refreshes; nothing is left to consume.
+        assert!(consumer.poll(10, Duration::from_millis(100)).await.expect("poll").is_empty(), "no new records");
+        let lag = consumer.lag();
+        let partitions: BTreeSet<u32> = lag.iter().map(|((_, p), _)| *p).collect();
+        if partitions.len() == 2 && lag.iter().all(|(tp, records)| tp.0 == topic && *records == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag never settled at zero for both partitions: {lag:?}");
+    }
+    consumer.close().await.expect("close");
+}

@@ -54,6 +54,8 @@ pub struct KafkaOptions {
     /// otherwise wakes every consumer's fetch on its own, and the broker spends
     /// its CPU answering one-record fetches.
     pub fetch_wait: Duration,
+    /// How often librdkafka reports statistics (the consumer lag comes from them).
+    pub statistics_interval: Duration,
 }
 
 impl KafkaOptions {
@@ -68,6 +70,7 @@ impl KafkaOptions {
             linger: Duration::from_millis(2),
             commit_interval: Duration::from_millis(200),
             fetch_wait: Duration::from_millis(5),
+            statistics_interval: Duration::from_secs(5),
         }
     }
 }
@@ -127,6 +130,7 @@ impl KafkaQueue {
             .set("heartbeat.interval.ms", ms(self.options.heartbeat_interval))
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", ms(self.options.fetch_wait))
+            .set("statistics.interval.ms", ms(self.options.statistics_interval))
             .set("fetch.min.bytes", "65536");
         config
     }
@@ -183,7 +187,9 @@ impl Queue for KafkaQueue {
     }
 
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>> {
-        let consumer: StreamConsumer = self.consumer_config(group).create().map_err(unavailable)?;
+        let context = LagContext::default();
+        let consumer: StreamConsumer<LagContext> =
+            self.consumer_config(group).create_with_context(context).map_err(unavailable)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(unavailable)?;
         Ok(Box::new(KafkaConsumer { consumer, leave_within: self.options.session_timeout }))
@@ -259,8 +265,41 @@ fn transient(e: KafkaError) -> Result<()> {
     }
 }
 
+/// Keeps the consumer lag from librdkafka's statistics (served while polling).
+#[derive(Default)]
+struct LagContext {
+    lag: std::sync::Mutex<Vec<(TopicPartition, u64)>>,
+}
+
+impl rdkafka::ClientContext for LagContext {
+    /// Reads only what the lag needs from the statistics JSON: per partition, the
+    /// high watermark minus the application's position (`hi_offset -
+    /// app_offset`). librdkafka's own `consumer_lag` counts from the committed
+    /// offset, and is unknown (-1) until a first commit.
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else { return };
+        let mut lag = Vec::new();
+        let topics = stats.get("topics").and_then(|t| t.as_object()).into_iter().flatten();
+        for (topic, stats) in topics {
+            let partitions = stats.get("partitions").and_then(|p| p.as_object()).into_iter().flatten();
+            for (partition, p) in partitions {
+                // Negative offsets are librdkafka's "unknown"; partition -1 is internal.
+                let offset = |name: &str| p.get(name).and_then(serde_json::Value::as_i64).unwrap_or(-1);
+                let (high, position) = (offset("hi_offset"), offset("app_offset"));
+                if let (Ok(partition), true) = (partition.parse::<u32>(), high >= 0 && position >= 0) {
+                    lag.push(((topic.clone(), partition), high.saturating_sub(position).max(0) as u64));
+                }
+            }
+        }
+        lag.sort();
+        *self.lag.lock().unwrap_or_else(|p| p.into_inner()) = lag;
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagContext {}
+
 struct KafkaConsumer {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     /// How long [`Consumer::close`] waits for the group to take its partitions
     /// back; past this the broker's session timeout frees them anyway.
     leave_within: Duration,
@@ -300,6 +339,12 @@ impl Consumer for KafkaConsumer {
             .assignment()
             .map(|list| list.elements().iter().map(|e| (e.topic().to_owned(), e.partition() as u32)).collect())
             .unwrap_or_default()
+    }
+
+    fn lag(&self) -> Vec<(TopicPartition, u64)> {
+        let owned = self.assignment();
+        let lag = self.consumer.context().lag.lock().unwrap_or_else(|p| p.into_inner());
+        lag.iter().filter(|(tp, _)| owned.contains(tp)).cloned().collect()
     }
 
     async fn close(&mut self) -> Result<()> {

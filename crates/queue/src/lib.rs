@@ -91,6 +91,11 @@ pub trait Consumer: Send {
     /// The partitions this member currently owns.
     fn assignment(&self) -> Vec<TopicPartition>;
 
+    /// Per owned partition, the records not yet handed to this member, as last
+    /// observed (the backends refresh it every few seconds; empty until then).
+    /// Feeds `courier_consumer_lag`.
+    fn lag(&self) -> Vec<(TopicPartition, u64)>;
+
     /// Leaves the group so the other members take over at once.
     async fn close(&mut self) -> Result<()>;
 }

@@ -191,6 +191,7 @@ impl Queue for SqliteQueue {
             member_id,
             assignment: Vec::new(),
             rotation: 0,
+            lag: Vec::new(),
             positions: BTreeMap::new(),
             next_heartbeat: None,
         }))
@@ -312,6 +313,8 @@ struct SqliteConsumer {
     positions: BTreeMap<TopicPartition, u64>,
     /// Which owned partition a poll reads first.
     rotation: usize,
+    /// Records not yet handed out per owned partition, as of the last heartbeat.
+    lag: Vec<(TopicPartition, u64)>,
     next_heartbeat: Option<Instant>,
 }
 
@@ -365,8 +368,25 @@ impl SqliteConsumer {
             self.positions = positions;
             self.assignment = assignment;
         }
+        self.lag = self.measure_lag().await?;
         self.next_heartbeat = Some(Instant::now() + self.queue.options.heartbeat_interval);
         Ok(())
+    }
+
+    /// The records after each owned partition's position.
+    async fn measure_lag(&self) -> Result<Vec<(TopicPartition, u64)>> {
+        let mut lag = Vec::with_capacity(self.positions.len());
+        for (tp, position) in &self.positions {
+            let last: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(offset) FROM queue_records WHERE topic = ? AND partition = ?")
+                    .bind(&tp.0)
+                    .bind(i64::from(tp.1))
+                    .fetch_one(&self.queue.pool)
+                    .await?;
+            let end = last.map_or(0, |last| last as u64 + 1);
+            lag.push((tp.clone(), end.saturating_sub(*position)));
+        }
+        Ok(lag)
     }
 
     async fn committed(&self, (topic, partition): &TopicPartition) -> Result<u64> {
@@ -444,6 +464,10 @@ impl Consumer for SqliteConsumer {
         self.assignment.clone()
     }
 
+    fn lag(&self) -> Vec<(TopicPartition, u64)> {
+        self.lag.clone()
+    }
+
     async fn close(&mut self) -> Result<()> {
         sqlx::query("DELETE FROM queue_group_members WHERE group_id = ? AND member_id = ?")
             .bind(&self.group)
@@ -452,6 +476,7 @@ impl Consumer for SqliteConsumer {
             .await?;
         self.assignment.clear();
         self.positions.clear();
+        self.lag.clear();
         self.next_heartbeat = None;
         Ok(())
     }

@@ -12,6 +12,7 @@ fn queue() -> Option<(KafkaQueue, String)> {
     // Low timeouts so a departed member's partitions move quickly in the tests.
     options.session_timeout = Duration::from_secs(6);
     options.heartbeat_interval = Duration::from_millis(500);
+    options.statistics_interval = Duration::from_millis(200);
     let prefix = format!("t{}", courier_testkit::unique());
     Some((KafkaQueue::connect(options).expect("kafka client"), prefix))
 }
@@ -38,4 +39,10 @@ async fn members_split_and_take_over() {
 async fn partition_count_is_fixed() {
     let Some((queue, prefix)) = queue() else { return };
     conformance::partition_count_is_fixed(&queue, &prefix).await;
+}
+
+#[tokio::test]
+async fn lag_reaches_zero_once_consumed() {
+    let Some((queue, prefix)) = queue() else { return };
+    conformance::lag_reaches_zero_once_consumed(&queue, &prefix).await;
 }

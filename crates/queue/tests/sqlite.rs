@@ -53,3 +53,28 @@ async fn acknowledged_records_survive_reopen() {
     let values: Vec<u8> = conformance::drain(consumer.as_mut(), 5).await.iter().map(|r| r.value[0]).collect();
     assert_eq!(values, vec![0, 1, 2, 3, 4]);
 }
+
+#[tokio::test]
+async fn lag_reaches_zero_once_consumed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance::lag_reaches_zero_once_consumed(&open(&dir).await, "t").await;
+}
+
+/// With a heartbeat on every poll, the lag a poll reports is what the previous
+/// poll left behind.
+#[tokio::test]
+async fn lag_counts_the_records_not_yet_handed_out() {
+    use courier_queue::Queue as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = SqliteQueueOptions { heartbeat_interval: Duration::ZERO, ..SqliteQueueOptions::default() };
+    let queue = SqliteQueue::open(&dir.path().join("queue.sqlite"), options).await.expect("open queue");
+    queue.ensure_topic("lag", 1).await.expect("topic");
+    for i in 0..10u8 {
+        queue.produce("lag", "k", &[i]).await.expect("produce");
+    }
+    let mut consumer = queue.subscribe("g", &["lag".to_owned()]).await.expect("subscribe");
+    assert_eq!(consumer.poll(4, Duration::from_secs(5)).await.expect("poll").len(), 4);
+    assert_eq!(consumer.lag(), vec![(("lag".to_owned(), 0), 10)], "measured before the first read");
+    assert_eq!(consumer.poll(1, Duration::from_secs(5)).await.expect("poll").len(), 1);
+    assert_eq!(consumer.lag(), vec![(("lag".to_owned(), 0), 6)]);
+}
