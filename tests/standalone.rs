@@ -371,3 +371,34 @@ async fn an_expired_session_closes_its_connection() {
     assert!(reason.contains("session expired"), "{reason}");
     courier.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_even_while_messages_reach_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StandaloneConfig::ephemeral(dir.path().join("data"));
+    config.demo_users = false;
+    config.logic.sends_per_second = 0;
+    config.connect.pong_timeout = std::time::Duration::from_secs(1);
+    let courier = Standalone::start(config).await.expect("standalone starts");
+    let api = Api::new(courier.addresses.api);
+    let (token, me) = api.register("mia").await;
+    let (sender_token, _) = api.register("noor").await;
+    let mut ws = Ws::connect(courier.addresses.ws, &token, 14).await;
+    ws.await_members(&[me]).await;
+    // Room traffic keeps reaching the silent client, which answers nothing: the
+    // heartbeat deadline counts from what the client sent, not from what it got.
+    let sender = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            every.tick().await;
+            api.post("/push/pushRoom", json!({"authToken": sender_token, "msg": "hi", "roomId": 14})).await;
+        }
+    });
+    // `closed` skips the frames; a connection never dropped ends the wait.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(15), ws.closed()).await;
+    sender.abort();
+    let (code, reason) = closed.expect("dropped within 15 s").expect("close frame");
+    assert_eq!(code, 1008);
+    assert!(reason.contains("no answer to heartbeat"), "{reason}");
+    courier.stop().await;
+}

@@ -87,6 +87,9 @@ where
         Some(Box::pin(async move { gateway.resume(&channel, &auth).await }))
     };
     let mut filling: Option<Work<'_>> = None;
+    // When the client must have said something by; moved only by what it sends,
+    // not by the loop waking for pushes or pings.
+    let mut silent_until = framing.read_timeout.map(|limit| tokio::time::Instant::now() + limit);
     loop {
         tokio::select! {
             biased;
@@ -129,7 +132,10 @@ where
                 let channel = channel.clone();
                 filling = Some(Box::pin(async move { gateway.fill_gap(&channel, &stream, after).await }));
             }
-            read = read(&mut socket, framing.read_timeout), if handling.is_none() => match read.map(|item| item.map(framing.incoming)) {
+            read = read(&mut socket, silent_until), if handling.is_none() => match read.map(|item| {
+                silent_until = framing.read_timeout.map(|limit| tokio::time::Instant::now() + limit);
+                item.map(framing.incoming)
+            }) {
                 Some(Some(Incoming::Frame(text))) => {
                     let channel = channel.clone();
                     handling = Some(Box::pin(async move { gateway.handle(&channel, &text).await }));
@@ -157,10 +163,10 @@ where
 }
 
 /// The next item from the socket (`Some(None)` when it ended), or `None` when
-/// nothing came within `limit`.
-async fn read<S: Stream + Unpin>(socket: &mut S, limit: Option<Duration>) -> Option<Option<S::Item>> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, socket.next()).await.ok(),
+/// nothing came by `deadline`.
+async fn read<S: Stream + Unpin>(socket: &mut S, deadline: Option<tokio::time::Instant>) -> Option<Option<S::Item>> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, socket.next()).await.ok(),
         None => Some(socket.next().await),
     }
 }

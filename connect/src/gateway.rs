@@ -60,7 +60,7 @@ impl Gateway {
     pub async fn open(&self, auth: &ClientFrame, transport: &'static str) -> Result<Arc<Channel>, String> {
         let token = auth.auth_token.as_deref().unwrap_or_default();
         let room = auth.room_id.unwrap_or(0);
-        let request = TokenRequest { auth_token: token.to_owned() };
+        let request = TokenRequest { auth_token: token.to_owned(), with_inbox_position: true };
         let user = self.logic.clone().check_auth(request).await.map_err(|s| status_text(&s))?.into_inner();
         let channel = Arc::new(Channel::new(
             self.hub.next_channel_id(),
@@ -336,7 +336,7 @@ impl Gateway {
     /// Closes the connection if its session has expired or been revoked (called
     /// every `session_check_interval`; revocations also arrive as pushes).
     pub async fn check_session(&self, channel: &Channel) {
-        let request = TokenRequest { auth_token: channel.auth_token.clone() };
+        let request = TokenRequest { auth_token: channel.auth_token.clone(), with_inbox_position: false };
         if let Err(status) = self.logic.clone().check_auth(request).await
             && status.code() == Code::Unauthenticated
         {

@@ -561,10 +561,14 @@ impl LogicRpc for Logic {
     }
 
     async fn check_auth(&self, request: Request<TokenRequest>) -> Result<Response<UserReply>, Status> {
-        let token = request.into_inner().auth_token;
+        let request = request.into_inner();
         self.observed("CheckAuth", async {
-            let user = self.session(&token).await?;
-            let last_seq = self.last_seq(&courier_wire::user_stream(user.user_id)).await;
+            let user = self.session(&request.auth_token).await?;
+            let last_seq = if request.with_inbox_position {
+                self.last_seq(&courier_wire::user_stream(user.user_id)).await
+            } else {
+                0
+            };
             Ok(UserReply { user_id: user.user_id, user_name: user.user_name, last_seq })
         })
         .await

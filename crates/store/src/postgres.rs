@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use crate::rows::{MESSAGE_COLUMNS, stored_from_row, user_from_row};
+use crate::rows::{MESSAGE_COLUMNS, Page, stored_from_row, user_from_row};
 use crate::{
     Appended, Error, HistoryStore, Message, Result, StoredMessage, StreamInfo, User, UserStore, append, new_epoch,
 };
@@ -42,6 +42,18 @@ impl PgStore {
     pub async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("../../migrations/postgres").run(&self.pool).await?;
         Ok(())
+    }
+
+    /// A page of `stream` next to a seq, in the page's direction.
+    async fn read_page(&self, stream: &str, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+        let (seq, condition, order) = page.sql();
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
+             JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
+             WHERE e.stream = $1 AND e.seq {condition} $2 ORDER BY e.seq {order} LIMIT $3"
+        ));
+        let rows = sqlx::query(sql).bind(stream).bind(seq).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(stored_from_row).collect()
     }
 }
 
@@ -176,33 +188,11 @@ impl HistoryStore for PgStore {
     }
 
     async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
-             JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
-             WHERE e.stream = $1 AND e.seq > $2 ORDER BY e.seq ASC LIMIT $3"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(stream)
-            .bind(after.min(i64::MAX as u64) as i64)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(stored_from_row).collect()
+        self.read_page(stream, Page::After(after), limit).await
     }
 
     async fn read_before(&self, stream: &str, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
-             JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
-             WHERE e.stream = $1 AND e.seq < $2 ORDER BY e.seq DESC LIMIT $3"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(stream)
-            .bind(before.min(i64::MAX as u64) as i64)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(stored_from_row).collect()
+        self.read_page(stream, Page::Before(before), limit).await
     }
 
     async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>> {

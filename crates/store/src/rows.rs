@@ -11,6 +11,26 @@ pub(crate) const MESSAGE_COLUMNS: &str = "e.stream, e.seq, s.epoch, m.msg_id, CA
     m.room_id, m.from_user_id, m.from_user_name, m.to_user_id, m.to_user_name, m.body, m.admitted_ms,
     m.client_msg_id";
 
+/// Which side of a seq a history page reads, for both stores' SQL.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Page {
+    /// Seqs greater than this, oldest first.
+    After(u64),
+    /// Seqs less than this, newest first.
+    Before(u64),
+}
+
+impl Page {
+    /// The bound (clamped to SQL's BIGINT), its comparison and the order.
+    pub(crate) fn sql(self) -> (i64, &'static str, &'static str) {
+        let clamp = |seq: u64| seq.min(i64::MAX as u64) as i64;
+        match self {
+            Self::After(seq) => (clamp(seq), ">", "ASC"),
+            Self::Before(seq) => (clamp(seq), "<", "DESC"),
+        }
+    }
+}
+
 pub(crate) fn user_from_row<'r, R>(row: &'r R) -> Result<User>
 where
     R: Row,

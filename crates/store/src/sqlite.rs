@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::rows::{MESSAGE_COLUMNS, stored_from_row, user_from_row};
+use crate::rows::{MESSAGE_COLUMNS, Page, stored_from_row, user_from_row};
 use crate::{
     Appended, Error, HistoryStore, Message, Result, StoredMessage, StreamInfo, User, UserStore, append, new_epoch,
 };
@@ -55,6 +55,18 @@ impl SqliteStore {
     pub async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("../../migrations/sqlite").run(&self.pool).await?;
         Ok(())
+    }
+
+    /// A page of `stream` next to a seq, in the page's direction.
+    async fn read_page(&self, stream: &str, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+        let (seq, condition, order) = page.sql();
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
+             JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
+             WHERE e.stream = ? AND e.seq {condition} ? ORDER BY e.seq {order} LIMIT ?"
+        ));
+        let rows = sqlx::query(sql).bind(stream).bind(seq).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(stored_from_row).collect()
     }
 }
 
@@ -193,33 +205,11 @@ impl HistoryStore for SqliteStore {
     }
 
     async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
-             JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
-             WHERE e.stream = ? AND e.seq > ? ORDER BY e.seq ASC LIMIT ?"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(stream)
-            .bind(after.min(i64::MAX as u64) as i64)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(stored_from_row).collect()
+        self.read_page(stream, Page::After(after), limit).await
     }
 
     async fn read_before(&self, stream: &str, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
-             JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
-             WHERE e.stream = ? AND e.seq < ? ORDER BY e.seq DESC LIMIT ?"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(stream)
-            .bind(before.min(i64::MAX as u64) as i64)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(stored_from_row).collect()
+        self.read_page(stream, Page::Before(before), limit).await
     }
 
     async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>> {
