@@ -132,6 +132,21 @@ impl Backends {
     }
 }
 
+impl Backends {
+    /// The presence that routes pushes: the cluster's shared one (Redis). With
+    /// presence in process, a separate task process cannot see the connections
+    /// logic registered, so its pushes go to every node.
+    pub async fn routes(&self) -> anyhow::Result<Option<Arc<dyn Presence>>> {
+        Ok(match &self.redis {
+            Some(url) => {
+                let redis = courier_presence::redis::connect(url).await.context("connecting to Redis")?;
+                Some(Arc::new(courier_presence::redis::RedisPresence::new(redis, &self.redis_prefix)))
+            }
+            None => None,
+        })
+    }
+}
+
 /// Metrics, readiness and the admin server of one tier process.
 pub struct Admin {
     pub metrics: Arc<Metrics>,
@@ -157,15 +172,19 @@ impl Admin {
     }
 }
 
-/// A pusher to a fixed list of connect nodes.
-pub async fn static_pusher(nodes: Vec<ConnectNode>, admin: &Admin) -> Pusher {
-    Pusher::start(
+/// A pusher to a fixed list of connect nodes, routing with `routes` if given.
+pub async fn static_pusher(nodes: Vec<ConnectNode>, routes: Option<Arc<dyn Presence>>, admin: &Admin) -> Pusher {
+    let pusher = Pusher::start(
         Arc::new(StaticDiscovery::new(nodes)),
         admin.metrics.clone(),
         PusherOptions::default(),
         admin.shutdown.clone(),
     )
-    .await
+    .await;
+    match routes {
+        Some(presence) => pusher.with_routes(presence),
+        None => pusher,
+    }
 }
 
 /// How long a worker-id lease lasts without renewal; renewed every third of it.
@@ -207,7 +226,7 @@ pub async fn logic(tier: LogicTier, backends: &Backends, admin: Admin) -> anyhow
         }
         (None, None) => None,
     };
-    let pusher = static_pusher(nodes, &admin).await;
+    let pusher = static_pusher(nodes, backends.routes().await?, &admin).await;
     let logic = courier_logic::Logic::new(
         config,
         courier_logic::LogicBackends {
@@ -248,7 +267,7 @@ pub async fn task(
 ) -> anyhow::Result<()> {
     let (_, history) = backends.stores().await?;
     let queue = backends.queue().await?;
-    let pusher = static_pusher(nodes, &admin).await;
+    let pusher = static_pusher(nodes, backends.routes().await?, &admin).await;
     let task_backends = courier_task::TaskBackends { queue, history, pusher, metrics: admin.metrics.clone() };
     courier_task::run(config, task_backends, admin.readiness.flag("task"), admin.shutdown.clone()).await;
     Ok(())

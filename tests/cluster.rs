@@ -346,6 +346,67 @@ async fn a_crashed_connect_node_is_reaped_from_presence() {
     assert_eq!(update["roomUserInfo"][bob.to_string()], format!("nb{run}"));
 }
 
+/// A sample of the tier's Prometheus metrics (0 when not exported yet).
+async fn metric(admin: SocketAddr, sample: &str) -> f64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics endpoint answers")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn pushes_reach_only_the_nodes_holding_their_users_and_rooms() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = Cluster::start(dir.path()).await else { return };
+    let api = Api::new(cluster.api);
+    let run = courier_testkit::unique() % 1_000_000_000;
+    let (room_0, room_1) = (5_000_000_000 + run, 6_000_000_000 + run);
+    let (alice_token, alice) = api.register(&format!("ra{run}")).await;
+    let (bob_token, bob) = api.register(&format!("rb{run}")).await;
+    let (carol_token, carol) = api.register(&format!("rc{run}")).await;
+    let (dave_token, dave) = api.register(&format!("rd{run}")).await;
+    // alice and dave in room_0 on connect-0; bob and carol in room_1 on connect-1.
+    let mut alice_ws = Ws::connect(cluster.ws[0], &alice_token, room_0).await;
+    let mut dave_ws = Ws::connect(cluster.ws[0], &dave_token, room_0).await;
+    let mut bob_ws = Ws::connect(cluster.ws[1], &bob_token, room_1).await;
+    let mut carol_ws = Ws::connect(cluster.ws[1], &carol_token, room_1).await;
+    dave_ws.await_members(&[alice, dave]).await;
+    carol_ws.await_members(&[bob, carol]).await;
+
+    const N: usize = 10;
+    for i in 0..N {
+        alice_ws.send(json!({"op": 7, "toUserId": bob, "msg": format!("ab{i}"), "clientMsgId": format!("a{i}")})).await;
+        bob_ws.send(json!({"op": 7, "toUserId": alice, "msg": format!("ba{i}"), "clientMsgId": format!("b{i}")})).await;
+        for (token, room) in [(&carol_token, room_1), (&dave_token, room_0)] {
+            let sent =
+                api.post("/push/pushRoom", json!({"authToken": token, "msg": format!("r{i}"), "roomId": room})).await;
+            assert_eq!(sent["code"], 0, "{sent}");
+        }
+    }
+    // Each gets the other's messages and the copies of its own (op 2), and its
+    // room's (op 3): all of it, so every push for these users has arrived.
+    for (ws, from) in [(&mut alice_ws, bob), (&mut bob_ws, alice)] {
+        let frames = ws.take_op(2, 2 * N).await;
+        assert_eq!(frames.iter().filter(|f| f["fromUserId"] == from).count(), N);
+    }
+    for ws in [&mut carol_ws, &mut dave_ws] {
+        assert_eq!(ws.take_op(3, N).await.len(), N);
+    }
+
+    // Without routes every frame went to both nodes, and each dropped the half
+    // it had no channel for.
+    let unmatched = r#"courier_pushed_frames_total{result="unmatched"}"#;
+    let matched = r#"courier_pushed_frames_total{result="matched"}"#;
+    for (node, admin) in [("connect-0", cluster.admins[3]), ("connect-1", cluster.admins[4])] {
+        assert_eq!(metric(admin, unmatched).await, 0.0, "{node} received frames for users it does not hold");
+        assert!(metric(admin, matched).await >= (3 * N) as f64, "{node} received its users' frames");
+    }
+}
+
 /// A Kafka broker of the test's own (ports, directory), started and stopped with
 /// `scripts/services kafka-up | kafka-down`, so stopping it disturbs no other test.
 struct Broker {

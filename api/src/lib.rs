@@ -140,7 +140,7 @@ struct PushBody {
 /// `/user/logout` handler runs; so does Courier.
 async fn session(state: &ApiState, token: Option<&str>) -> Result<UserReply, Answer> {
     let token = token.filter(|t| !t.is_empty()).ok_or_else(Answer::session_error)?;
-    let request = TokenRequest { auth_token: token.to_owned(), with_inbox_position: false };
+    let request = TokenRequest { auth_token: token.to_owned() };
     match state.logic.clone().check_auth(request).await {
         Ok(reply) => Ok(reply.into_inner()),
         Err(status) if status.code() == Code::Unauthenticated => Err(Answer::session_error()),
@@ -199,7 +199,7 @@ async fn logout(State(state): State<ApiState>, body: Body) -> Answer {
     let result = async {
         let b: TokenBody = parse(&state, body).await.map_err(|_| Answer::session_error())?;
         session(&state, b.auth_token.as_deref()).await?;
-        let request = TokenRequest { auth_token: b.auth_token.unwrap_or_default(), with_inbox_position: false };
+        let request = TokenRequest { auth_token: b.auth_token.unwrap_or_default() };
         match state.logic.clone().logout(request).await {
             Ok(_) => Ok(Answer::ok("logout ok!", Value::Null)),
             Err(_) => Ok(Answer::fail("logout fail!")),

@@ -11,11 +11,14 @@
 //! frames follow, each only if newer than the last queued. Without `since` a
 //! client gets live traffic only, as gochat's clients expect.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use courier_proto::logic::logic_client::LogicClient;
-use courier_proto::logic::{HistoryRequest, JoinRoomRequest, LeaveRoomRequest, SendRequest, TokenRequest};
+use courier_proto::logic::{
+    AttachRequest, DetachRequest, Empty, HistoryRequest, JoinRoomRequest, LeaveRoomRequest, SendRequest, TokenRequest,
+};
 use courier_telemetry::Metrics;
 use courier_wire::frame::{AckFrame, ClientFrame, ErrorFrame, Since, op, to_text};
 use tonic::Code;
@@ -56,11 +59,17 @@ impl Gateway {
 
     /// Authenticates `token`, registers a channel and joins `room` (0: none).
     /// The error text is fit to show the client.
+    ///
+    /// The channel is reachable in the hub before logic routes the user's
+    /// pushes here and reads where the inbox (and the room) stand, and holds
+    /// their live frames back until then: a message newer than that position is
+    /// pushed here only after the route exists, so it finds the channel; one
+    /// not newer is dropped as already known.
     /// `since` resumes the room and `inbox_since` the user's inbox (see module docs).
     pub async fn open(&self, auth: &ClientFrame, transport: &'static str) -> Result<Arc<Channel>, String> {
         let token = auth.auth_token.as_deref().unwrap_or_default();
         let room = auth.room_id.unwrap_or(0);
-        let request = TokenRequest { auth_token: token.to_owned(), with_inbox_position: true };
+        let request = TokenRequest { auth_token: token.to_owned() };
         let user = self.logic.clone().check_auth(request).await.map_err(|s| status_text(&s))?.into_inner();
         let channel = Arc::new(Channel::new(
             self.hub.next_channel_id(),
@@ -70,22 +79,37 @@ impl Gateway {
             transport,
             self.config.outbound_capacity,
         ));
-        // Before any push can reach the channel.
-        channel.set_baseline(&courier_wire::user_stream(channel.user_id), user.last_seq);
+        let inbox = courier_wire::user_stream(channel.user_id);
+        channel.begin_recovery(&inbox);
         self.hub.add(channel.clone());
-        if auth.inbox_since.is_some() {
-            // Hold the inbox's live frames back from the start; `resume` sends
-            // what was missed once the connection is being driven.
-            channel.begin_recovery(&courier_wire::user_stream(channel.user_id));
-        }
         if room != 0 {
-            if auth.since.is_some() {
-                channel.begin_recovery(&courier_wire::room_stream(room));
-            }
-            if let Err(reason) = self.join(&channel, room, None).await {
+            channel.begin_recovery(&courier_wire::room_stream(room));
+            self.hub.join(&channel, room);
+        }
+        let request = AttachRequest {
+            auth_token: token.to_owned(),
+            server_id: self.config.server_id.clone(),
+            conn_id: channel.id,
+            room_id: room,
+        };
+        let attached = {
+            let _permit = self.presence_calls.acquire().await;
+            self.logic.clone().attach(request).await
+        };
+        let reply = match attached {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
                 self.hub.remove(&channel);
-                return Err(reason);
+                return Err(status_text(&status));
             }
+        };
+        // Held back until `resume` sends what the client asked for; otherwise
+        // live from the position read.
+        if auth.inbox_since.is_none() {
+            channel.start_live(&inbox, reply.inbox_last_seq).await;
+        }
+        if room != 0 && auth.since.is_none() {
+            channel.start_live(&courier_wire::room_stream(room), reply.room_last_seq).await;
         }
         Ok(channel)
     }
@@ -194,6 +218,7 @@ impl Gateway {
             auth_token: channel.auth_token.clone(),
             room_id: room,
             server_id: self.config.server_id.clone(),
+            conn_id: channel.id,
         };
         let joined = {
             let _permit = self.presence_calls.acquire().await;
@@ -298,25 +323,40 @@ impl Gateway {
 
     async fn leave(&self, channel: &Arc<Channel>, room: u64) {
         if self.hub.leave(channel, room) {
-            self.leave_presence(channel.user_id, room).await;
+            let request = LeaveRoomRequest {
+                user_id: channel.user_id,
+                room_id: room,
+                server_id: self.config.server_id.clone(),
+                conn_id: channel.id,
+            };
+            self.release("leave_room", channel.user_id, |mut logic| {
+                let request = request.clone();
+                async move { logic.leave_room(request).await }
+            })
+            .await;
         }
     }
 
-    /// Tells logic a user's connection left a room; retried, since a lost leave
-    /// leaves the user counted as present for as long as this node lives.
-    async fn leave_presence(&self, user_id: u64, room: u64) {
-        let request = LeaveRoomRequest { user_id, room_id: room, server_id: self.config.server_id.clone() };
+    /// Releases presence (a room left, a connection closed); retried, since a
+    /// lost release leaves the user counted and routed here for as long as this
+    /// node lives. Presence calls name the connection, so a retry of a call
+    /// that did happen changes nothing.
+    async fn release<F, Fut>(&self, what: &'static str, user_id: u64, call: F)
+    where
+        F: Fn(LogicClient<GrpcChannel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Empty>, tonic::Status>>,
+    {
         let mut delay = std::time::Duration::from_millis(200);
         for attempt in 1..=LEAVE_ATTEMPTS {
             let result = {
                 let _permit = self.presence_calls.acquire().await;
-                self.logic.clone().leave_room(request.clone()).await
+                call(self.logic.clone()).await
             };
             match result {
                 Ok(_) => return,
                 Err(status) if attempt == LEAVE_ATTEMPTS => {
-                    self.metrics().error("leave_room");
-                    tracing::warn!(user_id, room, error = %status, "could not release presence");
+                    self.metrics().error(what);
+                    tracing::warn!(user_id, error = %status, "could not release presence ({what})");
                 }
                 Err(_) => {
                     tokio::time::sleep(delay).await;
@@ -336,7 +376,7 @@ impl Gateway {
     /// Closes the connection if its session has expired or been revoked (called
     /// every `session_check_interval`; revocations also arrive as pushes).
     pub async fn check_session(&self, channel: &Channel) {
-        let request = TokenRequest { auth_token: channel.auth_token.clone(), with_inbox_position: false };
+        let request = TokenRequest { auth_token: channel.auth_token.clone() };
         if let Err(status) = self.logic.clone().check_auth(request).await
             && status.code() == Code::Unauthenticated
         {
@@ -344,11 +384,19 @@ impl Gateway {
         }
     }
 
-    /// Unregisters a finished connection and releases its presence.
+    /// Unregisters a finished connection and releases its presence and route.
     pub async fn close(&self, channel: &Arc<Channel>) {
-        for room in self.hub.remove(channel) {
-            self.leave_presence(channel.user_id, room).await;
-        }
+        let request = DetachRequest {
+            user_id: channel.user_id,
+            server_id: self.config.server_id.clone(),
+            conn_id: channel.id,
+            room_ids: self.hub.remove(channel),
+        };
+        self.release("detach", channel.user_id, |mut logic| {
+            let request = request.clone();
+            async move { logic.detach(request).await }
+        })
+        .await;
     }
 }
 

@@ -245,6 +245,19 @@ impl Channel {
         }
     }
 
+    /// Ends holding `stream` back while the connection opened: live delivery
+    /// starts after `last_seq` (its position when the connection registered),
+    /// and the frames held meanwhile follow if newer, a hole before them being
+    /// caught like any other.
+    pub async fn start_live(&self, stream: &str, last_seq: u64) {
+        {
+            let mut streams = lock(&self.streams);
+            let state = streams.entry(stream.to_owned()).or_default();
+            state.last = state.last.max(last_seq);
+        }
+        self.finish_recovery(stream, Vec::new()).await;
+    }
+
     /// Waits for a stream with a gap; returns it and the last seq sent before.
     pub async fn next_gap(&self) -> (String, u64) {
         loop {
@@ -600,6 +613,35 @@ mod tests {
             ch.remaining_frames().into_iter().map(|Outbound::Frame { text, .. }| text.as_str().to_owned()).collect();
         assert_eq!(got, vec!["2", "3", "4", "5"]);
         assert!(!ch.offer("room:1", 5, &text(5), 0, &metrics), "already sent");
+    }
+
+    #[tokio::test]
+    async fn frames_pushed_while_a_connection_opens_start_after_its_position() {
+        let metrics = Metrics::new();
+        let hub = Hub::new(1, Arc::new(Metrics::new()));
+        let ch = channel(&hub, 1, 64);
+        let text = |n: u64| Utf8Bytes::from(n.to_string());
+        let sent = |ch: &Channel| -> Vec<String> {
+            ch.remaining_frames().into_iter().map(|Outbound::Frame { text, .. }| text.as_str().to_owned()).collect()
+        };
+        // The inbox stood at 5 when logic read it; 5 (late) and 6, 7 were pushed
+        // while the open was under way.
+        ch.begin_recovery("user:1");
+        for seq in [7, 5, 6] {
+            assert!(ch.offer("user:1", seq, &text(seq), 0, &metrics));
+        }
+        assert!(sent(&ch).is_empty(), "held until the position is known");
+        ch.start_live("user:1", 5).await;
+        assert_eq!(sent(&ch), ["6", "7"], "only what is newer than the position, in order");
+        assert!(ch.offer("user:1", 8, &text(8), 0, &metrics), "live from here on");
+        assert_eq!(sent(&ch), ["8"]);
+
+        // A hole between the position and the first held frame is a gap to fill.
+        ch.begin_recovery("room:2");
+        assert!(ch.offer("room:2", 12, &text(12), 0, &metrics));
+        ch.start_live("room:2", 10).await;
+        assert!(sent(&ch).is_empty(), "12 waits for 11");
+        assert_eq!(ch.next_gap().await, ("room:2".to_owned(), 10));
     }
 
     #[test]

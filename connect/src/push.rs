@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use courier_proto::connect::connect_server::Connect;
 use courier_proto::connect::{PushReply, PushRequest, delivery::Target};
+use courier_telemetry::ResultLabel;
 use tonic::{Request, Response, Status};
 
 use crate::hub::{Channel, Hub, close_code};
@@ -36,6 +37,8 @@ impl Connect for PushService {
                 }
             }
         }
+        let matched = metrics.pushed_frames.get_or_create(&ResultLabel { result: "matched" }).clone();
+        let unmatched = metrics.pushed_frames.get_or_create(&ResultLabel { result: "unmatched" }).clone();
         let mut user_channels: Vec<Arc<Channel>>;
         for delivery in request.deliveries {
             let text = Utf8Bytes::from(delivery.body);
@@ -47,6 +50,7 @@ impl Connect for PushService {
                 }
                 None => continue,
             };
+            if channels.is_empty() { &unmatched } else { &matched }.inc();
             for channel in channels {
                 if channel.offer(&delivery.stream, delivery.seq, &text, delivery.admitted_ms, &metrics) {
                     queued += 1;

@@ -26,8 +26,9 @@ use courier_presence::{Claim, ClientMsgIds, Presence, SessionUser, Sessions};
 use courier_proto::connect::{Delivery, delivery::Target};
 use courier_proto::logic::logic_server::{Logic as LogicRpc, LogicServer};
 use courier_proto::logic::{
-    Credentials, Empty, HistoryFrame, HistoryReply, HistoryRequest, JoinRoomRequest, LeaveRoomRequest,
-    NodeHeartbeatRequest, RoomRequest, SendReply, SendRequest, SessionReply, TokenRequest, UserReply,
+    AttachReply, AttachRequest, Credentials, DetachRequest, Empty, HistoryFrame, HistoryReply, HistoryRequest,
+    JoinRoomRequest, LeaveRoomRequest, NodeHeartbeatRequest, RoomRequest, SendReply, SendRequest, SessionReply,
+    TokenRequest, UserReply,
 };
 use courier_proto::record::{MessageKind, MessageRecord, RECORD_VERSION};
 use courier_push::Pusher;
@@ -444,7 +445,7 @@ impl Logic {
         let rooms: Vec<u64> = self.inner.dirty_rooms.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for room in rooms {
             match (self.room_count_frame(room).await, self.room_info_frame(room).await) {
-                (Ok(count), Ok(info)) => self.inner.backends.pusher.broadcast(&[count, info]),
+                (Ok(count), Ok(info)) => self.inner.backends.pusher.deliver(&[count, info]).await,
                 _ => self.mark_dirty(room), // try again on the next flush
             }
         }
@@ -564,12 +565,7 @@ impl LogicRpc for Logic {
         let request = request.into_inner();
         self.observed("CheckAuth", async {
             let user = self.session(&request.auth_token).await?;
-            let last_seq = if request.with_inbox_position {
-                self.last_seq(&courier_wire::user_stream(user.user_id)).await
-            } else {
-                0
-            };
-            Ok(UserReply { user_id: user.user_id, user_name: user.user_name, last_seq })
+            Ok(UserReply { user_id: user.user_id, user_name: user.user_name, last_seq: 0 })
         })
         .await
     }
@@ -589,20 +585,66 @@ impl LogicRpc for Logic {
         .await
     }
 
+    async fn attach(&self, request: Request<AttachRequest>) -> Result<Response<AttachReply>, Status> {
+        let r = request.into_inner();
+        self.observed("Attach", async {
+            let user = self.session(&r.auth_token).await?;
+            if r.server_id.is_empty() {
+                return Err(Status::invalid_argument("serverId is required"));
+            }
+            let presence = &self.inner.backends.presence;
+            presence.attach(user.user_id, &r.server_id, r.conn_id).await.map_err(|e| self.presence_unavailable(e))?;
+            if r.room_id != 0 {
+                if let Err(e) = presence.join(r.room_id, &user, &r.server_id, r.conn_id).await {
+                    // Undo the route, so a failed open leaves nothing behind;
+                    // if this fails too, the node's detach on close or its
+                    // lease releases it.
+                    let _ = presence.detach(user.user_id, &r.server_id, r.conn_id).await;
+                    return Err(self.presence_unavailable(e));
+                }
+                self.mark_dirty(r.room_id);
+            }
+            // Read after the route and the membership exist: see AttachReply.
+            let inbox_last_seq = self.last_seq(&courier_wire::user_stream(user.user_id)).await;
+            let room_last_seq =
+                if r.room_id == 0 { 0 } else { self.last_seq(&courier_wire::room_stream(r.room_id)).await };
+            Ok(AttachReply { user_id: user.user_id, user_name: user.user_name, inbox_last_seq, room_last_seq })
+        })
+        .await
+    }
+
+    async fn detach(&self, request: Request<DetachRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.observed("Detach", async {
+            let presence = &self.inner.backends.presence;
+            for room in &r.room_ids {
+                presence
+                    .leave(*room, r.user_id, &r.server_id, r.conn_id)
+                    .await
+                    .map_err(|e| self.presence_unavailable(e))?;
+                self.mark_dirty(*room);
+            }
+            presence.detach(r.user_id, &r.server_id, r.conn_id).await.map_err(|e| self.presence_unavailable(e))?;
+            Ok(Empty {})
+        })
+        .await
+    }
+
     async fn join_room(&self, request: Request<JoinRoomRequest>) -> Result<Response<UserReply>, Status> {
         let r = request.into_inner();
         self.observed("JoinRoom", async {
             let user = self.session(&r.auth_token).await?;
-            if r.room_id != 0 {
-                self.inner
-                    .backends
-                    .presence
-                    .join(r.room_id, &user, &r.server_id)
-                    .await
-                    .map_err(|e| self.presence_unavailable(e))?;
-                self.mark_dirty(r.room_id);
+            if r.room_id == 0 {
+                return Err(Status::invalid_argument("roomId is required"));
             }
-            let last_seq = if r.room_id == 0 { 0 } else { self.last_seq(&courier_wire::room_stream(r.room_id)).await };
+            self.inner
+                .backends
+                .presence
+                .join(r.room_id, &user, &r.server_id, r.conn_id)
+                .await
+                .map_err(|e| self.presence_unavailable(e))?;
+            self.mark_dirty(r.room_id);
+            let last_seq = self.last_seq(&courier_wire::room_stream(r.room_id)).await;
             Ok(UserReply { user_id: user.user_id, user_name: user.user_name, last_seq })
         })
         .await
@@ -614,7 +656,7 @@ impl LogicRpc for Logic {
             self.inner
                 .backends
                 .presence
-                .leave(r.room_id, r.user_id, &r.server_id)
+                .leave(r.room_id, r.user_id, &r.server_id, r.conn_id)
                 .await
                 .map_err(|e| self.presence_unavailable(e))?;
             self.mark_dirty(r.room_id);
@@ -655,7 +697,7 @@ impl LogicRpc for Logic {
                 return Err(Status::invalid_argument("roomId is required"));
             }
             let frame = self.room_count_frame(r.room_id).await?;
-            self.inner.backends.pusher.broadcast(&[frame]);
+            self.inner.backends.pusher.deliver(&[frame]).await;
             Ok(Empty {})
         })
         .await
@@ -674,7 +716,7 @@ impl LogicRpc for Logic {
                 return Err(Status::invalid_argument("roomId is required"));
             }
             let frame = self.room_info_frame(r.room_id).await?;
-            self.inner.backends.pusher.broadcast(&[frame]);
+            self.inner.backends.pusher.deliver(&[frame]).await;
             Ok(Empty {})
         })
         .await

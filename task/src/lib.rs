@@ -348,7 +348,7 @@ impl Lane {
         for (message, positions) in messages.iter().zip(&positions) {
             deliveries.extend(courier_push::frames::frames_for(message, positions));
         }
-        self.backends.pusher.broadcast(&deliveries);
+        self.backends.pusher.deliver(&deliveries).await;
         true
     }
 }

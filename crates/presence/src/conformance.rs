@@ -31,25 +31,28 @@ pub async fn device_cap_revokes_the_oldest_token(sessions: &dyn Sessions, base: 
 }
 
 /// Two tabs count once, leaving one keeps the user present, a dead node takes only
-/// its own connections, and strangers leaving is harmless.
+/// its own connections, a repeated join or leave changes nothing, and strangers
+/// leaving is harmless.
 pub async fn presence_counts_users_not_tabs(presence: &dyn Presence, base: u64) {
     let room = base + 1;
     let (u1, u2) = (user(base + 1), user(base + 2));
     let (node_a, node_b) = (format!("a-{base}"), format!("b-{base}"));
-    assert!(presence.join(room, &u1, &node_a).await.expect("join"));
-    assert!(!presence.join(room, &u1, &node_b).await.expect("join"), "a second tab");
-    assert!(presence.join(room, &u2, &node_a).await.expect("join"));
+    assert!(presence.join(room, &u1, &node_a, 1).await.expect("join"));
+    assert!(!presence.join(room, &u1, &node_a, 1).await.expect("join"), "a retried join");
+    assert!(!presence.join(room, &u1, &node_b, 1).await.expect("join"), "a second tab");
+    assert!(presence.join(room, &u2, &node_a, 2).await.expect("join"));
     assert_eq!(presence.count(room).await.expect("count"), 2);
-    assert!(!presence.leave(room, u1.user_id, &node_a).await.expect("leave"), "the tab on b remains");
+    assert!(!presence.leave(room, u1.user_id, &node_a, 1).await.expect("leave"), "the tab on b remains");
+    assert!(!presence.leave(room, u1.user_id, &node_a, 1).await.expect("leave"), "a retried leave");
     assert_eq!(presence.count(room).await.expect("count"), 2);
     assert_eq!(presence.drop_server(&node_a).await.expect("drop"), vec![room]);
     assert_eq!(presence.members(room, 10).await.expect("members"), vec![(u1.user_id, u1.user_name.clone())]);
-    assert!(presence.leave(room, u1.user_id, &node_b).await.expect("leave"));
+    assert!(presence.leave(room, u1.user_id, &node_b, 1).await.expect("leave"));
     assert_eq!(presence.count(room).await.expect("count"), 0);
-    assert!(!presence.leave(room + 7, base + 9, "x").await.expect("a stranger leaving is harmless"));
+    assert!(!presence.leave(room + 7, base + 9, "x", 1).await.expect("a stranger leaving is harmless"));
     // The member list is capped and ordered by id.
     for id in 1..=5 {
-        presence.join(room, &user(base + id), &node_b).await.expect("join");
+        presence.join(room, &user(base + id), &node_b, id).await.expect("join");
     }
     let members = presence.members(room, 3).await.expect("members");
     assert_eq!(members.iter().map(|m| m.0).collect::<Vec<_>>(), vec![base + 1, base + 2, base + 3]);
@@ -81,4 +84,67 @@ pub async fn node_leases_lapse_once(presence: &dyn Presence, base: u64) {
     let lapsed = presence.take_lapsed_nodes(2_000).await.expect("lapsed");
     assert!(lapsed.contains(&b) && !lapsed.contains(&a), "{lapsed:?}");
     assert!(!presence.take_lapsed_nodes(2_000).await.expect("lapsed").contains(&b), "reported once");
+}
+
+/// Routes follow connections: a user is routed to every node holding one of
+/// their connections, a room to every node holding a member's; a repeated
+/// attach or detach changes nothing; a dropped node takes exactly its own routes.
+pub async fn routes_follow_connections(presence: &dyn Presence, base: u64) {
+    let room = base + 1;
+    let (u1, u2, u3) = (user(base + 1), user(base + 2), user(base + 3));
+    let (a, b) = (format!("route-a-{base}"), format!("route-b-{base}"));
+    for (who, node, conn) in [(&u1, &a, 1), (&u1, &b, 1), (&u1, &b, 2), (&u1, &b, 2), (&u2, &b, 3)] {
+        presence.attach(who.user_id, node, conn).await.expect("attach");
+    }
+    presence.join(room, &u1, &a, 1).await.expect("join");
+    presence.join(room, &u2, &b, 3).await.expect("join");
+    let users = [u1.user_id, u2.user_id, u3.user_id];
+    let routes = presence.routes(&users, &[room, room + 1]).await.expect("routes");
+    assert_eq!(routes.user(u1.user_id), [a.as_str(), b.as_str()]);
+    assert_eq!(routes.user(u2.user_id), [b.as_str()]);
+    assert!(routes.user(u3.user_id).is_empty() && routes.room(room + 1).is_empty(), "{routes:?}");
+    assert_eq!(routes.room(room), [a.as_str(), b.as_str()]);
+
+    // Connection 2 was attached twice: detaching it once leaves connection 1 on b.
+    presence.detach(u1.user_id, &b, 2).await.expect("detach");
+    presence.detach(u1.user_id, &b, 2).await.expect("a retried detach");
+    let routes = presence.routes(&users, &[]).await.expect("routes");
+    assert_eq!(routes.user(u1.user_id), [a.as_str(), b.as_str()], "connection 1 is still on b");
+    presence.detach(u1.user_id, &b, 1).await.expect("detach");
+    presence.detach(u3.user_id, &a, 9).await.expect("a stranger detaching is harmless");
+    presence.attach(u3.user_id, &a, 9).await.expect("attach");
+    let routes = presence.routes(&users, &[]).await.expect("routes");
+    assert_eq!(routes.user(u1.user_id), [a.as_str()]);
+    assert_eq!(routes.user(u3.user_id), [a.as_str()]);
+
+    presence.leave(room, u1.user_id, &a, 1).await.expect("leave");
+    assert_eq!(presence.routes(&[], &[room]).await.expect("routes").room(room), [b.as_str()]);
+    presence.join(room, &u1, &a, 1).await.expect("join");
+    assert_eq!(presence.drop_server(&b).await.expect("drop"), vec![room], "u2 left the room with b");
+    let routes = presence.routes(&users, &[room]).await.expect("routes");
+    assert!(routes.user(u2.user_id).is_empty(), "{routes:?}");
+    assert_eq!(routes.user(u1.user_id), [a.as_str()]);
+    assert_eq!(routes.room(room), [a.as_str()]);
+}
+
+/// A node holding many connections is dropped whole (the Redis backend removes
+/// it in slices): every member leaves, every route goes, other nodes stay.
+pub async fn a_big_node_is_dropped_whole(presence: &dyn Presence, base: u64) {
+    let (big, other) = (format!("big-{base}"), format!("other-{base}"));
+    let rooms = [base + 1, base + 2, base + 3];
+    let users = 1_600u64;
+    for id in 0..users {
+        let member = user(base + 10 + id);
+        presence.attach(member.user_id, &big, id).await.expect("attach");
+        presence.join(rooms[(id % 3) as usize], &member, &big, id).await.expect("join");
+    }
+    presence.join(rooms[0], &user(base + 5), &other, 1).await.expect("join");
+    assert_eq!(presence.drop_server(&big).await.expect("drop"), rooms.to_vec());
+    assert_eq!(presence.count(rooms[0]).await.expect("count"), 1, "the other node's member stays");
+    assert_eq!(presence.count(rooms[1]).await.expect("count"), 0);
+    let ids: Vec<u64> = (0..users).map(|id| base + 10 + id).collect();
+    let routes = presence.routes(&ids, &rooms).await.expect("routes");
+    assert!(routes.users.is_empty(), "{} users still routed", routes.users.len());
+    assert_eq!(routes.room(rooms[0]), [other]);
+    assert!(routes.room(rooms[2]).is_empty());
 }

@@ -6,11 +6,15 @@
 //!   gochat's one-session-per-user rule is the cap of one.
 //! - [`Presence`]: room membership of live connections, counted per user and per
 //!   connect node, so two tabs count once and a node's departure removes exactly
-//!   its own connections.
+//!   its own connections. It also knows the **routes**: which connect nodes hold
+//!   a user's connections and a room's members, so a push goes only to the nodes
+//!   that can deliver it instead of to every node.
 //!
 //! The in-process implementations in [`memory`] serve `courier standalone`, where
 //! one process holds every connection; those in [`redis`] serve a cluster. The
 //! tests in [`conformance`] are written once and run against both.
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 
@@ -53,14 +57,20 @@ pub trait Sessions: Send + Sync + 'static {
     async fn revoke(&self, token: &str) -> Result<Option<SessionUser>>;
 }
 
-/// Membership of live connections in rooms.
+/// Membership of live connections in rooms, and the routes to them.
+///
+/// A connection is named by its node (`server`) and an id unique on that node
+/// (`conn`), so every update is idempotent: a retried join, leave, attach or
+/// detach (a reply lost on the way) never counts a connection twice or takes
+/// away another one.
 #[async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// One more connection of `user` in `room` on `server`; true if the user was
+    /// Connection `conn` of `user` on `server` joins `room`; true if the user was
     /// not in the room before.
-    async fn join(&self, room: u64, user: &SessionUser, server: &str) -> Result<bool>;
-    /// One connection fewer; true if the user has no connection left in the room.
-    async fn leave(&self, room: u64, user_id: u64, server: &str) -> Result<bool>;
+    async fn join(&self, room: u64, user: &SessionUser, server: &str, conn: u64) -> Result<bool>;
+    /// Connection `conn` leaves `room`; true if the user has no connection left
+    /// in the room (false also when the connection was not in it).
+    async fn leave(&self, room: u64, user_id: u64, server: &str, conn: u64) -> Result<bool>;
     /// Distinct users online in the room.
     async fn count(&self, room: u64) -> Result<u64>;
     /// Up to `cap` members of the room (id, name), lowest ids first.
@@ -75,6 +85,35 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Servers whose lease ended before `now_unix_ms`; forgets their leases.
     async fn take_lapsed_nodes(&self, now_unix_ms: i64) -> Result<Vec<String>>;
+
+    /// Connection `conn` of `user_id` opened on `server`, whatever rooms it
+    /// joins: the user's inbox pushes are routed there.
+    async fn attach(&self, user_id: u64, server: &str, conn: u64) -> Result<()>;
+    /// Connection `conn` closed; harmless if it was not attached.
+    async fn detach(&self, user_id: u64, server: &str, conn: u64) -> Result<()>;
+    /// The servers holding a connection of each user in `users` and of a member
+    /// of each room in `rooms`.
+    async fn routes(&self, users: &[u64], rooms: &[u64]) -> Result<Routes>;
+}
+
+/// Where pushes must go: the servers per user and per room. A user or room
+/// nobody holds is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routes {
+    pub users: HashMap<u64, Vec<String>>,
+    pub rooms: HashMap<u64, Vec<String>>,
+}
+
+impl Routes {
+    /// The servers holding `user_id`'s connections, sorted.
+    pub fn user(&self, user_id: u64) -> &[String] {
+        self.users.get(&user_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// The servers holding connections of `room`'s members, sorted.
+    pub fn room(&self, room: u64) -> &[String] {
+        self.rooms.get(&room).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// What a client message id stands for.

@@ -3,13 +3,13 @@
 //! Plain `std` mutexes: every critical section is a few map operations and never
 //! awaits, so an async lock would only add overhead.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::{NewSession, Presence, Result, SessionUser, Sessions, new_token};
+use crate::{NewSession, Presence, Result, Routes, SessionUser, Sessions, new_token};
 
 /// Session rules.
 #[derive(Debug, Clone)]
@@ -89,49 +89,89 @@ impl Sessions for MemorySessions {
     }
 }
 
+/// A connection: its node and its id there.
+type Conn = (String, u64);
+
 #[derive(Debug, Default)]
 struct Member {
     name: String,
-    /// Live connections per connect node.
-    connections: HashMap<String, u32>,
+    connections: HashSet<Conn>,
+}
+
+/// Connections counted per (room or user) and server.
+type Counts = HashMap<u64, HashMap<String, u32>>;
+
+#[derive(Debug, Default)]
+struct Tables {
+    rooms: HashMap<u64, BTreeMap<u64, Member>>,
+    /// Room → server → connections of its members there (the room's routes).
+    room_nodes: Counts,
+    /// User → the user's attached connections.
+    attached: HashMap<u64, HashSet<Conn>>,
+}
+
+fn count_up(map: &mut Counts, key: u64, server: &str) {
+    *map.entry(key).or_default().entry(server.to_owned()).or_default() += 1;
+}
+
+/// One fewer for `key` on `server`, forgetting what drops to zero.
+fn count_down(map: &mut Counts, key: u64, server: &str) {
+    let Some(servers) = map.get_mut(&key) else { return };
+    match servers.get_mut(server) {
+        Some(count) if *count > 1 => *count -= 1,
+        _ => {
+            servers.remove(server);
+        }
+    }
+    if servers.is_empty() {
+        map.remove(&key);
+    }
+}
+
+fn sorted(servers: impl Iterator<Item = String>) -> Vec<String> {
+    let mut servers: Vec<String> = servers.collect();
+    servers.sort();
+    servers.dedup();
+    servers
 }
 
 /// Presence in process memory.
 #[derive(Debug, Default)]
 pub struct MemoryPresence {
-    rooms: Mutex<HashMap<u64, BTreeMap<u64, Member>>>,
+    tables: Mutex<Tables>,
     /// Node leases: server id → (boot id, expiry ms).
     nodes: Mutex<HashMap<String, (String, i64)>>,
 }
 
 impl MemoryPresence {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, BTreeMap<u64, Member>>> {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 #[async_trait]
 impl Presence for MemoryPresence {
-    async fn join(&self, room: u64, user: &SessionUser, server: &str) -> Result<bool> {
-        let mut rooms = self.lock();
-        let members = rooms.entry(room).or_default();
+    async fn join(&self, room: u64, user: &SessionUser, server: &str, conn: u64) -> Result<bool> {
+        let mut tables = self.lock();
+        let members = tables.rooms.entry(room).or_default();
         let new = !members.contains_key(&user.user_id);
         let member = members.entry(user.user_id).or_default();
         member.name.clone_from(&user.user_name);
-        *member.connections.entry(server.to_owned()).or_default() += 1;
+        if member.connections.insert((server.to_owned(), conn)) {
+            count_up(&mut tables.room_nodes, room, server);
+        }
         Ok(new)
     }
 
-    async fn leave(&self, room: u64, user_id: u64, server: &str) -> Result<bool> {
-        let mut rooms = self.lock();
+    async fn leave(&self, room: u64, user_id: u64, server: &str, conn: u64) -> Result<bool> {
+        let mut tables = self.lock();
+        let Tables { rooms, room_nodes, .. } = &mut *tables;
         let Some(members) = rooms.get_mut(&room) else { return Ok(false) };
         let Some(member) = members.get_mut(&user_id) else { return Ok(false) };
-        if let Some(count) = member.connections.get_mut(server) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                member.connections.remove(server);
-            }
+        if !member.connections.remove(&(server.to_owned(), conn)) {
+            return Ok(false);
         }
+        count_down(room_nodes, room, server);
         let gone = member.connections.is_empty();
         if gone {
             members.remove(&user_id);
@@ -143,24 +183,26 @@ impl Presence for MemoryPresence {
     }
 
     async fn count(&self, room: u64) -> Result<u64> {
-        Ok(self.lock().get(&room).map_or(0, |m| m.len() as u64))
+        Ok(self.lock().rooms.get(&room).map_or(0, |m| m.len() as u64))
     }
 
     async fn members(&self, room: u64, cap: usize) -> Result<Vec<(u64, String)>> {
-        let rooms = self.lock();
-        Ok(rooms
+        let tables = self.lock();
+        Ok(tables
+            .rooms
             .get(&room)
             .map(|m| m.iter().take(cap).map(|(id, member)| (*id, member.name.clone())).collect())
             .unwrap_or_default())
     }
 
     async fn drop_server(&self, server: &str) -> Result<Vec<u64>> {
-        let mut rooms = self.lock();
+        let mut tables = self.lock();
+        let Tables { rooms, room_nodes, attached } = &mut *tables;
         let mut changed = Vec::new();
         for (room, members) in rooms.iter_mut() {
             let before = members.len();
             for member in members.values_mut() {
-                member.connections.remove(server);
+                member.connections.retain(|(s, _)| s != server);
             }
             members.retain(|_, m| !m.connections.is_empty());
             if members.len() != before {
@@ -168,6 +210,14 @@ impl Presence for MemoryPresence {
             }
         }
         rooms.retain(|_, m| !m.is_empty());
+        room_nodes.retain(|_, servers| {
+            servers.remove(server);
+            !servers.is_empty()
+        });
+        attached.retain(|_, conns| {
+            conns.retain(|(s, _)| s != server);
+            !conns.is_empty()
+        });
         changed.sort_unstable();
         Ok(changed)
     }
@@ -187,6 +237,35 @@ impl Presence for MemoryPresence {
             nodes.remove(id);
         }
         Ok(lapsed)
+    }
+
+    async fn attach(&self, user_id: u64, server: &str, conn: u64) -> Result<()> {
+        self.lock().attached.entry(user_id).or_default().insert((server.to_owned(), conn));
+        Ok(())
+    }
+
+    async fn detach(&self, user_id: u64, server: &str, conn: u64) -> Result<()> {
+        let mut tables = self.lock();
+        if let Some(conns) = tables.attached.get_mut(&user_id) {
+            conns.remove(&(server.to_owned(), conn));
+            if conns.is_empty() {
+                tables.attached.remove(&user_id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn routes(&self, users: &[u64], rooms: &[u64]) -> Result<Routes> {
+        let tables = self.lock();
+        let users = users
+            .iter()
+            .filter_map(|user| Some((*user, sorted(tables.attached.get(user)?.iter().map(|(s, _)| s.clone())))))
+            .collect();
+        let rooms = rooms
+            .iter()
+            .filter_map(|room| Some((*room, sorted(tables.room_nodes.get(room)?.keys().cloned()))))
+            .collect();
+        Ok(Routes { users, rooms })
     }
 }
 

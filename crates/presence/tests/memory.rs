@@ -36,3 +36,13 @@ async fn client_msg_ids_return_the_first_claim() {
 async fn node_leases_lapse_once() {
     conformance::node_leases_lapse_once(&MemoryPresence::default(), 0).await;
 }
+
+#[tokio::test]
+async fn routes_follow_connections() {
+    conformance::routes_follow_connections(&MemoryPresence::default(), 0).await;
+}
+
+#[tokio::test]
+async fn a_big_node_is_dropped_whole() {
+    conformance::a_big_node_is_dropped_whole(&MemoryPresence::default(), 0).await;
+}

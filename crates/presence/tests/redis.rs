@@ -25,6 +25,18 @@ async fn presence_counts_users_not_tabs() {
 }
 
 #[tokio::test]
+async fn routes_follow_connections() {
+    let Some((redis, prefix)) = redis().await else { return };
+    conformance::routes_follow_connections(&RedisPresence::new(redis, &prefix), 0).await;
+}
+
+#[tokio::test]
+async fn a_big_node_is_dropped_whole() {
+    let Some((redis, prefix)) = redis().await else { return };
+    conformance::a_big_node_is_dropped_whole(&RedisPresence::new(redis, &prefix), 0).await;
+}
+
+#[tokio::test]
 async fn client_msg_ids_return_the_first_claim() {
     let Some((redis, prefix)) = redis().await else { return };
     let ids = courier_presence::redis::RedisClientMsgIds::new(redis, &prefix, std::time::Duration::from_secs(600));

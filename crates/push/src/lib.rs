@@ -2,11 +2,19 @@
 //!
 //! Task persists and commits at the pace of the store; a connect node may be slow,
 //! restarting or dead. So a [`Pusher`] keeps one bounded queue and one worker per
-//! node: [`Pusher::broadcast`] only `try_send`s into the queues and returns at once,
-//! and each worker drains its queue into batched `Push` calls. A full queue drops
-//! the frames for that node (counted as `courier_pushes_total{result="dropped"}`);
-//! the messages are already persisted, and clients recover them by resuming from
-//! their last seq. The node list is refreshed from discovery in the background.
+//! node: [`Pusher::deliver`] only `try_send`s into the queues, and each worker
+//! drains its queue into batched `Push` calls. A full queue drops the frames for
+//! that node (counted as `courier_pushes_total{result="dropped"}`); the messages
+//! are already persisted, and clients recover them by resuming from their last
+//! seq. The node list is refreshed from discovery in the background.
+//!
+//! With routes (a cluster's shared presence, [`Pusher::with_routes`]) a frame goes
+//! only to the nodes holding its user's connections or its room's members: one
+//! lookup per call, for every target in it. The lookup comes after the message
+//! was persisted, and a connection registers its route before reading where its
+//! streams stand, so a connection never misses a message newer than that
+//! position. Without routes, or when the lookup fails, frames go to every node
+//! (correct, only wasteful: a node drops frames it has no channel for).
 //!
 //! [`frames`] says what a persisted message looks like on the wire.
 
@@ -17,8 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use courier_discovery::{ConnectNode, Discovery};
+use courier_presence::{Presence, Routes};
 use courier_proto::connect::connect_client::ConnectClient;
-use courier_proto::connect::{Delivery, PushRequest};
+use courier_proto::connect::{Delivery, PushRequest, delivery::Target};
 use courier_telemetry::{Metrics, ResultLabel};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -65,10 +74,12 @@ struct NodeQueue {
     stop: CancellationToken,
 }
 
-/// Fan-out of frames to every connect node; cheap to clone.
+/// Fan-out of frames to connect nodes; cheap to clone.
 #[derive(Clone)]
 pub struct Pusher {
     nodes: Arc<Mutex<HashMap<String, NodeQueue>>>,
+    /// Where users and rooms are held; `None`: every node gets every frame.
+    routes: Option<Arc<dyn Presence>>,
     metrics: Arc<Metrics>,
     options: PusherOptions,
 }
@@ -87,7 +98,7 @@ impl Pusher {
         options: PusherOptions,
         shutdown: CancellationToken,
     ) -> Self {
-        let pusher = Self { nodes: Arc::default(), metrics, options };
+        let pusher = Self { nodes: Arc::default(), routes: None, metrics, options };
         pusher.refresh(discovery.as_ref(), &shutdown).await;
         let background = pusher.clone();
         tokio::spawn(async move {
@@ -154,30 +165,86 @@ impl Pusher {
         }
     }
 
-    /// Queues `deliveries` to every connect node; never waits.
-    pub fn broadcast(&self, deliveries: &[Delivery]) {
+    /// Routes frames with `presence`, which must be the one the connect nodes
+    /// register their connections in (a cluster's shared presence).
+    #[must_use]
+    pub fn with_routes(mut self, presence: Arc<dyn Presence>) -> Self {
+        self.routes = Some(presence);
+        self
+    }
+
+    /// Queues each delivery to the nodes holding its target (see the module
+    /// docs); waits only for the route lookup, never for a node.
+    pub async fn deliver(&self, deliveries: &[Delivery]) {
         if deliveries.is_empty() {
             return;
         }
-        self.send_all(deliveries.iter().cloned().map(Item::Frame));
-    }
-
-    /// Tells every connect node that these session tokens ended, so it closes
-    /// their connections; never waits.
-    pub fn revoke(&self, tokens: &[String]) {
-        self.send_all(tokens.iter().cloned().map(Item::Revoked));
-    }
-
-    fn send_all(&self, items: impl Iterator<Item = Item> + Clone) {
+        let routes = match &self.routes {
+            // One node gets everything anyway.
+            Some(presence) if self.lock().len() > 1 => lookup(presence.as_ref(), deliveries, &self.metrics).await,
+            _ => None,
+        };
         let nodes = self.lock();
-        for queue in nodes.values() {
-            for item in items.clone() {
-                if queue.tx.try_send(item).is_err() {
+        for (server, queue) in nodes.iter() {
+            for delivery in deliveries {
+                if let Some(routes) = &routes
+                    && !reaches(routes, delivery, server)
+                {
+                    continue;
+                }
+                if queue.tx.try_send(Item::Frame(delivery.clone())).is_err() {
                     self.metrics.pushes.get_or_create(&ResultLabel { result: "dropped" }).inc();
                 }
             }
         }
     }
+
+    /// Tells every connect node that these session tokens ended, so it closes
+    /// their connections; never waits.
+    pub fn revoke(&self, tokens: &[String]) {
+        let nodes = self.lock();
+        for queue in nodes.values() {
+            for token in tokens {
+                if queue.tx.try_send(Item::Revoked(token.clone())).is_err() {
+                    self.metrics.pushes.get_or_create(&ResultLabel { result: "dropped" }).inc();
+                }
+            }
+        }
+    }
+}
+
+/// The routes of every target in `deliveries`; `None` (send everywhere) if the
+/// lookup failed.
+async fn lookup(presence: &dyn Presence, deliveries: &[Delivery], metrics: &Metrics) -> Option<Routes> {
+    let (mut users, mut rooms) = (Vec::new(), Vec::new());
+    for delivery in deliveries {
+        match delivery.target {
+            Some(Target::UserId(user)) => users.push(user),
+            Some(Target::RoomId(room)) => rooms.push(room),
+            None => {}
+        }
+    }
+    for ids in [&mut users, &mut rooms] {
+        ids.sort_unstable();
+        ids.dedup();
+    }
+    match presence.routes(&users, &rooms).await {
+        Ok(routes) => Some(routes),
+        Err(e) => {
+            tracing::warn!(error = %e, "route lookup failed; pushing to every connect node");
+            metrics.error("push_routes");
+            None
+        }
+    }
+}
+
+fn reaches(routes: &Routes, delivery: &Delivery, server: &str) -> bool {
+    let servers = match delivery.target {
+        Some(Target::UserId(user)) => routes.user(user),
+        Some(Target::RoomId(room)) => routes.room(room),
+        None => return false,
+    };
+    servers.iter().any(|s| s == server)
 }
 
 async fn node_worker(

@@ -103,6 +103,9 @@ pub struct Metrics {
     pub history_write_duration: Histogram,
     /// Push calls to connect nodes by result (`ok`, `error`, `dropped`).
     pub pushes: Family<ResultLabel, Counter>,
+    /// Frames a connect node received by whether a local channel took them
+    /// (`matched`) or none was there (`unmatched`: waste routing avoids).
+    pub pushed_frames: Family<ResultLabel, Counter>,
     /// Frames written to client sockets, by transport.
     pub deliveries: Family<TransportLabel, Counter>,
     /// From admission to the socket write.
@@ -148,6 +151,12 @@ impl Metrics {
         );
         let pushes = Family::default();
         registry.register("courier_pushes", "Push calls to connect nodes", pushes.clone());
+        let pushed_frames = Family::default();
+        registry.register(
+            "courier_pushed_frames",
+            "Frames received by a connect node, by whether a local channel took them",
+            pushed_frames.clone(),
+        );
         let deliveries = Family::default();
         registry.register("courier_deliveries", "Frames written to client sockets", deliveries.clone());
         let delivery_latency = latency_histogram();
@@ -190,6 +199,7 @@ impl Metrics {
             consumer_lag,
             history_write_duration,
             pushes,
+            pushed_frames,
             deliveries,
             delivery_latency,
             slow_consumer_closes,
