@@ -45,10 +45,10 @@ pub struct BenchArgs {
     /// API base URL.
     #[arg(long, global = true, default_value = "http://127.0.0.1:7070")]
     pub api: String,
-    /// WebSocket URL (the `connections` scenario takes several, comma-separated).
+    /// WebSocket URL, or several comma-separated (clients take them in turn).
     #[arg(long, global = true, default_value = "ws://127.0.0.1:7000/ws")]
     pub ws: String,
-    /// TCP address (the `connections` scenario takes several, comma-separated).
+    /// TCP address, or several comma-separated (clients take them in turn).
     #[arg(long, global = true, default_value = "127.0.0.1:7001")]
     pub tcp: String,
     /// Socket transport of the clients.
@@ -230,9 +230,17 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
     let users = target.users(&args.prefix, 0, connections, 8).await?;
     let user_ids: Arc<Vec<u64>> = Arc::new(users.iter().map(|u| u.id).collect());
     eprintln!("opening {connections} {:?} connections…", args.transport);
+    // Several connect nodes (`--ws a,b,…`, `--tcp a,b,…`): users take them in
+    // turn, so partners (users 2k and 2k+1) sit on different nodes.
+    let nodes: Vec<Target> = args
+        .ws
+        .split(',')
+        .zip(args.tcp.split(',').cycle())
+        .map(|(ws, tcp)| Target { ws: ws.to_owned(), tcp: tcp.to_owned(), ..target.clone() })
+        .collect();
     let mut sockets = Vec::with_capacity(connections);
-    for user in &users {
-        sockets.push(clients::open(target, args.transport, None, user, room).await?);
+    for (i, user) in users.iter().enumerate() {
+        sockets.push(clients::open(&nodes[i % nodes.len()], args.transport, None, user, room).await?);
     }
 
     let pids = if args.pids.is_empty() { measure::find_server_pids() } else { args.pids.clone() };
