@@ -12,11 +12,14 @@
 //!
 //! The loop waits on, in this order: the channel closing; the client frame being
 //! handled; a gap in a stream's pushes being filled; frames queued for the
-//! client (every frame waiting is written before one flush); the heartbeat; the
-//! session check; a new gap; the next client frame. A client
-//! frame is read only once the previous one is handled, so one connection's
-//! sends reach logic in order, while pushes keep being written during a slow
-//! send. A write that takes longer than `write_timeout` ends the connection.
+//! client (every frame waiting is written before one flush); the timer; a new
+//! gap; the next client frame. One timer serves the heartbeat, the silence
+//! limit and the session check (it sleeps until the earliest of them), since a
+//! timer costs about a hundred bytes and most connections only ever wait. A
+//! client frame is read only once the previous one is handled, so one
+//! connection's sends reach logic in order, while pushes keep being written
+//! during a slow send. A write that takes longer than `write_timeout` ends the
+//! connection.
 //! When the channel closes, what is still queued (an error explaining the close,
 //! say) is written and the socket handed back for the transport's goodbye.
 
@@ -67,7 +70,7 @@ type Work<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 pub(crate) async fn drive<S, T, I>(
     mut socket: S,
     channel: Arc<Channel>,
-    auth: ClientFrame,
+    auth: Box<ClientFrame>,
     state: &ConnectState,
     framing: Framing<T, I>,
 ) -> S
@@ -78,18 +81,21 @@ where
     let config = &gateway.config;
     let metrics = gateway.metrics();
     let deliveries = metrics.deliveries.get_or_create(&TransportLabel { transport: framing.transport }).clone();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + config.ping_interval, config.ping_interval);
-    let mut session_check = gateway.session_check_timer();
-    // Grown on first use: an idle connection should not pay for a burst buffer.
+    let now = tokio::time::Instant::now();
+    let mut next_ping = now + config.ping_interval;
+    let mut next_session_check = now + config.session_check_interval;
+    // When the client must have said something by; moved only by what it sends,
+    // not by the loop waking for pushes or pings.
+    let mut silent_until = framing.read_timeout.map(|limit| now + limit);
+    let timer = tokio::time::sleep_until(earliest(next_ping, next_session_check, silent_until));
+    tokio::pin!(timer);
+    // Grown while frames flow, given back when idle.
     let mut batch = Vec::new();
     let mut handling: Option<Work<'_>> = {
         let channel = channel.clone();
         Some(Box::pin(async move { gateway.resume(&channel, &auth).await }))
     };
     let mut filling: Option<Work<'_>> = None;
-    // When the client must have said something by; moved only by what it sends,
-    // not by the loop waking for pushes or pings.
-    let mut silent_until = framing.read_timeout.map(|limit| tokio::time::Instant::now() + limit);
     loop {
         tokio::select! {
             biased;
@@ -116,39 +122,53 @@ where
                                 metrics.delivery_latency.observe((now - admitted_ms).max(0) as f64 / 1000.0);
                             }
                         }
+                        batch.shrink_to_fit();
                     }
                     Ok(Err(_)) => channel.close(close_code::GOING_AWAY, "write failed"),
                     Err(_) => channel.close(close_code::TRY_AGAIN_LATER, "write timed out"),
                 }
             }
-            _ = ping.tick() => {
-                let sent = tokio::time::timeout(config.write_timeout, socket.send((framing.ping)())).await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    channel.close(close_code::GOING_AWAY, "heartbeat write failed");
+            _ = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if silent_until.is_some_and(|deadline| now >= deadline) {
+                    channel.close(close_code::POLICY, "no answer to heartbeat in time");
+                    continue;
                 }
+                if now >= next_ping {
+                    next_ping = now + config.ping_interval;
+                    let sent = tokio::time::timeout(config.write_timeout, socket.send((framing.ping)())).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        channel.close(close_code::GOING_AWAY, "heartbeat write failed");
+                    }
+                }
+                if now >= next_session_check {
+                    next_session_check = now + config.session_check_interval;
+                    Box::pin(gateway.check_session(&channel)).await;
+                }
+                timer.as_mut().reset(earliest(next_ping, next_session_check, silent_until));
             }
-            _ = session_check.tick() => Box::pin(gateway.check_session(&channel)).await,
             (stream, after) = channel.next_gap(), if filling.is_none() => {
                 let channel = channel.clone();
                 filling = Some(Box::pin(async move { gateway.fill_gap(&channel, &stream, after).await }));
             }
-            read = read(&mut socket, silent_until), if handling.is_none() => match read.map(|item| {
+            read = socket.next(), if handling.is_none() => {
+                // The timer still wakes at the old limit, finds it moved, and
+                // sleeps again: one wake per limit, not a reset per frame.
                 silent_until = framing.read_timeout.map(|limit| tokio::time::Instant::now() + limit);
-                item.map(framing.incoming)
-            }) {
-                Some(Some(Incoming::Frame(text))) => {
-                    let channel = channel.clone();
-                    handling = Some(Box::pin(async move { gateway.handle(&channel, &text).await }));
+                match read.map(framing.incoming) {
+                    Some(Incoming::Frame(text)) => {
+                        let channel = channel.clone();
+                        handling = Some(Box::pin(async move { gateway.handle(&channel, &text).await }));
+                    }
+                    Some(Incoming::Unsupported(why)) => {
+                        channel.reply(to_text(&ErrorFrame::new(why, None)), metrics);
+                    }
+                    Some(Incoming::Nothing) => {}
+                    Some(Incoming::Closed) | None => channel.close(close_code::NORMAL, "closed by the client"),
+                    // Oversized or malformed frames end here, for this connection only.
+                    Some(Incoming::Broken(reason)) => channel.close(close_code::POLICY, &reason),
                 }
-                Some(Some(Incoming::Unsupported(why))) => {
-                    channel.reply(to_text(&ErrorFrame::new(why, None)), metrics);
-                }
-                Some(Some(Incoming::Nothing)) => {}
-                Some(Some(Incoming::Closed) | None) => channel.close(close_code::NORMAL, "closed by the client"),
-                // Oversized or malformed frames end here, for this connection only.
-                Some(Some(Incoming::Broken(reason))) => channel.close(close_code::POLICY, &reason),
-                None => channel.close(close_code::POLICY, "no answer to heartbeat in time"),
-            },
+            }
         }
     }
     drop((handling, filling));
@@ -162,11 +182,11 @@ where
     socket
 }
 
-/// The next item from the socket (`Some(None)` when it ended), or `None` when
-/// nothing came by `deadline`.
-async fn read<S: Stream + Unpin>(socket: &mut S, deadline: Option<tokio::time::Instant>) -> Option<Option<S::Item>> {
-    match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, socket.next()).await.ok(),
-        None => Some(socket.next().await),
-    }
+/// The earliest of the timer's deadlines.
+fn earliest(
+    ping: tokio::time::Instant,
+    session_check: tokio::time::Instant,
+    silent_until: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    silent_until.map_or(ping.min(session_check), |silent| ping.min(session_check).min(silent))
 }

@@ -366,13 +366,6 @@ impl Gateway {
         }
     }
 
-    /// The timer of [`Gateway::check_session`] for one connection; its first tick
-    /// is one interval away.
-    pub fn session_check_timer(&self) -> tokio::time::Interval {
-        let every = self.config.session_check_interval;
-        tokio::time::interval_at(tokio::time::Instant::now() + every, every)
-    }
-
     /// Closes the connection if its session has expired or been revoked (called
     /// every `session_check_interval`; revocations also arrive as pushes).
     pub async fn check_session(&self, channel: &Channel) {

@@ -7,14 +7,13 @@
 //! channels concerned; frames are queued after the lock is released, and queueing
 //! never waits (see [`Channel::offer`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use courier_telemetry::{Metrics, TransportLabel};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// What a connection's writer sends next.
 #[derive(Debug, Clone)]
@@ -35,13 +34,17 @@ pub struct Channel {
     /// Per stream: the last seq queued, so a redelivered or replayed frame is never
     /// sent twice or out of order (gochat clients cannot deduplicate), and while the
     /// stream is being recovered, the live frames held back until history is sent.
-    streams: Mutex<HashMap<String, StreamState>>,
-    rooms: Mutex<HashSet<u64>>,
+    streams: Mutex<Streams>,
+    /// The rooms joined (usually one; a list is smaller than a set).
+    rooms: Mutex<Vec<u64>>,
     /// Streams whose pushes arrived with a gap, with the last seq sent before it.
     gaps: Mutex<Vec<(String, u64)>>,
     gap: Notify,
-    /// Cancelled when the connection must end; the reason says why.
-    closed: CancellationToken,
+    /// Set when the connection must end (the reason says why); `closing` wakes
+    /// its waiters. A flag and a notify are smaller than a cancellation token,
+    /// which allocates.
+    closed: AtomicBool,
+    closing: Notify,
     close_reason: Mutex<Option<CloseReason>>,
 }
 
@@ -67,6 +70,31 @@ pub mod close_code {
 /// Most live frames held back per stream while its history is being sent.
 const MAX_HELD_BACK: usize = 10_000;
 
+/// Per-stream state of one channel, as a short list: a connection has its
+/// inbox and a room or two, and a hash map's smallest table costs several
+/// times what two entries do.
+#[derive(Debug, Default)]
+struct Streams(Vec<(Box<str>, StreamState)>);
+
+impl Streams {
+    fn get(&self, stream: &str) -> Option<&StreamState> {
+        self.0.iter().find(|(name, _)| **name == *stream).map(|(_, state)| state)
+    }
+
+    /// The stream's state, added if new.
+    fn entry(&mut self, stream: &str) -> &mut StreamState {
+        let index = match self.0.iter().position(|(name, _)| **name == *stream) {
+            Some(index) => index,
+            None => {
+                self.0.reserve_exact(1);
+                self.0.push((stream.into(), StreamState::default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[index].1
+    }
+}
+
 #[derive(Debug, Default)]
 struct StreamState {
     last: u64,
@@ -86,9 +114,6 @@ struct Outbox {
     /// Room was made (waiters: recoveries sending history).
     drained: Notify,
 }
-
-/// An outbox whose capacity grew past this while busy gives it back once empty.
-const OUTBOX_KEEP: usize = 8;
 
 impl Outbox {
     fn new(capacity: usize) -> Self {
@@ -141,7 +166,8 @@ impl Outbox {
             let mut frames = lock(&self.frames);
             let n = frames.len().min(max);
             batch.extend(frames.drain(..n));
-            if frames.is_empty() && frames.capacity() > OUTBOX_KEEP {
+            // An idle connection keeps no buffer.
+            if frames.is_empty() && frames.capacity() > 0 {
                 *frames = VecDeque::new();
             }
             n
@@ -177,7 +203,8 @@ impl Channel {
             rooms: Mutex::default(),
             gaps: Mutex::default(),
             gap: Notify::new(),
-            closed: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+            closing: Notify::new(),
             close_reason: Mutex::default(),
         }
     }
@@ -191,12 +218,7 @@ impl Channel {
             return self.queue(Outbound::Frame { text: text.clone(), admitted_ms }, metrics);
         }
         let mut streams = lock(&self.streams);
-        // Look up before inserting: the stream's name is copied once per channel,
-        // not once per frame.
-        if !streams.contains_key(stream) {
-            streams.insert(stream.to_owned(), StreamState::default());
-        }
-        let Some(state) = streams.get_mut(stream) else { return false };
+        let state = streams.entry(stream);
         if let Some(held) = &mut state.held_back {
             if held.len() >= MAX_HELD_BACK {
                 drop(streams);
@@ -229,7 +251,7 @@ impl Channel {
     /// Starts recovering `stream` for a client that has it up to `after`.
     pub fn begin_recovery_after(&self, stream: &str, after: u64) {
         let mut streams = lock(&self.streams);
-        let state = streams.entry(stream.to_owned()).or_default();
+        let state = streams.entry(stream);
         state.held_back.get_or_insert_with(Vec::new);
         state.last = after;
     }
@@ -239,7 +261,7 @@ impl Channel {
     /// right at the start is caught like any other.
     pub fn set_baseline(&self, stream: &str, last_seq: u64) {
         let mut streams = lock(&self.streams);
-        let state = streams.entry(stream.to_owned()).or_default();
+        let state = streams.entry(stream);
         if state.held_back.is_none() {
             state.last = state.last.max(last_seq);
         }
@@ -252,7 +274,7 @@ impl Channel {
     pub async fn start_live(&self, stream: &str, last_seq: u64) {
         {
             let mut streams = lock(&self.streams);
-            let state = streams.entry(stream.to_owned()).or_default();
+            let state = streams.entry(stream);
             state.last = state.last.max(last_seq);
         }
         self.finish_recovery(stream, Vec::new()).await;
@@ -299,7 +321,7 @@ impl Channel {
 
     /// Starts recovering `stream`: live frames are held back from now on.
     pub fn begin_recovery(&self, stream: &str) {
-        lock(&self.streams).entry(stream.to_owned()).or_default().held_back.get_or_insert_with(Vec::new);
+        lock(&self.streams).entry(stream).held_back.get_or_insert_with(Vec::new);
     }
 
     /// Ends recovering `stream`: queues the missed frames `history` (in seq
@@ -314,7 +336,7 @@ impl Channel {
         loop {
             let held = {
                 let mut streams = lock(&self.streams);
-                let state = streams.entry(stream.to_owned()).or_default();
+                let state = streams.entry(stream);
                 match &mut state.held_back {
                     Some(held) if !held.is_empty() => std::mem::take(held),
                     _ => {
@@ -331,7 +353,7 @@ impl Channel {
                 if last != 0 && seq > last + 1 {
                     // A new gap: keep holding from here and have it filled.
                     let mut streams = lock(&self.streams);
-                    let state = streams.entry(stream.to_owned()).or_default();
+                    let state = streams.entry(stream);
                     let held = state.held_back.get_or_insert_with(Vec::new);
                     held.push((seq, text, admitted_ms));
                     held.extend(rest);
@@ -354,7 +376,7 @@ impl Channel {
     async fn send_in_order(&self, stream: &str, seq: u64, text: Utf8Bytes, admitted_ms: i64) {
         {
             let mut streams = lock(&self.streams);
-            let state = streams.entry(stream.to_owned()).or_default();
+            let state = streams.entry(stream);
             if seq <= state.last {
                 return;
             }
@@ -372,7 +394,7 @@ impl Channel {
     }
 
     fn queue(&self, outbound: Outbound, metrics: &Metrics) -> bool {
-        if self.closed.is_cancelled() {
+        if self.is_closing() {
             return false;
         }
         if self.outbox.offer(outbound).is_ok() {
@@ -404,16 +426,26 @@ impl Channel {
         if slot.is_none() {
             *slot = Some(CloseReason { code, text: reason.to_owned() });
         }
-        self.closed.cancel();
+        self.closed.store(true, Ordering::Release);
+        self.closing.notify_waiters();
     }
 
     /// Resolves when the connection must end.
     pub async fn closing(&self) {
-        self.closed.cancelled().await;
+        loop {
+            let notified = self.closing.notified();
+            tokio::pin!(notified);
+            // Register before looking, so a close in between still wakes us.
+            notified.as_mut().enable();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn is_closing(&self) -> bool {
-        self.closed.is_cancelled()
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Why the connection is ending, if it is.
@@ -423,7 +455,7 @@ impl Channel {
 
     /// The rooms this channel is in.
     pub fn rooms(&self) -> Vec<u64> {
-        let mut rooms: Vec<u64> = lock(&self.rooms).iter().copied().collect();
+        let mut rooms = lock(&self.rooms).clone();
         rooms.sort_unstable();
         rooms
     }
@@ -433,11 +465,13 @@ impl Channel {
     }
 }
 
+/// One shard of the channels, indexed by (user, channel) and (room, channel):
+/// ordered maps answer "this user's channels" and "this room's channels" as
+/// ranges, without a set allocated per user or per room.
 #[derive(Debug, Default)]
 struct Bucket {
-    channels: HashMap<u64, Arc<Channel>>,
-    users: HashMap<u64, HashSet<u64>>,
-    rooms: HashMap<u64, HashSet<u64>>,
+    channels: BTreeMap<(u64, u64), Arc<Channel>>,
+    rooms: BTreeMap<(u64, u64), Arc<Channel>>,
 }
 
 /// All channels of this node.
@@ -476,17 +510,20 @@ impl Hub {
     /// Registers a channel (in no room yet).
     pub fn add(&self, channel: Arc<Channel>) {
         self.metrics.connections.get_or_create(&TransportLabel { transport: channel.transport }).inc();
-        let mut bucket = self.bucket(channel.user_id);
-        bucket.users.entry(channel.user_id).or_default().insert(channel.id);
-        bucket.channels.insert(channel.id, channel);
+        self.bucket(channel.user_id).channels.insert((channel.user_id, channel.id), channel);
     }
 
     /// Puts a channel into a room; false if it was already there.
-    pub fn join(&self, channel: &Channel, room: u64) -> bool {
-        if !lock(&channel.rooms).insert(room) {
-            return false;
+    pub fn join(&self, channel: &Arc<Channel>, room: u64) -> bool {
+        {
+            let mut rooms = lock(&channel.rooms);
+            if rooms.contains(&room) {
+                return false;
+            }
+            rooms.reserve_exact(1);
+            rooms.push(room);
         }
-        self.bucket(channel.user_id).rooms.entry(room).or_default().insert(channel.id);
+        self.bucket(channel.user_id).rooms.insert((room, channel.id), channel.clone());
         let mut rooms = lock(&self.room_channels);
         *rooms.entry(room).or_default() += 1;
         self.metrics.rooms.set(rooms.len() as i64);
@@ -495,18 +532,12 @@ impl Hub {
 
     /// Takes a channel out of a room; false if it was not there.
     pub fn leave(&self, channel: &Channel, room: u64) -> bool {
-        if !lock(&channel.rooms).remove(&room) {
-            return false;
-        }
         {
-            let mut bucket = self.bucket(channel.user_id);
-            if let Some(members) = bucket.rooms.get_mut(&room) {
-                members.remove(&channel.id);
-                if members.is_empty() {
-                    bucket.rooms.remove(&room);
-                }
-            }
+            let mut rooms = lock(&channel.rooms);
+            let Some(index) = rooms.iter().position(|r| *r == room) else { return false };
+            rooms.swap_remove(index);
         }
+        self.bucket(channel.user_id).rooms.remove(&(room, channel.id));
         let mut rooms = lock(&self.room_channels);
         if let Some(n) = rooms.get_mut(&room) {
             *n -= 1;
@@ -524,15 +555,8 @@ impl Hub {
         for room in &rooms {
             self.leave(channel, *room);
         }
-        let mut bucket = self.bucket(channel.user_id);
-        if bucket.channels.remove(&channel.id).is_some() {
+        if self.bucket(channel.user_id).channels.remove(&(channel.user_id, channel.id)).is_some() {
             self.metrics.connections.get_or_create(&TransportLabel { transport: channel.transport }).dec();
-        }
-        if let Some(ids) = bucket.users.get_mut(&channel.user_id) {
-            ids.remove(&channel.id);
-            if ids.is_empty() {
-                bucket.users.remove(&channel.user_id);
-            }
         }
         rooms
     }
@@ -541,22 +565,14 @@ impl Hub {
     pub fn room(&self, room: u64) -> Vec<Arc<Channel>> {
         let mut out = Vec::new();
         for bucket in self.buckets.iter() {
-            let bucket = lock(bucket);
-            if let Some(ids) = bucket.rooms.get(&room) {
-                out.extend(ids.iter().filter_map(|id| bucket.channels.get(id).cloned()));
-            }
+            out.extend(lock(bucket).rooms.range((room, 0)..=(room, u64::MAX)).map(|(_, channel)| channel.clone()));
         }
         out
     }
 
     /// The channels of a user.
     pub fn user(&self, user_id: u64) -> Vec<Arc<Channel>> {
-        let bucket = self.bucket(user_id);
-        bucket
-            .users
-            .get(&user_id)
-            .map(|ids| ids.iter().filter_map(|id| bucket.channels.get(id).cloned()).collect())
-            .unwrap_or_default()
+        self.bucket(user_id).channels.range((user_id, 0)..=(user_id, u64::MAX)).map(|(_, c)| c.clone()).collect()
     }
 
     /// Every channel (for shutdown and session revocation).

@@ -139,7 +139,9 @@ pub async fn run(
         presence_calls: Arc::new(tokio::sync::Semaphore::new(gateway::PRESENCE_CALLS)),
     };
     let tracker = TaskTracker::new();
-    let state = ConnectState { gateway, tracker: tracker.clone() };
+    // Shared by pointer: every connection's task holds it, so its size counts
+    // once per connection.
+    let state = Arc::new(ConnectState { gateway, tracker: tracker.clone() });
 
     // Announce this boot before taking connections, so a restart's cleanup of the
     // previous boot's presence cannot remove new members; then keep the lease.

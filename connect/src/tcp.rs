@@ -7,6 +7,7 @@
 //! is not dropped. A malformed frame (bad version bytes, a length below 4) gets an
 //! op 9 error and closes this connection only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -27,7 +28,7 @@ const PING: &[u8] = b"ping msg";
 type Socket = Box<Framed<TcpStream, V1Codec>>;
 
 /// Accepts TCP clients until `shutdown`.
-pub(crate) async fn accept_loop(listener: TcpListener, state: ConnectState, shutdown: CancellationToken) {
+pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<ConnectState>, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -48,7 +49,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, state: ConnectState, shut
     }
 }
 
-async fn serve(state: ConnectState, stream: TcpStream) {
+async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
     let gateway = &state.gateway;
     let config = gateway.config.clone();
     // One allocation of its own, so futures taking it hold a pointer (see `conn`).
@@ -64,7 +65,7 @@ async fn serve(state: ConnectState, stream: TcpStream) {
     let auth = match frame {
         Ok(f) if f.op == Some(op::TCP_JOIN) => {
             if f.auth_token.as_deref().is_some_and(|t| !t.is_empty()) && f.room_id.unwrap_or(0) != 0 {
-                f
+                Box::new(f)
             } else {
                 return refuse(socket, "op 6 needs authToken and a non-zero roomId").await;
             }

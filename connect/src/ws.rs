@@ -5,6 +5,7 @@
 //! connection from there; a client that sends nothing (pongs included) for
 //! `pong_timeout` is dropped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -19,7 +20,7 @@ use crate::hub::{CloseReason, close_code};
 
 const TRANSPORT: &str = "ws";
 
-pub(crate) async fn upgrade(State(state): State<ConnectState>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn upgrade(State(state): State<Arc<ConnectState>>, ws: WebSocketUpgrade) -> Response {
     let config = &state.gateway.config;
     ws.read_buffer_size(config.ws_read_buffer)
         .write_buffer_size(config.ws_write_buffer)
@@ -34,7 +35,7 @@ pub(crate) async fn upgrade(State(state): State<ConnectState>, ws: WebSocketUpgr
         })
 }
 
-async fn serve(state: ConnectState, mut socket: Box<WebSocket>) {
+async fn serve(state: Arc<ConnectState>, mut socket: Box<WebSocket>) {
     let gateway = &state.gateway;
     let config = gateway.config.clone();
 
@@ -54,7 +55,7 @@ async fn serve(state: ConnectState, mut socket: Box<WebSocket>) {
     let auth = first.and_then(|text| ClientFrame::parse(text.as_bytes()).map_err(|e| e.to_string()));
     let auth = match auth {
         Ok(frame) if frame.auth_token.as_deref().is_some_and(|t| !t.is_empty()) && frame.room_id.unwrap_or(0) != 0 => {
-            frame
+            Box::new(frame)
         }
         Ok(_) => return refuse(socket, "the auth message needs authToken and a non-zero roomId").await,
         Err(reason) => return refuse(socket, &reason).await,
