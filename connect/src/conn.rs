@@ -28,11 +28,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use courier_telemetry::TransportLabel;
 use courier_wire::frame::{ClientFrame, ErrorFrame, to_text};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::ConnectState;
 use crate::hub::{Channel, Outbound, close_code};
@@ -51,15 +51,45 @@ pub(crate) enum Incoming {
     Broken(String),
 }
 
+/// The socket items one frame is written as: one, or a fragmented message.
+pub(crate) enum Frames<T> {
+    One(Option<T>),
+    Many(std::vec::IntoIter<T>),
+}
+
+impl<T> Frames<T> {
+    pub(crate) fn one(item: T) -> Self {
+        Self::One(Some(item))
+    }
+
+    pub(crate) fn many(items: Vec<T>) -> Self {
+        Self::Many(items.into_iter())
+    }
+}
+
+impl<T> Iterator for Frames<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Self::One(item) => item.take(),
+            Self::Many(items) => items.next(),
+        }
+    }
+}
+
 /// How a transport reads and writes.
-pub(crate) struct Framing<T, I> {
+pub(crate) struct Framing<S, T, I> {
     pub(crate) transport: &'static str,
-    pub(crate) frame: fn(Utf8Bytes) -> T,
+    pub(crate) frame: fn(Utf8Bytes) -> Frames<T>,
     pub(crate) ping: fn() -> T,
     pub(crate) incoming: fn(I) -> Incoming,
     /// A client silent this long is dropped (WebSocket clients answer pings;
     /// gochat's TCP clients send nothing, so TCP has no limit).
     pub(crate) read_timeout: Option<Duration>,
+    /// Called when everything queued was written: a chance to give back
+    /// buffers a large frame grew.
+    pub(crate) idle: fn(&mut S),
 }
 
 /// A boxed piece of work on behalf of the client.
@@ -72,7 +102,7 @@ pub(crate) async fn drive<S, T, I>(
     channel: Arc<Channel>,
     auth: Box<ClientFrame>,
     state: &ConnectState,
-    framing: Framing<T, I>,
+    framing: Framing<S, T, I>,
 ) -> S
 where
     S: Sink<T> + Stream<Item = I> + Unpin,
@@ -109,7 +139,9 @@ where
             _ = channel.next_frames(&mut batch, 64) => {
                 let write = async {
                     for Outbound::Frame { text, .. } in &batch {
-                        socket.feed((framing.frame)(text.clone())).await?;
+                        for item in (framing.frame)(text.clone()) {
+                            socket.feed(item).await?;
+                        }
                     }
                     socket.flush().await
                 };
@@ -123,6 +155,9 @@ where
                             }
                         }
                         batch.shrink_to_fit();
+                        if channel.nothing_queued() {
+                            (framing.idle)(&mut socket);
+                        }
                     }
                     Ok(Err(_)) => channel.close(close_code::GOING_AWAY, "write failed"),
                     Err(_) => channel.close(close_code::TRY_AGAIN_LATER, "write timed out"),
@@ -173,9 +208,11 @@ where
     }
     drop((handling, filling));
     let deadline = Instant::now() + Duration::from_secs(2);
-    for Outbound::Frame { text, .. } in channel.remaining_frames() {
-        if Instant::now() > deadline || socket.feed((framing.frame)(text)).await.is_err() {
-            break;
+    'frames: for Outbound::Frame { text, .. } in channel.remaining_frames() {
+        for item in (framing.frame)(text) {
+            if Instant::now() > deadline || socket.feed(item).await.is_err() {
+                break 'frames;
+            }
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;

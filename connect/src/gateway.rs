@@ -14,13 +14,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use courier_proto::logic::logic_client::LogicClient;
 use courier_proto::logic::{
     AttachRequest, DetachRequest, Empty, HistoryRequest, JoinRoomRequest, LeaveRoomRequest, SendRequest, TokenRequest,
 };
 use courier_telemetry::Metrics;
 use courier_wire::frame::{AckFrame, ClientFrame, ErrorFrame, Since, op, to_text};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tonic::Code;
 use tonic::transport::Channel as GrpcChannel;
 

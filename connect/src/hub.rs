@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::extract::ws::Utf8Bytes;
 use courier_telemetry::{Metrics, TransportLabel};
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What a connection's writer sends next.
 #[derive(Debug, Clone)]
@@ -411,6 +411,11 @@ impl Channel {
     /// Waits for frames to write and moves up to `max` of them into `batch`.
     pub async fn next_frames(&self, batch: &mut Vec<Outbound>, max: usize) {
         self.outbox.take(batch, max).await;
+    }
+
+    /// Whether no frame waits to be written.
+    pub fn nothing_queued(&self) -> bool {
+        lock(&self.outbox.frames).is_empty()
     }
 
     /// The frames still queued, for a last write before the connection ends.

@@ -18,16 +18,15 @@ pub mod push;
 pub mod tcp;
 pub mod ws;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::routing::get;
 use courier_proto::connect::connect_server::ConnectServer;
 use courier_proto::logic::NodeHeartbeatRequest;
 use courier_proto::logic::logic_client::LogicClient;
 use courier_telemetry::{Metrics, ReadyFlag};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -161,14 +160,9 @@ pub async fn run(
     });
 
     let stop_accepting = CancellationToken::new();
-    let app = Router::new().route("/ws", get(ws::upgrade)).with_state(state.clone());
-    let ws_server = tokio::spawn({
-        let stop = stop_accepting.clone();
-        let listener = listeners.ws;
-        async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
-    });
+    let ws_server = tokio::spawn(accept_loop(listeners.ws, state.clone(), stop_accepting.clone(), ws::serve));
     if let Some(tcp) = listeners.tcp {
-        tokio::spawn(tcp::accept_loop(tcp, state.clone(), stop_accepting.clone()));
+        tokio::spawn(accept_loop(tcp, state.clone(), stop_accepting.clone(), tcp::serve));
     }
     let push_stop = CancellationToken::new();
     let push_server = tokio::spawn(
@@ -196,6 +190,36 @@ pub async fn run(
     let _ = push_server.await;
     let _ = ws_server.await;
     Ok(())
+}
+
+/// Accepts clients until `shutdown`, serving each in a tracked task (so
+/// shutdown can wait for them to drain).
+async fn accept_loop<F>(
+    listener: TcpListener,
+    state: Arc<ConnectState>,
+    shutdown: CancellationToken,
+    serve: fn(Arc<ConnectState>, TcpStream) -> F,
+) where
+    F: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                state.tracker.spawn(serve(state.clone(), stream));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                state.gateway.metrics().error("accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Renews this node's presence lease; a failure is reported and retried on the

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use courier_proto::connect::connect_server::Connect;
 use courier_proto::connect::{PushReply, PushRequest, delivery::Target};
 use courier_telemetry::ResultLabel;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tonic::{Request, Response, Status};
 
 use crate::hub::{Channel, Hub, close_code};

@@ -14,12 +14,11 @@ use bytes::{Bytes, BytesMut};
 use courier_wire::frame::{ClientFrame, ErrorFrame, op, to_text};
 use courier_wire::tcp::{FrameError, V1Codec};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
-use tokio_util::sync::CancellationToken;
 
 use crate::ConnectState;
-use crate::conn::{self, Framing, Incoming};
+use crate::conn::{self, Frames, Framing, Incoming};
 use crate::hub::close_code;
 
 const TRANSPORT: &str = "tcp";
@@ -27,33 +26,11 @@ const PING: &[u8] = b"ping msg";
 
 type Socket = Box<Framed<TcpStream, V1Codec>>;
 
-/// Accepts TCP clients until `shutdown`.
-pub(crate) async fn accept_loop(listener: TcpListener, state: Arc<ConnectState>, shutdown: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _peer)) => {
-                let _ = stream.set_nodelay(true);
-                state.tracker.spawn(serve(state.clone(), stream));
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "tcp accept failed");
-                state.gateway.metrics().error("accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
+pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
     let gateway = &state.gateway;
     let config = gateway.config.clone();
     // One allocation of its own, so futures taking it hold a pointer (see `conn`).
-    let mut socket = Box::new(Framed::new(stream, V1Codec));
+    let mut socket = Box::new(Framed::with_capacity(stream, V1Codec, BUFFER));
 
     let first = tokio::time::timeout(config.auth_timeout, socket.next()).await;
     let frame = match first {
@@ -81,10 +58,11 @@ async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
 
     let framing = Framing {
         transport: TRANSPORT,
-        frame: Bytes::from,
+        frame: |text| Frames::one(Bytes::from(text)),
         ping: || Bytes::from_static(PING),
         incoming,
         read_timeout: None,
+        idle: release_buffers,
     };
     let mut socket = Box::pin(conn::drive(socket, channel.clone(), auth, &state, framing)).await;
     // TCP has no close frame: tell the client why in an op 9 error, then close.
@@ -93,6 +71,22 @@ async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), SinkExt::<Bytes>::close(&mut socket)).await;
     Box::pin(gateway.close(&channel)).await;
+}
+
+/// Read and write buffers a connection starts with (tokio-util's default is 8
+/// KiB each; gochat's client frames and most pushes are far smaller).
+const BUFFER: usize = 256;
+
+/// Gives back buffers a large frame grew, once nothing is pending in them.
+fn release_buffers(socket: &mut Socket) {
+    shrink(socket.read_buffer_mut());
+    shrink(socket.write_buffer_mut());
+}
+
+fn shrink(buffer: &mut BytesMut) {
+    if buffer.is_empty() && buffer.capacity() > BUFFER {
+        *buffer = BytesMut::with_capacity(BUFFER);
+    }
 }
 
 /// What a decoded `v1` frame means for the connection.

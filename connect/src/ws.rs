@@ -4,40 +4,65 @@
 //! later ones are client frames (Courier's ops 7–12). `conn` drives the
 //! connection from there; a client that sends nothing (pongs included) for
 //! `pong_timeout` is dropped.
+//!
+//! The listener speaks WebSocket only, so connections are accepted and upgraded
+//! by tokio-tungstenite itself rather than through an HTTP router: a connection
+//! then costs the socket and tungstenite's state, with no HTTP server's upgrade
+//! machinery kept beside it. tungstenite keeps its write buffer at the size of
+//! the largest frame it ever wrote, so a frame longer than [`FRAGMENT`] (an op 5
+//! member list of a big room is ~6 KB) is sent as a fragmented message (RFC
+//! 6455 §5.4: clients see one message), keeping an idle connection's buffer at
+//! one fragment.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use bytes::Bytes;
 use courier_wire::frame::ClientFrame;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::ConnectState;
-use crate::conn::{self, Framing, Incoming};
+use crate::conn::{self, Frames, Framing, Incoming};
 use crate::hub::{CloseReason, close_code};
 
 const TRANSPORT: &str = "ws";
 
-pub(crate) async fn upgrade(State(state): State<Arc<ConnectState>>, ws: WebSocketUpgrade) -> Response {
-    let config = &state.gateway.config;
-    ws.read_buffer_size(config.ws_read_buffer)
-        .write_buffer_size(config.ws_write_buffer)
-        .max_write_buffer_size(config.ws_max_write_buffer)
-        .max_message_size(config.max_frame_bytes)
-        .max_frame_size(config.max_frame_bytes)
-        .on_upgrade(move |socket| {
-            let tracker = state.tracker.clone();
-            // The socket lives in one allocation of its own: futures that take
-            // it by value then hold a pointer, not another copy (see `conn`).
-            tracker.track_future(serve(state, Box::new(socket)))
-        })
-}
+/// Longest frame sent whole; longer ones go out in fragments of this size.
+pub(crate) const FRAGMENT: usize = 1024;
 
-async fn serve(state: Arc<ConnectState>, mut socket: Box<WebSocket>) {
+type Socket = Box<WebSocketStream<TcpStream>>;
+
+/// Upgrades a new connection and serves it until it ends.
+pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
     let gateway = &state.gateway;
     let config = gateway.config.clone();
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer)
+        .write_buffer_size(config.ws_write_buffer)
+        .max_write_buffer_size(config.ws_max_write_buffer)
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes));
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, only_ws_path, Some(ws_config));
+    // One allocation of its own, so futures taking it hold a pointer (see `conn`).
+    let mut socket: Socket = match tokio::time::timeout(config.auth_timeout, Box::pin(handshake)).await {
+        Ok(Ok(socket)) => Box::new(socket),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "websocket handshake failed");
+            gateway.metrics().error("ws_handshake");
+            return;
+        }
+        Err(_) => {
+            gateway.metrics().error("ws_handshake");
+            return;
+        }
+    };
 
     // The auth message.
     let first = tokio::time::timeout(config.auth_timeout, async {
@@ -70,35 +95,72 @@ async fn serve(state: Arc<ConnectState>, mut socket: Box<WebSocket>) {
 
     let framing = Framing {
         transport: TRANSPORT,
-        frame: Message::Text,
-        ping: || Message::Ping(Default::default()),
+        frame: fragments,
+        ping: || Message::Ping(Bytes::new()),
         incoming,
         read_timeout: Some(config.pong_timeout),
+        // tungstenite's buffers are out of reach; fragments bound the write one.
+        idle: |_| {},
     };
     let mut socket = Box::pin(conn::drive(socket, channel.clone(), auth, &state, framing)).await;
     // Say goodbye with the reason.
     let reason = channel.close_reason().unwrap_or(CloseReason { code: close_code::NORMAL, text: String::new() });
-    let frame = CloseFrame { code: reason.code, reason: Utf8Bytes::from(truncate(&reason.text, 120)) };
-    let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(close(reason.code, &reason.text))).await;
     Box::pin(gateway.close(&channel)).await;
 }
 
+/// The handshake's check: only `/ws` upgrades.
+#[expect(clippy::result_large_err, reason = "the signature tungstenite's handshake callback takes")]
+fn only_ws_path(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+    if request.uri().path() == "/ws" {
+        return Ok(response);
+    }
+    let mut refused = ErrorResponse::new(Some("not found: connect WebSocket clients to /ws\n".to_owned()));
+    *refused.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
+    Err(refused)
+}
+
+/// A frame as WebSocket messages: whole, or fragments of at most [`FRAGMENT`]
+/// bytes split on character boundaries.
+fn fragments(text: Utf8Bytes) -> Frames<Message> {
+    if text.len() <= FRAGMENT {
+        return Frames::one(Message::Text(text));
+    }
+    let bytes = Bytes::from(text);
+    let mut pieces = Vec::with_capacity(bytes.len().div_ceil(FRAGMENT - 3));
+    let mut start = 0;
+    while start < bytes.len() {
+        let mut end = (start + FRAGMENT).min(bytes.len());
+        // Back up to a character boundary (a UTF-8 continuation byte is 10xxxxxx).
+        while end < bytes.len() && bytes[end] & 0xC0 == 0x80 {
+            end -= 1;
+        }
+        let opcode = if start == 0 { Data::Text } else { Data::Continue };
+        pieces.push(Message::Frame(Frame::message(bytes.slice(start..end), OpCode::Data(opcode), end == bytes.len())));
+        start = end;
+    }
+    Frames::many(pieces)
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(truncate(reason, 120)) }))
+}
+
 /// What a WebSocket message means for the connection.
-fn incoming(message: Result<Message, axum::Error>) -> Incoming {
+fn incoming(message: Result<Message, tokio_tungstenite::tungstenite::Error>) -> Incoming {
     match message {
         Ok(Message::Text(text)) => Incoming::Frame(text.into()),
         Ok(Message::Binary(_)) => Incoming::Unsupported("binary frames are not supported; send JSON text"),
-        Ok(Message::Ping(_) | Message::Pong(_)) => Incoming::Nothing,
+        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Incoming::Nothing,
         Ok(Message::Close(_)) => Incoming::Closed,
         Err(e) => Incoming::Broken(format!("protocol error: {e}")),
     }
 }
 
 /// Closes a connection that failed to authenticate, saying why.
-async fn refuse(mut socket: Box<WebSocket>, reason: &str) {
+async fn refuse(mut socket: Socket, reason: &str) {
     tracing::debug!(reason, "websocket refused");
-    let frame = CloseFrame { code: close_code::POLICY, reason: Utf8Bytes::from(truncate(reason, 120)) };
-    let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(close(close_code::POLICY, reason))).await;
 }
 
 /// Close reasons must fit a control frame (125 bytes).
@@ -111,4 +173,45 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reassemble(frames: Frames<Message>) -> (Vec<usize>, String) {
+        let mut sizes = Vec::new();
+        let mut text = Vec::new();
+        for (i, message) in frames.enumerate() {
+            match message {
+                Message::Text(whole) => return (vec![whole.len()], whole.to_string()),
+                Message::Frame(frame) => {
+                    let header = frame.header();
+                    let want = if i == 0 { Data::Text } else { Data::Continue };
+                    assert_eq!(header.opcode, OpCode::Data(want));
+                    sizes.push(frame.payload().len());
+                    let last = header.is_final;
+                    text.extend_from_slice(frame.payload());
+                    if last {
+                        break;
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (sizes, String::from_utf8(text).expect("fragments split on character boundaries"))
+    }
+
+    #[test]
+    fn long_frames_go_out_in_fragments_that_reassemble_to_the_frame() {
+        let short = "x".repeat(FRAGMENT);
+        assert_eq!(reassemble(fragments(Utf8Bytes::from(short.clone()))), (vec![FRAGMENT], short));
+        // Multi-byte characters straddle every fragment boundary.
+        let long: String = "é€😀a".repeat(700);
+        let (sizes, text) = reassemble(fragments(Utf8Bytes::from(long.clone())));
+        assert_eq!(text, long);
+        let (last, rest) = sizes.split_last().expect("fragments");
+        assert!(!rest.is_empty() && rest.iter().all(|size| *size <= FRAGMENT && *size > FRAGMENT - 4), "{sizes:?}");
+        assert!(*last <= FRAGMENT);
+    }
 }
