@@ -594,6 +594,15 @@ impl Hub {
 mod tests {
     use super::*;
 
+    /// The texts of the frames queued on `ch` (taking them).
+    fn sent(ch: &Channel) -> Vec<String> {
+        ch.remaining_frames().into_iter().map(|Outbound::Frame { text, .. }| text.as_str().to_owned()).collect()
+    }
+
+    fn text(n: u64) -> Utf8Bytes {
+        Utf8Bytes::from(n.to_string())
+    }
+
     fn channel(hub: &Hub, user: u64, capacity: usize) -> Arc<Channel> {
         let ch = Arc::new(Channel::new(hub.next_channel_id(), user, format!("u{user}"), "t".into(), "ws", capacity));
         hub.add(ch.clone());
@@ -623,16 +632,13 @@ mod tests {
         let metrics = Metrics::new();
         let hub = Hub::new(1, Arc::new(Metrics::new()));
         let ch = channel(&hub, 1, 64);
-        let text = |n: u64| Utf8Bytes::from(n.to_string());
         ch.begin_recovery("room:1");
         // Live frames 4 and 5 arrive while history 2..=4 is being read.
         assert!(ch.offer("room:1", 5, &text(5), 0, &metrics));
         assert!(ch.offer("room:1", 4, &text(4), 0, &metrics));
         assert!(ch.remaining_frames().is_empty(), "held back during recovery");
         ch.finish_recovery("room:1", (2..=4).map(|n| (n, text(n))).collect()).await;
-        let got: Vec<String> =
-            ch.remaining_frames().into_iter().map(|Outbound::Frame { text, .. }| text.as_str().to_owned()).collect();
-        assert_eq!(got, vec!["2", "3", "4", "5"]);
+        assert_eq!(sent(&ch), ["2", "3", "4", "5"]);
         assert!(!ch.offer("room:1", 5, &text(5), 0, &metrics), "already sent");
     }
 
@@ -641,10 +647,6 @@ mod tests {
         let metrics = Metrics::new();
         let hub = Hub::new(1, Arc::new(Metrics::new()));
         let ch = channel(&hub, 1, 64);
-        let text = |n: u64| Utf8Bytes::from(n.to_string());
-        let sent = |ch: &Channel| -> Vec<String> {
-            ch.remaining_frames().into_iter().map(|Outbound::Frame { text, .. }| text.as_str().to_owned()).collect()
-        };
         // The inbox stood at 5 when logic read it; 5 (late) and 6, 7 were pushed
         // while the open was under way.
         ch.begin_recovery("user:1");
@@ -687,10 +689,6 @@ mod tests {
         let metrics = Metrics::new();
         let hub = Hub::new(1, Arc::new(Metrics::new()));
         let ch = channel(&hub, 1, 64);
-        let text = |n: u64| Utf8Bytes::from(n.to_string());
-        let sent = |ch: &Channel| -> Vec<String> {
-            ch.remaining_frames().into_iter().map(|Outbound::Frame { text, .. }| text.as_str().to_owned()).collect()
-        };
         assert!(ch.offer("user:1", 1, &text(1), 0, &metrics));
         // 3 and 4 arrive before 2 (another writer's push is late).
         assert!(ch.offer("user:1", 3, &text(3), 0, &metrics));
@@ -720,7 +718,6 @@ mod tests {
     async fn a_recovery_waits_for_room_instead_of_overflowing() {
         let hub = Hub::new(1, Arc::new(Metrics::new()));
         let ch = channel(&hub, 1, 2);
-        let text = |n: u64| Utf8Bytes::from(n.to_string());
         ch.begin_recovery("room:1");
         let writer = {
             let ch = ch.clone();

@@ -154,6 +154,19 @@ impl RedisPresence {
         Self { redis, prefix: prefix.to_owned() }
     }
 
+    /// Runs ATTACH or DETACH for connection `conn` of `user_id` on `server`.
+    async fn route_script(&self, script: &str, user_id: u64, server: &str, conn: u64) -> Result<()> {
+        let _: i64 = Script::new(script)
+            .key(self.server_key(server))
+            .key(format!("{}route:user:{user_id}", self.prefix))
+            .arg(format!("@{user_id}|{conn}"))
+            .arg(server)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     fn server_key(&self, server: &str) -> String {
         format!("{}server:{server}", self.prefix)
     }
@@ -352,27 +365,11 @@ impl Presence for RedisPresence {
     }
 
     async fn attach(&self, user_id: u64, server: &str, conn: u64) -> Result<()> {
-        let _: i64 = Script::new(ATTACH)
-            .key(self.server_key(server))
-            .key(format!("{}route:user:{user_id}", self.prefix))
-            .arg(format!("@{user_id}|{conn}"))
-            .arg(server)
-            .invoke_async(&mut self.redis.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.route_script(ATTACH, user_id, server, conn).await
     }
 
     async fn detach(&self, user_id: u64, server: &str, conn: u64) -> Result<()> {
-        let _: i64 = Script::new(DETACH)
-            .key(self.server_key(server))
-            .key(format!("{}route:user:{user_id}", self.prefix))
-            .arg(format!("@{user_id}|{conn}"))
-            .arg(server)
-            .invoke_async(&mut self.redis.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.route_script(DETACH, user_id, server, conn).await
     }
 
     async fn routes(&self, users: &[u64], rooms: &[u64]) -> Result<Routes> {
