@@ -210,9 +210,9 @@ impl Gateway {
         if channel.in_room(room) {
             return Ok(());
         }
-        if since.is_some() {
-            channel.begin_recovery(&courier_wire::room_stream(room));
-        }
+        // Held back until the room's position is known (see `open`).
+        let stream = courier_wire::room_stream(room);
+        channel.begin_recovery(&stream);
         self.hub.join(channel, room);
         let request = JoinRoomRequest {
             auth_token: channel.auth_token.clone(),
@@ -226,19 +226,15 @@ impl Gateway {
         };
         match joined {
             Ok(reply) => {
-                // Pushes may have come since `hub.join`; the baseline only raises
-                // `last`, and a hole after a push is still caught.
-                channel.set_baseline(&courier_wire::room_stream(room), reply.into_inner().last_seq);
-                if let Some(since) = since {
-                    self.recover(channel, room, since).await;
+                match since {
+                    Some(since) => self.recover(channel, room, since).await,
+                    None => channel.start_live(&stream, reply.into_inner().last_seq).await,
                 }
                 Ok(())
             }
             Err(status) => {
-                if since.is_some() {
-                    channel.finish_recovery(&courier_wire::room_stream(room), Vec::new()).await;
-                }
                 self.hub.leave(channel, room);
+                channel.finish_recovery(&stream, Vec::new()).await;
                 if status.code() == Code::Unauthenticated {
                     channel.close(close_code::POLICY, "session expired or revoked; log in again");
                 }

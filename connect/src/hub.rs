@@ -98,6 +98,11 @@ impl Streams {
 #[derive(Debug, Default)]
 struct StreamState {
     last: u64,
+    /// Whether `last` is a real position (set from where the stream stood when
+    /// the channel joined it, a client's resume position, or a frame sent). A
+    /// new user's inbox stands at 0, and its first pushes can arrive out of
+    /// order (two writers) like any others: a hole after 0 is a gap too.
+    known: bool,
     /// `Some` while recovering: live frames (seq, text, admitted) waiting.
     held_back: Option<Vec<(u64, Utf8Bytes, i64)>>,
 }
@@ -231,7 +236,7 @@ impl Channel {
             held.push((seq, text.clone(), admitted_ms));
             return true;
         }
-        if state.last != 0 && seq > state.last + 1 {
+        if state.known && seq > state.last + 1 {
             // A gap: the frames between were pushed by another writer of this
             // stream (a sender's copy lands in the recipient's partition; a
             // partition changing workers) and are late, or were lost on the
@@ -254,28 +259,19 @@ impl Channel {
         let state = streams.entry(stream);
         state.held_back.get_or_insert_with(Vec::new);
         state.last = after;
+        state.known = true;
     }
 
-    /// Where live delivery of `stream` starts: its last seq when the connection
-    /// registered. Later pushes are expected from `last_seq + 1` on, so a hole
-    /// right at the start is caught like any other.
-    pub fn set_baseline(&self, stream: &str, last_seq: u64) {
-        let mut streams = lock(&self.streams);
-        let state = streams.entry(stream);
-        if state.held_back.is_none() {
-            state.last = state.last.max(last_seq);
-        }
-    }
-
-    /// Ends holding `stream` back while the connection opened: live delivery
-    /// starts after `last_seq` (its position when the connection registered),
-    /// and the frames held meanwhile follow if newer, a hole before them being
-    /// caught like any other.
+    /// Ends holding `stream` back while the channel joined it: live delivery
+    /// starts after `last_seq` (where the stream stood once the channel was
+    /// registered), and the frames held meanwhile follow if newer, a hole
+    /// before them being caught like any other.
     pub async fn start_live(&self, stream: &str, last_seq: u64) {
         {
             let mut streams = lock(&self.streams);
             let state = streams.entry(stream);
             state.last = state.last.max(last_seq);
+            state.known = true;
         }
         self.finish_recovery(stream, Vec::new()).await;
     }
@@ -312,10 +308,11 @@ impl Channel {
         admitted_ms: i64,
         metrics: &Metrics,
     ) -> bool {
-        if seq <= state.last {
+        if state.known && seq <= state.last {
             return false;
         }
         state.last = seq;
+        state.known = true;
         self.queue(Outbound::Frame { text, admitted_ms }, metrics)
     }
 
@@ -349,8 +346,9 @@ impl Channel {
             held.sort_by_key(|(seq, _, _)| *seq);
             let mut rest = held.into_iter();
             while let Some((seq, text, admitted_ms)) = rest.next() {
-                let last = self.last_sent(stream);
-                if last != 0 && seq > last + 1 {
+                if let Some(last) = self.position(stream)
+                    && seq > last + 1
+                {
                     // A new gap: keep holding from here and have it filled.
                     let mut streams = lock(&self.streams);
                     let state = streams.entry(stream);
@@ -367,9 +365,9 @@ impl Channel {
         }
     }
 
-    /// The last seq queued on `stream` (0: none yet).
-    fn last_sent(&self, stream: &str) -> u64 {
-        lock(&self.streams).get(stream).map_or(0, |s| s.last)
+    /// The last seq queued on `stream`, if its position is known.
+    fn position(&self, stream: &str) -> Option<u64> {
+        lock(&self.streams).get(stream).filter(|s| s.known).map(|s| s.last)
     }
 
     /// Queues one recovered frame if newer than the last, waiting for room.
@@ -377,10 +375,11 @@ impl Channel {
         {
             let mut streams = lock(&self.streams);
             let state = streams.entry(stream);
-            if seq <= state.last {
+            if state.known && seq <= state.last {
                 return;
             }
             state.last = seq;
+            state.known = true;
         }
         tokio::select! {
             _ = self.closing() => {}
@@ -665,6 +664,24 @@ mod tests {
         ch.start_live("room:2", 10).await;
         assert!(sent(&ch).is_empty(), "12 waits for 11");
         assert_eq!(ch.next_gap().await, ("room:2".to_owned(), 10));
+    }
+
+    #[tokio::test]
+    async fn a_new_streams_first_pushes_out_of_order_are_a_gap_too() {
+        let metrics = Metrics::new();
+        let hub = Hub::new(1, Arc::new(Metrics::new()));
+        let ch = channel(&hub, 1, 64);
+        // A new user's inbox stands at 0; its first two messages come from two
+        // writers, and 2 arrives first.
+        ch.begin_recovery("user:1");
+        ch.start_live("user:1", 0).await;
+        assert!(ch.offer("user:1", 2, &text(2), 0, &metrics));
+        assert!(sent(&ch).is_empty(), "2 waits for 1");
+        assert_eq!(ch.next_gap().await, ("user:1".to_owned(), 0));
+        assert!(ch.offer("user:1", 1, &text(1), 0, &metrics));
+        assert!(ch.held_back_is_contiguous("user:1", 0));
+        ch.finish_recovery("user:1", Vec::new()).await;
+        assert_eq!(sent(&ch), ["1", "2"]);
     }
 
     #[test]

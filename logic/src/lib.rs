@@ -244,15 +244,11 @@ impl Logic {
 
     /// A stream's last seq for [`UserReply::last_seq`]; 0 (unknown) if the store
     /// does not answer, which costs the connection only its gap detection.
-    async fn last_seq(&self, stream: &str) -> u64 {
-        match self.inner.backends.history.stream_info(stream).await {
-            Ok(info) => info.map_or(0, |i| i.last_seq),
-            Err(e) => {
-                self.metrics().error("store");
-                tracing::warn!(error = %e, stream, "history store failed reading a stream's last seq");
-                0
-            }
-        }
+    /// Where `stream` stands (0: no message yet). A connection's live delivery
+    /// starts there, so a store failure refuses the call rather than guess.
+    async fn last_seq(&self, stream: &str) -> Result<u64, Status> {
+        let info = self.inner.backends.history.stream_info(stream).await.map_err(|e| self.store_unavailable(e))?;
+        Ok(info.map_or(0, |i| i.last_seq))
     }
 
     fn store_unavailable(&self, e: StoreError) -> Status {
@@ -594,20 +590,33 @@ impl LogicRpc for Logic {
             }
             let presence = &self.inner.backends.presence;
             presence.attach(user.user_id, &r.server_id, r.conn_id).await.map_err(|e| self.presence_unavailable(e))?;
-            if r.room_id != 0 {
-                if let Err(e) = presence.join(r.room_id, &user, &r.server_id, r.conn_id).await {
-                    // Undo the route, so a failed open leaves nothing behind;
-                    // if this fails too, the node's detach on close or its
-                    // lease releases it.
-                    let _ = presence.detach(user.user_id, &r.server_id, r.conn_id).await;
-                    return Err(self.presence_unavailable(e));
+            let registered = async {
+                if r.room_id != 0 {
+                    presence
+                        .join(r.room_id, &user, &r.server_id, r.conn_id)
+                        .await
+                        .map_err(|e| self.presence_unavailable(e))?;
+                    self.mark_dirty(r.room_id);
                 }
-                self.mark_dirty(r.room_id);
-            }
-            // Read after the route and the membership exist: see AttachReply.
-            let inbox_last_seq = self.last_seq(&courier_wire::user_stream(user.user_id)).await;
-            let room_last_seq =
-                if r.room_id == 0 { 0 } else { self.last_seq(&courier_wire::room_stream(r.room_id)).await };
+                // Read after the route and the membership exist: see AttachReply.
+                let inbox = self.last_seq(&courier_wire::user_stream(user.user_id)).await?;
+                let room =
+                    if r.room_id == 0 { 0 } else { self.last_seq(&courier_wire::room_stream(r.room_id)).await? };
+                Ok::<_, Status>((inbox, room))
+            };
+            let (inbox_last_seq, room_last_seq) = match registered.await {
+                Ok(positions) => positions,
+                Err(status) => {
+                    // Undo, so a failed open leaves nothing behind (both calls
+                    // are harmless if that part never happened); if they fail
+                    // too, the node's lease releases it.
+                    if r.room_id != 0 {
+                        let _ = presence.leave(r.room_id, user.user_id, &r.server_id, r.conn_id).await;
+                    }
+                    let _ = presence.detach(user.user_id, &r.server_id, r.conn_id).await;
+                    return Err(status);
+                }
+            };
             Ok(AttachReply { user_id: user.user_id, user_name: user.user_name, inbox_last_seq, room_last_seq })
         })
         .await
@@ -644,7 +653,15 @@ impl LogicRpc for Logic {
                 .await
                 .map_err(|e| self.presence_unavailable(e))?;
             self.mark_dirty(r.room_id);
-            let last_seq = self.last_seq(&courier_wire::room_stream(r.room_id)).await;
+            let last_seq = match self.last_seq(&courier_wire::room_stream(r.room_id)).await {
+                Ok(seq) => seq,
+                Err(status) => {
+                    // Connect takes the channel out of the room on an error.
+                    let presence = &self.inner.backends.presence;
+                    let _ = presence.leave(r.room_id, user.user_id, &r.server_id, r.conn_id).await;
+                    return Err(status);
+                }
+            };
             Ok(UserReply { user_id: user.user_id, user_name: user.user_name, last_seq })
         })
         .await

@@ -80,11 +80,17 @@ impl Ws {
         Self { socket }
     }
 
-    /// The next `n` frames with `op`, skipping others.
+    /// The next `n` frames with `op`, skipping others; on a timeout, says what
+    /// did arrive.
     pub async fn take_op(&mut self, op: i64, n: usize) -> Vec<Value> {
         let mut frames = Vec::with_capacity(n);
         while frames.len() < n {
-            frames.push(self.next_op(op).await);
+            match self.next_within(PATIENCE).await {
+                Ok(Some(frame)) if frame["op"] == op => frames.push(frame),
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("closed with {} of {n} op {op} frames: {}", frames.len(), summary(&frames)),
+                Err(_) => panic!("only {} of {n} op {op} frames in time: {}", frames.len(), summary(&frames)),
+            }
         }
         frames
     }
@@ -181,4 +187,13 @@ impl Tcp {
             }
         }
     }
+}
+
+/// `msg@stream#seq` of each frame, for failure messages.
+pub fn summary(frames: &[Value]) -> String {
+    let parts: Vec<String> = frames
+        .iter()
+        .map(|f| format!("{}@{}#{}", f["msg"].as_str().unwrap_or("?"), f["stream"].as_str().unwrap_or("?"), f["seq"]))
+        .collect();
+    parts.join(" ")
 }
