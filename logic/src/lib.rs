@@ -37,6 +37,7 @@ use courier_store::{Error as StoreError, HistoryStore, MessageKind as StoredKind
 use courier_telemetry::{KindLabel, Metrics, ReadyFlag};
 use courier_wire::MAX_MESSAGE_BYTES;
 use courier_wire::frame::{CountFrame, RoomInfoFrame, to_text};
+use futures_util::StreamExt as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prost::Message as _;
 use tokio::net::TcpListener;
@@ -398,13 +399,19 @@ impl Logic {
     }
 
     async fn room_info_frame(&self, room: u64) -> Result<Delivery, Status> {
+        let (count, members) = self.room_members(room).await?;
+        Ok(room_delivery(room, to_text(&RoomInfoFrame::new(room, count, members))))
+    }
+
+    /// A room's online count and (capped) member list.
+    async fn room_members(&self, room: u64) -> Result<(u64, Vec<(u64, String)>), Status> {
         let presence = &self.inner.backends.presence;
         let count = presence.count(room).await.map_err(|e| self.presence_unavailable(e))?;
         let members = presence
             .members(room, self.inner.config.room_member_cap)
             .await
             .map_err(|e| self.presence_unavailable(e))?;
-        Ok(room_delivery(room, to_text(&RoomInfoFrame::new(room, count, members))))
+        Ok((count, members))
     }
 
     fn presence_unavailable(&self, e: courier_presence::Error) -> Status {
@@ -436,15 +443,27 @@ impl Logic {
     }
 
     /// Pushes op 4 and op 5 for every room whose membership changed since the last
-    /// flush.
+    /// flush: the rooms are read a few at a time and their frames pushed in one
+    /// call (one route lookup), since thousands of rooms change at once when a
+    /// node starts or dies.
     async fn flush_dirty_rooms(&self) {
         let rooms: Vec<u64> = self.inner.dirty_rooms.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
-        for room in rooms {
-            match (self.room_count_frame(room).await, self.room_info_frame(room).await) {
-                (Ok(count), Ok(info)) => self.inner.backends.pusher.deliver(&[count, info]).await,
-                _ => self.mark_dirty(room), // try again on the next flush
+        let read: Vec<_> = futures_util::stream::iter(rooms)
+            .map(|room| async move { (room, self.room_members(room).await) })
+            .buffer_unordered(FLUSH_READS)
+            .collect()
+            .await;
+        let mut deliveries = Vec::with_capacity(read.len() * 2);
+        for (room, members) in read {
+            match members {
+                Ok((count, members)) => {
+                    deliveries.push(room_delivery(room, to_text(&CountFrame::new(count))));
+                    deliveries.push(room_delivery(room, to_text(&RoomInfoFrame::new(room, count, members))));
+                }
+                Err(_) => self.mark_dirty(room), // try again on the next flush
             }
         }
+        self.inner.backends.pusher.deliver(&deliveries).await;
     }
 
     async fn observed<T>(
@@ -473,6 +492,9 @@ impl From<Status> for RegisterError {
         Self::Status(s)
     }
 }
+
+/// Rooms whose presence is read at once when flushing updates.
+const FLUSH_READS: usize = 32;
 
 fn room_delivery(room: u64, body: String) -> Delivery {
     Delivery { target: Some(Target::RoomId(room)), stream: String::new(), seq: 0, body, admitted_ms: 0 }
