@@ -130,6 +130,17 @@ async fn bad_input_gets_clear_errors_and_nothing_is_queued() {
     let answer = api.post("/user/login", json!({"userName": "nobody", "passWord": "wrong"})).await;
     assert_eq!(answer["message"], "no this user or password error!", "one answer for both failures");
 
+    // A private message to a user who does not exist is refused with gochat's
+    // text, twice (an unknown recipient is never remembered as known).
+    for _ in 0..2 {
+        let answer =
+            api.post("/push/push", json!({"authToken": token, "msg": "x", "toUserId": 987_654_321, "roomId": 2})).await;
+        assert_eq!(
+            (answer["code"].as_i64(), answer["message"].as_str()),
+            (Some(1), Some("rpc fail get friend userName"))
+        );
+    }
+
     // Over the socket: an oversized send and an unknown op each get an op 9 error.
     ws.send(json!({"op": 7, "roomId": 2, "msg": "y".repeat(4_001), "clientMsgId": "big"})).await;
     let error = ws.next_op(9).await;

@@ -135,6 +135,9 @@ struct Inner {
     ids: Snowflake,
     hasher: PasswordHasher,
     dirty_rooms: Mutex<HashSet<u64>>,
+    /// Names of recipients seen lately: a user's name never changes, and a
+    /// private send would otherwise read it from the store every time.
+    recipient_names: quick_cache::sync::Cache<u64, Arc<str>>,
     send_limiter: Option<DefaultKeyedRateLimiter<u64>>,
     login_limiter: Option<DefaultKeyedRateLimiter<String>>,
 }
@@ -177,6 +180,7 @@ impl Logic {
                 ids,
                 hasher,
                 dirty_rooms: Mutex::default(),
+                recipient_names: quick_cache::sync::Cache::new(RECIPIENT_NAMES),
                 send_limiter,
                 login_limiter,
             }),
@@ -245,6 +249,25 @@ impl Logic {
 
     /// A stream's last seq for [`UserReply::last_seq`]; 0 (unknown) if the store
     /// does not answer, which costs the connection only its gap detection.
+    /// The name of a private message's recipient; NOT_FOUND if there is no
+    /// such user (never cached, so a user registered since is found).
+    async fn recipient_name(&self, user_id: u64) -> Result<Arc<str>, Status> {
+        if let Some(name) = self.inner.recipient_names.get(&user_id) {
+            return Ok(name);
+        }
+        let user = self
+            .inner
+            .backends
+            .users
+            .user_by_id(user_id)
+            .await
+            .map_err(|e| self.store_unavailable(e))?
+            .ok_or_else(|| Status::not_found("rpc fail get friend userName"))?;
+        let name: Arc<str> = user.name.into();
+        self.inner.recipient_names.insert(user_id, name.clone());
+        Ok(name)
+    }
+
     /// Where `stream` stands (0: no message yet). A connection's live delivery
     /// starts there, so a store failure refuses the call rather than guess.
     async fn last_seq(&self, stream: &str) -> Result<u64, Status> {
@@ -279,15 +302,13 @@ impl Logic {
         }
         let config = &self.inner.config;
         let (kind, topic, key, to_user_name) = if request.to_user_id != 0 {
-            let recipient = self
-                .inner
-                .backends
-                .users
-                .user_by_id(request.to_user_id)
-                .await
-                .map_err(|e| self.store_unavailable(e))?
-                .ok_or_else(|| Status::not_found("rpc fail get friend userName"))?;
-            (MessageKind::Private, &config.private_topic, courier_wire::user_stream(recipient.id), recipient.name)
+            let name = self.recipient_name(request.to_user_id).await?;
+            (
+                MessageKind::Private,
+                &config.private_topic,
+                courier_wire::user_stream(request.to_user_id),
+                name.to_string(),
+            )
         } else if request.room_id != 0 {
             (MessageKind::Room, &config.room_topic, courier_wire::room_stream(request.room_id), String::new())
         } else {
@@ -492,6 +513,9 @@ impl From<Status> for RegisterError {
         Self::Status(s)
     }
 }
+
+/// Recipient names remembered by one logic instance.
+const RECIPIENT_NAMES: usize = 100_000;
 
 /// Rooms whose presence is read at once when flushing updates.
 const FLUSH_READS: usize = 32;
