@@ -98,8 +98,18 @@ impl Gateway {
         };
         let reply = match attached {
             Ok(reply) => reply.into_inner(),
-            Err(status) => {
+            Err(status) if matches!(status.code(), Code::Unauthenticated | Code::InvalidArgument) => {
+                // Refused before anything was registered.
                 self.hub.remove(&channel);
+                return Err(status_text(&status));
+            }
+            Err(status) => {
+                // Logic may have registered the connection and the answer got
+                // lost: release it in the background (a release of what never
+                // happened changes nothing; presence calls name the connection).
+                let gateway = self.clone();
+                let opened = channel.clone();
+                tokio::spawn(async move { gateway.close(&opened).await });
                 return Err(status_text(&status));
             }
         };
