@@ -133,17 +133,12 @@ impl Backends {
 }
 
 impl Backends {
-    /// The presence that routes pushes: the cluster's shared one (Redis). With
-    /// presence in process, a separate task process cannot see the connections
-    /// logic registered, so its pushes go to every node.
-    pub async fn routes(&self) -> anyhow::Result<Option<Arc<dyn Presence>>> {
-        Ok(match &self.redis {
-            Some(url) => {
-                let redis = courier_presence::redis::connect(url).await.context("connecting to Redis")?;
-                Some(Arc::new(courier_presence::redis::RedisPresence::new(redis, &self.redis_prefix)))
-            }
-            None => None,
-        })
+    /// The presence that routes pushes, given this process's `presence`: only a
+    /// cluster's shared one (Redis). With presence in process, a separate task
+    /// process cannot see the connections logic registered, so its pushes go to
+    /// every node.
+    pub fn routes(&self, presence: &Arc<dyn Presence>) -> Option<Arc<dyn Presence>> {
+        self.redis.is_some().then(|| presence.clone())
     }
 }
 
@@ -226,7 +221,7 @@ pub async fn logic(tier: LogicTier, backends: &Backends, admin: Admin) -> anyhow
         }
         (None, None) => None,
     };
-    let pusher = static_pusher(nodes, backends.routes().await?, &admin).await;
+    let pusher = static_pusher(nodes, backends.routes(&presence), &admin).await;
     let logic = courier_logic::Logic::new(
         config,
         courier_logic::LogicBackends {
@@ -267,7 +262,8 @@ pub async fn task(
 ) -> anyhow::Result<()> {
     let (_, history) = backends.stores().await?;
     let queue = backends.queue().await?;
-    let pusher = static_pusher(nodes, backends.routes().await?, &admin).await;
+    let (_, presence, _) = backends.sessions(SessionPolicy::default()).await?;
+    let pusher = static_pusher(nodes, backends.routes(&presence), &admin).await;
     let task_backends = courier_task::TaskBackends { queue, history, pusher, metrics: admin.metrics.clone() };
     courier_task::run(config, task_backends, admin.readiness.flag("task"), admin.shutdown.clone()).await;
     Ok(())

@@ -119,8 +119,6 @@ where
     let mut silent_until = framing.read_timeout.map(|limit| now + limit);
     let timer = tokio::time::sleep_until(earliest(next_ping, next_session_check, silent_until));
     tokio::pin!(timer);
-    // Grown while frames flow, given back when idle.
-    let mut batch = Vec::new();
     let mut handling: Option<Work<'_>> = {
         let channel = channel.clone();
         Some(Box::pin(async move { gateway.resume(&channel, &auth).await }))
@@ -136,9 +134,9 @@ where
             _ = async { if let Some(work) = filling.as_mut() { work.await } }, if filling.is_some() => {
                 filling = None;
             }
-            _ = channel.next_frames(&mut batch, 64) => {
+            batch = channel.next_frames(64) => {
                 let write = async {
-                    for Outbound::Frame { text, .. } in &batch {
+                    for Outbound::Frame { text, .. } in &batch.frames {
                         for item in (framing.frame)(text.clone()) {
                             socket.feed(item).await?;
                         }
@@ -148,14 +146,13 @@ where
                 match tokio::time::timeout(config.write_timeout, write).await {
                     Ok(Ok(())) => {
                         let now = courier_ids::now_unix_ms();
-                        for Outbound::Frame { admitted_ms, .. } in batch.drain(..) {
+                        for Outbound::Frame { admitted_ms, .. } in &batch.frames {
                             deliveries.inc();
-                            if admitted_ms > 0 {
+                            if *admitted_ms > 0 {
                                 metrics.delivery_latency.observe((now - admitted_ms).max(0) as f64 / 1000.0);
                             }
                         }
-                        batch.shrink_to_fit();
-                        if channel.nothing_queued() {
+                        if batch.emptied {
                             (framing.idle)(&mut socket);
                         }
                     }

@@ -265,11 +265,8 @@ impl Gateway {
             channel.finish_recovery(stream, Vec::new()).await;
             return;
         }
-        let room = match stream.strip_prefix("room:").map(str::parse::<u64>) {
-            Some(Ok(room)) => room,
-            // The only other stream a channel receives is its user's inbox.
-            _ => 0,
-        };
+        // The only other stream a channel receives is its user's inbox (0).
+        let room = courier_wire::stream_room(stream).unwrap_or(0);
         self.metrics().error("push_gap_filled_from_history");
         self.recover(channel, room, &Since { epoch: String::new(), seq: after }).await;
     }

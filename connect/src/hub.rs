@@ -107,6 +107,19 @@ struct StreamState {
     held_back: Option<Vec<(u64, Utf8Bytes, i64)>>,
 }
 
+impl StreamState {
+    /// Moves the position to `seq` if that is newer; false for a duplicate or
+    /// a step back, which must not be sent.
+    fn advance(&mut self, seq: u64) -> bool {
+        if self.known && seq <= self.last {
+            return false;
+        }
+        self.last = seq;
+        self.known = true;
+        true
+    }
+}
+
 /// A connection's queue of frames to write: bounded, first in first out, and
 /// holding no allocation while empty, so an idle connection pays only for the
 /// struct (a channel's preallocated block would cost over a kilobyte each).
@@ -153,35 +166,45 @@ impl Outbox {
         }
     }
 
-    /// Waits until frames are queued, then moves up to `max` into `batch`.
-    async fn take(&self, batch: &mut Vec<Outbound>, max: usize) {
+    /// Waits until frames are queued, then takes up to `max` of them.
+    async fn take(&self, max: usize) -> Batch {
         loop {
             let filled = self.filled.notified();
             tokio::pin!(filled);
             filled.as_mut().enable();
-            if self.drain_into(batch, max) > 0 {
-                return;
+            let batch = self.drain(max);
+            if !batch.frames.is_empty() {
+                return batch;
             }
             filled.await;
         }
     }
 
-    fn drain_into(&self, batch: &mut Vec<Outbound>, max: usize) -> usize {
-        let taken = {
+    /// Takes up to `max` frames without waiting. When that is all of them the
+    /// queue hands its allocation over with them, so an idle connection keeps
+    /// no buffer and a busy one allocates once per batch, not twice.
+    fn drain(&self, max: usize) -> Batch {
+        let batch = {
             let mut frames = lock(&self.frames);
-            let n = frames.len().min(max);
-            batch.extend(frames.drain(..n));
-            // An idle connection keeps no buffer.
-            if frames.is_empty() && frames.capacity() > 0 {
-                *frames = VecDeque::new();
+            if frames.len() <= max {
+                Batch { frames: std::mem::take(&mut *frames), emptied: true }
+            } else {
+                Batch { frames: frames.drain(..max).collect(), emptied: false }
             }
-            n
         };
-        if taken > 0 {
+        if !batch.frames.is_empty() {
             self.drained.notify_waiters();
         }
-        taken
+        batch
     }
+}
+
+/// Frames taken from a connection's queue to be written.
+#[derive(Debug)]
+pub struct Batch {
+    pub frames: VecDeque<Outbound>,
+    /// Nothing was left queued behind them.
+    pub emptied: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -246,8 +269,7 @@ impl Channel {
             state.held_back = Some(vec![(seq, text.clone(), admitted_ms)]);
             let after = state.last;
             drop(streams);
-            lock(&self.gaps).push((stream.to_owned(), after));
-            self.gap.notify_one();
+            self.report_gap(stream, after);
             return true;
         }
         self.queue_in_order(state, seq, text.clone(), admitted_ms, metrics)
@@ -274,6 +296,12 @@ impl Channel {
             state.known = true;
         }
         self.finish_recovery(stream, Vec::new()).await;
+    }
+
+    /// Has the connection fill the gap in `stream` after seq `after`.
+    fn report_gap(&self, stream: &str, after: u64) {
+        lock(&self.gaps).push((stream.to_owned(), after));
+        self.gap.notify_one();
     }
 
     /// Waits for a stream with a gap; returns it and the last seq sent before.
@@ -308,11 +336,9 @@ impl Channel {
         admitted_ms: i64,
         metrics: &Metrics,
     ) -> bool {
-        if state.known && seq <= state.last {
+        if !state.advance(seq) {
             return false;
         }
-        state.last = seq;
-        state.known = true;
         self.queue(Outbound::Frame { text, admitted_ms }, metrics)
     }
 
@@ -356,8 +382,7 @@ impl Channel {
                     held.push((seq, text, admitted_ms));
                     held.extend(rest);
                     drop(streams);
-                    lock(&self.gaps).push((stream.to_owned(), last));
-                    self.gap.notify_one();
+                    self.report_gap(stream, last);
                     return;
                 }
                 self.send_in_order(stream, seq, text, admitted_ms).await;
@@ -374,12 +399,9 @@ impl Channel {
     async fn send_in_order(&self, stream: &str, seq: u64, text: Utf8Bytes, admitted_ms: i64) {
         {
             let mut streams = lock(&self.streams);
-            let state = streams.entry(stream);
-            if state.known && seq <= state.last {
+            if !streams.entry(stream).advance(seq) {
                 return;
             }
-            state.last = seq;
-            state.known = true;
         }
         tokio::select! {
             _ = self.closing() => {}
@@ -407,21 +429,14 @@ impl Channel {
         false
     }
 
-    /// Waits for frames to write and moves up to `max` of them into `batch`.
-    pub async fn next_frames(&self, batch: &mut Vec<Outbound>, max: usize) {
-        self.outbox.take(batch, max).await;
-    }
-
-    /// Whether no frame waits to be written.
-    pub fn nothing_queued(&self) -> bool {
-        lock(&self.outbox.frames).is_empty()
+    /// Waits for frames to write and takes up to `max` of them.
+    pub async fn next_frames(&self, max: usize) -> Batch {
+        self.outbox.take(max).await
     }
 
     /// The frames still queued, for a last write before the connection ends.
-    pub fn remaining_frames(&self) -> Vec<Outbound> {
-        let mut batch = Vec::new();
-        self.outbox.drain_into(&mut batch, usize::MAX);
-        batch
+    pub fn remaining_frames(&self) -> VecDeque<Outbound> {
+        self.outbox.drain(usize::MAX).frames
     }
 
     /// Asks the connection to end with `reason` (the first reason wins).
@@ -741,9 +756,9 @@ mod tests {
             tokio::spawn(async move {
                 let mut written = Vec::new();
                 while written.len() < 5 {
-                    let mut batch = Vec::new();
-                    ch.next_frames(&mut batch, 1).await;
-                    written.extend(batch.into_iter().map(|Outbound::Frame { text, .. }| text.as_str().to_owned()));
+                    let batch = ch.next_frames(1).await;
+                    written
+                        .extend(batch.frames.into_iter().map(|Outbound::Frame { text, .. }| text.as_str().to_owned()));
                 }
                 written
             })

@@ -247,8 +247,6 @@ impl Logic {
         Ok(self.new_session(SessionUser { user_id: id, user_name: name.to_owned() }).await?)
     }
 
-    /// A stream's last seq for [`UserReply::last_seq`]; 0 (unknown) if the store
-    /// does not answer, which costs the connection only its gap detection.
     /// The name of a private message's recipient; NOT_FOUND if there is no
     /// such user (never cached, so a user registered since is found).
     async fn recipient_name(&self, user_id: u64) -> Result<Arc<str>, Status> {
@@ -266,6 +264,21 @@ impl Logic {
         let name: Arc<str> = user.name.into();
         self.inner.recipient_names.insert(user_id, name.clone());
         Ok(name)
+    }
+
+    /// Connection `conn` of `user` on `server` joins `room`; returns where the
+    /// room stands, read after the membership (and so its route) exists. On a
+    /// failure nothing stays registered.
+    async fn join_at(&self, room: u64, user: &SessionUser, server: &str, conn: u64) -> Result<u64, Status> {
+        let presence = &self.inner.backends.presence;
+        presence.join(room, user, server, conn).await.map_err(|e| self.presence_unavailable(e))?;
+        self.mark_dirty(room);
+        let position = self.last_seq(&courier_wire::room_stream(room)).await;
+        if position.is_err() {
+            // Harmless if it fails too: the node's lease or close releases it.
+            let _ = presence.leave(room, user.user_id, server, conn).await;
+        }
+        position
     }
 
     /// Where `stream` stands (0: no message yet). A connection's live delivery
@@ -637,28 +650,19 @@ impl LogicRpc for Logic {
             let presence = &self.inner.backends.presence;
             presence.attach(user.user_id, &r.server_id, r.conn_id).await.map_err(|e| self.presence_unavailable(e))?;
             let registered = async {
-                if r.room_id != 0 {
-                    presence
-                        .join(r.room_id, &user, &r.server_id, r.conn_id)
-                        .await
-                        .map_err(|e| self.presence_unavailable(e))?;
-                    self.mark_dirty(r.room_id);
-                }
-                // Read after the route and the membership exist: see AttachReply.
+                // Read after the route exists: see AttachReply.
                 let inbox = self.last_seq(&courier_wire::user_stream(user.user_id)).await?;
-                let room =
-                    if r.room_id == 0 { 0 } else { self.last_seq(&courier_wire::room_stream(r.room_id)).await? };
+                let room = match r.room_id {
+                    0 => 0,
+                    room => self.join_at(room, &user, &r.server_id, r.conn_id).await?,
+                };
                 Ok::<_, Status>((inbox, room))
             };
             let (inbox_last_seq, room_last_seq) = match registered.await {
                 Ok(positions) => positions,
                 Err(status) => {
-                    // Undo, so a failed open leaves nothing behind (both calls
-                    // are harmless if that part never happened); if they fail
-                    // too, the node's lease releases it.
-                    if r.room_id != 0 {
-                        let _ = presence.leave(r.room_id, user.user_id, &r.server_id, r.conn_id).await;
-                    }
+                    // Nothing stays registered after a failed open; if this
+                    // fails too, the node's close or lease releases it.
                     let _ = presence.detach(user.user_id, &r.server_id, r.conn_id).await;
                     return Err(status);
                 }
@@ -692,22 +696,7 @@ impl LogicRpc for Logic {
             if r.room_id == 0 {
                 return Err(Status::invalid_argument("roomId is required"));
             }
-            self.inner
-                .backends
-                .presence
-                .join(r.room_id, &user, &r.server_id, r.conn_id)
-                .await
-                .map_err(|e| self.presence_unavailable(e))?;
-            self.mark_dirty(r.room_id);
-            let last_seq = match self.last_seq(&courier_wire::room_stream(r.room_id)).await {
-                Ok(seq) => seq,
-                Err(status) => {
-                    // Connect takes the channel out of the room on an error.
-                    let presence = &self.inner.backends.presence;
-                    let _ = presence.leave(r.room_id, user.user_id, &r.server_id, r.conn_id).await;
-                    return Err(status);
-                }
-            };
+            let last_seq = self.join_at(r.room_id, &user, &r.server_id, r.conn_id).await?;
             Ok(UserReply { user_id: user.user_id, user_name: user.user_name, last_seq })
         })
         .await

@@ -24,3 +24,26 @@ pub fn room_stream(room_id: u64) -> String {
 pub fn user_stream(user_id: u64) -> String {
     format!("user:{user_id}")
 }
+
+/// The room a stream name stands for (`room:<id>`), if it is a room's.
+pub fn stream_room(stream: &str) -> Option<u64> {
+    stream.strip_prefix("room:")?.parse().ok()
+}
+
+/// The user whose inbox a stream name stands for (`user:<id>`), if it is one.
+pub fn stream_user(stream: &str) -> Option<u64> {
+    stream.strip_prefix("user:")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_round_trip() {
+        assert_eq!(stream_room(&room_stream(42)), Some(42));
+        assert_eq!(stream_user(&user_stream(7)), Some(7));
+        assert_eq!(stream_room(&user_stream(7)), None);
+        assert_eq!(stream_user("user:x"), None);
+    }
+}
