@@ -42,6 +42,8 @@ struct Cluster {
     api: SocketAddr,
     ws: [SocketAddr; 2],
     tcp: [SocketAddr; 2],
+    /// This cluster's room topic.
+    room_topic: String,
 }
 
 impl Cluster {
@@ -146,7 +148,7 @@ impl Cluster {
             })
             .await;
         }
-        Some(Self { children, admins, api, ws, tcp })
+        Some(Self { children, admins, api, ws, tcp, room_topic: format!("e2e-{run}-room") })
     }
 }
 
@@ -318,6 +320,67 @@ async fn recovery_offline_messages_and_history_on_the_production_backends() {
     common::recovery::joining_while_messages_flow_has_no_gap_or_duplicate(&target(2)).await;
     common::recovery::offline_private_messages_arrive_on_the_next_connect(&target(3)).await;
     common::recovery::history_pages_are_complete_and_ordered(&target(4)).await;
+}
+
+#[tokio::test]
+async fn a_record_the_store_cannot_keep_is_set_aside_and_its_partition_moves_on() {
+    use courier_proto::record::{MessageKind, MessageRecord};
+    use prost::Message as _;
+
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = Cluster::start(dir.path()).await else { return };
+    let api = Api::new(cluster.api);
+    let run = courier_testkit::unique() % 1_000_000_000;
+    let room = 5_000_000_000 + run;
+    let (alice_token, alice) = api.register(&format!("da{run}")).await;
+    let mut alice_ws = Ws::connect(cluster.ws[0], &alice_token, room).await;
+    alice_ws.await_members(&[alice]).await;
+
+    // Admission refuses a NUL on every path, so this record is produced straight
+    // to the room's partition, as a buggy or hostile producer could.
+    let kafka = courier_testkit::service("COURIER_KAFKA").expect("kafka address");
+    let queue = courier_queue::kafka::KafkaQueue::connect(courier_queue::kafka::KafkaOptions::new(kafka))
+        .expect("kafka client");
+    let poison = MessageRecord {
+        version: 1,
+        msg_id: 1_000_000 + run,
+        kind: MessageKind::Room as i32,
+        room_id: room,
+        from_user_id: alice,
+        from_user_name: format!("da{run}"),
+        body: "PostgreSQL cannot store \0 in text".into(),
+        admitted_ms: 1,
+        ..MessageRecord::default()
+    }
+    .encode_to_vec();
+    let key = format!("room:{room}");
+    let at = courier_queue::Queue::produce(&queue, &cluster.room_topic, &key, &poison).await.expect("produce");
+
+    // Later messages of the same room (the same partition) still arrive.
+    for i in 0..5 {
+        let sent =
+            api.post("/push/pushRoom", json!({"authToken": alice_token, "msg": format!("m{i}"), "roomId": room})).await;
+        assert_eq!(sent["code"], 0, "{sent}");
+    }
+    let frames = alice_ws.take_op(3, 5).await;
+    let got: Vec<(String, u64)> =
+        frames.iter().map(|f| (f["msg"].as_str().unwrap_or("").to_owned(), f["seq"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(got, (0..5).map(|i| (format!("m{i}"), i + 1)).collect::<Vec<_>>());
+
+    // The poison record is kept, raw, with PostgreSQL's reason.
+    let postgres = courier_testkit::service("COURIER_POSTGRES").expect("postgres address");
+    let store = courier_store::postgres::PgStore::connect(&postgres).await.expect("store");
+    let letters = courier_store::HistoryStore::dead_letters(&store, &cluster.room_topic, 10).await.expect("read");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!((letters[0].partition, letters[0].offset), (at.partition, at.offset));
+    assert_eq!(letters[0].value, poison);
+    assert_eq!(letters[0].key, key.as_bytes());
+    assert!(letters[0].error.contains("0x00"), "PostgreSQL's reason: {}", letters[0].error);
+    let task_admins = [cluster.admins[1], cluster.admins[2]];
+    let counted = metric(task_admins[0], r#"courier_errors_total{reason="dead_letter"}"#).await
+        + metric(task_admins[1], r#"courier_errors_total{reason="dead_letter"}"#).await;
+    assert_eq!(counted, 1.0, "counted once, by the worker owning the partition");
 }
 
 #[tokio::test]

@@ -148,6 +148,20 @@ async fn bad_input_gets_clear_errors_and_nothing_is_queued() {
     ws.send(json!({"op": 99})).await;
     assert!(ws.next_op(9).await["message"].as_str().is_some_and(|m| m.contains("99")));
 
+    // Text the history store could not keep (a NUL) is refused on every path,
+    // so it never becomes a record that stalls its partition.
+    let answer = api.post("/push/pushRoom", json!({"authToken": token, "msg": "a\u{0}b", "roomId": 2})).await;
+    assert_eq!(answer["code"], 1);
+    assert!(answer["message"].as_str().is_some_and(|m| m.contains("NUL")), "{answer}");
+    ws.send(json!({"op": 7, "roomId": 2, "msg": "a\u{0}b", "clientMsgId": "nul"})).await;
+    let error = ws.next_op(9).await;
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("NUL")), "{error}");
+    ws.send(json!({"op": 7, "roomId": 2, "msg": "fine", "clientMsgId": "a\u{0}"})).await;
+    assert!(ws.next_op(9).await["message"].as_str().is_some_and(|m| m.contains("clientMsgId")));
+    let mut tcp = Tcp::connect(addrs.tcp, &token, 2).await;
+    tcp.send(json!({"op": 3, "roomId": 2, "msg": "a\u{0}b"})).await;
+    assert!(tcp.next_op(9).await["message"].as_str().is_some_and(|m| m.contains("NUL")));
+
     // Nothing above reached the room: the next message is seq 1.
     let answer = api.post("/push/pushRoom", json!({"authToken": token, "msg": "first", "roomId": 2})).await;
     assert_eq!(answer["code"], 0);

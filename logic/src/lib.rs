@@ -33,7 +33,7 @@ use courier_proto::logic::{
 use courier_proto::record::{MessageKind, MessageRecord, RECORD_VERSION};
 use courier_push::Pusher;
 use courier_queue::Queue;
-use courier_store::{Error as StoreError, HistoryStore, MessageKind as StoredKind, UserStore};
+use courier_store::{Error as StoreError, HistoryStore, Page, UserStore};
 use courier_telemetry::{KindLabel, Metrics, ReadyFlag};
 use courier_wire::MAX_MESSAGE_BYTES;
 use courier_wire::frame::{CountFrame, RoomInfoFrame, to_text};
@@ -307,12 +307,7 @@ impl Logic {
             )));
         }
         validate_body(&request.body)?;
-        if request.client_msg_id.len() > self.inner.config.max_client_msg_id {
-            return Err(Status::invalid_argument(format!(
-                "clientMsgId is longer than {} bytes",
-                self.inner.config.max_client_msg_id
-            )));
-        }
+        validate_client_msg_id(&request.client_msg_id, self.inner.config.max_client_msg_id)?;
         let config = &self.inner.config;
         let (kind, topic, key, to_user_name) = if request.to_user_id != 0 {
             let name = self.recipient_name(request.to_user_id).await?;
@@ -394,32 +389,22 @@ impl Logic {
         let info = history.stream_info(&stream).await.map_err(|e| self.store_unavailable(e))?;
         let (epoch, last_seq) = info.map(|i| (i.epoch, i.last_seq)).unwrap_or_default();
         let peer = (request.room_id == 0 && request.peer_user_id != 0).then_some(request.peer_user_id);
-        let backwards = request.before_seq != 0;
-        let mut cursor = if backwards { request.before_seq } else { request.after_seq };
-        let mut frames = Vec::new();
-        // A conversation is a filtered view of the inbox: scan a bounded number of
-        // inbox pages to fill one page of it.
-        for _ in 0..if peer.is_some() { 20 } else { 1 } {
-            let page = if backwards {
-                history.read_before(&stream, cursor, limit).await
-            } else {
-                history.read_after(&stream, cursor, limit).await
-            }
-            .map_err(|e| self.store_unavailable(e))?;
-            let exhausted = page.len() < limit as usize;
-            for stored in page {
-                cursor = stored.position.seq;
-                let m = &stored.message;
-                let with_peer = |p: u64| m.kind == StoredKind::Private && (m.from_user_id == p || m.to_user_id == p);
-                if peer.is_none_or(with_peer) && frames.len() < limit as usize {
-                    let body = to_text(&courier_push::frames::message_frame(m, &stored.position));
-                    frames.push(HistoryFrame { seq: stored.position.seq, body });
-                }
-            }
-            if exhausted || frames.len() >= limit as usize {
-                break;
-            }
+        let page =
+            if request.before_seq != 0 { Page::Before(request.before_seq) } else { Page::After(request.after_seq) };
+        // A conversation is the inbox's entries with one peer: one index range.
+        let stored = match (peer, page) {
+            (Some(peer), page) => history.read_conversation(&stream, peer, page, limit).await,
+            (None, Page::After(after)) => history.read_after(&stream, after, limit).await,
+            (None, Page::Before(before)) => history.read_before(&stream, before, limit).await,
         }
+        .map_err(|e| self.store_unavailable(e))?;
+        let frames = stored
+            .into_iter()
+            .map(|stored| HistoryFrame {
+                seq: stored.position.seq,
+                body: to_text(&courier_push::frames::message_frame(&stored.message, &stored.position)),
+            })
+            .collect();
         Ok(HistoryReply { stream, epoch, last_seq, frames })
     }
 
@@ -552,6 +537,18 @@ pub fn validate_user_name(name: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Client message ids: at most `max` bytes, no control characters (they are
+/// stored and echoed in acks; a NUL could not be stored).
+pub fn validate_client_msg_id(id: &str, max: usize) -> Result<(), Status> {
+    if id.len() > max {
+        return Err(Status::invalid_argument(format!("clientMsgId is longer than {max} bytes")));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Status::invalid_argument("clientMsgId must not contain control characters"));
+    }
+    Ok(())
+}
+
 /// Passwords: 1–128 bytes.
 pub fn validate_password(password: &str) -> Result<(), Status> {
     if password.is_empty() || password.len() > 128 {
@@ -560,10 +557,15 @@ pub fn validate_password(password: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// Message bodies: not empty, at most [`MAX_MESSAGE_BYTES`] of UTF-8.
+/// Message bodies: not empty, at most [`MAX_MESSAGE_BYTES`] of UTF-8, and no
+/// NUL character (PostgreSQL cannot store one in text; admitted, it would be a
+/// record the history store refuses).
 pub fn validate_body(body: &str) -> Result<(), Status> {
     if body.is_empty() {
         return Err(Status::invalid_argument("msg is empty"));
+    }
+    if body.contains('\0') {
+        return Err(Status::invalid_argument("msg must not contain the NUL character (\\u0000)"));
     }
     if body.len() > MAX_MESSAGE_BYTES {
         return Err(Status::invalid_argument(format!(
@@ -834,5 +836,16 @@ mod tests {
         // 1,334 three-byte characters exceed 4,000 bytes though they are few chars.
         assert!(validate_body(&"好".repeat(1_334)).is_err());
         assert!(validate_body("").is_err());
+    }
+
+    #[test]
+    fn text_a_store_cannot_keep_is_refused_at_admission() {
+        let refused = validate_body("before\0after").expect_err("a NUL is refused");
+        assert!(refused.message().contains("NUL"), "{}", refused.message());
+        assert!(validate_body("tabs\tand\nnewlines are fine").is_ok());
+        assert!(validate_client_msg_id("abc-1", 64).is_ok());
+        assert!(validate_client_msg_id("a\0b", 64).is_err());
+        assert!(validate_client_msg_id("a\nb", 64).is_err());
+        assert!(validate_client_msg_id(&"x".repeat(65), 64).is_err());
     }
 }

@@ -17,10 +17,14 @@
 //!   the dispatcher, which owns the consumer and commits it → push. A crash before
 //!   the commit redelivers the records, and the store's idempotence by message id
 //!   gives them their original seqs, which connect then drops as already sent.
-//!   Persisting is retried until it succeeds (skipping would lose a message, and
-//!   going on would reorder a stream); pushing never waits (see `courier-push`).
-//!   A record that cannot be decoded is logged, counted and skipped, so one bad
-//!   record cannot stall its partition.
+//!   Persisting is retried while the store is out of reach (skipping would lose
+//!   a message, and going on would reorder a stream); pushing never waits (see
+//!   `courier-push`). A record that cannot be decoded, or that the store keeps
+//!   refusing on its own, is a **dead letter**: kept with the reason in the
+//!   store's `dead_letters`, logged with its topic, partition and offset,
+//!   counted (`courier_errors_total{reason="dead_letter"}`), and the partition
+//!   moves on, so one poison record cannot stall every room and inbox keyed to
+//!   it.
 //! - Lanes of partitions this worker no longer owns are retired: their queues
 //!   drain (the new owner's redelivery of the same records is idempotent) and
 //!   their offsets are no longer committed. Every couple of seconds the
@@ -34,7 +38,7 @@ use std::time::{Duration, Instant};
 use courier_proto::record::{MessageKind as RecordKind, MessageRecord};
 use courier_push::Pusher;
 use courier_queue::{Consumer, Queue, Record};
-use courier_store::{HistoryStore, Message, MessageKind};
+use courier_store::{Appended, DeadLetter, HistoryStore, Message, MessageKind};
 use courier_telemetry::{Metrics, PartitionLabel, ReadyFlag, TopicLabel};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -313,45 +317,139 @@ impl Lane {
         }
     }
 
-    /// Persists the records (retrying until it works) and pushes their frames.
-    /// False if shutdown interrupted it: nothing is committed then, so the
-    /// records will be redelivered.
+    /// Persists the records and pushes their frames. False if shutdown
+    /// interrupted it: nothing is committed then, so the records will be
+    /// redelivered.
+    ///
+    /// A store that is out of reach is waited for, however long: skipping
+    /// would lose messages, and going on would reorder streams. A batch the
+    /// store refuses for another reason is retried a few times, then tried
+    /// record by record; a record refused alone [`RECORD_ATTEMPTS`] times, like
+    /// one that cannot be decoded, is set aside as a dead letter so the rest of
+    /// the partition moves on.
     async fn persist_and_push(&self, records: &[Record]) -> bool {
-        let mut messages = Vec::with_capacity(records.len());
+        let mut decoded = Vec::with_capacity(records.len());
         for record in records {
             match decode(record) {
-                Ok(message) => messages.push(message),
+                Ok(message) => decoded.push((record, message)),
                 Err(reason) => {
                     self.backends.metrics.error("bad_record");
-                    tracing::error!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "skipping undecodable record");
-                }
-            }
-        }
-        let mut backoff = Backoff::default();
-        let positions = loop {
-            let started = Instant::now();
-            match self.backends.history.append(&messages).await {
-                Ok(positions) => {
-                    self.backends.metrics.history_write_duration.observe(started.elapsed().as_secs_f64());
-                    break positions;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, messages = messages.len(), "persisting failed; retrying");
-                    self.backends.metrics.error("history_write");
-                    if !backoff.wait(&self.shutdown).await {
+                    if !self.set_aside(record, &format!("undecodable record: {reason}")).await {
                         return false;
                     }
                 }
             }
+        }
+        let (sources, messages): (Vec<&Record>, Vec<Message>) = decoded.into_iter().unzip();
+        let stored: Vec<(Message, Vec<Appended>)> = match self.append(&messages, BATCH_ATTEMPTS).await {
+            Outcome::Stored(positions) => messages.into_iter().zip(positions).collect(),
+            Outcome::Stopped => return false,
+            Outcome::Refused(e) => {
+                tracing::warn!(error = %e, messages = messages.len(), "the store refuses this batch; trying its records one by one");
+                let mut stored = Vec::with_capacity(messages.len());
+                for (record, message) in sources.into_iter().zip(messages) {
+                    match self.append(std::slice::from_ref(&message), RECORD_ATTEMPTS).await {
+                        Outcome::Stored(mut positions) => stored.push((message, positions.pop().unwrap_or_default())),
+                        Outcome::Stopped => return false,
+                        Outcome::Refused(e) => {
+                            if !self.set_aside(record, &format!("the history store refused it: {e}")).await {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                stored
+            }
         };
-        let mut deliveries = Vec::with_capacity(messages.len() * 2);
-        for (message, positions) in messages.iter().zip(&positions) {
+        let mut deliveries = Vec::with_capacity(stored.len() * 2);
+        for (message, positions) in &stored {
             deliveries.extend(courier_push::frames::frames_for(message, positions));
         }
         self.backends.pusher.deliver(&deliveries).await;
         true
     }
+
+    /// Appends `messages` in one transaction: a store out of reach is retried
+    /// until shutdown, any other failure up to `attempts` times.
+    async fn append(&self, messages: &[Message], attempts: u32) -> Outcome {
+        let mut backoff = Backoff::default();
+        let mut refusals = 0;
+        loop {
+            let started = Instant::now();
+            match self.backends.history.append(messages).await {
+                Ok(positions) => {
+                    self.backends.metrics.history_write_duration.observe(started.elapsed().as_secs_f64());
+                    return Outcome::Stored(positions);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, messages = messages.len(), "persisting failed; retrying");
+                    self.backends.metrics.error("history_write");
+                    if !e.is_transient() {
+                        refusals += 1;
+                        if refusals >= attempts {
+                            return Outcome::Refused(e);
+                        }
+                    }
+                    if !backoff.wait(&self.shutdown).await {
+                        return Outcome::Stopped;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps `record` in the store's dead letters with `reason`, retrying until
+    /// that works (the partition must not move on past a record kept nowhere);
+    /// false if shutdown came first.
+    async fn set_aside(&self, record: &Record, reason: &str) -> bool {
+        tracing::error!(
+            topic = %record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            reason,
+            "setting a record aside as a dead letter"
+        );
+        let letter = DeadLetter {
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.as_bytes().to_vec(),
+            value: record.value.clone(),
+            error: reason.to_owned(),
+            dead_at_ms: courier_ids::now_unix_ms(),
+        };
+        let mut backoff = Backoff::default();
+        loop {
+            match self.backends.history.set_aside(&letter).await {
+                Ok(()) => {
+                    self.backends.metrics.error("dead_letter");
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, offset = record.offset, "could not keep a dead letter; retrying");
+                    self.backends.metrics.error("dead_letter_write");
+                    if !backoff.wait(&self.shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
 }
+
+/// What came of an append.
+enum Outcome {
+    Stored(Vec<Vec<Appended>>),
+    /// The store refused it, not for being out of reach.
+    Refused(courier_store::Error),
+    /// Shutdown came first.
+    Stopped,
+}
+
+/// Refusals of a whole batch before its records are tried one by one.
+const BATCH_ATTEMPTS: u32 = 3;
+/// Refusals of one record alone before it is set aside.
+const RECORD_ATTEMPTS: u32 = 3;
 
 /// Decodes a queue record into a message.
 fn decode(record: &Record) -> Result<Message, String> {

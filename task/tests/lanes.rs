@@ -11,7 +11,7 @@ use courier_push::{Pusher, PusherOptions};
 use courier_queue::sqlite::{SqliteQueue, SqliteQueueOptions};
 use courier_queue::{Queue, partition_for};
 use courier_store::sqlite::SqliteStore;
-use courier_store::{Appended, HistoryStore, Message, Result, StoredMessage, StreamInfo};
+use courier_store::{Appended, DeadLetter, HistoryStore, Message, Page, Result, StoredMessage, StreamInfo};
 use courier_task::{TaskBackends, TaskConfig};
 use courier_telemetry::{Metrics, Readiness};
 use prost::Message as _;
@@ -43,9 +43,56 @@ impl HistoryStore for GatedStore {
     async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>> {
         self.inner.stream_info(stream).await
     }
+    async fn read_conversation(&self, stream: &str, peer: u64, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+        self.inner.read_conversation(stream, peer, page, limit).await
+    }
+    async fn set_aside(&self, letter: &DeadLetter) -> Result<()> {
+        self.inner.set_aside(letter).await
+    }
+    async fn dead_letters(&self, topic: &str, limit: u32) -> Result<Vec<DeadLetter>> {
+        self.inner.dead_letters(topic, limit).await
+    }
+}
+
+/// The embedded store, except that it refuses (as PostgreSQL refuses a NUL)
+/// every append holding a message whose body is `poison`.
+struct RefusingStore {
+    inner: SqliteStore,
+}
+
+#[async_trait]
+impl HistoryStore for RefusingStore {
+    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Appended>>> {
+        if batch.iter().any(|m| m.body == "poison") {
+            return Err(courier_store::Error::Corrupt("the store cannot keep this text".into()));
+        }
+        self.inner.append(batch).await
+    }
+    async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
+        self.inner.read_after(stream, after, limit).await
+    }
+    async fn read_before(&self, stream: &str, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
+        self.inner.read_before(stream, before, limit).await
+    }
+    async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>> {
+        self.inner.stream_info(stream).await
+    }
+    async fn read_conversation(&self, stream: &str, peer: u64, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+        self.inner.read_conversation(stream, peer, page, limit).await
+    }
+    async fn set_aside(&self, letter: &DeadLetter) -> Result<()> {
+        self.inner.set_aside(letter).await
+    }
+    async fn dead_letters(&self, topic: &str, limit: u32) -> Result<Vec<DeadLetter>> {
+        self.inner.dead_letters(topic, limit).await
+    }
 }
 
 fn record(msg_id: u64, room_id: u64) -> Vec<u8> {
+    record_with_body(msg_id, room_id, &format!("message {msg_id}"))
+}
+
+fn record_with_body(msg_id: u64, room_id: u64, body: &str) -> Vec<u8> {
     MessageRecord {
         version: 1,
         msg_id,
@@ -53,11 +100,26 @@ fn record(msg_id: u64, room_id: u64) -> Vec<u8> {
         room_id,
         from_user_id: 1,
         from_user_name: "alice".into(),
-        body: format!("message {msg_id}"),
+        body: body.into(),
         admitted_ms: 1,
         ..MessageRecord::default()
     }
     .encode_to_vec()
+}
+
+/// A task worker over `queue` and `history` with no connect node to push to.
+async fn start_task(
+    config: TaskConfig,
+    queue: SqliteQueue,
+    history: Arc<dyn HistoryStore>,
+    shutdown: &CancellationToken,
+) -> (tokio::task::JoinHandle<()>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let discovery = Arc::new(courier_discovery::StaticDiscovery::new(Vec::new()));
+    let pusher = Pusher::start(discovery, metrics.clone(), PusherOptions::default(), shutdown.clone()).await;
+    let backends = TaskBackends { queue: Arc::new(queue), history, pusher, metrics: metrics.clone() };
+    let ready = Readiness::default().flag("task");
+    (tokio::spawn(courier_task::run(config, backends, ready, shutdown.clone())), metrics)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,12 +146,7 @@ async fn a_stuck_partition_holds_back_only_itself() {
     }
 
     let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
-    let discovery = Arc::new(courier_discovery::StaticDiscovery::new(Vec::new()));
-    let pusher = Pusher::start(discovery, metrics.clone(), PusherOptions::default(), shutdown.clone()).await;
-    let backends = TaskBackends { queue: Arc::new(queue), history: history.clone(), pusher, metrics };
-    let ready = Readiness::default().flag("task");
-    let worker = tokio::spawn(courier_task::run(config, backends, ready, shutdown.clone()));
+    let (worker, _) = start_task(config, queue, history.clone(), &shutdown).await;
 
     let patience = Duration::from_secs(20);
     let free_stream = format!("room:{free}");
@@ -109,6 +166,49 @@ async fn a_stuck_partition_holds_back_only_itself() {
     let stored = history.read_after("room:1", 0, 100).await.expect("read");
     let ids: Vec<u64> = stored.iter().map(|m| m.message.msg_id).collect();
     assert_eq!(ids, (1000..1020).collect::<Vec<_>>(), "in log order, each once");
+
+    shutdown.cancel();
+    worker.await.expect("task worker ends cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_store_refuses_or_cannot_read_is_set_aside_and_its_partition_moves_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = TaskConfig { partitions: 2, ..TaskConfig::default() };
+    let queue =
+        SqliteQueue::open(&dir.path().join("queue.sqlite"), SqliteQueueOptions::default()).await.expect("queue");
+    queue.ensure_topic(&config.room_topic, config.partitions).await.expect("topic");
+    let store = SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("store");
+    let history = Arc::new(RefusingStore { inner: store });
+
+    // One room, so one partition: a good record, a poison one, garbage, then more good ones.
+    let topic = config.room_topic.clone();
+    queue.produce(&topic, "room:7", &record(1, 7)).await.expect("produce");
+    let poison = queue.produce(&topic, "room:7", &record_with_body(2, 7, "poison")).await.expect("produce");
+    let garbage = queue.produce(&topic, "room:7", &[0xff, 0xff, 0xff]).await.expect("produce");
+    for id in 3..=5 {
+        queue.produce(&topic, "room:7", &record(id, 7)).await.expect("produce");
+    }
+
+    let shutdown = CancellationToken::new();
+    let (worker, metrics) = start_task(config, queue, history.clone(), &shutdown).await;
+    courier_testkit::eventually("the records after the bad ones are persisted", Duration::from_secs(30), || async {
+        history.stream_info("room:7").await.expect("stream info").filter(|i| i.last_seq == 4)
+    })
+    .await;
+    let stored = history.read_after("room:7", 0, 100).await.expect("read");
+    let ids: Vec<u64> = stored.iter().map(|m| m.message.msg_id).collect();
+    assert_eq!(ids, vec![1, 3, 4, 5], "every good record, in log order");
+
+    let letters = history.dead_letters(&topic, 10).await.expect("dead letters");
+    let places: Vec<(u32, u64)> = letters.iter().map(|l| (l.partition, l.offset)).collect();
+    assert_eq!(places, vec![(poison.partition, poison.offset), (garbage.partition, garbage.offset)]);
+    assert_eq!(letters[0].value, record_with_body(2, 7, "poison"), "the raw record is kept");
+    assert!(letters[0].error.contains("cannot keep this text"), "{}", letters[0].error);
+    assert!(letters[1].error.contains("undecodable"), "{}", letters[1].error);
+    assert_eq!(letters[0].key, b"room:7");
+    let text = metrics.encode();
+    assert!(text.contains(r#"courier_errors_total{reason="dead_letter"} 2"#), "{text}");
 
     shutdown.cancel();
     worker.await.expect("task worker ends cleanly");

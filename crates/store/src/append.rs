@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::{Appended, Error, Message, Result, StreamInfo};
+use crate::{Appended, Error, Message, MessageKind, Result, StreamInfo};
 
 /// A new row of `stream_entries`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,19 @@ pub(crate) struct Entry {
     pub stream: String,
     pub seq: u64,
     pub msg_id: u64,
+    /// The other party of a private message in this inbox; 0 in a room.
+    pub peer: u64,
+}
+
+/// The other party of `message` in `stream`: in the recipient's inbox the
+/// sender, in the sender's inbox the recipient (oneself for a note to self);
+/// 0 for a room message.
+pub(crate) fn peer_in(stream: &str, message: &Message) -> u64 {
+    match message.kind {
+        MessageKind::Room => 0,
+        MessageKind::Private if stream == crate::inbox(message.from_user_id) => message.to_user_id,
+        MessageKind::Private => message.from_user_id,
+    }
 }
 
 /// What a batch writes, and the positions it returns.
@@ -73,7 +86,12 @@ pub(crate) fn plan(
                 None => {
                     head.last_seq += 1;
                     moved.insert(key.0.clone());
-                    plan.entries.push(Entry { stream: key.0.clone(), seq: head.last_seq, msg_id: message.msg_id });
+                    plan.entries.push(Entry {
+                        peer: peer_in(&key.0, message),
+                        stream: key.0.clone(),
+                        seq: head.last_seq,
+                        msg_id: message.msg_id,
+                    });
                     // The same id twice in one batch is one message.
                     existing.insert(key.clone(), head.last_seq);
                     head.last_seq
@@ -96,7 +114,6 @@ pub(crate) fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MessageKind;
 
     fn private(msg_id: u64, from: u64, to: u64) -> Message {
         Message {
@@ -130,6 +147,10 @@ mod tests {
         assert_eq!(seqs, vec![vec![1, 5], vec![6, 1], vec![2, 7]]);
         assert_eq!(plan.entries.len(), 4, "only the new message entries are written");
         assert_eq!(plan.heads, vec![("user:1".to_owned(), 7), ("user:2".to_owned(), 2)]);
+        // Each inbox entry names the other party.
+        let peers: Vec<(&str, u64)> = plan.entries.iter().map(|e| (e.stream.as_str(), e.peer)).collect();
+        assert_eq!(peers, vec![("user:1", 2), ("user:2", 1), ("user:2", 1), ("user:1", 2)]);
+        assert_eq!(peer_in("user:1", &private(13, 1, 1)), 1, "a note to self");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! each backend (SQLite here, PostgreSQL in its own suite). Each takes a `prefix`
 //! so several can share one database: user names and ids derive from it.
 
-use crate::{Error, HistoryStore, Message, MessageKind, UserStore};
+use crate::{DeadLetter, Error, HistoryStore, Message, MessageKind, Page, UserStore};
 
 /// A room message with a given id.
 pub fn room_message(msg_id: u64, room_id: u64, body: &str) -> Message {
@@ -144,4 +144,63 @@ pub async fn concurrent_writers_stay_gap_free(store: &dyn HistoryStore, prefix: 
         let ids: std::collections::BTreeSet<u64> = stored.iter().map(|m| m.message.msg_id).collect();
         assert_eq!(ids.len(), 80, "{inbox} holds each message once");
     }
+}
+
+/// A conversation is read from the inbox by the other party alone: pages hold
+/// only messages exchanged with that user, in both directions, whatever else
+/// the inbox holds between them.
+pub async fn conversations_page_by_peer(store: &dyn HistoryStore, prefix: u64) {
+    let (alice, bob, carol) = (prefix * 1000 + 1, prefix * 1000 + 2, prefix * 1000 + 3);
+    let id = |i: u64| prefix * 1_000_000 + i;
+    let mut batch = Vec::new();
+    for i in 0..30 {
+        // Alice's inbox: mostly Carol, now and then Bob, in both directions.
+        batch.push(match i % 10 {
+            3 => private_message(id(i), bob, alice, &format!("bob {i}")),
+            7 => private_message(id(i), alice, bob, &format!("to bob {i}")),
+            _ => private_message(id(i), carol, alice, &format!("carol {i}")),
+        });
+    }
+    batch.push(private_message(id(99), alice, alice, "note to self"));
+    store.append(&batch).await.expect("append");
+    let inbox = format!("user:{alice}");
+    let bodies = |page: Vec<crate::StoredMessage>| page.into_iter().map(|m| m.message.body).collect::<Vec<_>>();
+    let with_bob = store.read_conversation(&inbox, bob, Page::After(0), 100).await.expect("read");
+    assert_eq!(bodies(with_bob), ["bob 3", "to bob 7", "bob 13", "to bob 17", "bob 23", "to bob 27"]);
+    let newest = store.read_conversation(&inbox, bob, Page::Before(u64::MAX), 2).await.expect("read");
+    assert_eq!(bodies(newest), ["to bob 27", "bob 23"], "newest first, bounded");
+    let seq_of_13 = store.read_conversation(&inbox, bob, Page::After(0), 3).await.expect("read")[2].position.seq;
+    let after = store.read_conversation(&inbox, bob, Page::After(seq_of_13), 2).await.expect("read");
+    assert_eq!(bodies(after), ["to bob 17", "bob 23"]);
+    let own = store.read_conversation(&inbox, alice, Page::After(0), 10).await.expect("read");
+    assert_eq!(bodies(own), ["note to self"]);
+    let bob_side = store.read_conversation(&format!("user:{bob}"), alice, Page::After(0), 100).await.expect("read");
+    assert_eq!(bob_side.len(), 6, "the same conversation from Bob's inbox");
+    assert!(store.read_conversation(&inbox, prefix * 1000 + 4, Page::After(0), 10).await.expect("read").is_empty());
+}
+
+/// A record set aside keeps its bytes exactly (NULs included, which text
+/// columns refuse), its reason and its place in the log; setting the same
+/// record aside again (a redelivery) keeps one copy.
+pub async fn dead_letters_keep_the_raw_record(store: &dyn HistoryStore, prefix: u64) {
+    let topic = format!("dead-{prefix}");
+    let letter = |partition: u32, offset: u64| DeadLetter {
+        topic: topic.clone(),
+        partition,
+        offset,
+        key: b"room:\0\x01".to_vec(),
+        value: vec![0, 159, 146, 150, 0, 10],
+        error: "refused: invalid byte sequence \0 here".into(),
+        dead_at_ms: 1_700_000_000_000,
+    };
+    store.set_aside(&letter(3, 42)).await.expect("set aside");
+    store.set_aside(&letter(3, 42)).await.expect("set aside again");
+    store.set_aside(&letter(1, 7)).await.expect("set aside");
+    let kept = store.dead_letters(&topic, 10).await.expect("read dead letters");
+    assert_eq!(kept.len(), 2, "one copy per record");
+    assert_eq!((kept[0].partition, kept[0].offset), (1, 7), "in log order");
+    assert_eq!(kept[1].value, letter(3, 42).value, "the raw bytes");
+    assert_eq!(kept[1].key, letter(3, 42).key);
+    assert!(kept[1].error.starts_with("refused: invalid byte sequence"), "{}", kept[1].error);
+    assert!(store.dead_letters(&format!("other-{prefix}"), 10).await.expect("read").is_empty());
 }

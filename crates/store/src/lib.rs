@@ -33,6 +33,36 @@ pub enum Error {
     Corrupt(String),
 }
 
+impl Error {
+    /// Whether the failure is the store being out of reach or busy rather than
+    /// something about the data: the same write may then succeed later, and
+    /// nothing can be written meanwhile, not even a dead letter. Transient are
+    /// lost connections and pools, and the database codes that say "not now":
+    /// PostgreSQL's connection exceptions (08), rollbacks such as deadlocks
+    /// (40), insufficient resources (53), operator intervention such as a
+    /// restart (57) and system errors (58); SQLite's BUSY and LOCKED.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_),
+            ) => true,
+            Self::Database(sqlx::Error::Database(e)) => {
+                if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    ["08", "40", "53", "57", "58"].iter().any(|class| pg.code().starts_with(class))
+                } else {
+                    e.code().and_then(|code| code.parse::<u32>().ok()).is_some_and(|code| matches!(code & 0xff, 5 | 6))
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A registered user.
@@ -91,14 +121,33 @@ impl Message {
     pub fn streams(&self) -> Vec<String> {
         match self.kind {
             MessageKind::Room => vec![format!("room:{}", self.room_id)],
-            MessageKind::Private if self.to_user_id == self.from_user_id => {
-                vec![format!("user:{}", self.to_user_id)]
-            }
-            MessageKind::Private => {
-                vec![format!("user:{}", self.to_user_id), format!("user:{}", self.from_user_id)]
-            }
+            MessageKind::Private if self.to_user_id == self.from_user_id => vec![inbox(self.to_user_id)],
+            MessageKind::Private => vec![inbox(self.to_user_id), inbox(self.from_user_id)],
         }
     }
+}
+
+/// Which side of a seq a history page reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// Seqs greater than this, oldest first.
+    After(u64),
+    /// Seqs less than this, newest first.
+    Before(u64),
+}
+
+/// A queue record task could not turn into history, set aside with the reason
+/// so its partition moves on (see `courier-task`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub key: Vec<u8>,
+    /// The record's bytes as they were in the queue.
+    pub value: Vec<u8>,
+    pub error: String,
+    pub dead_at_ms: i64,
 }
 
 /// A message's position in one stream.
@@ -139,6 +188,22 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// The stream's epoch and last seq, if it has any message.
     async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>>;
+
+    /// Up to `limit` messages of the inbox `stream` exchanged with `peer`, on
+    /// `page`'s side of a seq: one index range, whatever else the inbox holds.
+    async fn read_conversation(&self, stream: &str, peer: u64, page: Page, limit: u32) -> Result<Vec<StoredMessage>>;
+
+    /// Keeps a record that could not become history; setting the same record
+    /// (topic, partition, offset) aside again changes nothing.
+    async fn set_aside(&self, letter: &DeadLetter) -> Result<()>;
+
+    /// Up to `limit` records set aside from `topic`, in (partition, offset) order.
+    async fn dead_letters(&self, topic: &str, limit: u32) -> Result<Vec<DeadLetter>>;
+}
+
+/// The inbox stream of `user_id`.
+pub(crate) fn inbox(user_id: u64) -> String {
+    format!("user:{user_id}")
 }
 
 /// A fresh epoch: 64 random bits in hex.

@@ -16,10 +16,18 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use crate::rows::{MESSAGE_COLUMNS, Page, stored_from_row, user_from_row};
-use crate::{
-    Appended, Error, HistoryStore, Message, Result, StoredMessage, StreamInfo, User, UserStore, append, new_epoch,
+use crate::rows::{
+    DEAD_LETTER_COLUMNS, MESSAGE_COLUMNS, dead_letter_from_row, storable_text, stored_from_row, user_from_row,
 };
+use crate::{
+    Appended, DeadLetter, Error, HistoryStore, Message, Page, Result, StoredMessage, StreamInfo, User, UserStore,
+    append, new_epoch,
+};
+
+/// An id or offset as PostgreSQL's BIGINT (ids above `i64::MAX` never exist).
+fn clamp_id(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
 
 /// Users and history in PostgreSQL; cheap to clone.
 #[derive(Debug, Clone)]
@@ -44,15 +52,21 @@ impl PgStore {
         Ok(())
     }
 
-    /// A page of `stream` next to a seq, in the page's direction.
-    async fn read_page(&self, stream: &str, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+    /// A page of `stream` next to a seq, in the page's direction; only the
+    /// entries exchanged with `peer` when given.
+    async fn read_page(&self, stream: &str, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
         let (seq, condition, order) = page.sql();
+        let peer_filter = if peer.is_some() { "AND e.peer_user_id = $4" } else { "" };
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
              JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
-             WHERE e.stream = $1 AND e.seq {condition} $2 ORDER BY e.seq {order} LIMIT $3"
+             WHERE e.stream = $1 AND e.seq {condition} $2 {peer_filter} ORDER BY e.seq {order} LIMIT $3"
         ));
-        let rows = sqlx::query(sql).bind(stream).bind(seq).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        let mut query = sqlx::query(sql).bind(stream).bind(seq).bind(i64::from(limit));
+        if let Some(peer) = peer {
+            query = query.bind(clamp_id(peer));
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(stored_from_row).collect()
     }
 }
@@ -166,12 +180,13 @@ impl HistoryStore for PgStore {
         let plan = append::plan(batch, heads, existing)?;
         if !plan.entries.is_empty() {
             sqlx::query(
-                "INSERT INTO stream_entries (stream, seq, msg_id)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[])",
+                "INSERT INTO stream_entries (stream, seq, msg_id, peer_user_id)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])",
             )
             .bind(plan.entries.iter().map(|e| e.stream.as_str()).collect::<Vec<_>>())
             .bind(plan.entries.iter().map(|e| e.seq as i64).collect::<Vec<_>>())
             .bind(plan.entries.iter().map(|e| e.msg_id as i64).collect::<Vec<_>>())
+            .bind(plan.entries.iter().map(|e| e.peer as i64).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -188,11 +203,41 @@ impl HistoryStore for PgStore {
     }
 
     async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        self.read_page(stream, Page::After(after), limit).await
+        self.read_page(stream, None, Page::After(after), limit).await
     }
 
     async fn read_before(&self, stream: &str, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        self.read_page(stream, Page::Before(before), limit).await
+        self.read_page(stream, None, Page::Before(before), limit).await
+    }
+
+    async fn read_conversation(&self, stream: &str, peer: u64, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+        self.read_page(stream, Some(peer), page, limit).await
+    }
+
+    async fn set_aside(&self, letter: &DeadLetter) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO dead_letters (topic, partition_id, record_offset, record_key, record_value, error, dead_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(storable_text(&letter.topic))
+        .bind(i32::try_from(letter.partition).unwrap_or(i32::MAX))
+        .bind(clamp_id(letter.offset))
+        .bind(&letter.key)
+        .bind(&letter.value)
+        .bind(storable_text(&letter.error))
+        .bind(letter.dead_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, topic: &str, limit: u32) -> Result<Vec<DeadLetter>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE topic = $1
+             ORDER BY partition_id, record_offset LIMIT $2"
+        ));
+        let rows = sqlx::query(sql).bind(topic).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(dead_letter_from_row).collect()
     }
 
     async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>> {

@@ -4,21 +4,12 @@
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::{Appended, Error, Message, MessageKind, Result, StoredMessage, User};
+use crate::{Appended, DeadLetter, Error, Message, MessageKind, Page, Result, StoredMessage, User};
 
 /// The columns [`stored_from_row`] reads, for `stream_entries e JOIN streams s JOIN messages m`.
 pub(crate) const MESSAGE_COLUMNS: &str = "e.stream, e.seq, s.epoch, m.msg_id, CAST(m.kind AS BIGINT) AS kind,
     m.room_id, m.from_user_id, m.from_user_name, m.to_user_id, m.to_user_name, m.body, m.admitted_ms,
     m.client_msg_id";
-
-/// Which side of a seq a history page reads, for both stores' SQL.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Page {
-    /// Seqs greater than this, oldest first.
-    After(u64),
-    /// Seqs less than this, newest first.
-    Before(u64),
-}
 
 impl Page {
     /// The bound (clamped to SQL's BIGINT), its comparison and the order.
@@ -69,4 +60,35 @@ where
             client_msg_id: row.try_get("client_msg_id")?,
         },
     })
+}
+
+/// The columns [`dead_letter_from_row`] reads, in `dead_letters` (the
+/// partition cast to BIGINT so both databases decode `i64`).
+pub(crate) const DEAD_LETTER_COLUMNS: &str =
+    "topic, CAST(partition_id AS BIGINT) AS partition_id, record_offset, record_key, record_value, error, dead_at_ms";
+
+pub(crate) fn dead_letter_from_row<'r, R>(row: &'r R) -> Result<DeadLetter>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(DeadLetter {
+        topic: row.try_get("topic")?,
+        partition: u32::try_from(row.try_get::<i64, _>("partition_id")?)
+            .map_err(|_| Error::Corrupt("dead letter partition out of range".into()))?,
+        offset: row.try_get::<i64, _>("record_offset")? as u64,
+        key: row.try_get("record_key")?,
+        value: row.try_get("record_value")?,
+        error: row.try_get("error")?,
+        dead_at_ms: row.try_get("dead_at_ms")?,
+    })
+}
+
+/// `text` as a database text column accepts it: PostgreSQL refuses NUL, so
+/// the reason a record was set aside (which may quote the record) loses them.
+pub(crate) fn storable_text(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }

@@ -18,9 +18,12 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::rows::{MESSAGE_COLUMNS, Page, stored_from_row, user_from_row};
+use crate::rows::{
+    DEAD_LETTER_COLUMNS, MESSAGE_COLUMNS, dead_letter_from_row, storable_text, stored_from_row, user_from_row,
+};
 use crate::{
-    Appended, Error, HistoryStore, Message, Result, StoredMessage, StreamInfo, User, UserStore, append, new_epoch,
+    Appended, DeadLetter, Error, HistoryStore, Message, Page, Result, StoredMessage, StreamInfo, User, UserStore,
+    append, new_epoch,
 };
 
 /// Users and history in SQLite; cheap to clone.
@@ -57,15 +60,21 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// A page of `stream` next to a seq, in the page's direction.
-    async fn read_page(&self, stream: &str, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+    /// A page of `stream` next to a seq, in the page's direction; only the
+    /// entries exchanged with `peer` when given.
+    async fn read_page(&self, stream: &str, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
         let (seq, condition, order) = page.sql();
+        let peer_filter = if peer.is_some() { "AND e.peer_user_id = ?" } else { "" };
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
              JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
-             WHERE e.stream = ? AND e.seq {condition} ? ORDER BY e.seq {order} LIMIT ?"
+             WHERE e.stream = ? AND e.seq {condition} ? {peer_filter} ORDER BY e.seq {order} LIMIT ?"
         ));
-        let rows = sqlx::query(sql).bind(stream).bind(seq).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        let mut query = sqlx::query(sql).bind(stream).bind(seq);
+        if let Some(peer) = peer {
+            query = query.bind(peer as i64);
+        }
+        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
         rows.iter().map(stored_from_row).collect()
     }
 }
@@ -184,11 +193,14 @@ impl HistoryStore for SqliteStore {
         // 4. New entries and heads.
         let plan = append::plan(batch, heads, existing)?;
         if !plan.entries.is_empty() {
-            let entries: Vec<(&str, i64, i64)> =
-                plan.entries.iter().map(|e| (e.stream.as_str(), e.seq as i64, e.msg_id as i64)).collect();
+            let entries: Vec<(&str, i64, i64, i64)> = plan
+                .entries
+                .iter()
+                .map(|e| (e.stream.as_str(), e.seq as i64, e.msg_id as i64, e.peer as i64))
+                .collect();
             sqlx::query(
-                "INSERT INTO stream_entries (stream, seq, msg_id)
-                 SELECT value->>0, value->>1, value->>2 FROM json_each(?)",
+                "INSERT INTO stream_entries (stream, seq, msg_id, peer_user_id)
+                 SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?)",
             )
             .bind(json(&entries)?)
             .execute(&mut *tx)
@@ -205,11 +217,41 @@ impl HistoryStore for SqliteStore {
     }
 
     async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        self.read_page(stream, Page::After(after), limit).await
+        self.read_page(stream, None, Page::After(after), limit).await
     }
 
     async fn read_before(&self, stream: &str, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        self.read_page(stream, Page::Before(before), limit).await
+        self.read_page(stream, None, Page::Before(before), limit).await
+    }
+
+    async fn read_conversation(&self, stream: &str, peer: u64, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+        self.read_page(stream, Some(peer), page, limit).await
+    }
+
+    async fn set_aside(&self, letter: &DeadLetter) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO dead_letters (topic, partition_id, record_offset, record_key, record_value, error, dead_at_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(storable_text(&letter.topic))
+        .bind(i64::from(letter.partition))
+        .bind(i64::try_from(letter.offset).unwrap_or(i64::MAX))
+        .bind(&letter.key)
+        .bind(&letter.value)
+        .bind(storable_text(&letter.error))
+        .bind(letter.dead_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, topic: &str, limit: u32) -> Result<Vec<DeadLetter>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE topic = ?
+             ORDER BY partition_id, record_offset LIMIT ?"
+        ));
+        let rows = sqlx::query(sql).bind(topic).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(dead_letter_from_row).collect()
     }
 
     async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>> {

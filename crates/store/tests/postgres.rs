@@ -45,3 +45,15 @@ async fn concurrent_writers_stay_gap_free() {
     let Some(store) = store().await else { return };
     conformance::concurrent_writers_stay_gap_free(&store, courier_testkit::unique() + 4).await;
 }
+
+#[tokio::test]
+async fn conversations_page_by_peer() {
+    let Some(store) = store().await else { return };
+    conformance::conversations_page_by_peer(&store, courier_testkit::unique() + 5).await;
+}
+
+#[tokio::test]
+async fn dead_letters_keep_the_raw_record() {
+    let Some(store) = store().await else { return };
+    conformance::dead_letters_keep_the_raw_record(&store, courier_testkit::unique() + 6).await;
+}

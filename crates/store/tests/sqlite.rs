@@ -56,3 +56,15 @@ async fn concurrent_writers_stay_gap_free() {
     let dir = tempfile::tempdir().expect("tempdir");
     conformance::concurrent_writers_stay_gap_free(&open(&dir).await, 1).await;
 }
+
+#[tokio::test]
+async fn conversations_page_by_peer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance::conversations_page_by_peer(&open(&dir).await, 1).await;
+}
+
+#[tokio::test]
+async fn dead_letters_keep_the_raw_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance::dead_letters_keep_the_raw_record(&open(&dir).await, 1).await;
+}
