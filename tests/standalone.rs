@@ -158,6 +158,13 @@ async fn bad_input_gets_clear_errors_and_nothing_is_queued() {
     assert!(error["message"].as_str().is_some_and(|m| m.contains("NUL")), "{error}");
     ws.send(json!({"op": 7, "roomId": 2, "msg": "fine", "clientMsgId": "a\u{0}"})).await;
     assert!(ws.next_op(9).await["message"].as_str().is_some_and(|m| m.contains("clientMsgId")));
+    // Numbers beyond what the stores hold are refused where they enter.
+    ws.send(json!({"op": 10, "roomId": 3, "since": {"epoch": "", "seq": u64::MAX}})).await;
+    assert!(ws.next_op(9).await["message"].as_str().is_some_and(|m| m.contains("out of range")));
+    ws.send(json!({"op": 12, "since": {"seq": 9_223_372_036_854_775_808u64}})).await;
+    assert!(ws.next_op(9).await["message"].as_str().is_some_and(|m| m.contains("out of range")));
+    let answer = api.post("/history/room", json!({"authToken": token, "roomId": 2, "afterSeq": u64::MAX})).await;
+    assert!(answer["message"].as_str().is_some_and(|m| m.contains("out of range")), "{answer}");
     let mut tcp = Tcp::connect(addrs.tcp, &token, 2).await;
     tcp.send(json!({"op": 3, "roomId": 2, "msg": "a\u{0}b"})).await;
     assert!(tcp.next_op(9).await["message"].as_str().is_some_and(|m| m.contains("NUL")));

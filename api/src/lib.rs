@@ -20,7 +20,7 @@ use axum::routing::{MethodRouter, post};
 use courier_proto::logic::logic_client::LogicClient;
 use courier_proto::logic::{Credentials, HistoryRequest, RoomRequest, SendRequest, TokenRequest, UserReply};
 use courier_telemetry::{Metrics, ReadyFlag, RouteCodeLabel, RouteLabel};
-use courier_wire::frame::lenient_id;
+use courier_wire::frame::{bounded_seq_opt, lenient_id};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -303,9 +303,9 @@ struct HistoryBody {
     room_id: Option<u64>,
     #[serde(default, deserialize_with = "lenient_id")]
     user_id: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_seq_opt")]
     after_seq: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_seq_opt")]
     before_seq: Option<u64>,
     #[serde(default)]
     limit: Option<u32>,

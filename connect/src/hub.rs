@@ -259,7 +259,7 @@ impl Channel {
             held.push((seq, text.clone(), admitted_ms));
             return true;
         }
-        if state.known && seq > state.last + 1 {
+        if state.known && seq > state.last.saturating_add(1) {
             // A gap: the frames between were pushed by another writer of this
             // stream (a sender's copy lands in the recipient's partition; a
             // partition changing workers) and are late, or were lost on the
@@ -317,14 +317,16 @@ impl Channel {
         }
     }
 
-    /// Whether the frames held back for `stream` follow `after` without a hole.
+    /// Whether the frames held back for `stream` that are newer than `after`
+    /// follow it without a hole.
     pub fn held_back_is_contiguous(&self, stream: &str, after: u64) -> bool {
         let streams = lock(&self.streams);
         let Some(held) = streams.get(stream).and_then(|s| s.held_back.as_ref()) else { return true };
-        let mut seqs: Vec<u64> = held.iter().map(|(seq, _, _)| *seq).collect();
+        // Frames not newer than `after` are stale and will be dropped.
+        let mut seqs: Vec<u64> = held.iter().map(|(seq, _, _)| *seq).filter(|seq| *seq > after).collect();
         seqs.sort_unstable();
         seqs.dedup();
-        seqs.iter().enumerate().all(|(i, seq)| *seq == after + 1 + i as u64)
+        seqs.iter().enumerate().all(|(i, seq)| after.checked_add(1 + i as u64) == Some(*seq))
     }
 
     /// Queues a stream frame if it is newer than the last one queued.
@@ -373,7 +375,7 @@ impl Channel {
             let mut rest = held.into_iter();
             while let Some((seq, text, admitted_ms)) = rest.next() {
                 if let Some(last) = self.position(stream)
-                    && seq > last + 1
+                    && seq > last.saturating_add(1)
                 {
                     // A new gap: keep holding from here and have it filled.
                     let mut streams = lock(&self.streams);
@@ -744,6 +746,23 @@ mod tests {
         ch.finish_recovery("user:1", vec![(8, text(8))]).await;
         assert_eq!(sent(&ch), vec!["8", "9"]);
         assert_eq!(ch.next_gap().await, ("user:1".to_owned(), 9));
+    }
+
+    #[tokio::test]
+    async fn extreme_positions_never_overflow() {
+        let metrics = Metrics::new();
+        let hub = Hub::new(1, Arc::new(Metrics::new()));
+        let ch = channel(&hub, 1, 64);
+        // A client claiming to have everything up to the largest seq.
+        ch.begin_recovery_after("room:1", u64::MAX);
+        assert!(ch.offer("room:1", u64::MAX, &text(1), 0, &metrics), "held back");
+        assert!(ch.held_back_is_contiguous("room:1", u64::MAX), "nothing can follow the largest seq");
+        ch.finish_recovery("room:1", vec![(u64::MAX, text(2))]).await;
+        assert!(sent(&ch).is_empty(), "nothing newer than the position");
+        assert!(!ch.offer("room:1", 5, &text(3), 0, &metrics), "older than the position");
+        ch.start_live("user:1", u64::MAX - 1).await;
+        assert!(ch.offer("user:1", u64::MAX, &text(4), 0, &metrics));
+        assert_eq!(sent(&ch), ["4"]);
     }
 
     #[tokio::test]

@@ -24,12 +24,17 @@ pub mod op {
     pub const SYNC: i64 = 12;
 }
 
+/// The largest id or seq a client may name: what the stores hold (a signed
+/// 64-bit integer). Larger numbers are refused where they enter, so no tier
+/// ever computes with them (`seq + 1` of `u64::MAX` would overflow).
+pub const MAX_CLIENT_NUMBER: u64 = i64::MAX as u64;
+
 /// A client's position in a stream: resume after `seq` of history `epoch`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Since {
     #[serde(default)]
     pub epoch: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_seq")]
     pub seq: u64,
 }
 
@@ -80,16 +85,33 @@ pub fn lenient_id<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Er
         Number(u64),
         Text(String),
     }
-    match Option::<Raw>::deserialize(de)? {
-        None => Ok(None),
-        Some(Raw::Number(n)) => Ok(Some(n)),
-        Some(Raw::Text(s)) if s.trim().is_empty() => Ok(None),
+    let id = match Option::<Raw>::deserialize(de)? {
+        None => return Ok(None),
+        Some(Raw::Number(n)) => n,
+        Some(Raw::Text(s)) if s.trim().is_empty() => return Ok(None),
         Some(Raw::Text(s)) => s
             .trim()
             .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("expected a non-negative integer id, got {s:?}"))),
+            .map_err(|_| serde::de::Error::custom(format!("expected a non-negative integer id, got {s:?}")))?,
+    };
+    in_range("id", id).map(Some)
+}
+
+/// Deserializes a seq (a JSON number), refusing one beyond [`MAX_CLIENT_NUMBER`].
+pub fn bounded_seq<'de, D: Deserializer<'de>>(de: D) -> Result<u64, D::Error> {
+    in_range("seq", u64::deserialize(de)?)
+}
+
+/// Like [`bounded_seq`], for an optional field.
+pub fn bounded_seq_opt<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+    Option::<u64>::deserialize(de)?.map(|seq| in_range("seq", seq)).transpose()
+}
+
+fn in_range<E: serde::de::Error>(what: &str, n: u64) -> Result<u64, E> {
+    if n > MAX_CLIENT_NUMBER {
+        return Err(E::custom(format!("{what} {n} is out of range (at most {MAX_CLIENT_NUMBER})")));
     }
+    Ok(n)
 }
 
 /// A chat message pushed to a client: op 2 (private) or op 3 (room), gochat's fields
@@ -224,6 +246,22 @@ mod tests {
         assert!(ClientFrame::parse(br#"{"roomId":-1}"#).is_err());
         assert!(ClientFrame::parse(br#"{"msg":5}"#).is_err());
         assert!(ClientFrame::parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn numbers_beyond_what_the_stores_hold_are_refused() {
+        let max = MAX_CLIENT_NUMBER;
+        let f = ClientFrame::parse(format!(r#"{{"roomId":{max},"since":{{"seq":{max}}}}}"#).as_bytes()).expect("max");
+        assert_eq!((f.room_id, f.since.map(|s| s.seq)), (Some(max), Some(max)));
+        for text in [
+            format!(r#"{{"roomId":{}}}"#, max + 1),
+            format!(r#"{{"toUserId":"{}"}}"#, u64::MAX),
+            format!(r#"{{"since":{{"seq":{}}}}}"#, u64::MAX),
+            format!(r#"{{"inboxSince":{{"seq":{}}}}}"#, max + 1),
+        ] {
+            let error = ClientFrame::parse(text.as_bytes()).expect_err(&text).to_string();
+            assert!(error.contains("out of range"), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! frame or an error, never a panic, and valid frames survive a round trip.
 
 use bytes::BytesMut;
-use courier_wire::frame::ClientFrame;
+use courier_wire::frame::{ClientFrame, MAX_CLIENT_NUMBER};
 use courier_wire::tcp::{MAX_PAYLOAD_LEN, V1Codec};
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
@@ -87,5 +87,29 @@ proptest! {
         let deep = "[".repeat(nested) + &"]".repeat(nested);
         let text = format!(r#"{{"op":{op},"roomId":{room},"toUserId":{room},"msg":{deep},"since":{{"seq":{room}}}}}"#);
         let _ = ClientFrame::parse(text.as_bytes());
+    }
+
+    #[test]
+    fn extreme_numbers_are_parsed_in_range_or_refused(
+        room in any::<u64>(),
+        user in any::<u64>(),
+        seq in prop_oneof![any::<u64>(), Just(u64::MAX), Just(MAX_CLIENT_NUMBER), Just(MAX_CLIENT_NUMBER + 1)],
+        as_text in any::<bool>(),
+    ) {
+        let id = |n: u64| if as_text { format!("\"{n}\"") } else { n.to_string() };
+        let text = format!(
+            r#"{{"op":10,"roomId":{},"toUserId":{},"since":{{"epoch":"e","seq":{seq}}},"inboxSince":{{"seq":{seq}}}}}"#,
+            id(room),
+            id(user),
+        );
+        match ClientFrame::parse(text.as_bytes()) {
+            Ok(frame) => {
+                prop_assert!(room <= MAX_CLIENT_NUMBER && user <= MAX_CLIENT_NUMBER && seq <= MAX_CLIENT_NUMBER);
+                prop_assert_eq!(frame.room_id, Some(room));
+                prop_assert_eq!(frame.to_user_id, Some(user));
+                prop_assert_eq!(frame.since.map(|s| s.seq), Some(seq));
+            }
+            Err(_) => prop_assert!(room > MAX_CLIENT_NUMBER || user > MAX_CLIENT_NUMBER || seq > MAX_CLIENT_NUMBER),
+        }
     }
 }
