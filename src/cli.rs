@@ -94,6 +94,28 @@ impl LimitArgs {
     }
 }
 
+/// How tiers prove themselves to each other.
+#[derive(Debug, Clone, Args)]
+pub struct InternalArgs {
+    /// Secret every tier of the cluster shares (16–256 visible ASCII
+    /// characters): internal gRPC calls without it are refused. Without it,
+    /// anyone who reaches logic's or connect's internal ports can call them.
+    #[arg(long, env = "COURIER_INTERNAL_SECRET", hide_env_values = true)]
+    pub internal_secret: Option<String>,
+}
+
+impl InternalArgs {
+    fn secret(&self) -> anyhow::Result<courier_proto::InternalSecret> {
+        match &self.internal_secret {
+            Some(secret) => Ok(courier_proto::InternalSecret::new(secret).context("--internal-secret")?),
+            None => {
+                tracing::warn!("no --internal-secret: internal gRPC calls are not authenticated");
+                Ok(courier_proto::InternalSecret::open())
+            }
+        }
+    }
+}
+
 /// HTTP request limit per client address.
 #[derive(Debug, Clone, Args)]
 pub struct HttpLimitArgs {
@@ -152,6 +174,8 @@ pub struct ApiArgs {
     pub admin_addr: SocketAddr,
     #[command(flatten)]
     pub http_limits: HttpLimitArgs,
+    #[command(flatten)]
+    pub internal: InternalArgs,
 }
 
 /// Names of the queue's topics and group.
@@ -193,6 +217,8 @@ pub struct LogicArgs {
     pub limits: LimitArgs,
     #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9102")]
     pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub internal: InternalArgs,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +247,8 @@ pub struct ConnectArgs {
     pub heartbeat_ms: u64,
     #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9103")]
     pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub internal: InternalArgs,
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +264,8 @@ pub struct TaskArgs {
     pub nodes: NodeArgs,
     #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9104")]
     pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub internal: InternalArgs,
 }
 
 #[derive(Debug, Args)]
@@ -289,15 +319,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = crate::bind(args.listen, "the HTTP API").await?;
             tracing::info!(addr = %args.listen, "api listening");
             let ready = admin.readiness.flag("api");
-            courier_api::serve(
-                args.http_limits.config(),
-                listener,
-                &args.logic_addr,
-                admin.metrics.clone(),
-                ready,
-                admin.shutdown,
-            )
-            .await?;
+            let config =
+                courier_api::ApiConfig { internal_secret: args.internal.secret()?, ..args.http_limits.config() };
+            courier_api::serve(config, listener, &args.logic_addr, admin.metrics.clone(), ready, admin.shutdown)
+                .await?;
             Ok(())
         }
         Command::Logic(args) => {
@@ -307,6 +332,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 private_topic: args.topics.private_topic,
                 partitions: args.topics.partitions,
                 node_lease: Duration::from_millis(args.node_lease_ms.max(100)),
+                internal_secret: args.internal.secret()?,
                 ..Default::default()
             };
             args.limits.apply(&mut config);
@@ -339,6 +365,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ping_interval: Duration::from_secs(args.ping_secs.max(1)),
                 pong_timeout: Duration::from_secs(args.pong_timeout_secs.max(1)),
                 heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(50)),
+                internal_secret: args.internal.secret()?,
                 ..Default::default()
             };
             let ready = admin.readiness.flag("connect");
@@ -355,7 +382,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 partitions: args.topics.partitions,
                 ..Default::default()
             };
-            crate::tiers::task(config, &args.backends, args.nodes.connect_nodes, admin).await
+            let secret = args.internal.secret()?;
+            crate::tiers::task(config, &args.backends, args.nodes.connect_nodes, secret, admin).await
         }
         Command::Site(args) => {
             let admin = Admin::start(args.admin_addr).await?;

@@ -114,7 +114,13 @@ pub struct Standalone {
 
 impl Standalone {
     /// Opens the data directory, binds every listener and starts every tier.
-    pub async fn start(config: StandaloneConfig) -> anyhow::Result<Self> {
+    pub async fn start(mut config: StandaloneConfig) -> anyhow::Result<Self> {
+        // The tiers talk over loopback ports that other local users could
+        // reach too: a secret made for this process keeps them out.
+        let secret = courier_proto::InternalSecret::random();
+        config.logic.internal_secret = secret.clone();
+        config.connect.internal_secret = secret.clone();
+        config.api.internal_secret = secret.clone();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
         let store = SqliteStore::open(&config.data_dir.join("courier.sqlite")).await.context("opening the store")?;
@@ -153,7 +159,8 @@ impl Standalone {
             server_id: config.connect.server_id.clone(),
             push_addr: addresses.push.to_string(),
         }]));
-        let pusher = Pusher::start(discovery, metrics.clone(), PusherOptions::default(), back.clone()).await;
+        let options = PusherOptions { secret, ..PusherOptions::default() };
+        let pusher = Pusher::start(discovery, metrics.clone(), options, back.clone()).await;
 
         let logic = Logic::new(
             config.logic.clone(),

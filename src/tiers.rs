@@ -18,6 +18,7 @@ use clap::Args;
 use courier_discovery::{ConnectNode, StaticDiscovery};
 use courier_presence::memory::{MemoryClientMsgIds, MemoryPresence, MemorySessions, SessionPolicy};
 use courier_presence::{ClientMsgIds, Presence, Sessions};
+use courier_proto::InternalSecret;
 use courier_push::{Pusher, PusherOptions};
 use courier_queue::Queue;
 use courier_queue::kafka::{KafkaOptions, KafkaQueue};
@@ -168,11 +169,16 @@ impl Admin {
 }
 
 /// A pusher to a fixed list of connect nodes, routing with `routes` if given.
-pub async fn static_pusher(nodes: Vec<ConnectNode>, routes: Option<Arc<dyn Presence>>, admin: &Admin) -> Pusher {
+pub async fn static_pusher(
+    nodes: Vec<ConnectNode>,
+    routes: Option<Arc<dyn Presence>>,
+    secret: InternalSecret,
+    admin: &Admin,
+) -> Pusher {
     let pusher = Pusher::start(
         Arc::new(StaticDiscovery::new(nodes)),
         admin.metrics.clone(),
-        PusherOptions::default(),
+        PusherOptions { secret, ..PusherOptions::default() },
         admin.shutdown.clone(),
     )
     .await;
@@ -221,7 +227,8 @@ pub async fn logic(tier: LogicTier, backends: &Backends, admin: Admin) -> anyhow
         }
         (None, None) => None,
     };
-    let pusher = static_pusher(nodes, backends.routes(&presence), &admin).await;
+    let secret = config.internal_secret.clone();
+    let pusher = static_pusher(nodes, backends.routes(&presence), secret, &admin).await;
     let logic = courier_logic::Logic::new(
         config,
         courier_logic::LogicBackends {
@@ -258,12 +265,13 @@ pub async fn task(
     config: courier_task::TaskConfig,
     backends: &Backends,
     nodes: Vec<ConnectNode>,
+    secret: InternalSecret,
     admin: Admin,
 ) -> anyhow::Result<()> {
     let (_, history) = backends.stores().await?;
     let queue = backends.queue().await?;
     let (_, presence, _) = backends.sessions(SessionPolicy::default()).await?;
-    let pusher = static_pusher(nodes, backends.routes(&presence), &admin).await;
+    let pusher = static_pusher(nodes, backends.routes(&presence), secret, &admin).await;
     let task_backends = courier_task::TaskBackends { queue, history, pusher, metrics: admin.metrics.clone() };
     courier_task::run(config, task_backends, admin.readiness.flag("task"), admin.shutdown.clone()).await;
     Ok(())

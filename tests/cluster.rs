@@ -76,6 +76,8 @@ impl Cluster {
             ("COURIER_NODE_LEASE_MS", "2000".into()),
             ("COURIER_HEARTBEAT_MS", "500".into()),
             ("COURIER_REQUESTS_PER_SECOND_PER_IP", "0".into()),
+            // Internal calls authenticated, as a production cluster runs.
+            ("COURIER_INTERNAL_SECRET", format!("e2e-secret-{run:016x}")),
         ];
         env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let (logic, push) = (free_port(), [free_port(), free_port()]);

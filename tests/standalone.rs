@@ -434,3 +434,51 @@ async fn a_silent_client_is_dropped_even_while_messages_reach_it() {
     assert!(reason.contains("no answer to heartbeat"), "{reason}");
     courier.stop().await;
 }
+
+#[tokio::test]
+async fn internal_calls_without_the_secret_are_refused_and_counted() {
+    use courier_proto::connect::{Delivery, PushRequest, delivery::Target};
+    use courier_proto::logic::NodeHeartbeatRequest;
+
+    let (courier, _dir) = start().await;
+    let addrs = courier.addresses;
+    let api = Api::new(addrs.api);
+    let (token, alice) = api.register("mallory-target").await;
+    let mut ws = Ws::connect(addrs.ws, &token, 4).await;
+    ws.await_members(&[alice]).await;
+
+    // Whoever reaches the internal ports cannot wipe presence with a new boot
+    // id, with no secret or a wrong one, nor push a forged frame to a room.
+    let channel = |addr: std::net::SocketAddr| {
+        courier_proto::lazy_channel(&addr.to_string(), std::time::Duration::from_secs(5)).expect("channel")
+    };
+    let heartbeat = || NodeHeartbeatRequest { server_id: "connect-0".into(), boot_id: "forged".into() };
+    let mut bare = courier_proto::logic::logic_client::LogicClient::new(channel(addrs.logic));
+    let refused = bare.node_heartbeat(heartbeat()).await.expect_err("no secret");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let wrong = courier_proto::InternalSecret::new("not-the-cluster-secret").expect("valid");
+    let mut guessing = courier_proto::logic_client(channel(addrs.logic), &wrong);
+    assert_eq!(
+        guessing.node_heartbeat(heartbeat()).await.expect_err("wrong secret").code(),
+        tonic::Code::Unauthenticated
+    );
+    let forged = PushRequest {
+        deliveries: vec![Delivery {
+            target: Some(Target::RoomId(4)),
+            body: r#"{"op":3,"msg":"from admin, honest","fromUserName":"admin"}"#.into(),
+            ..Delivery::default()
+        }],
+        revoked_tokens: vec![token.clone()],
+    };
+    let mut push = courier_proto::connect::connect_client::ConnectClient::new(channel(addrs.push));
+    assert_eq!(push.push(forged).await.expect_err("no secret").code(), tonic::Code::Unauthenticated);
+
+    // The tiers themselves still work, and nothing forged arrived.
+    assert_eq!(api.post("/push/pushRoom", json!({"authToken": token, "msg": "real", "roomId": 4})).await["code"], 0);
+    let frame = ws.next_op(3).await;
+    assert_eq!(frame["msg"], "real", "the forged frame never reached the room");
+    let metrics = reqwest::get(format!("http://{}/metrics", addrs.admin)).await.expect("metrics");
+    let text = metrics.text().await.expect("text");
+    assert!(text.contains(r#"courier_errors_total{reason="internal_call_refused"} 3"#), "{text}");
+    courier.stop().await;
+}

@@ -17,8 +17,8 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
-use courier_proto::logic::logic_client::LogicClient;
 use courier_proto::logic::{Credentials, HistoryRequest, RoomRequest, SendRequest, TokenRequest, UserReply};
+use courier_proto::{InternalSecret, LogicClient};
 use courier_telemetry::{Metrics, ReadyFlag, RouteCodeLabel, RouteLabel};
 use courier_wire::frame::{bounded_seq_opt, lenient_id};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -27,7 +27,6 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower_http::cors::CorsLayer;
 
@@ -47,17 +46,24 @@ pub struct ApiConfig {
     /// `per_ip_burst`. Per-user send and login limits are logic's.
     pub per_ip_per_second: u32,
     pub per_ip_burst: u32,
+    /// Proves this tier to logic (see `courier_proto::InternalSecret`).
+    pub internal_secret: InternalSecret,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { body_limit: 64 * 1024, per_ip_per_second: 100, per_ip_burst: 200 }
+        Self {
+            body_limit: 64 * 1024,
+            per_ip_per_second: 100,
+            per_ip_burst: 200,
+            internal_secret: InternalSecret::open(),
+        }
     }
 }
 
 #[derive(Clone)]
 struct ApiState {
-    logic: LogicClient<Channel>,
+    logic: LogicClient,
     config: Arc<ApiConfig>,
     metrics: Arc<Metrics>,
     per_ip: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
@@ -418,7 +424,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<ApiState>)> {
 }
 
 /// The API's routes.
-pub fn router(config: ApiConfig, logic: LogicClient<Channel>, metrics: Arc<Metrics>) -> Router {
+pub fn router(config: ApiConfig, logic: LogicClient, metrics: Arc<Metrics>) -> Router {
     let per_ip = NonZeroU32::new(config.per_ip_per_second).and_then(|rate| {
         let quota = Quota::per_second(rate).allow_burst(NonZeroU32::new(config.per_ip_burst.max(1))?);
         Some(Arc::new(RateLimiter::keyed(quota)))
@@ -471,7 +477,8 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let channel = courier_proto::lazy_channel(logic_addr, Duration::from_secs(30))
         .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?;
-    let app = router(config, LogicClient::new(channel), metrics);
+    let logic = courier_proto::logic_client(channel, &config.internal_secret);
+    let app = router(config, logic, metrics);
     ready.set(true);
     let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use courier_proto::logic::logic_client::LogicClient;
+use courier_proto::LogicClient;
 use courier_proto::logic::{
     AttachRequest, DetachRequest, Empty, HistoryRequest, JoinRoomRequest, LeaveRoomRequest, SendRequest, TokenRequest,
 };
@@ -22,7 +22,6 @@ use courier_telemetry::Metrics;
 use courier_wire::frame::{AckFrame, ClientFrame, ErrorFrame, Since, op, to_text};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tonic::Code;
-use tonic::transport::Channel as GrpcChannel;
 
 use crate::ConnectConfig;
 use crate::hub::{Channel, Hub, close_code};
@@ -40,7 +39,7 @@ const MAX_RECOVERY: usize = 20_000;
 #[derive(Debug, Clone)]
 pub struct Gateway {
     pub hub: Arc<Hub>,
-    pub logic: LogicClient<GrpcChannel>,
+    pub logic: LogicClient,
     pub config: Arc<ConnectConfig>,
     /// Bounds the presence calls (joins, leaves) in flight to logic: when thousands of
     /// connections close at once, their leaves queue here instead of thousands
@@ -346,7 +345,7 @@ impl Gateway {
     /// that did happen changes nothing.
     async fn release<F, Fut>(&self, what: &'static str, user_id: u64, call: F)
     where
-        F: Fn(LogicClient<GrpcChannel>) -> Fut,
+        F: Fn(LogicClient) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Empty>, tonic::Status>>,
     {
         let mut delay = std::time::Duration::from_millis(200);

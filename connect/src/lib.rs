@@ -22,9 +22,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_proto::connect::connect_server::ConnectServer;
+use courier_proto::InternalSecret;
 use courier_proto::logic::NodeHeartbeatRequest;
-use courier_proto::logic::logic_client::LogicClient;
 use courier_telemetry::{Metrics, ReadyFlag};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -67,6 +66,9 @@ pub struct ConnectConfig {
     /// How often the node renews its presence lease with logic (a third of the
     /// lease, 15 s by default).
     pub heartbeat_interval: Duration,
+    /// Proves this node to logic, and callers of its push service to it (see
+    /// `courier_proto::InternalSecret`).
+    pub internal_secret: InternalSecret,
 }
 
 impl Default for ConnectConfig {
@@ -86,6 +88,7 @@ impl Default for ConnectConfig {
             drain_timeout: Duration::from_secs(10),
             session_check_interval: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(5),
+            internal_secret: InternalSecret::open(),
         }
     }
 }
@@ -133,7 +136,7 @@ pub async fn run(
     let hub = Arc::new(Hub::new(config.buckets, metrics));
     let gateway = Gateway {
         hub: hub.clone(),
-        logic: LogicClient::new(logic),
+        logic: courier_proto::logic_client(logic, &config.internal_secret),
         config: Arc::new(config),
         presence_calls: Arc::new(tokio::sync::Semaphore::new(gateway::PRESENCE_CALLS)),
     };
@@ -165,9 +168,13 @@ pub async fn run(
         tokio::spawn(accept_loop(tcp, state.clone(), stop_accepting.clone(), tcp::serve));
     }
     let push_stop = CancellationToken::new();
+    let push_secret = {
+        let metrics = hub.metrics().clone();
+        state.gateway.config.internal_secret.clone().counting_refusals(move || metrics.error("internal_call_refused"))
+    };
     let push_server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(ConnectServer::new(push::PushService { hub: hub.clone() }))
+            .add_service(courier_proto::connect_server(push::PushService { hub: hub.clone() }, &push_secret))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listeners.push),
                 push_stop.clone().cancelled_owned(),

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use courier_ids::Snowflake;
 use courier_presence::{Claim, ClientMsgIds, Presence, SessionUser, Sessions};
+use courier_proto::InternalSecret;
 use courier_proto::connect::{Delivery, delivery::Target};
-use courier_proto::logic::logic_server::{Logic as LogicRpc, LogicServer};
+use courier_proto::logic::logic_server::Logic as LogicRpc;
 use courier_proto::logic::{
     AttachReply, AttachRequest, Credentials, DetachRequest, Empty, HistoryFrame, HistoryReply, HistoryRequest,
     JoinRoomRequest, LeaveRoomRequest, NodeHeartbeatRequest, RoomRequest, SendReply, SendRequest, SessionReply,
@@ -83,6 +84,8 @@ pub struct LogicConfig {
     /// guessing; bursts of `login_burst`.
     pub logins_per_minute: u32,
     pub login_burst: u32,
+    /// Callers of logic's service must present it (see `courier_proto::InternalSecret`).
+    pub internal_secret: InternalSecret,
 }
 
 impl Default for LogicConfig {
@@ -104,6 +107,7 @@ impl Default for LogicConfig {
             send_burst: 60,
             logins_per_minute: 20,
             login_burst: 10,
+            internal_secret: InternalSecret::open(),
         }
     }
 }
@@ -802,9 +806,13 @@ pub async fn serve(
             }
         }
     });
+    let secret = {
+        let metrics = logic.inner.backends.metrics.clone();
+        logic.inner.config.internal_secret.clone().counting_refusals(move || metrics.error("internal_call_refused"))
+    };
     ready.set(true);
     let result = tonic::transport::Server::builder()
-        .add_service(LogicServer::new(logic))
+        .add_service(courier_proto::logic_server(logic, &secret))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.cancelled_owned(),

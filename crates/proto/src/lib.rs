@@ -2,9 +2,29 @@
 //! between tiers, generated from `proto/*.proto` at build time.
 //!
 //! Tiers never import each other; they share these types instead, so what crosses a
-//! process boundary is always written down in a `.proto` file.
+//! process boundary is always written down in a `.proto` file. Every client and
+//! server of those services is built here ([`logic_client`], [`connect_client`],
+//! [`logic_server`], [`connect_server`]) so that two rules hold on every hop:
+//!
+//! - **One message size limit** ([`MAX_GRPC_MESSAGE_BYTES`]) for encoding and
+//!   decoding alike, far above what a batch may carry ([`BATCH_BYTES`]): a push
+//!   batch or history page is cut by bytes before it is sent, so a batch that
+//!   fits the rules always fits the transport (tonic's default decode limit is
+//!   4 MiB, and 512 frames of a 4,000-byte body of control characters, escaped
+//!   to 24 KB each, used to exceed it and be dropped).
+//! - **Callers prove they belong** ([`InternalSecret`]): with a shared secret
+//!   configured, a call without it is refused as UNAUTHENTICATED before it
+//!   reaches the service, so nobody who can reach an internal port can forge a
+//!   push or wipe presence.
 
 #![allow(missing_docs, unreachable_pub, clippy::all)]
+
+use std::sync::Arc;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 /// The record envelope written to the queue topics.
 pub mod record {
@@ -24,6 +44,161 @@ pub mod connect {
     tonic::include_proto!("courier.connect.v1");
 }
 
+/// The largest gRPC message any tier encodes or decodes.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// What one push call or one history page carries at most, in frame bytes;
+/// well below [`MAX_GRPC_MESSAGE_BYTES`] so the envelope always fits.
+pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// The metadata key carrying the internal secret.
+pub const SECRET_HEADER: &str = "x-courier-internal-secret";
+
+/// The secret tiers share to call each other (`--internal-secret`); `None`
+/// leaves internal calls open (a single trusted host, or tests).
+#[derive(Clone, Default)]
+pub struct InternalSecret {
+    secret: Option<Arc<str>>,
+    /// Called for every refused call (the server side counts them).
+    on_refused: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for InternalSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret itself.
+        f.debug_struct("InternalSecret").field("set", &self.secret.is_some()).finish()
+    }
+}
+
+/// Why a secret cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidSecret;
+
+impl std::fmt::Display for InvalidSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the internal secret must be 16 to 256 visible ASCII characters")
+    }
+}
+
+impl std::error::Error for InvalidSecret {}
+
+impl InternalSecret {
+    /// No secret: every internal call is let through.
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// `secret`, which must be 16–256 visible ASCII characters (it travels as
+    /// gRPC metadata).
+    pub fn new(secret: &str) -> Result<Self, InvalidSecret> {
+        let visible = secret.bytes().all(|b| b.is_ascii_graphic());
+        if !(16..=256).contains(&secret.len()) || !visible {
+            return Err(InvalidSecret);
+        }
+        Ok(Self { secret: Some(secret.into()), on_refused: None })
+    }
+
+    /// A fresh random secret (for one process that runs every tier).
+    pub fn random() -> Self {
+        use std::fmt::Write as _;
+        let mut text = String::with_capacity(64);
+        for _ in 0..4 {
+            let _ = write!(text, "{:016x}", rand::random::<u64>());
+        }
+        Self { secret: Some(text.into()), on_refused: None }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// The same secret, calling `counter` for every call it refuses.
+    pub fn counting_refusals(mut self, counter: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_refused = Some(Arc::new(counter));
+        self
+    }
+
+    /// Whether `presented` is the secret, in time independent of where they differ.
+    fn admits(&self, presented: Option<&[u8]>) -> bool {
+        use subtle::ConstantTimeEq as _;
+        match (&self.secret, presented) {
+            (None, _) => true,
+            (Some(secret), Some(presented)) => bool::from(secret.as_bytes().ct_eq(presented)),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Adds the secret to every outgoing call.
+#[derive(Clone, Debug)]
+pub struct AddSecret(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for AddSecret {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert(SECRET_HEADER, value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Refuses incoming calls without the secret.
+#[derive(Clone, Debug)]
+pub struct CheckSecret(InternalSecret);
+
+impl Interceptor for CheckSecret {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let presented = request.metadata().get(SECRET_HEADER).map(|v| v.as_bytes());
+        if self.0.admits(presented) {
+            return Ok(request);
+        }
+        if let Some(count) = &self.0.on_refused {
+            count();
+        }
+        Err(tonic::Status::unauthenticated("internal call without the cluster's secret"))
+    }
+}
+
+fn add_secret(secret: &InternalSecret) -> AddSecret {
+    // `new` admits only visible ASCII, which is valid metadata.
+    AddSecret(secret.secret.as_deref().and_then(|s| MetadataValue::try_from(s).ok()))
+}
+
+/// A client of logic's service.
+pub type LogicClient = logic::logic_client::LogicClient<InterceptedService<Channel, AddSecret>>;
+/// A client of connect's push service.
+pub type ConnectClient = connect::connect_client::ConnectClient<InterceptedService<Channel, AddSecret>>;
+/// logic's service as served.
+pub type LogicServer<T> = InterceptedService<logic::logic_server::LogicServer<T>, CheckSecret>;
+/// connect's push service as served.
+pub type ConnectServer<T> = InterceptedService<connect::connect_server::ConnectServer<T>, CheckSecret>;
+
+pub fn logic_client(channel: Channel, secret: &InternalSecret) -> LogicClient {
+    logic::logic_client::LogicClient::with_interceptor(channel, add_secret(secret))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+}
+
+pub fn connect_client(channel: Channel, secret: &InternalSecret) -> ConnectClient {
+    connect::connect_client::ConnectClient::with_interceptor(channel, add_secret(secret))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+}
+
+pub fn logic_server<T: logic::logic_server::Logic>(service: T, secret: &InternalSecret) -> LogicServer<T> {
+    let server = logic::logic_server::LogicServer::new(service)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    InterceptedService::new(server, CheckSecret(secret.clone()))
+}
+
+pub fn connect_server<T: connect::connect_server::Connect>(service: T, secret: &InternalSecret) -> ConnectServer<T> {
+    let server = connect::connect_server::ConnectServer::new(service)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    InterceptedService::new(server, CheckSecret(secret.clone()))
+}
+
 /// A gRPC channel to `host:port` that connects on first use and reconnects after
 /// failures, so a tier can start before the tier it calls; `timeout` bounds both
 /// connecting and each call.
@@ -35,4 +210,25 @@ pub fn lazy_channel(
         .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
         .timeout(timeout)
         .connect_lazy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_checked_whole_and_never_printed() {
+        assert!(InternalSecret::new("short").is_err());
+        assert!(InternalSecret::new("with a space in it here").is_err());
+        let secret = InternalSecret::new("0123456789abcdef").expect("valid");
+        assert!(secret.admits(Some(b"0123456789abcdef")));
+        assert!(!secret.admits(Some(b"0123456789abcdeF")));
+        assert!(!secret.admits(Some(b"0123456789abcde")));
+        assert!(!secret.admits(None));
+        assert!(InternalSecret::open().admits(None));
+        assert!(!format!("{secret:?}").contains("0123"));
+        let (a, b) = (InternalSecret::random(), InternalSecret::random());
+        assert!(a.is_set() && a.secret != b.secret);
+        assert!(InternalSecret::new(a.secret.as_deref().unwrap_or_default()).is_ok(), "a random secret is valid");
+    }
 }

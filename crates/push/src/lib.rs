@@ -26,19 +26,19 @@ use std::time::Duration;
 
 use courier_discovery::{ConnectNode, Discovery};
 use courier_presence::{Presence, Routes};
-use courier_proto::connect::connect_client::ConnectClient;
 use courier_proto::connect::{Delivery, PushRequest, delivery::Target};
+use courier_proto::{ConnectClient, InternalSecret};
 use courier_telemetry::{Metrics, ResultLabel};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// Tuning of the push path.
 #[derive(Debug, Clone)]
 pub struct PusherOptions {
     /// Frames waiting per node before new ones are dropped for that node.
     pub queue_capacity: usize,
-    /// Most frames in one `Push` call.
+    /// Most frames in one `Push` call (and at most
+    /// [`courier_proto::BATCH_BYTES`] of them).
     pub max_batch: usize,
     /// How often the node list is re-read from discovery.
     pub refresh_interval: Duration,
@@ -46,6 +46,8 @@ pub struct PusherOptions {
     pub call_timeout: Duration,
     /// Attempts per batch before it is dropped (the node is likely gone).
     pub attempts: u32,
+    /// Proves this tier to the connect nodes.
+    pub secret: InternalSecret,
 }
 
 impl Default for PusherOptions {
@@ -56,6 +58,7 @@ impl Default for PusherOptions {
             refresh_interval: Duration::from_secs(5),
             call_timeout: Duration::from_secs(5),
             attempts: 3,
+            secret: InternalSecret::open(),
         }
     }
 }
@@ -154,7 +157,7 @@ impl Pusher {
             let stop = shutdown.child_token();
             tokio::spawn(node_worker(
                 node.clone(),
-                ConnectClient::new(channel),
+                courier_proto::connect_client(channel, &self.options.secret),
                 rx,
                 self.metrics.clone(),
                 self.options.clone(),
@@ -249,48 +252,134 @@ fn reaches(routes: &Routes, delivery: &Delivery, server: &str) -> bool {
 
 async fn node_worker(
     node: ConnectNode,
-    mut client: ConnectClient<Channel>,
+    mut client: ConnectClient,
     mut rx: mpsc::Receiver<Item>,
     metrics: Arc<Metrics>,
     options: PusherOptions,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(options.max_batch);
+    // Revocations a failed push could not deliver: retried until delivered or
+    // the node is gone, since a revoked session must not stay open anywhere.
+    let mut revoked: Vec<String> = Vec::new();
     loop {
-        let received = tokio::select! {
+        let retrying = !revoked.is_empty();
+        tokio::select! {
             _ = stop.cancelled() => return,
-            n = rx.recv_many(&mut batch, options.max_batch) => n,
-        };
-        if received == 0 {
-            return;
+            n = rx.recv_many(&mut batch, options.max_batch) => if n == 0 { return },
+            _ = tokio::time::sleep(REVOCATION_RETRY), if retrying => {}
         }
-        let mut request = PushRequest::default();
+        let mut deliveries = Vec::with_capacity(batch.len());
         for item in batch.drain(..) {
             match item {
-                Item::Frame(delivery) => request.deliveries.push(delivery),
-                Item::Revoked(token) => request.revoked_tokens.push(token),
+                Item::Frame(delivery) => deliveries.push(delivery),
+                Item::Revoked(token) => revoked.push(token),
             }
         }
-        let mut delay = Duration::from_millis(50);
-        for attempt in 1..=options.attempts {
-            match client.push(request.clone()).await {
-                Ok(_) => {
-                    metrics.pushes.get_or_create(&ResultLabel { result: "ok" }).inc();
-                    break;
-                }
-                Err(status) if attempt == options.attempts => {
-                    tracing::warn!(node = %node.server_id, error = %status, frames = request.deliveries.len(), "push failed; frames dropped for this node");
-                    metrics.pushes.get_or_create(&ResultLabel { result: "error" }).inc();
-                }
-                Err(status) => {
-                    tracing::debug!(node = %node.server_id, error = %status, attempt, "push failed; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay *= 2;
-                }
+        for request in requests_within(deliveries, std::mem::take(&mut revoked), courier_proto::BATCH_BYTES) {
+            match push_with_retries(&mut client, &request, &node, &metrics, &options, &stop).await {
+                Pushed::Ok => {}
+                Pushed::Failed => revoked.extend(request.revoked_tokens),
+                Pushed::Stopped => return,
             }
         }
+        if revoked.len() > MAX_PENDING_REVOCATIONS {
+            let dropped = revoked.len() - MAX_PENDING_REVOCATIONS;
+            revoked.drain(..dropped);
+            tracing::warn!(node = %node.server_id, dropped, "too many revocations waiting for this node; the oldest were dropped");
+            metrics.pushes.get_or_create(&ResultLabel { result: "dropped" }).inc_by(dropped as u64);
+        }
+    }
+}
+
+/// How long undelivered revocations wait before they are pushed again.
+const REVOCATION_RETRY: Duration = Duration::from_secs(1);
+/// Most revocations kept for a node that does not answer (its sessions also
+/// close at their next session check).
+const MAX_PENDING_REVOCATIONS: usize = 10_000;
+
+/// Push requests carrying `deliveries` in order, each at most `max_bytes` of
+/// frames (one oversized frame goes alone), the revocations in the first.
+fn requests_within(deliveries: Vec<Delivery>, revoked: Vec<String>, max_bytes: usize) -> Vec<PushRequest> {
+    use prost::Message as _;
+    let mut requests = vec![PushRequest { deliveries: Vec::new(), revoked_tokens: revoked }];
+    let mut bytes = 0;
+    for delivery in deliveries {
+        let size = delivery.encoded_len();
+        let last = requests.len() - 1;
+        if bytes + size > max_bytes && !requests[last].deliveries.is_empty() {
+            requests.push(PushRequest::default());
+            bytes = 0;
+        }
+        bytes += size;
+        let last = requests.len() - 1;
+        requests[last].deliveries.push(delivery);
+    }
+    requests.retain(|r| !r.deliveries.is_empty() || !r.revoked_tokens.is_empty());
+    requests
+}
+
+/// What came of pushing one request.
+enum Pushed {
+    Ok,
+    /// Every attempt failed; the frames are dropped for this node.
+    Failed,
+    /// The node's worker is stopping.
+    Stopped,
+}
+
+async fn push_with_retries(
+    client: &mut ConnectClient,
+    request: &PushRequest,
+    node: &ConnectNode,
+    metrics: &Metrics,
+    options: &PusherOptions,
+    stop: &CancellationToken,
+) -> Pushed {
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=options.attempts {
+        match client.push(request.clone()).await {
+            Ok(_) => {
+                metrics.pushes.get_or_create(&ResultLabel { result: "ok" }).inc();
+                return Pushed::Ok;
+            }
+            Err(status) if attempt == options.attempts => {
+                tracing::warn!(node = %node.server_id, error = %status, frames = request.deliveries.len(), "push failed; frames dropped for this node");
+                metrics.pushes.get_or_create(&ResultLabel { result: "error" }).inc();
+            }
+            Err(status) => {
+                tracing::debug!(node = %node.server_id, error = %status, attempt, "push failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return Pushed::Stopped,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay *= 2;
+            }
+        }
+    }
+    Pushed::Failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(body_bytes: usize) -> Delivery {
+        Delivery { target: Some(Target::RoomId(1)), body: "x".repeat(body_bytes), ..Delivery::default() }
+    }
+
+    #[test]
+    fn requests_are_cut_by_bytes_in_order() {
+        let deliveries: Vec<Delivery> = (0..10).map(|_| delivery(1_000)).collect();
+        let requests = requests_within(deliveries, vec!["t".into()], 3_500);
+        let sizes: Vec<usize> = requests.iter().map(|r| r.deliveries.len()).collect();
+        assert_eq!(sizes, vec![3, 3, 3, 1]);
+        assert_eq!(requests[0].revoked_tokens, vec!["t".to_owned()], "revocations go first");
+        assert!(requests[1..].iter().all(|r| r.revoked_tokens.is_empty()));
+        // A frame larger than the budget still goes, alone.
+        let requests = requests_within(vec![delivery(10), delivery(5_000), delivery(10)], Vec::new(), 1_000);
+        assert_eq!(requests.iter().map(|r| r.deliveries.len()).collect::<Vec<_>>(), vec![1, 1, 1]);
+        assert!(requests_within(Vec::new(), Vec::new(), 1_000).is_empty());
+        assert_eq!(requests_within(Vec::new(), vec!["t".into()], 1_000).len(), 1);
     }
 }

@@ -18,13 +18,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-/// A connect node that reports the body of every frame it receives.
+/// A connect node that reports the body of every frame it receives, and each
+/// revoked token as `revoked <token>`.
 struct Recorder(mpsc::UnboundedSender<String>);
 
 #[tonic::async_trait]
 impl Connect for Recorder {
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushReply>, Status> {
-        for delivery in request.into_inner().deliveries {
+        let request = request.into_inner();
+        for token in request.revoked_tokens {
+            let _ = self.0.send(format!("revoked {token}"));
+        }
+        for delivery in request.deliveries {
             let _ = self.0.send(delivery.body);
         }
         Ok(Response::new(PushReply::default()))
@@ -146,5 +151,36 @@ async fn frames_go_to_every_node_when_routes_cannot_be_read() {
     for rx in [&mut a, &mut b] {
         assert_eq!(received_until(rx, "to room 7").await, ["to user 1", "to room 7"]);
     }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_revocation_reaches_a_node_that_was_down_when_it_was_pushed() {
+    let stop = CancellationToken::new();
+    // A node whose address answers nothing yet.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    drop(listener);
+    let node = ConnectNode { server_id: "late".into(), push_addr: addr.to_string() };
+    let metrics = Arc::new(Metrics::new());
+    let options = PusherOptions { attempts: 2, ..PusherOptions::default() };
+    let pusher =
+        Pusher::start(Arc::new(StaticDiscovery::new(vec![node])), metrics.clone(), options, stop.clone()).await;
+    pusher.revoke(&["stolen-token".to_owned()]);
+    courier_testkit::eventually("the first push fails", Duration::from_secs(20), || async {
+        metrics.encode().contains(r#"courier_pushes_total{result="error"} 1"#).then_some(())
+    })
+    .await;
+
+    // The node comes up: the revocation is pushed again and arrives.
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind the node's address");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder().add_service(ConnectServer::new(Recorder(tx))).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop.clone().cancelled_owned(),
+        ),
+    );
+    assert_eq!(received_until(&mut rx, "revoked stolen-token").await, ["revoked stolen-token"]);
     stop.cancel();
 }
