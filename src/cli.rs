@@ -80,6 +80,9 @@ pub struct LimitArgs {
     /// argon2id passes of new password hashes (OWASP: 2).
     #[arg(long, env = "COURIER_PASSWORD_ITERATIONS", default_value_t = 2)]
     pub password_iterations: u32,
+    /// Long connections one user may hold over every connect node (0: no limit).
+    #[arg(long, env = "COURIER_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
+    pub max_connections_per_user: usize,
 }
 
 impl LimitArgs {
@@ -87,6 +90,7 @@ impl LimitArgs {
         logic.sends_per_second = self.sends_per_second;
         logic.send_burst = self.sends_per_second.saturating_mul(3);
         logic.logins_per_minute = self.logins_per_minute;
+        logic.max_connections_per_user = self.max_connections_per_user;
         logic.password_cost = courier_logic::password::PasswordCost {
             memory_kib: self.password_memory_kib,
             iterations: self.password_iterations,
@@ -113,6 +117,24 @@ impl InternalArgs {
                 Ok(courier_proto::InternalSecret::open())
             }
         }
+    }
+}
+
+/// What one long connection may hold on a connect node.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectLimitArgs {
+    /// Rooms one connection may be in at once.
+    #[arg(long, env = "COURIER_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_rooms_per_connection: usize,
+    /// Connections one session token may hold on one connect node.
+    #[arg(long, env = "COURIER_MAX_CONNECTIONS_PER_TOKEN", default_value_t = 10)]
+    pub max_connections_per_token: usize,
+}
+
+impl ConnectLimitArgs {
+    fn apply(&self, connect: &mut courier_connect::ConnectConfig) {
+        connect.max_rooms_per_connection = self.max_rooms_per_connection.max(1);
+        connect.max_connections_per_token = self.max_connections_per_token.max(1);
     }
 }
 
@@ -161,6 +183,8 @@ pub struct StandaloneArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub http_limits: HttpLimitArgs,
+    #[command(flatten)]
+    pub connect_limits: ConnectLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +272,8 @@ pub struct ConnectArgs {
     #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9103")]
     pub admin_addr: SocketAddr,
     #[command(flatten)]
+    pub connect_limits: ConnectLimitArgs,
+    #[command(flatten)]
     pub internal: InternalArgs,
 }
 
@@ -305,6 +331,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.demo_users = !args.no_demo_users;
             config.sessions.max_devices = args.limits.max_devices.max(1);
             args.limits.apply(&mut config.logic);
+            args.connect_limits.apply(&mut config.connect);
             config.api = args.http_limits.config();
             let standalone = Standalone::start(config).await?;
             let mut banner = standalone.describe();
@@ -360,7 +387,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 tcp,
                 push: crate::bind(args.push_addr, "the push service").await?,
             };
-            let config = courier_connect::ConnectConfig {
+            let mut config = courier_connect::ConnectConfig {
                 server_id: args.server_id,
                 ping_interval: Duration::from_secs(args.ping_secs.max(1)),
                 pong_timeout: Duration::from_secs(args.pong_timeout_secs.max(1)),
@@ -368,6 +395,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 internal_secret: args.internal.secret()?,
                 ..Default::default()
             };
+            args.connect_limits.apply(&mut config);
             let ready = admin.readiness.flag("connect");
             courier_connect::run(config, listeners, &args.logic_addr, admin.metrics.clone(), ready, admin.shutdown)
                 .await?;

@@ -21,12 +21,13 @@
 //! during a slow send. A write that takes longer than `write_timeout` ends the
 //! connection.
 //! When the channel closes, what is still queued (an error explaining the close,
-//! say) is written and the socket handed back for the transport's goodbye.
+//! say) is written within [`CLOSE_DEADLINE`] and the socket handed back for the
+//! transport's goodbye, itself bounded the same way.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use courier_telemetry::TransportLabel;
@@ -204,17 +205,23 @@ where
         }
     }
     drop((handling, filling));
-    let deadline = Instant::now() + Duration::from_secs(2);
-    'frames: for Outbound::Frame { text, .. } in channel.remaining_frames() {
-        for item in (framing.frame)(text) {
-            if Instant::now() > deadline || socket.feed(item).await.is_err() {
-                break 'frames;
+    // The last frames (an error explaining the close, say) get one deadline
+    // in all: a client that stopped reading must not keep this task, and with
+    // it the connection's presence and routes, alive.
+    let last_words = async {
+        for Outbound::Frame { text, .. } in channel.remaining_frames() {
+            for item in (framing.frame)(text) {
+                socket.feed(item).await?;
             }
         }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
+        socket.flush().await
+    };
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, last_words).await;
     socket
 }
+
+/// How long a closing connection may take to write what is still queued.
+pub(crate) const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The earliest of the timer's deadlines.
 fn earliest(

@@ -32,8 +32,9 @@ const RECOVERY_PAGE: u32 = 500;
 const LEAVE_ATTEMPTS: u32 = 4;
 /// How long a gap in a stream's pushes may close by itself before history is read.
 const GAP_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
-/// Most missed messages sent on one join; older ones stay reachable over HTTP.
-const MAX_RECOVERY: usize = 20_000;
+/// Reads of history for one gap before the connection is closed (the pauses
+/// between them grow 200 ms, 0.8 s, 3.2 s, 12.8 s).
+const GAP_FILL_ATTEMPTS: u32 = 5;
 
 /// Shared by every connection of this node.
 #[derive(Debug, Clone)]
@@ -70,6 +71,11 @@ impl Gateway {
         let room = auth.room_id.unwrap_or(0);
         let request = TokenRequest { auth_token: token.to_owned() };
         let user = self.logic.clone().check_auth(request).await.map_err(|s| status_text(&s))?.into_inner();
+        let most = self.config.max_connections_per_token;
+        if self.hub.user(user.user_id).iter().filter(|c| c.auth_token == token).count() >= most {
+            self.metrics().error("connection_limit");
+            return Err(format!("this session already holds {most} connections on this server; close one first"));
+        }
         let channel = Arc::new(Channel::new(
             self.hub.next_channel_id(),
             user.user_id,
@@ -97,7 +103,9 @@ impl Gateway {
         };
         let reply = match attached {
             Ok(reply) => reply.into_inner(),
-            Err(status) if matches!(status.code(), Code::Unauthenticated | Code::InvalidArgument) => {
+            Err(status)
+                if matches!(status.code(), Code::Unauthenticated | Code::InvalidArgument | Code::ResourceExhausted) =>
+            {
                 // Refused before anything was registered.
                 self.hub.remove(&channel);
                 return Err(status_text(&status));
@@ -219,6 +227,11 @@ impl Gateway {
         if channel.in_room(room) {
             return Ok(());
         }
+        let most = self.config.max_rooms_per_connection;
+        if channel.rooms().len() >= most {
+            self.metrics().error("room_limit");
+            return Err(format!("a connection may be in at most {most} rooms; leave one first"));
+        }
         // Held back until the room's position is known (see `open`).
         let stream = courier_wire::room_stream(room);
         channel.begin_recovery(&stream);
@@ -252,12 +265,14 @@ impl Gateway {
         }
     }
 
-    /// Sends what the client missed in a room (`room` ≠ 0) or its inbox after
-    /// `since`, then releases the live frames held back meanwhile.
     /// Fills a gap in `stream` after seq `after` (see `Channel::offer`): most
     /// gaps are pushes from two writers racing, closed by the late push within
     /// moments; whatever is still missing then is read from history. Either
-    /// way the held-back frames follow, in order, each once.
+    /// way the held-back frames follow, in order, each once. A history that
+    /// cannot be read is tried again with growing pauses, and after
+    /// [`GAP_FILL_ATTEMPTS`] the connection is closed with the reason: the
+    /// client reconnects and resumes from what it has, rather than wait on a
+    /// stream that has stopped.
     pub async fn fill_gap(&self, channel: &Arc<Channel>, stream: &str, after: u64) {
         tokio::time::sleep(GAP_GRACE).await;
         if channel.held_back_is_contiguous(stream, after) {
@@ -267,20 +282,55 @@ impl Gateway {
         // The only other stream a channel receives is its user's inbox (0).
         let room = courier_wire::stream_room(stream).unwrap_or(0);
         self.metrics().error("push_gap_filled_from_history");
-        self.recover(channel, room, &Since { epoch: String::new(), seq: after }).await;
+        let mut pause = GAP_GRACE;
+        for attempt in 1..=GAP_FILL_ATTEMPTS {
+            let from = channel.position(stream).unwrap_or(after);
+            let reason = match self.replay(channel, room, stream, &Since { epoch: String::new(), seq: from }).await {
+                Ok(()) => return,
+                Err(reason) => reason,
+            };
+            self.metrics().error("gap_fill_failed");
+            tracing::warn!(user = channel.user_id, stream, attempt, %reason, "could not fill a gap from history");
+            if attempt == GAP_FILL_ATTEMPTS {
+                break;
+            }
+            pause *= 4;
+            tokio::select! {
+                _ = channel.closing() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        channel.close(
+            close_code::TRY_AGAIN_LATER,
+            &format!("could not load the messages missed in {stream}; reconnect and resume"),
+        );
     }
 
+    /// Sends what the client missed in a room (`room` ≠ 0) or its inbox after
+    /// `since`, then releases the live frames held back meanwhile; a failure
+    /// is reported to the client as an op 9 error (live frames then go on, and
+    /// the hole is filled as a gap).
     async fn recover(&self, channel: &Arc<Channel>, room: u64, since: &Since) {
         let stream =
             if room != 0 { courier_wire::room_stream(room) } else { courier_wire::user_stream(channel.user_id) };
+        if let Err(reason) = self.replay(channel, room, &stream, since).await {
+            channel.finish_recovery(&stream, Vec::new()).await;
+            self.error(channel, &format!("could not load the messages you missed in {stream}: {reason}"), None);
+        }
+    }
+
+    /// Replays `stream` after `since` page by page, each page queued under the
+    /// connection's flow control before the next is read, then releases the
+    /// held-back live frames. On a failed read, what was queued stays queued
+    /// and the stream stays held back; the reason is returned.
+    async fn replay(&self, channel: &Arc<Channel>, room: u64, stream: &str, since: &Since) -> Result<(), String> {
         // The client has the stream up to `since`: send what follows, even what
         // this channel already sent (it asked again) or what came before its
         // baseline.
-        channel.begin_recovery_after(&stream, since.seq);
-        let mut missed = Vec::new();
+        channel.begin_recovery_after(stream, since.seq);
         let mut after = since.seq;
         let mut checked_epoch = false;
-        let failure = loop {
+        while !channel.is_closing() {
             let request = HistoryRequest {
                 auth_token: channel.auth_token.clone(),
                 room_id: room,
@@ -289,10 +339,7 @@ impl Gateway {
                 before_seq: 0,
                 limit: RECOVERY_PAGE,
             };
-            let page = match self.logic.clone().history(request).await {
-                Ok(page) => page.into_inner(),
-                Err(status) => break Some(status_text(&status)),
-            };
+            let page = self.logic.clone().history(request).await.map_err(|status| status_text(&status))?.into_inner();
             if !checked_epoch {
                 checked_epoch = true;
                 if !since.epoch.is_empty() && !page.epoch.is_empty() && since.epoch != page.epoch && after != 0 {
@@ -304,27 +351,26 @@ impl Gateway {
                         None,
                     );
                     after = 0;
-                    channel.begin_recovery_after(&stream, 0);
+                    channel.begin_recovery_after(stream, 0);
                     continue;
                 }
             }
-            let full = page.frames.len() >= RECOVERY_PAGE as usize;
+            let Some(last) = page.frames.last().map(|frame| frame.seq) else { break };
             for frame in page.frames {
-                after = frame.seq;
-                missed.push((frame.seq, Utf8Bytes::from(frame.body)));
+                channel.send_recovered(stream, frame.seq, Utf8Bytes::from(frame.body)).await;
             }
-            if !full || missed.len() >= MAX_RECOVERY {
-                break None;
+            after = last;
+            if after >= page.last_seq {
+                break;
             }
-        };
-        channel.finish_recovery(&stream, missed).await;
-        if let Some(reason) = failure {
-            self.error(channel, &format!("could not load the messages you missed in {stream}: {reason}"), None);
         }
+        channel.finish_recovery(stream, Vec::new()).await;
+        Ok(())
     }
 
     async fn leave(&self, channel: &Arc<Channel>, room: u64) {
         if self.hub.leave(channel, room) {
+            channel.forget_stream(&courier_wire::room_stream(room));
             let request = LeaveRoomRequest {
                 user_id: channel.user_id,
                 room_id: room,

@@ -393,8 +393,26 @@ impl Channel {
     }
 
     /// The last seq queued on `stream`, if its position is known.
-    fn position(&self, stream: &str) -> Option<u64> {
+    pub fn position(&self, stream: &str) -> Option<u64> {
         lock(&self.streams).get(stream).filter(|s| s.known).map(|s| s.last)
+    }
+
+    /// Queues one frame of a stream being recovered, if newer than the last,
+    /// waiting for room in the outbound queue (so a replay of any length
+    /// holds one page in memory, never the whole of it).
+    pub async fn send_recovered(&self, stream: &str, seq: u64, text: Utf8Bytes) {
+        self.send_in_order(stream, seq, text, 0).await;
+    }
+
+    /// Forgets `stream` (a room left): its position, held frames and gaps.
+    pub fn forget_stream(&self, stream: &str) {
+        lock(&self.streams).0.retain(|(name, _)| **name != *stream);
+        lock(&self.gaps).retain(|(name, _)| name != stream);
+    }
+
+    /// How many streams this channel keeps state for.
+    pub fn stream_count(&self) -> usize {
+        lock(&self.streams).0.len()
     }
 
     /// Queues one recovered frame if newer than the last, waiting for room.
@@ -746,6 +764,22 @@ mod tests {
         ch.finish_recovery("user:1", vec![(8, text(8))]).await;
         assert_eq!(sent(&ch), vec!["8", "9"]);
         assert_eq!(ch.next_gap().await, ("user:1".to_owned(), 9));
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_stream_keeps_no_state() {
+        let metrics = Metrics::new();
+        let hub = Hub::new(1, Arc::new(Metrics::new()));
+        let ch = channel(&hub, 1, 64);
+        assert!(ch.offer("room:1", 1, &text(1), 0, &metrics));
+        assert!(ch.offer("room:1", 3, &text(3), 0, &metrics), "held back behind a gap");
+        assert!(ch.offer("room:2", 1, &text(1), 0, &metrics));
+        assert_eq!(ch.stream_count(), 2);
+        ch.forget_stream("room:1");
+        assert_eq!(ch.stream_count(), 1, "a room left costs nothing");
+        assert_eq!(ch.position("room:1"), None);
+        assert!(ch.offer("room:2", 3, &text(3), 0, &metrics));
+        assert_eq!(ch.next_gap().await, ("room:2".to_owned(), 1), "room:1's gap went with it");
     }
 
     #[tokio::test]

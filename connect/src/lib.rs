@@ -69,6 +69,12 @@ pub struct ConnectConfig {
     /// Proves this node to logic, and callers of its push service to it (see
     /// `courier_proto::InternalSecret`).
     pub internal_secret: InternalSecret,
+    /// Rooms one connection may be in at once: each costs the connection a
+    /// stream's state and the room a member.
+    pub max_rooms_per_connection: usize,
+    /// Connections one session token may hold on this node (the per-user cap,
+    /// over the whole cluster, is logic's).
+    pub max_connections_per_token: usize,
 }
 
 impl Default for ConnectConfig {
@@ -89,6 +95,8 @@ impl Default for ConnectConfig {
             session_check_interval: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(5),
             internal_secret: InternalSecret::open(),
+            max_rooms_per_connection: 100,
+            max_connections_per_token: 10,
         }
     }
 }

@@ -8,7 +8,6 @@
 //! op 9 error and closes this connection only.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use courier_wire::frame::{ClientFrame, ErrorFrame, op, to_text};
@@ -66,10 +65,13 @@ pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
     };
     let mut socket = Box::pin(conn::drive(socket, channel.clone(), auth, &state, framing)).await;
     // TCP has no close frame: tell the client why in an op 9 error, then close.
-    if let Some(reason) = channel.close_reason().filter(|r| r.code != close_code::NORMAL) {
-        let _ = socket.feed(Bytes::from(to_text(&ErrorFrame::new(reason.text, None)))).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), SinkExt::<Bytes>::close(&mut socket)).await;
+    let goodbye = async {
+        if let Some(reason) = channel.close_reason().filter(|r| r.code != close_code::NORMAL) {
+            socket.feed(Bytes::from(to_text(&ErrorFrame::new(reason.text, None)))).await?;
+        }
+        SinkExt::<Bytes>::close(&mut socket).await
+    };
+    let _ = tokio::time::timeout(conn::CLOSE_DEADLINE, goodbye).await;
     Box::pin(gateway.close(&channel)).await;
 }
 
@@ -99,6 +101,9 @@ fn incoming(frame: Result<BytesMut, FrameError>) -> Incoming {
 
 async fn refuse(mut socket: Socket, reason: &str) {
     let text = to_text(&ErrorFrame::new(reason, None));
-    let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(Bytes::from(text))).await;
-    let _ = SinkExt::<Bytes>::close(&mut socket).await;
+    let goodbye = async {
+        socket.send(Bytes::from(text)).await?;
+        SinkExt::<Bytes>::close(&mut socket).await
+    };
+    let _ = tokio::time::timeout(conn::CLOSE_DEADLINE, goodbye).await;
 }

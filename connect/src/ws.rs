@@ -15,7 +15,6 @@
 //! one fragment.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use courier_wire::frame::ClientFrame;
@@ -105,7 +104,7 @@ pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
     let mut socket = Box::pin(conn::drive(socket, channel.clone(), auth, &state, framing)).await;
     // Say goodbye with the reason.
     let reason = channel.close_reason().unwrap_or(CloseReason { code: close_code::NORMAL, text: String::new() });
-    let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(close(reason.code, &reason.text))).await;
+    let _ = tokio::time::timeout(conn::CLOSE_DEADLINE, socket.send(close(reason.code, &reason.text))).await;
     Box::pin(gateway.close(&channel)).await;
 }
 
@@ -160,7 +159,7 @@ fn incoming(message: Result<Message, tokio_tungstenite::tungstenite::Error>) -> 
 /// Closes a connection that failed to authenticate, saying why.
 async fn refuse(mut socket: Socket, reason: &str) {
     tracing::debug!(reason, "websocket refused");
-    let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(close(close_code::POLICY, reason))).await;
+    let _ = tokio::time::timeout(conn::CLOSE_DEADLINE, socket.send(close(close_code::POLICY, reason))).await;
 }
 
 /// Close reasons must fit a control frame (125 bytes).

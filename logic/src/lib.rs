@@ -86,6 +86,8 @@ pub struct LogicConfig {
     pub login_burst: u32,
     /// Callers of logic's service must present it (see `courier_proto::InternalSecret`).
     pub internal_secret: InternalSecret,
+    /// Long connections one user may hold over every connect node (0: no limit).
+    pub max_connections_per_user: usize,
 }
 
 impl Default for LogicConfig {
@@ -108,6 +110,7 @@ impl Default for LogicConfig {
             logins_per_minute: 20,
             login_burst: 10,
             internal_secret: InternalSecret::open(),
+            max_connections_per_user: 20,
         }
     }
 }
@@ -402,13 +405,18 @@ impl Logic {
             (None, Page::Before(before)) => history.read_before(&stream, before, limit).await,
         }
         .map_err(|e| self.store_unavailable(e))?;
-        let frames = stored
-            .into_iter()
-            .map(|stored| HistoryFrame {
-                seq: stored.position.seq,
-                body: to_text(&courier_push::frames::message_frame(&stored.message, &stored.position)),
-            })
-            .collect();
+        // Cut by bytes too, so a page always fits the transport: the caller
+        // goes on from the last seq it got until it reaches `last_seq`.
+        let mut frames = Vec::with_capacity(stored.len());
+        let mut bytes = 0;
+        for stored in stored {
+            let body = to_text(&courier_push::frames::message_frame(&stored.message, &stored.position));
+            bytes += body.len();
+            if bytes > courier_proto::BATCH_BYTES && !frames.is_empty() {
+                break;
+            }
+            frames.push(HistoryFrame { seq: stored.position.seq, body });
+        }
         Ok(HistoryReply { stream, epoch, last_seq, frames })
     }
 
@@ -654,7 +662,17 @@ impl LogicRpc for Logic {
                 return Err(Status::invalid_argument("serverId is required"));
             }
             let presence = &self.inner.backends.presence;
-            presence.attach(user.user_id, &r.server_id, r.conn_id).await.map_err(|e| self.presence_unavailable(e))?;
+            let cap = self.inner.config.max_connections_per_user;
+            let attached = presence
+                .attach(user.user_id, &r.server_id, r.conn_id, cap)
+                .await
+                .map_err(|e| self.presence_unavailable(e))?;
+            if !attached {
+                self.metrics().error("connection_limit");
+                return Err(Status::resource_exhausted(format!(
+                    "you already hold {cap} connections; close one before opening another"
+                )));
+            }
             let registered = async {
                 // Read after the route exists: see AttachReply.
                 let inbox = self.last_seq(&courier_wire::user_stream(user.user_id)).await?;

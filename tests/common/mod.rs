@@ -149,6 +149,20 @@ impl Ws {
     }
 }
 
+/// Connects a WebSocket to `room` once the server takes it: a connection the
+/// server refuses (closes right after the auth message) is tried again, until
+/// one is answered with a frame.
+pub async fn eventually_connects(addr: SocketAddr, token: &str, room: u64) -> Ws {
+    courier_testkit::eventually("a connection is taken", PATIENCE, || async {
+        let mut ws = Ws::connect(addr, token, room).await;
+        // A connection taken gets the room's member list within a flush
+        // interval; a refused one gets a close frame at once.
+        let first = ws.next_within(PATIENCE).await.ok().flatten()?;
+        (first["op"] == 4 || first["op"] == 5).then_some(ws)
+    })
+    .await
+}
+
 /// A client of gochat's TCP protocol.
 pub struct Tcp {
     framed: Framed<TcpStream, V1Codec>,

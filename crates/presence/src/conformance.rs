@@ -94,7 +94,7 @@ pub async fn routes_follow_connections(presence: &dyn Presence, base: u64) {
     let (u1, u2, u3) = (user(base + 1), user(base + 2), user(base + 3));
     let (a, b) = (format!("route-a-{base}"), format!("route-b-{base}"));
     for (who, node, conn) in [(&u1, &a, 1), (&u1, &b, 1), (&u1, &b, 2), (&u1, &b, 2), (&u2, &b, 3)] {
-        presence.attach(who.user_id, node, conn).await.expect("attach");
+        presence.attach(who.user_id, node, conn, 0).await.expect("attach");
     }
     presence.join(room, &u1, &a, 1).await.expect("join");
     presence.join(room, &u2, &b, 3).await.expect("join");
@@ -112,7 +112,7 @@ pub async fn routes_follow_connections(presence: &dyn Presence, base: u64) {
     assert_eq!(routes.user(u1.user_id), [a.as_str(), b.as_str()], "connection 1 is still on b");
     presence.detach(u1.user_id, &b, 1).await.expect("detach");
     presence.detach(u3.user_id, &a, 9).await.expect("a stranger detaching is harmless");
-    presence.attach(u3.user_id, &a, 9).await.expect("attach");
+    presence.attach(u3.user_id, &a, 9, 0).await.expect("attach");
     let routes = presence.routes(&users, &[]).await.expect("routes");
     assert_eq!(routes.user(u1.user_id), [a.as_str()]);
     assert_eq!(routes.user(u3.user_id), [a.as_str()]);
@@ -127,6 +127,25 @@ pub async fn routes_follow_connections(presence: &dyn Presence, base: u64) {
     assert_eq!(routes.room(room), [a.as_str()]);
 }
 
+/// A user's connections are capped over every node together: a connection
+/// beyond the cap is refused and registers nothing, one attached again is not
+/// counted twice, and a detach makes room.
+pub async fn connections_per_user_are_capped(presence: &dyn Presence, base: u64) {
+    let user_id = base + 1;
+    let (a, b) = (format!("cap-a-{base}"), format!("cap-b-{base}"));
+    assert!(presence.attach(user_id, &a, 1, 3).await.expect("attach"));
+    assert!(presence.attach(user_id, &b, 1, 3).await.expect("attach"));
+    assert!(presence.attach(user_id, &b, 2, 3).await.expect("attach"));
+    assert!(presence.attach(user_id, &b, 2, 3).await.expect("attach again"), "a retried attach is not refused");
+    assert!(!presence.attach(user_id, &a, 2, 3).await.expect("attach"), "a fourth connection is refused");
+    presence.detach(user_id, &a, 1).await.expect("detach");
+    let routes = presence.routes(&[user_id], &[]).await.expect("routes");
+    assert_eq!(routes.user(user_id), [b.as_str()], "the refused connection registered nothing");
+    assert!(presence.attach(user_id, &a, 2, 3).await.expect("attach"), "a detach made room");
+    assert!(presence.attach(base + 2, &a, 1, 3).await.expect("attach"), "other users have their own count");
+    assert!(presence.attach(user_id, &a, 9, 0).await.expect("attach"), "0: no cap");
+}
+
 /// A node holding many connections is dropped whole (the Redis backend removes
 /// it in slices): every member leaves, every route goes, other nodes stay.
 pub async fn a_big_node_is_dropped_whole(presence: &dyn Presence, base: u64) {
@@ -135,7 +154,7 @@ pub async fn a_big_node_is_dropped_whole(presence: &dyn Presence, base: u64) {
     let users = 1_600u64;
     for id in 0..users {
         let member = user(base + 10 + id);
-        presence.attach(member.user_id, &big, id).await.expect("attach");
+        presence.attach(member.user_id, &big, id, 0).await.expect("attach");
         presence.join(rooms[(id % 3) as usize], &member, &big, id).await.expect("join");
     }
     presence.join(rooms[0], &user(base + 5), &other, 1).await.expect("join");

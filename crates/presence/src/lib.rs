@@ -87,8 +87,10 @@ pub trait Presence: Send + Sync + 'static {
     async fn take_lapsed_nodes(&self, now_unix_ms: i64) -> Result<Vec<String>>;
 
     /// Connection `conn` of `user_id` opened on `server`, whatever rooms it
-    /// joins: the user's inbox pushes are routed there.
-    async fn attach(&self, user_id: u64, server: &str, conn: u64) -> Result<()>;
+    /// joins: the user's inbox pushes are routed there. With `cap` > 0, a user
+    /// already holding `cap` connections (on every node together) is refused:
+    /// false, and nothing is registered. Attaching a connection again is true.
+    async fn attach(&self, user_id: u64, server: &str, conn: u64, cap: usize) -> Result<bool>;
     /// Connection `conn` closed; harmless if it was not attached.
     async fn detach(&self, user_id: u64, server: &str, conn: u64) -> Result<()>;
     /// The servers holding a connection of each user in `users` and of a member

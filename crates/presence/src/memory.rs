@@ -239,9 +239,15 @@ impl Presence for MemoryPresence {
         Ok(lapsed)
     }
 
-    async fn attach(&self, user_id: u64, server: &str, conn: u64) -> Result<()> {
-        self.lock().attached.entry(user_id).or_default().insert((server.to_owned(), conn));
-        Ok(())
+    async fn attach(&self, user_id: u64, server: &str, conn: u64, cap: usize) -> Result<bool> {
+        let mut tables = self.lock();
+        let conns = tables.attached.entry(user_id).or_default();
+        let key = (server.to_owned(), conn);
+        if cap > 0 && conns.len() >= cap && !conns.contains(&key) {
+            return Ok(false);
+        }
+        conns.insert(key);
+        Ok(true)
     }
 
     async fn detach(&self, user_id: u64, server: &str, conn: u64) -> Result<()> {

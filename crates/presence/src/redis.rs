@@ -154,17 +154,18 @@ impl RedisPresence {
         Self { redis, prefix: prefix.to_owned() }
     }
 
-    /// Runs ATTACH or DETACH for connection `conn` of `user_id` on `server`.
-    async fn route_script(&self, script: &str, user_id: u64, server: &str, conn: u64) -> Result<()> {
-        let _: i64 = Script::new(script)
+    /// Runs ATTACH or DETACH for connection `conn` of `user_id` on `server`
+    /// (`cap`: see [`Presence::attach`]); returns the script's answer.
+    async fn route_script(&self, script: &str, user_id: u64, server: &str, conn: u64, cap: usize) -> Result<i64> {
+        Script::new(script)
             .key(self.server_key(server))
             .key(format!("{}route:user:{user_id}", self.prefix))
             .arg(format!("@{user_id}|{conn}"))
             .arg(server)
+            .arg(cap)
             .invoke_async(&mut self.redis.clone())
             .await
-            .map_err(unavailable)?;
-        Ok(())
+            .map_err(unavailable)
     }
 
     fn server_key(&self, server: &str) -> String {
@@ -200,11 +201,21 @@ end
 return left
 ";
 
+/// Attaches a connection unless its user holds ARGV[3] (> 0) already, summed
+/// over every node's count in the user's route; 1 if attached (or was), 0 if
+/// refused.
 const ATTACH: &str = r"
 local server, route = KEYS[1], KEYS[2]
-local field, server_id = ARGV[1], ARGV[2]
-if redis.call('HSETNX', server, field, 1) == 1 then redis.call('HINCRBY', route, server_id, 1) end
-return 0
+local field, server_id, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if redis.call('HEXISTS', server, field) == 1 then return 1 end
+if cap > 0 then
+  local held = 0
+  for _, n in ipairs(redis.call('HVALS', route)) do held = held + tonumber(n) end
+  if held >= cap then return 0 end
+end
+redis.call('HSET', server, field, 1)
+redis.call('HINCRBY', route, server_id, 1)
+return 1
 ";
 
 const DETACH: &str = r"
@@ -364,12 +375,12 @@ impl Presence for RedisPresence {
         }
     }
 
-    async fn attach(&self, user_id: u64, server: &str, conn: u64) -> Result<()> {
-        self.route_script(ATTACH, user_id, server, conn).await
+    async fn attach(&self, user_id: u64, server: &str, conn: u64, cap: usize) -> Result<bool> {
+        Ok(self.route_script(ATTACH, user_id, server, conn, cap).await? == 1)
     }
 
     async fn detach(&self, user_id: u64, server: &str, conn: u64) -> Result<()> {
-        self.route_script(DETACH, user_id, server, conn).await
+        self.route_script(DETACH, user_id, server, conn, 0).await.map(drop)
     }
 
     async fn routes(&self, users: &[u64], rooms: &[u64]) -> Result<Routes> {

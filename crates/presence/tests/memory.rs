@@ -46,3 +46,8 @@ async fn routes_follow_connections() {
 async fn a_big_node_is_dropped_whole() {
     conformance::a_big_node_is_dropped_whole(&MemoryPresence::default(), 0).await;
 }
+
+#[tokio::test]
+async fn connections_per_user_are_capped() {
+    conformance::connections_per_user_are_capped(&MemoryPresence::default(), 0).await;
+}

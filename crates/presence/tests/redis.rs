@@ -69,3 +69,9 @@ async fn node_leases_lapse_once() {
     let Some((redis, prefix)) = redis().await else { return };
     conformance::node_leases_lapse_once(&RedisPresence::new(redis, &prefix), 0).await;
 }
+
+#[tokio::test]
+async fn connections_per_user_are_capped() {
+    let Some((redis, prefix)) = redis().await else { return };
+    conformance::connections_per_user_are_capped(&RedisPresence::new(redis, &prefix), 0).await;
+}

@@ -79,9 +79,9 @@ async fn pusher_to_two_nodes(
 async fn frames_go_only_to_the_nodes_holding_their_targets() {
     let stop = CancellationToken::new();
     let presence = Arc::new(MemoryPresence::default());
-    presence.attach(1, "a", 1).await.expect("attach");
-    presence.attach(2, "a", 2).await.expect("attach");
-    presence.attach(2, "b", 1).await.expect("attach");
+    presence.attach(1, "a", 1, 0).await.expect("attach");
+    presence.attach(2, "a", 2, 0).await.expect("attach");
+    presence.attach(2, "b", 1, 0).await.expect("attach");
     let member = SessionUser { user_id: 3, user_name: "carol".into() };
     presence.join(7, &member, "b", 2).await.expect("join");
     presence.join(8, &member, "a", 3).await.expect("join");
@@ -128,7 +128,7 @@ impl Presence for Unavailable {
     async fn take_lapsed_nodes(&self, _: i64) -> courier_presence::Result<Vec<String>> {
         Err(down())
     }
-    async fn attach(&self, _: u64, _: &str, _: u64) -> courier_presence::Result<()> {
+    async fn attach(&self, _: u64, _: &str, _: u64, _: usize) -> courier_presence::Result<bool> {
         Err(down())
     }
     async fn detach(&self, _: u64, _: &str, _: u64) -> courier_presence::Result<()> {
