@@ -67,9 +67,15 @@ pub struct LimitArgs {
     /// Messages one user may send per second, over every path together.
     #[arg(long, env = "COURIER_SENDS_PER_SECOND", default_value_t = 20)]
     pub sends_per_second: u32,
-    /// Login attempts per user name per minute.
+    /// Login attempts per user name and client address per minute.
     #[arg(long, env = "COURIER_LOGINS_PER_MINUTE", default_value_t = 20)]
     pub logins_per_minute: u32,
+    /// Logins and registrations per client address per minute.
+    #[arg(long, env = "COURIER_LOGINS_PER_MINUTE_PER_IP", default_value_t = 60)]
+    pub logins_per_minute_per_ip: u32,
+    /// Password checks that may wait for a core; more are refused as busy.
+    #[arg(long, env = "COURIER_PASSWORD_QUEUE", default_value_t = 64)]
+    pub password_queue: usize,
     /// Most devices (tokens) one user may be logged in with; 1 is gochat's rule.
     #[arg(long, env = "COURIER_MAX_DEVICES", default_value_t = 8)]
     pub max_devices: usize,
@@ -90,6 +96,9 @@ impl LimitArgs {
         logic.sends_per_second = self.sends_per_second;
         logic.send_burst = self.sends_per_second.saturating_mul(3);
         logic.logins_per_minute = self.logins_per_minute;
+        logic.logins_per_minute_per_address = self.logins_per_minute_per_ip;
+        logic.address_login_burst = self.logins_per_minute_per_ip.div_ceil(2);
+        logic.hash_queue = self.password_queue;
         logic.max_connections_per_user = self.max_connections_per_user;
         logic.password_cost = courier_logic::password::PasswordCost {
             memory_kib: self.password_memory_kib,
@@ -144,6 +153,17 @@ pub struct HttpLimitArgs {
     /// Requests one client address may make per second (0: no limit).
     #[arg(long, env = "COURIER_REQUESTS_PER_SECOND_PER_IP", default_value_t = 100)]
     pub requests_per_second_per_ip: u32,
+    /// Proxies (addresses or CIDR networks, comma-separated) whose
+    /// X-Forwarded-For names the client; from others it is ignored.
+    #[arg(long, env = "COURIER_TRUSTED_PROXIES", value_delimiter = ',', value_parser = proxy_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// A proxy as a network: `10.0.0.0/8`, or one address (`10.0.0.7`).
+fn proxy_net(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is neither an IP address nor a network such as 10.0.0.0/8"))
 }
 
 impl HttpLimitArgs {
@@ -151,6 +171,7 @@ impl HttpLimitArgs {
         courier_api::ApiConfig {
             per_ip_per_second: self.requests_per_second_per_ip,
             per_ip_burst: self.requests_per_second_per_ip.saturating_mul(2),
+            trusted_proxies: self.trusted_proxies.clone(),
             ..Default::default()
         }
     }

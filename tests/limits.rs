@@ -125,3 +125,46 @@ async fn connections_are_bounded_per_user_and_per_session() {
     again.await_members(&[me]).await;
     courier.stop().await;
 }
+
+#[tokio::test]
+async fn nobody_can_lock_another_address_out_of_an_account() {
+    let (courier, _dir) = start(|config| {
+        // The test's requests come through a "proxy" on loopback.
+        config.api.trusted_proxies = vec!["127.0.0.1/32".parse().expect("net")];
+        config.logic.logins_per_minute = 3;
+        config.logic.login_burst = 3;
+        config.logic.logins_per_minute_per_address = 8;
+        config.logic.address_login_burst = 8;
+    })
+    .await;
+    let api = Api::new(courier.addresses.api);
+    let (_, _) = api.register("victim").await;
+    let login = |password: &str| json!({"userName": "victim", "passWord": password});
+
+    // An attacker guessing the victim's password is slowed down…
+    for _ in 0..3 {
+        let answer = api.post_from("198.51.100.1", "/user/login", login("guess")).await;
+        assert_eq!(answer["message"], "no this user or password error!");
+    }
+    let refused = api.post_from("198.51.100.1", "/user/login", login("guess")).await;
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("too many login attempts")), "{refused}");
+    // …a header the attacker writes itself changes nothing past the proxy…
+    let forged = api.post_from("203.0.113.5, 198.51.100.1", "/user/login", login("guess")).await;
+    assert!(forged["message"].as_str().is_some_and(|m| m.contains("too many login attempts")), "{forged}");
+    // …and the victim, elsewhere, still logs in.
+    let answer = api.post_from("203.0.113.5", "/user/login", login("secret-pw")).await;
+    assert_eq!(answer["message"], "login success", "{answer}");
+
+    // One address trying many accounts is limited as a whole.
+    let mut refused_at = None;
+    for n in 0..12 {
+        let answer =
+            api.post_from("198.51.100.2", "/user/login", json!({"userName": format!("u{n}"), "passWord": "x"})).await;
+        if answer["message"].as_str().is_some_and(|m| m.contains("from your address")) {
+            refused_at = Some(n);
+            break;
+        }
+    }
+    assert_eq!(refused_at, Some(8), "the ninth attempt from one address is refused");
+    courier.stop().await;
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, Extension, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
@@ -48,6 +48,10 @@ pub struct ApiConfig {
     pub per_ip_burst: u32,
     /// Proves this tier to logic (see `courier_proto::InternalSecret`).
     pub internal_secret: InternalSecret,
+    /// Proxies whose `X-Forwarded-For` is believed (a load balancer, an
+    /// ingress); from anyone else the header is ignored, or a client could
+    /// name any address and dodge every per-address limit.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ApiConfig {
@@ -57,6 +61,7 @@ impl Default for ApiConfig {
             per_ip_per_second: 100,
             per_ip_burst: 200,
             internal_secret: InternalSecret::open(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -154,36 +159,73 @@ async fn session(state: &ApiState, token: Option<&str>) -> Result<UserReply, Ans
     }
 }
 
+/// A failed call to logic; its text is logged, never shown (it may carry a
+/// backend's or the transport's own words).
 fn unavailable(state: &ApiState, status: &Status) -> Answer {
     state.metrics.error("logic_call");
     tracing::warn!(error = %status, "logic call failed");
-    Answer::fail(format!("service unavailable, try again: {}", status.message()))
+    Answer::fail(UNAVAILABLE)
 }
+
+/// What a client sees when something behind the API failed.
+const UNAVAILABLE: &str = "service unavailable, try again";
+
+/// The address a request came from: the peer, or, when the peer is a trusted
+/// proxy, the last address in `X-Forwarded-For` that is not one (each proxy
+/// appends the address it saw; what a client wrote itself comes first and is
+/// never reached past an untrusted hop).
+pub fn client_ip(peer: IpAddr, headers: &axum::http::HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => client = ip,
+            Ok(ip) => return ip,
+            // A malformed hop: the proxies' chain is broken here.
+            Err(_) => return client,
+        }
+    }
+    client
+}
+
+/// The client address the `limit` middleware resolved, for handlers.
+#[derive(Debug, Clone, Copy)]
+struct ClientAddr(IpAddr);
 
 fn room_required(room: Option<u64>) -> Result<u64, Answer> {
     room.filter(|r| *r != 0).ok_or_else(|| Answer::fail("roomId is required and must not be 0"))
 }
 
-async fn register(State(state): State<ApiState>, body: Body) -> Answer {
+async fn register(State(state): State<ApiState>, Extension(from): Extension<ClientAddr>, body: Body) -> Answer {
     let c: CredentialsBody = match parse(&state, body).await {
         Ok(c) => c,
         Err(answer) => return answer,
     };
-    let request = Credentials { user_name: c.user_name, password: c.pass_word };
+    let request = Credentials { user_name: c.user_name, password: c.pass_word, client_addr: from.0.to_string() };
     match state.logic.clone().register(request).await {
         Ok(reply) => Answer::ok("register success", reply.into_inner().auth_token.into()),
         Err(s) if s.code() == Code::AlreadyExists => Answer::fail("this user name already have , please login !!!"),
-        Err(s) if s.code() == Code::InvalidArgument => Answer::fail(s.message()),
+        Err(s) if matches!(s.code(), Code::InvalidArgument | Code::ResourceExhausted) => Answer::fail(s.message()),
         Err(s) => unavailable(&state, &s),
     }
 }
 
-async fn login(State(state): State<ApiState>, body: Body) -> Answer {
+async fn login(State(state): State<ApiState>, Extension(from): Extension<ClientAddr>, body: Body) -> Answer {
     let c: CredentialsBody = match parse(&state, body).await {
         Ok(c) => c,
         Err(answer) => return answer,
     };
-    let request = Credentials { user_name: c.user_name, password: c.pass_word };
+    let request = Credentials { user_name: c.user_name, password: c.pass_word, client_addr: from.0.to_string() };
     match state.logic.clone().login(request).await {
         Ok(reply) => Answer::ok("login success", reply.into_inner().auth_token.into()),
         Err(s) if s.code() == Code::Unauthenticated => Answer::fail("no this user or password error!"),
@@ -230,7 +272,7 @@ fn send_failure(state: &ApiState, status: &Status, fallback: &str) -> Answer {
     match status.code() {
         Code::Unauthenticated => Answer::session_error(),
         Code::InvalidArgument | Code::NotFound | Code::ResourceExhausted => Answer::fail(status.message()),
-        Code::Unavailable => Answer::fail(status.message()),
+        Code::Unavailable => unavailable(state, status),
         _ => {
             state.metrics.error("logic_call");
             tracing::warn!(error = %status, "send failed");
@@ -378,11 +420,13 @@ async fn unknown_path() -> Answer {
 async fn limit(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    let client = client_ip(peer.ip(), request.headers(), &state.config.trusted_proxies);
+    request.extensions_mut().insert(ClientAddr(client));
     if let Some(limiter) = &state.per_ip
-        && limiter.check_key(&peer.ip()).is_err()
+        && limiter.check_key(&client).is_err()
     {
         state.metrics.error("http_rate_limited");
         return Answer::fail("too many requests from your address; slow down and retry").into_response();
@@ -490,6 +534,48 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
+        let headers = |value: &str| {
+            let mut map = axum::http::HeaderMap::new();
+            map.insert("x-forwarded-for", value.parse().expect("header"));
+            map
+        };
+        let forged = headers("1.1.1.1");
+        assert_eq!(client_ip(ip("203.0.113.9"), &forged, &trusted), ip("203.0.113.9"), "a client's own header");
+        assert_eq!(client_ip(ip("10.1.2.3"), &headers("198.51.100.7"), &trusted), ip("198.51.100.7"));
+        // What the client wrote comes first; the proxies appended what they saw.
+        let chain = headers("1.1.1.1, 198.51.100.7, 10.9.9.9");
+        assert_eq!(client_ip(ip("10.1.2.3"), &chain, &trusted), ip("198.51.100.7"));
+        assert_eq!(client_ip(ip("10.1.2.3"), &headers("garbage"), &trusted), ip("10.1.2.3"));
+        assert_eq!(client_ip(ip("10.1.2.3"), &axum::http::HeaderMap::new(), &trusted), ip("10.1.2.3"));
+        assert_eq!(client_ip(ip("10.1.2.3"), &chain, &[]), ip("10.1.2.3"), "no proxy trusted");
+    }
+
+    #[tokio::test]
+    async fn backend_text_never_reaches_clients() {
+        let state = ApiState {
+            logic: courier_proto::logic_client(
+                courier_proto::lazy_channel("127.0.0.1:1", Duration::from_secs(1)).expect("channel"),
+                &InternalSecret::open(),
+            ),
+            config: Arc::new(ApiConfig::default()),
+            metrics: Arc::new(Metrics::new()),
+            per_ip: None,
+        };
+        let leaky =
+            Status::unavailable("error returned from database: password authentication failed for user postgres");
+        for answer in [unavailable(&state, &leaky), send_failure(&state, &leaky, "rpc push room msg fail!")] {
+            assert_eq!(answer.message, Value::String(UNAVAILABLE.into()));
+        }
+        let internal = Status::internal("tcp connect error: Connection refused (os error 111)");
+        assert_eq!(send_failure(&state, &internal, "rpc push room msg fail!").message, "rpc push room msg fail!");
+        let clear = Status::invalid_argument("msg is empty");
+        assert_eq!(send_failure(&state, &clear, "x").message, "msg is empty", "reasons meant for clients stay");
+    }
 
     #[test]
     fn openapi_describes_exactly_the_routes() {

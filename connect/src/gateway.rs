@@ -441,13 +441,37 @@ impl Gateway {
     }
 }
 
-/// A status as text for a client: the message logic chose, or the code.
+/// A status as text for a client: the reason logic gave for a refusal meant
+/// for the client (bad input, a session error, a limit); for a failure behind
+/// it only "service unavailable" (the text may carry a backend's or the
+/// transport's own words, which are logged by whoever failed, never shown).
 pub fn status_text(status: &tonic::Status) -> String {
     match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded if status.message().is_empty() => {
-            "service unavailable, try again".to_owned()
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::ResourceExhausted
+        | Code::Unauthenticated
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+            if !status.message().is_empty() =>
+        {
+            status.message().to_owned()
         }
-        _ if status.message().is_empty() => format!("{:?}", status.code()),
-        _ => status.message().to_owned(),
+        _ => "service unavailable, try again".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_text_never_reaches_clients() {
+        let leaky = tonic::Status::unavailable("error returned from database: connection refused (os error 111)");
+        assert_eq!(status_text(&leaky), "service unavailable, try again");
+        assert_eq!(status_text(&tonic::Status::internal("h2 protocol error")), "service unavailable, try again");
+        assert_eq!(status_text(&tonic::Status::invalid_argument("msg is empty")), "msg is empty");
+        assert_eq!(status_text(&tonic::Status::unauthenticated("Session error")), "Session error");
     }
 }

@@ -80,10 +80,17 @@ pub struct LogicConfig {
     /// limit); bursts of `send_burst` are allowed.
     pub sends_per_second: u32,
     pub send_burst: u32,
-    /// Login attempts per user name per minute (0: no limit), against password
-    /// guessing; bursts of `login_burst`.
+    /// Login attempts per user name and client address per minute (0: no
+    /// limit), against password guessing; bursts of `login_burst`.
     pub logins_per_minute: u32,
     pub login_burst: u32,
+    /// Logins and registrations per client address per minute (0: no limit);
+    /// bursts of `address_login_burst`.
+    pub logins_per_minute_per_address: u32,
+    pub address_login_burst: u32,
+    /// Password checks waiting for a core beyond those running; more are
+    /// refused as busy.
+    pub hash_queue: usize,
     /// Callers of logic's service must present it (see `courier_proto::InternalSecret`).
     pub internal_secret: InternalSecret,
     /// Long connections one user may hold over every connect node (0: no limit).
@@ -109,6 +116,9 @@ impl Default for LogicConfig {
             send_burst: 60,
             logins_per_minute: 20,
             login_burst: 10,
+            logins_per_minute_per_address: 60,
+            address_login_burst: 30,
+            hash_queue: 64,
             internal_secret: InternalSecret::open(),
             max_connections_per_user: 20,
         }
@@ -146,7 +156,11 @@ struct Inner {
     /// private send would otherwise read it from the store every time.
     recipient_names: quick_cache::sync::Cache<u64, Arc<str>>,
     send_limiter: Option<DefaultKeyedRateLimiter<u64>>,
-    login_limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Logins per (user name, client address): guessing one account's
+    /// password is slowed, yet nobody elsewhere can lock its owner out.
+    login_limiter: Option<DefaultKeyedRateLimiter<(String, String)>>,
+    /// Logins and registrations per client address (each costs a hash).
+    address_limiter: Option<DefaultKeyedRateLimiter<String>>,
 }
 
 /// A keyed limiter allowing `per_period` events per `period` with bursts of
@@ -177,9 +191,11 @@ pub enum StartError {
 impl Logic {
     pub fn new(config: LogicConfig, backends: LogicBackends) -> Result<Self, StartError> {
         let ids = Snowflake::starting_after(config.worker_id, config.worker_not_before_unix_ms)?;
-        let hasher = PasswordHasher::new(config.hash_concurrency, config.password_cost)?;
+        let hasher = PasswordHasher::new(config.hash_concurrency, config.hash_queue, config.password_cost)?;
         let send_limiter = limiter(config.sends_per_second, Duration::from_secs(1), config.send_burst);
         let login_limiter = limiter(config.logins_per_minute, Duration::from_secs(60), config.login_burst);
+        let address_limiter =
+            limiter(config.logins_per_minute_per_address, Duration::from_secs(60), config.address_login_burst);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -190,6 +206,7 @@ impl Logic {
                 recipient_names: quick_cache::sync::Cache::new(RECIPIENT_NAMES),
                 send_limiter,
                 login_limiter,
+                address_limiter,
             }),
         })
     }
@@ -225,18 +242,21 @@ impl Logic {
         match self.inner.backends.sessions.get(token).await {
             Ok(Some(user)) => Ok(user),
             Ok(None) => Err(Status::unauthenticated("Session error")),
-            Err(e) => {
-                self.metrics().error("sessions");
-                Err(Status::unavailable(format!("sessions unavailable: {e}")))
-            }
+            Err(e) => Err(self.sessions_unavailable(e)),
         }
     }
 
+    /// A sessions failure: logged and counted here; the caller sees only that
+    /// the service is unavailable (backend text never reaches clients).
+    fn sessions_unavailable(&self, e: courier_presence::Error) -> Status {
+        self.metrics().error("sessions");
+        tracing::warn!(error = %e, "sessions failed");
+        Status::unavailable(UNAVAILABLE)
+    }
+
     async fn new_session(&self, user: SessionUser) -> Result<SessionReply, Status> {
-        let session = self.inner.backends.sessions.create(user.clone()).await.map_err(|e| {
-            self.metrics().error("sessions");
-            Status::unavailable(format!("sessions unavailable: {e}"))
-        })?;
+        let session =
+            self.inner.backends.sessions.create(user.clone()).await.map_err(|e| self.sessions_unavailable(e))?;
         // Tokens evicted by the device cap lose their connections too.
         self.inner.backends.pusher.revoke(&session.revoked);
         Ok(SessionReply { auth_token: session.token, user_id: user.user_id, user_name: user.user_name })
@@ -245,7 +265,7 @@ impl Logic {
     async fn register(&self, name: &str, password: &str) -> Result<SessionReply, RegisterError> {
         validate_user_name(name)?;
         validate_password(password)?;
-        let hash = self.inner.hasher.hash(password.to_owned()).await.map_err(|e| Status::internal(e.to_string()))?;
+        let hash = self.inner.hasher.hash(password.to_owned()).await.map_err(|e| self.hashing_failed(e))?;
         let id = match self.inner.backends.users.create_user(name, &hash).await {
             Ok(id) => id,
             Err(StoreError::NameTaken) => return Err(RegisterError::Taken),
@@ -298,7 +318,7 @@ impl Logic {
     fn store_unavailable(&self, e: StoreError) -> Status {
         self.metrics().error("store");
         tracing::warn!(error = %e, "user store failed");
-        Status::unavailable(format!("user store unavailable: {e}"))
+        Status::unavailable(UNAVAILABLE)
     }
 
     /// Admits one message: answered once the queue has it.
@@ -372,7 +392,7 @@ impl Logic {
         if let Err(e) = self.inner.backends.queue.produce(topic, &key, &record.encode_to_vec()).await {
             self.metrics().error("produce");
             tracing::warn!(error = %e, %topic, "queue did not take a message");
-            return Err(Status::unavailable(format!("message not accepted, try again: {e}")));
+            return Err(Status::unavailable("message not accepted; try again"));
         }
         self.metrics().produce_duration.observe(started.elapsed().as_secs_f64());
         let kind = if kind == MessageKind::Room { "room" } else { "private" };
@@ -420,6 +440,17 @@ impl Logic {
         Ok(HistoryReply { stream, epoch, last_seq, frames })
     }
 
+    /// Refuses a login or registration from an address over its rate.
+    fn admit_from(&self, address: &str) -> Result<(), Status> {
+        if let Some(limiter) = &self.inner.address_limiter
+            && limiter.check_key(&address.to_owned()).is_err()
+        {
+            self.metrics().error("login_rate_limited");
+            return Err(Status::resource_exhausted("too many logins from your address; wait a minute"));
+        }
+        Ok(())
+    }
+
     fn mark_dirty(&self, room: u64) {
         self.inner.dirty_rooms.lock().unwrap_or_else(|p| p.into_inner()).insert(room);
     }
@@ -447,7 +478,24 @@ impl Logic {
 
     fn presence_unavailable(&self, e: courier_presence::Error) -> Status {
         self.metrics().error("presence");
-        Status::unavailable(format!("presence unavailable: {e}"))
+        tracing::warn!(error = %e, "presence failed");
+        Status::unavailable(UNAVAILABLE)
+    }
+
+    /// A password check that did not happen: busy (refused at once, the client
+    /// may retry) or an internal failure (logged, never shown).
+    fn hashing_failed(&self, e: password::HashError) -> Status {
+        match e {
+            password::HashError::Busy => {
+                self.metrics().error("password_queue_full");
+                Status::resource_exhausted("the server is busy checking passwords; try again in a moment")
+            }
+            password::HashError::Failed(reason) => {
+                self.metrics().error("password_hash");
+                tracing::error!(%reason, "password hashing failed");
+                Status::internal(UNAVAILABLE)
+            }
+        }
     }
 
     /// Removes the presence of connect nodes whose lease lapsed (they died without
@@ -534,6 +582,19 @@ fn room_delivery(room: u64, body: String) -> Delivery {
     Delivery { target: Some(Target::RoomId(room)), stream: String::new(), seq: 0, body, admitted_ms: 0 }
 }
 
+/// What a client sees when a backend failed; the failure itself is logged.
+const UNAVAILABLE: &str = "service unavailable, try again";
+
+/// The client address a limiter keys on: what the api tier sent, cut to the
+/// longest address text (an IPv6 address with a zone), "" when unknown.
+fn client_address(addr: &str) -> &str {
+    let mut end = addr.len().min(64);
+    while !addr.is_char_boundary(end) {
+        end -= 1;
+    }
+    &addr[..end]
+}
+
 /// User names: 1–20 characters, no control characters, no surrounding whitespace.
 pub fn validate_user_name(name: &str) -> Result<(), Status> {
     let chars = name.chars().count();
@@ -593,6 +654,7 @@ impl LogicRpc for Logic {
     async fn register(&self, request: Request<Credentials>) -> Result<Response<SessionReply>, Status> {
         let c = request.into_inner();
         self.observed("Register", async {
+            self.admit_from(client_address(&c.client_addr))?;
             self.register(&c.user_name, &c.password).await.map_err(|e| match e {
                 RegisterError::Taken => Status::already_exists("this user name already have , please login !!!"),
                 RegisterError::Status(s) => s,
@@ -605,14 +667,17 @@ impl LogicRpc for Logic {
         let c = request.into_inner();
         self.observed("Login", async {
             let denied = || Status::unauthenticated("no this user or password error!");
+            // Checked before any limiter, so its keys stay short.
+            if validate_user_name(&c.user_name).is_err() || validate_password(&c.password).is_err() {
+                return Err(denied());
+            }
+            let address = client_address(&c.client_addr);
+            self.admit_from(address)?;
             if let Some(limiter) = &self.inner.login_limiter
-                && limiter.check_key(&c.user_name).is_err()
+                && limiter.check_key(&(c.user_name.clone(), address.to_owned())).is_err()
             {
                 self.metrics().error("login_rate_limited");
                 return Err(Status::resource_exhausted("too many login attempts for this user; wait a minute"));
-            }
-            if validate_user_name(&c.user_name).is_err() || validate_password(&c.password).is_err() {
-                return Err(denied());
             }
             let user =
                 self.inner.backends.users.user_by_name(&c.user_name).await.map_err(|e| self.store_unavailable(e))?;
@@ -621,7 +686,7 @@ impl LogicRpc for Logic {
                 .hasher
                 .verify(c.password, user.as_ref().map(|u| u.password_hash.clone()))
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .map_err(|e| self.hashing_failed(e))?;
             match user {
                 Some(user) if ok => self.new_session(SessionUser { user_id: user.id, user_name: user.name }).await,
                 _ => Err(denied()),
@@ -648,7 +713,7 @@ impl LogicRpc for Logic {
                     Ok(Empty {})
                 }
                 Ok(None) => Err(Status::unauthenticated("Session error")),
-                Err(e) => Err(Status::unavailable(format!("sessions unavailable: {e}"))),
+                Err(e) => Err(self.sessions_unavailable(e)),
             }
         })
         .await
@@ -820,6 +885,7 @@ pub async fn serve(
                     // Forget limiter state of users who went quiet (bounded memory).
                     if let Some(l) = &flusher.inner.send_limiter { l.retain_recent(); }
                     if let Some(l) = &flusher.inner.login_limiter { l.retain_recent(); }
+                    if let Some(l) = &flusher.inner.address_limiter { l.retain_recent(); }
                 }
             }
         }

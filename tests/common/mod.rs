@@ -37,14 +37,17 @@ impl Api {
     }
 
     pub async fn post_raw(&self, path: &str, body: String) -> Value {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("request");
+        self.send(self.http.post(format!("{}{path}", self.base)).body(body)).await
+    }
+
+    /// POSTs as if through a proxy that saw the client at `client`.
+    pub async fn post_from(&self, client: &str, path: &str, body: Value) -> Value {
+        let request = self.http.post(format!("{}{path}", self.base)).header("x-forwarded-for", client);
+        self.send(request.body(body.to_string())).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Value {
+        let response = request.header("content-type", "application/json").send().await.expect("request");
         assert_eq!(response.status(), 200, "gochat answers every request with HTTP 200");
         response.json().await.expect("JSON envelope")
     }
