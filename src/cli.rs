@@ -200,6 +200,15 @@ pub struct StandaloneArgs {
     /// Do not create the demo users demo, test and admin (password 111111).
     #[arg(long, env = "COURIER_NO_DEMO_USERS")]
     pub no_demo_users: bool,
+    /// Seconds the embedded queue keeps a record once it is delivered
+    /// (Kafka's retention.ms; default 7 days). Message history is kept apart
+    /// and is not affected.
+    #[arg(long, env = "COURIER_QUEUE_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub queue_retention_secs: u64,
+    /// Bytes of records the embedded queue keeps per partition once delivered
+    /// (Kafka's retention.bytes; default 64 MiB, 0 for no size limit).
+    #[arg(long, env = "COURIER_QUEUE_RETENTION_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub queue_retention_bytes: u64,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -350,6 +359,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.site_addr = args.site_addr;
             config.admin_addr = args.admin_addr;
             config.demo_users = !args.no_demo_users;
+            config.queue.retention = Duration::from_secs(args.queue_retention_secs);
+            config.queue.retention_bytes = args.queue_retention_bytes;
             config.sessions.max_devices = args.limits.max_devices.max(1);
             args.limits.apply(&mut config.logic);
             args.connect_limits.apply(&mut config.connect);

@@ -31,6 +31,26 @@ struct SessionTable {
     by_token: HashMap<String, (SessionUser, Instant)>,
     /// Each user's tokens, oldest first.
     by_user: HashMap<u64, VecDeque<String>>,
+    /// Size of `by_token` at which expired sessions are next swept out:
+    /// twice what was live after the last sweep, so sweeping costs O(1) per
+    /// login on average and memory stays within twice the live sessions.
+    sweep_at: usize,
+}
+
+/// The smallest table size at which a sweep runs.
+const FIRST_SWEEP: usize = 1024;
+
+impl SessionTable {
+    /// Forgets every expired session.
+    fn sweep(&mut self, now: Instant) {
+        self.by_token.retain(|_, (_, expires)| *expires > now);
+        let by_token = &self.by_token;
+        self.by_user.retain(|_, tokens| {
+            tokens.retain(|t| by_token.contains_key(t));
+            !tokens.is_empty()
+        });
+        self.sweep_at = (2 * self.by_token.len()).max(FIRST_SWEEP);
+    }
 }
 
 /// Sessions in process memory (lost on restart: users log in again).
@@ -54,12 +74,22 @@ impl MemorySessions {
 impl Sessions for MemorySessions {
     async fn create(&self, user: SessionUser) -> Result<NewSession> {
         let token = new_token();
-        let expires = Instant::now() + self.policy.ttl;
+        let now = Instant::now();
+        let expires = now + self.policy.ttl;
         let mut table = self.lock();
-        let SessionTable { by_token, by_user } = &mut *table;
+        if table.by_token.len() >= table.sweep_at.max(FIRST_SWEEP) {
+            table.sweep(now);
+        }
+        let SessionTable { by_token, by_user, .. } = &mut *table;
         let tokens = by_user.entry(user.user_id).or_default();
-        // Expired tokens do not count against the cap.
-        tokens.retain(|t| by_token.get(t).is_some_and(|(_, exp)| *exp > Instant::now()));
+        // Expired tokens do not count against the cap, and are forgotten.
+        tokens.retain(|t| match by_token.get(t) {
+            Some((_, exp)) if *exp > now => true,
+            _ => {
+                by_token.remove(t);
+                false
+            }
+        });
         let mut revoked = Vec::new();
         while tokens.len() >= self.policy.max_devices.max(1) {
             if let Some(old) = tokens.pop_front() {
@@ -84,8 +114,47 @@ impl Sessions for MemorySessions {
         };
         if let Some(tokens) = table.by_user.get_mut(&user.user_id) {
             tokens.retain(|t| t != token);
+            if tokens.is_empty() {
+                table.by_user.remove(&user.user_id);
+            }
         }
         Ok((expires > Instant::now()).then_some(user))
+    }
+}
+
+impl MemorySessions {
+    /// Sessions held in memory, expired or not (for tests and metrics).
+    pub fn held(&self) -> usize {
+        self.lock().by_token.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn expired_sessions_are_forgotten_not_kept_forever() {
+        // Sessions that expire at once: memory must stay bounded however many
+        // logins there are.
+        let sessions = MemorySessions::new(SessionPolicy { ttl: Duration::ZERO, max_devices: 8 });
+        for id in 0..20_000 {
+            let user = SessionUser { user_id: id % 5_000, user_name: format!("u{id}") };
+            sessions.create(user).await.expect("create");
+        }
+        assert!(sessions.held() <= 2 * FIRST_SWEEP, "{} sessions held", sessions.held());
+        assert!(sessions.lock().by_user.len() <= 2 * FIRST_SWEEP);
+
+        // Live sessions are never swept.
+        let lasting = MemorySessions::new(SessionPolicy { ttl: Duration::from_secs(3600), max_devices: 8 });
+        let mut tokens = Vec::new();
+        for id in 0..3_000 {
+            tokens
+                .push(lasting.create(SessionUser { user_id: id, user_name: format!("u{id}") }).await.expect("create"));
+        }
+        for new in &tokens {
+            assert!(lasting.get(&new.token).await.expect("get").is_some());
+        }
     }
 }
 

@@ -16,6 +16,12 @@
 //!   resumes from the last committed offset.
 //! - A consumer in the same process is woken by a [`Notify`] on append; one in
 //!   another process falls back to polling every `poll_interval`.
+//! - **Retention**, like Kafka's `retention.ms` and `retention.bytes` (per
+//!   partition): every `retention_interval` the writer deletes a partition's
+//!   records older than `retention` or beyond `retention_bytes`, but never one
+//!   that a consumer group has not committed past, and never the newest (it
+//!   carries the next offset). SQLite reuses the freed pages, so the file stops
+//!   growing once traffic and retention balance.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -43,6 +49,13 @@ pub struct SqliteQueueOptions {
     /// `synchronous=FULL` (survives power loss) instead of `NORMAL` (survives a
     /// process crash).
     pub sync_full: bool,
+    /// Records older than this may be deleted (Kafka's `retention.ms`).
+    pub retention: Duration,
+    /// Bytes of records kept per partition, oldest deleted first (Kafka's
+    /// `retention.bytes`); 0 for no size limit.
+    pub retention_bytes: u64,
+    /// How often retention runs.
+    pub retention_interval: Duration,
 }
 
 impl Default for SqliteQueueOptions {
@@ -52,6 +65,9 @@ impl Default for SqliteQueueOptions {
             heartbeat_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(100),
             sync_full: false,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            retention_bytes: 64 * 1024 * 1024,
+            retention_interval: Duration::from_secs(60),
         }
     }
 }
@@ -127,7 +143,7 @@ impl SqliteQueue {
         let (appends, rx) = mpsc::channel(4 * MAX_GROUP_COMMIT);
         let appended = Arc::new(Notify::new());
         let partitions = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(write_loop(pool.clone(), rx, appended.clone()));
+        tokio::spawn(write_loop(pool.clone(), rx, appended.clone(), options.clone()));
         Ok(Self { pool, appends, appended, partitions, options })
     }
 
@@ -152,6 +168,79 @@ impl SqliteQueue {
     fn lock_partitions(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.partitions.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Applies retention now (the writer also does every
+    /// `retention_interval`); returns the records deleted.
+    pub async fn enforce_retention(&self) -> Result<u64> {
+        enforce_retention(&self.pool, &self.options).await
+    }
+}
+
+/// Records deleted per statement, so one sweep never holds the write lock long.
+const RETENTION_CHUNK: u64 = 10_000;
+
+/// Deletes what retention allows in every partition (see the module docs).
+async fn enforce_retention(pool: &SqlitePool, options: &SqliteQueueOptions) -> Result<u64> {
+    let topics: Vec<(String, i64)> =
+        sqlx::query_as("SELECT name, partitions FROM queue_topics").fetch_all(pool).await?;
+    let too_old = courier_ids::now_unix_ms().saturating_sub(options.retention.as_millis() as i64);
+    let mut deleted = 0;
+    for (topic, partitions) in topics {
+        for partition in 0..partitions {
+            // Offsets below `bound` may go: every group committed past them, and
+            // the newest record stays.
+            let bound: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(c.next_offset, r.newest) FROM
+                    (SELECT MIN(next_offset) AS next_offset FROM queue_group_offsets WHERE topic = ?1 AND partition = ?2) c,
+                    (SELECT MAX(offset) AS newest FROM queue_records WHERE topic = ?1 AND partition = ?2) r",
+            )
+            .bind(&topic)
+            .bind(partition)
+            .fetch_one(pool)
+            .await?;
+            let Some(bound) = bound else { continue };
+            // The last offset beyond the size limit, counting from the newest.
+            let oversize: Option<i64> = if options.retention_bytes == 0 {
+                None
+            } else {
+                sqlx::query_scalar(
+                    "SELECT offset FROM (
+                        SELECT offset, SUM(length(key) + length(value)) OVER (ORDER BY offset DESC) AS kept
+                        FROM queue_records WHERE topic = ?1 AND partition = ?2)
+                     WHERE kept > ?3 ORDER BY offset DESC LIMIT 1",
+                )
+                .bind(&topic)
+                .bind(partition)
+                .bind(i64::try_from(options.retention_bytes).unwrap_or(i64::MAX))
+                .fetch_optional(pool)
+                .await?
+            };
+            loop {
+                let removed = sqlx::query(
+                    "DELETE FROM queue_records WHERE topic = ?1 AND partition = ?2 AND offset IN (
+                        SELECT offset FROM queue_records WHERE topic = ?1 AND partition = ?2 AND offset < ?3
+                        AND (timestamp_ms < ?4 OR offset <= ?5) ORDER BY offset LIMIT ?6)",
+                )
+                .bind(&topic)
+                .bind(partition)
+                .bind(bound)
+                .bind(too_old)
+                .bind(oversize.unwrap_or(-1))
+                .bind(RETENTION_CHUNK as i64)
+                .execute(pool)
+                .await?
+                .rows_affected();
+                deleted += removed;
+                if removed < RETENTION_CHUNK {
+                    break;
+                }
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::debug!(deleted, "embedded queue retention");
+    }
+    Ok(deleted)
 }
 
 #[async_trait]
@@ -206,10 +295,30 @@ impl Queue for SqliteQueue {
     }
 }
 
-/// Appends records in group commits until every sender is gone.
-async fn write_loop(pool: SqlitePool, mut rx: mpsc::Receiver<Append>, appended: Arc<Notify>) {
+/// Appends records in group commits, and applies retention now and then,
+/// until every sender is gone.
+async fn write_loop(
+    pool: SqlitePool,
+    mut rx: mpsc::Receiver<Append>,
+    appended: Arc<Notify>,
+    options: SqliteQueueOptions,
+) {
     let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
-    while rx.recv_many(&mut batch, MAX_GROUP_COMMIT).await > 0 {
+    let mut retention = tokio::time::interval(options.retention_interval.max(Duration::from_millis(10)));
+    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let received = tokio::select! {
+            received = rx.recv_many(&mut batch, MAX_GROUP_COMMIT) => received,
+            _ = retention.tick() => {
+                if let Err(e) = enforce_retention(&pool, &options).await {
+                    tracing::warn!(error = %e, "embedded queue retention failed; trying again later");
+                }
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         let mut partitions: HashMap<String, u32> = HashMap::new();
         let result = append_batch(&pool, &batch, &mut partitions).await;
         match result {
