@@ -231,3 +231,61 @@ fn earliest(
 ) -> tokio::time::Instant {
     silent_until.map_or(ping.min(session_check), |silent| ping.min(session_check).min(silent))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::ConnectConfig;
+
+    /// A client that stopped reading: nothing can be written, nothing arrives.
+    struct Stuck;
+
+    impl Sink<String> for Stuck {
+        type Error = std::io::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: String) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+    }
+
+    impl Stream for Stuck {
+        type Item = ();
+        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stopped_reading_cannot_hold_its_connection_open() {
+        let gateway = crate::gateway::tests::gateway_without_logic(ConnectConfig::default());
+        let metrics = gateway.metrics().clone();
+        let state = ConnectState { gateway, tracker: tokio_util::task::TaskTracker::new() };
+        let channel = Arc::new(Channel::new(1, 7, "u7".into(), "token".into(), "tcp", 64));
+        for _ in 0..3 {
+            channel.reply("{}".into(), &metrics);
+        }
+        channel.close(close_code::TRY_AGAIN_LATER, "outbound queue full");
+        let framing = Framing {
+            transport: "tcp",
+            frame: |text: Utf8Bytes| Frames::one(text.to_string()),
+            ping: String::new,
+            incoming: |()| Incoming::Nothing,
+            read_timeout: None,
+            idle: |_: &mut Stuck| {},
+        };
+        let driven = drive(Stuck, channel, Box::default(), &state, framing);
+        let ended = tokio::time::timeout(CLOSE_DEADLINE + Duration::from_secs(1), driven).await;
+        assert!(ended.is_ok(), "the close path gave up on the stuck socket within its deadline");
+    }
+}

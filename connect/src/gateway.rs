@@ -30,11 +30,6 @@ use crate::hub::{Channel, Hub, close_code};
 const RECOVERY_PAGE: u32 = 500;
 /// Attempts to release a connection's presence (200 ms, 0.8 s, 3.2 s apart).
 const LEAVE_ATTEMPTS: u32 = 4;
-/// How long a gap in a stream's pushes may close by itself before history is read.
-const GAP_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
-/// Reads of history for one gap before the connection is closed (the pauses
-/// between them grow 200 ms, 0.8 s, 3.2 s, 12.8 s).
-const GAP_FILL_ATTEMPTS: u32 = 5;
 
 /// Shared by every connection of this node.
 #[derive(Debug, Clone)]
@@ -270,11 +265,12 @@ impl Gateway {
     /// moments; whatever is still missing then is read from history. Either
     /// way the held-back frames follow, in order, each once. A history that
     /// cannot be read is tried again with growing pauses, and after
-    /// [`GAP_FILL_ATTEMPTS`] the connection is closed with the reason: the
+    /// `gap_fill_attempts` the connection is closed with the reason: the
     /// client reconnects and resumes from what it has, rather than wait on a
     /// stream that has stopped.
     pub async fn fill_gap(&self, channel: &Arc<Channel>, stream: &str, after: u64) {
-        tokio::time::sleep(GAP_GRACE).await;
+        let (grace, attempts) = (self.config.gap_grace, self.config.gap_fill_attempts.max(1));
+        tokio::time::sleep(grace).await;
         if channel.held_back_is_contiguous(stream, after) {
             channel.finish_recovery(stream, Vec::new()).await;
             return;
@@ -282,8 +278,8 @@ impl Gateway {
         // The only other stream a channel receives is its user's inbox (0).
         let room = courier_wire::stream_room(stream).unwrap_or(0);
         self.metrics().error("push_gap_filled_from_history");
-        let mut pause = GAP_GRACE;
-        for attempt in 1..=GAP_FILL_ATTEMPTS {
+        let mut pause = grace;
+        for attempt in 1..=attempts {
             let from = channel.position(stream).unwrap_or(after);
             let reason = match self.replay(channel, room, stream, &Since { epoch: String::new(), seq: from }).await {
                 Ok(()) => return,
@@ -291,7 +287,7 @@ impl Gateway {
             };
             self.metrics().error("gap_fill_failed");
             tracing::warn!(user = channel.user_id, stream, attempt, %reason, "could not fill a gap from history");
-            if attempt == GAP_FILL_ATTEMPTS {
+            if attempt == attempts {
                 break;
             }
             pause *= 4;
@@ -463,8 +459,55 @@ pub fn status_text(status: &tonic::Status) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::hub::Outbound;
+
+    /// A gateway whose logic answers nothing (its address refuses connections).
+    pub(crate) fn gateway_without_logic(config: ConnectConfig) -> Gateway {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(1, |a| a.port());
+        let channel = courier_proto::lazy_channel(&format!("127.0.0.1:{port}"), std::time::Duration::from_secs(1))
+            .expect("channel");
+        let metrics = Arc::new(courier_telemetry::Metrics::new());
+        Gateway {
+            hub: Arc::new(Hub::new(1, metrics)),
+            logic: courier_proto::logic_client(channel, &courier_proto::InternalSecret::open()),
+            config: Arc::new(config),
+            presence_calls: Arc::new(tokio::sync::Semaphore::new(PRESENCE_CALLS)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gap_history_cannot_fill_backs_off_then_closes_with_a_reason() {
+        let config = ConnectConfig {
+            gap_grace: std::time::Duration::from_millis(5),
+            gap_fill_attempts: 3,
+            ..ConnectConfig::default()
+        };
+        let gateway = gateway_without_logic(config);
+        let metrics = gateway.metrics().clone();
+        let channel = Arc::new(Channel::new(1, 7, "u7".into(), "token".into(), "ws", 64));
+        gateway.hub.add(channel.clone());
+        let text = |n: u64| Utf8Bytes::from(n.to_string());
+        assert!(channel.offer("user:7", 1, &text(1), 0, &metrics));
+        assert!(channel.offer("user:7", 3, &text(3), 0, &metrics), "held behind the gap");
+        let (stream, after) = channel.next_gap().await;
+
+        let started = std::time::Instant::now();
+        gateway.fill_gap(&channel, &stream, after).await;
+        // Grace, then three reads with pauses of 20 and 80 ms between them.
+        assert!(started.elapsed() >= std::time::Duration::from_millis(105), "{:?}", started.elapsed());
+        let reason = channel.close_reason().expect("closed");
+        assert_eq!(reason.code, close_code::TRY_AGAIN_LATER);
+        assert!(reason.text.contains("reconnect and resume"), "{}", reason.text);
+        assert!(metrics.encode().contains(r#"courier_errors_total{reason="gap_fill_failed"} 3"#));
+        let sent: Vec<String> = channel
+            .remaining_frames()
+            .into_iter()
+            .map(|Outbound::Frame { text, .. }| text.as_str().to_owned())
+            .collect();
+        assert_eq!(sent, ["1"], "nothing after the gap was sent out of order");
+    }
 
     #[test]
     fn backend_text_never_reaches_clients() {

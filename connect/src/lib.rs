@@ -75,6 +75,13 @@ pub struct ConnectConfig {
     /// Connections one session token may hold on this node (the per-user cap,
     /// over the whole cluster, is logic's).
     pub max_connections_per_token: usize,
+    /// How long a gap in a stream's pushes may close by itself (a late push
+    /// from another writer) before history is read.
+    pub gap_grace: Duration,
+    /// Reads of history for one gap before the connection is closed; the
+    /// pauses between them grow fourfold from `gap_grace` (with the defaults
+    /// 0.2, 0.8, 3.2 and 12.8 s).
+    pub gap_fill_attempts: u32,
 }
 
 impl Default for ConnectConfig {
@@ -97,6 +104,8 @@ impl Default for ConnectConfig {
             internal_secret: InternalSecret::open(),
             max_rooms_per_connection: 100,
             max_connections_per_token: 10,
+            gap_grace: Duration::from_millis(50),
+            gap_fill_attempts: 5,
         }
     }
 }
