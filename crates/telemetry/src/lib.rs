@@ -1,4 +1,4 @@
-//! Observability shared by every tier: the Prometheus metrics of DESIGN.md §7, the
+//! Observability shared by every tier: the `courier_*` Prometheus metrics, the
 //! admin HTTP server (`/metrics`, `/healthz`, `/readyz`) and log set-up.
 //!
 //! One [`Metrics`] value holds every family and is shared by whatever tiers run in
