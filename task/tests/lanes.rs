@@ -18,55 +18,34 @@ use prost::Message as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// The embedded store, except that appends touching `gated_room` wait for a
-/// permit of `gate`.
-struct GatedStore {
+/// What the test store does to an append before the embedded store sees it.
+enum Interference {
+    /// Appends touching this room wait for a permit of the gate.
+    Gate(Arc<Semaphore>, u64),
+    /// Appends holding a message with this body are refused, as PostgreSQL
+    /// refuses a NUL.
+    Refuse(&'static str),
+}
+
+/// The embedded store, with one kind of interference.
+struct TestStore {
     inner: SqliteStore,
-    gate: Arc<Semaphore>,
-    gated_room: u64,
+    interference: Interference,
 }
 
 #[async_trait]
-impl HistoryStore for GatedStore {
+impl HistoryStore for TestStore {
     async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Appended>>> {
-        if batch.iter().any(|m| m.room_id == self.gated_room) {
-            let _permit = self.gate.acquire().await;
+        match &self.interference {
+            Interference::Gate(gate, room) if batch.iter().any(|m| m.room_id == *room) => {
+                let _permit = gate.acquire().await;
+                self.inner.append(batch).await
+            }
+            Interference::Refuse(body) if batch.iter().any(|m| m.body == *body) => {
+                Err(courier_store::Error::Corrupt("the store cannot keep this text".into()))
+            }
+            _ => self.inner.append(batch).await,
         }
-        self.inner.append(batch).await
-    }
-    async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        self.inner.read_after(stream, after, limit).await
-    }
-    async fn read_before(&self, stream: &str, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        self.inner.read_before(stream, before, limit).await
-    }
-    async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>> {
-        self.inner.stream_info(stream).await
-    }
-    async fn read_conversation(&self, stream: &str, peer: u64, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
-        self.inner.read_conversation(stream, peer, page, limit).await
-    }
-    async fn set_aside(&self, letter: &DeadLetter) -> Result<()> {
-        self.inner.set_aside(letter).await
-    }
-    async fn dead_letters(&self, topic: &str, limit: u32) -> Result<Vec<DeadLetter>> {
-        self.inner.dead_letters(topic, limit).await
-    }
-}
-
-/// The embedded store, except that it refuses (as PostgreSQL refuses a NUL)
-/// every append holding a message whose body is `poison`.
-struct RefusingStore {
-    inner: SqliteStore,
-}
-
-#[async_trait]
-impl HistoryStore for RefusingStore {
-    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Appended>>> {
-        if batch.iter().any(|m| m.body == "poison") {
-            return Err(courier_store::Error::Corrupt("the store cannot keep this text".into()));
-        }
-        self.inner.append(batch).await
     }
     async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
         self.inner.read_after(stream, after, limit).await
@@ -135,7 +114,7 @@ async fn a_stuck_partition_holds_back_only_itself() {
         .expect("a room in another partition");
     let gate = Arc::new(Semaphore::new(0));
     let store = SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("store");
-    let history = Arc::new(GatedStore { inner: store, gate: gate.clone(), gated_room: stuck });
+    let history = Arc::new(TestStore { inner: store, interference: Interference::Gate(gate.clone(), stuck) });
 
     // The stuck room's records come first in the log.
     for i in 0..20 {
@@ -179,7 +158,7 @@ async fn a_record_the_store_refuses_or_cannot_read_is_set_aside_and_its_partitio
         SqliteQueue::open(&dir.path().join("queue.sqlite"), SqliteQueueOptions::default()).await.expect("queue");
     queue.ensure_topic(&config.room_topic, config.partitions).await.expect("topic");
     let store = SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("store");
-    let history = Arc::new(RefusingStore { inner: store });
+    let history = Arc::new(TestStore { inner: store, interference: Interference::Refuse("poison") });
 
     // One room, so one partition: a good record, a poison one, garbage, then more good ones.
     let topic = config.room_topic.clone();
