@@ -115,17 +115,40 @@ pub struct InternalArgs {
     /// anyone who reaches logic's or connect's internal ports can call them.
     #[arg(long, env = "COURIER_INTERNAL_SECRET", hide_env_values = true)]
     pub internal_secret: Option<String>,
+    /// This tier's certificate (PEM) for mutual TLS between tiers; with
+    /// --internal-tls-key and --internal-tls-ca, every internal call is
+    /// encrypted and only tiers holding a certificate of that CA can connect.
+    #[arg(long, env = "COURIER_INTERNAL_TLS_CERT", requires_all = ["internal_tls_key", "internal_tls_ca"])]
+    pub internal_tls_cert: Option<PathBuf>,
+    /// The key of --internal-tls-cert (PEM).
+    #[arg(long, env = "COURIER_INTERNAL_TLS_KEY", requires = "internal_tls_cert")]
+    pub internal_tls_key: Option<PathBuf>,
+    /// The CA that signs every tier's certificate (PEM).
+    #[arg(long, env = "COURIER_INTERNAL_TLS_CA", requires = "internal_tls_cert")]
+    pub internal_tls_ca: Option<PathBuf>,
+    /// The name the tiers' certificates are issued for (checked by callers).
+    #[arg(long, env = "COURIER_INTERNAL_TLS_DOMAIN", default_value = "courier-internal")]
+    pub internal_tls_domain: String,
 }
 
 impl InternalArgs {
-    fn secret(&self) -> anyhow::Result<courier_proto::InternalSecret> {
-        match &self.internal_secret {
-            Some(secret) => Ok(courier_proto::InternalSecret::new(secret).context("--internal-secret")?),
+    fn secret(&self) -> anyhow::Result<courier_proto::InternalAuth> {
+        let auth = match &self.internal_secret {
+            Some(secret) => courier_proto::InternalAuth::new(secret).context("--internal-secret")?,
             None => {
                 tracing::warn!("no --internal-secret: internal gRPC calls are not authenticated");
-                Ok(courier_proto::InternalSecret::open())
+                courier_proto::InternalAuth::open()
             }
-        }
+        };
+        let (Some(cert), Some(key), Some(ca)) =
+            (&self.internal_tls_cert, &self.internal_tls_key, &self.internal_tls_ca)
+        else {
+            return Ok(auth);
+        };
+        let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+        let tls =
+            courier_proto::InternalTls::from_pem(&read(cert)?, &read(key)?, &read(ca)?, &self.internal_tls_domain);
+        Ok(auth.with_tls(tls))
     }
 }
 
@@ -378,8 +401,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = crate::bind(args.listen, "the HTTP API").await?;
             tracing::info!(addr = %args.listen, "api listening");
             let ready = admin.readiness.flag("api");
-            let config =
-                courier_api::ApiConfig { internal_secret: args.internal.secret()?, ..args.http_limits.config() };
+            let config = courier_api::ApiConfig { internal_auth: args.internal.secret()?, ..args.http_limits.config() };
             courier_api::serve(config, listener, &args.logic_addr, admin.metrics.clone(), ready, admin.shutdown)
                 .await?;
             Ok(())
@@ -391,7 +413,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 private_topic: args.topics.private_topic,
                 partitions: args.topics.partitions,
                 node_lease: Duration::from_millis(args.node_lease_ms.max(100)),
-                internal_secret: args.internal.secret()?,
+                internal_auth: args.internal.secret()?,
                 ..Default::default()
             };
             args.limits.apply(&mut config);
@@ -424,7 +446,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ping_interval: Duration::from_secs(args.ping_secs.max(1)),
                 pong_timeout: Duration::from_secs(args.pong_timeout_secs.max(1)),
                 heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(50)),
-                internal_secret: args.internal.secret()?,
+                internal_auth: args.internal.secret()?,
                 ..Default::default()
             };
             args.connect_limits.apply(&mut config);

@@ -117,10 +117,10 @@ impl Standalone {
     pub async fn start(mut config: StandaloneConfig) -> anyhow::Result<Self> {
         // The tiers talk over loopback ports that other local users could
         // reach too: a secret made for this process keeps them out.
-        let secret = courier_proto::InternalSecret::random();
-        config.logic.internal_secret = secret.clone();
-        config.connect.internal_secret = secret.clone();
-        config.api.internal_secret = secret.clone();
+        let secret = courier_proto::InternalAuth::random();
+        config.logic.internal_auth = secret.clone();
+        config.connect.internal_auth = secret.clone();
+        config.api.internal_auth = secret.clone();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
         let store = SqliteStore::open(&config.data_dir.join("courier.sqlite")).await.context("opening the store")?;

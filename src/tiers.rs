@@ -18,7 +18,7 @@ use clap::Args;
 use courier_discovery::{ConnectNode, StaticDiscovery};
 use courier_presence::memory::{MemoryClientMsgIds, MemoryPresence, MemorySessions, SessionPolicy};
 use courier_presence::{ClientMsgIds, Presence, Sessions};
-use courier_proto::InternalSecret;
+use courier_proto::InternalAuth;
 use courier_push::{Pusher, PusherOptions};
 use courier_queue::Queue;
 use courier_queue::kafka::{KafkaOptions, KafkaQueue};
@@ -172,7 +172,7 @@ impl Admin {
 pub async fn static_pusher(
     nodes: Vec<ConnectNode>,
     routes: Option<Arc<dyn Presence>>,
-    secret: InternalSecret,
+    secret: InternalAuth,
     admin: &Admin,
 ) -> Pusher {
     let pusher = Pusher::start(
@@ -227,7 +227,7 @@ pub async fn logic(tier: LogicTier, backends: &Backends, admin: Admin) -> anyhow
         }
         (None, None) => None,
     };
-    let secret = config.internal_secret.clone();
+    let secret = config.internal_auth.clone();
     let pusher = static_pusher(nodes, backends.routes(&presence), secret, &admin).await;
     let logic = courier_logic::Logic::new(
         config,
@@ -265,7 +265,7 @@ pub async fn task(
     config: courier_task::TaskConfig,
     backends: &Backends,
     nodes: Vec<ConnectNode>,
-    secret: InternalSecret,
+    secret: InternalAuth,
     admin: Admin,
 ) -> anyhow::Result<()> {
     let (_, history) = backends.stores().await?;

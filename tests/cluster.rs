@@ -44,6 +44,8 @@ struct Cluster {
     tcp: [SocketAddr; 2],
     /// This cluster's room topic.
     room_topic: String,
+    /// logic's gRPC address.
+    logic: SocketAddr,
 }
 
 impl Cluster {
@@ -76,9 +78,20 @@ impl Cluster {
             ("COURIER_NODE_LEASE_MS", "2000".into()),
             ("COURIER_HEARTBEAT_MS", "500".into()),
             ("COURIER_REQUESTS_PER_SECOND_PER_IP", "0".into()),
-            // Internal calls authenticated, as a production cluster runs.
+            // Internal calls authenticated and over mutual TLS, as a
+            // production cluster runs.
             ("COURIER_INTERNAL_SECRET", format!("e2e-secret-{run:016x}")),
         ];
+        let pki = courier_testkit::Pki::new("courier-internal");
+        for (var, file, pem) in [
+            ("COURIER_INTERNAL_TLS_CERT", "internal.crt", &pki.cert),
+            ("COURIER_INTERNAL_TLS_KEY", "internal.key", &pki.key),
+            ("COURIER_INTERNAL_TLS_CA", "internal-ca.crt", &pki.ca),
+        ] {
+            let path = data.join(file);
+            std::fs::write(&path, pem).expect("certificate file");
+            env.push((var, path.display().to_string()));
+        }
         env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let (logic, push) = (free_port(), [free_port(), free_port()]);
         let ws = [local(free_port()), local(free_port())];
@@ -150,7 +163,7 @@ impl Cluster {
             })
             .await;
         }
-        Some(Self { children, admins, api, ws, tcp, room_topic: format!("e2e-{run}-room") })
+        Some(Self { children, admins, api, ws, tcp, room_topic: format!("e2e-{run}-room"), logic: local(logic) })
     }
 }
 
@@ -159,6 +172,16 @@ async fn messages_cross_processes_once_and_in_order() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(mut cluster) = Cluster::start(dir.path()).await else { return };
+    // The tiers speak mutual TLS with each other: plain text, even with the
+    // secret, gets nowhere.
+    let secret = courier_proto::InternalAuth::new("a-secret-but-no-certificate").expect("secret");
+    let plain =
+        courier_proto::lazy_channel(&cluster.logic.to_string(), Duration::from_secs(5), &secret).expect("channel");
+    let request = courier_proto::logic::TokenRequest { auth_token: "x".into() };
+    let refused = courier_proto::logic_client(plain, &secret).check_auth(request).await.expect_err("plain text");
+    // Refused by the transport, before any service (which would answer
+    // UNAUTHENTICATED or OK) saw it.
+    assert_ne!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
     let api = Api::new(cluster.api);
     let run = courier_testkit::unique();
     let room = 1_000_000 + run % 1_000_000_000;

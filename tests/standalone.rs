@@ -450,13 +450,14 @@ async fn internal_calls_without_the_secret_are_refused_and_counted() {
     // Whoever reaches the internal ports cannot wipe presence with a new boot
     // id, with no secret or a wrong one, nor push a forged frame to a room.
     let channel = |addr: std::net::SocketAddr| {
-        courier_proto::lazy_channel(&addr.to_string(), std::time::Duration::from_secs(5)).expect("channel")
+        let open = courier_proto::InternalAuth::open();
+        courier_proto::lazy_channel(&addr.to_string(), std::time::Duration::from_secs(5), &open).expect("channel")
     };
     let heartbeat = || NodeHeartbeatRequest { server_id: "connect-0".into(), boot_id: "forged".into() };
     let mut bare = courier_proto::logic::logic_client::LogicClient::new(channel(addrs.logic));
     let refused = bare.node_heartbeat(heartbeat()).await.expect_err("no secret");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    let wrong = courier_proto::InternalSecret::new("not-the-cluster-secret").expect("valid");
+    let wrong = courier_proto::InternalAuth::new("not-the-cluster-secret").expect("valid");
     let mut guessing = courier_proto::logic_client(channel(addrs.logic), &wrong);
     assert_eq!(
         guessing.node_heartbeat(heartbeat()).await.expect_err("wrong secret").code(),

@@ -18,7 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
 use courier_proto::logic::{Credentials, HistoryRequest, RoomRequest, SendRequest, TokenRequest, UserReply};
-use courier_proto::{InternalSecret, LogicClient};
+use courier_proto::{InternalAuth, LogicClient};
 use courier_telemetry::{Metrics, ReadyFlag, RouteCodeLabel, RouteLabel};
 use courier_wire::frame::{bounded_seq_opt, lenient_id};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -46,8 +46,8 @@ pub struct ApiConfig {
     /// `per_ip_burst`. Per-user send and login limits are logic's.
     pub per_ip_per_second: u32,
     pub per_ip_burst: u32,
-    /// Proves this tier to logic (see `courier_proto::InternalSecret`).
-    pub internal_secret: InternalSecret,
+    /// Proves this tier to logic (see `courier_proto::InternalAuth`).
+    pub internal_auth: InternalAuth,
     /// Proxies whose `X-Forwarded-For` is believed (a load balancer, an
     /// ingress); from anyone else the header is ignored, or a client could
     /// name any address and dodge every per-address limit.
@@ -60,7 +60,7 @@ impl Default for ApiConfig {
             body_limit: 64 * 1024,
             per_ip_per_second: 100,
             per_ip_burst: 200,
-            internal_secret: InternalSecret::open(),
+            internal_auth: InternalAuth::open(),
             trusted_proxies: Vec::new(),
         }
     }
@@ -519,9 +519,9 @@ pub async fn serve(
     ready: ReadyFlag,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let channel = courier_proto::lazy_channel(logic_addr, Duration::from_secs(30))
+    let channel = courier_proto::lazy_channel(logic_addr, Duration::from_secs(30), &config.internal_auth)
         .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?;
-    let logic = courier_proto::logic_client(channel, &config.internal_secret);
+    let logic = courier_proto::logic_client(channel, &config.internal_auth);
     let app = router(config, logic, metrics);
     ready.set(true);
     let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -559,8 +559,9 @@ mod tests {
     async fn backend_text_never_reaches_clients() {
         let state = ApiState {
             logic: courier_proto::logic_client(
-                courier_proto::lazy_channel("127.0.0.1:1", Duration::from_secs(1)).expect("channel"),
-                &InternalSecret::open(),
+                courier_proto::lazy_channel("127.0.0.1:1", Duration::from_secs(1), &InternalAuth::open())
+                    .expect("channel"),
+                &InternalAuth::open(),
             ),
             config: Arc::new(ApiConfig::default()),
             metrics: Arc::new(Metrics::new()),

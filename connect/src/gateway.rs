@@ -466,12 +466,14 @@ pub(crate) mod tests {
     /// A gateway whose logic answers nothing (its address refuses connections).
     pub(crate) fn gateway_without_logic(config: ConnectConfig) -> Gateway {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(1, |a| a.port());
-        let channel = courier_proto::lazy_channel(&format!("127.0.0.1:{port}"), std::time::Duration::from_secs(1))
-            .expect("channel");
+        let open = courier_proto::InternalAuth::open();
+        let channel =
+            courier_proto::lazy_channel(&format!("127.0.0.1:{port}"), std::time::Duration::from_secs(1), &open)
+                .expect("channel");
         let metrics = Arc::new(courier_telemetry::Metrics::new());
         Gateway {
             hub: Arc::new(Hub::new(1, metrics)),
-            logic: courier_proto::logic_client(channel, &courier_proto::InternalSecret::open()),
+            logic: courier_proto::logic_client(channel, &courier_proto::InternalAuth::open()),
             config: Arc::new(config),
             presence_calls: Arc::new(tokio::sync::Semaphore::new(PRESENCE_CALLS)),
         }

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_proto::InternalSecret;
+use courier_proto::InternalAuth;
 use courier_proto::logic::NodeHeartbeatRequest;
 use courier_telemetry::{Metrics, ReadyFlag};
 use tokio::net::{TcpListener, TcpStream};
@@ -67,8 +67,8 @@ pub struct ConnectConfig {
     /// lease, 15 s by default).
     pub heartbeat_interval: Duration,
     /// Proves this node to logic, and callers of its push service to it (see
-    /// `courier_proto::InternalSecret`).
-    pub internal_secret: InternalSecret,
+    /// `courier_proto::InternalAuth`).
+    pub internal_auth: InternalAuth,
     /// Rooms one connection may be in at once: each costs the connection a
     /// stream's state and the room a member.
     pub max_rooms_per_connection: usize,
@@ -101,7 +101,7 @@ impl Default for ConnectConfig {
             drain_timeout: Duration::from_secs(10),
             session_check_interval: Duration::from_secs(300),
             heartbeat_interval: Duration::from_secs(5),
-            internal_secret: InternalSecret::open(),
+            internal_auth: InternalAuth::open(),
             max_rooms_per_connection: 100,
             max_connections_per_token: 10,
             gap_grace: Duration::from_millis(50),
@@ -148,12 +148,12 @@ pub async fn run(
     ready: ReadyFlag,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let logic = courier_proto::lazy_channel(logic_addr, Duration::from_secs(30))
+    let logic = courier_proto::lazy_channel(logic_addr, Duration::from_secs(30), &config.internal_auth)
         .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?;
     let hub = Arc::new(Hub::new(config.buckets, metrics));
     let gateway = Gateway {
         hub: hub.clone(),
-        logic: courier_proto::logic_client(logic, &config.internal_secret),
+        logic: courier_proto::logic_client(logic, &config.internal_auth),
         config: Arc::new(config),
         presence_calls: Arc::new(tokio::sync::Semaphore::new(gateway::PRESENCE_CALLS)),
     };
@@ -187,10 +187,11 @@ pub async fn run(
     let push_stop = CancellationToken::new();
     let push_secret = {
         let metrics = hub.metrics().clone();
-        state.gateway.config.internal_secret.clone().counting_refusals(move || metrics.error("internal_call_refused"))
+        state.gateway.config.internal_auth.clone().counting_refusals(move || metrics.error("internal_call_refused"))
     };
+    let mut push_builder = state.gateway.config.internal_auth.server()?;
     let push_server = tokio::spawn(
-        tonic::transport::Server::builder()
+        push_builder
             .add_service(courier_proto::connect_server(push::PushService { hub: hub.clone() }, &push_secret))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listeners.push),

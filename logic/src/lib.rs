@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use courier_ids::Snowflake;
 use courier_presence::{Claim, ClientMsgIds, Presence, SessionUser, Sessions};
-use courier_proto::InternalSecret;
+use courier_proto::InternalAuth;
 use courier_proto::connect::{Delivery, delivery::Target};
 use courier_proto::logic::logic_server::Logic as LogicRpc;
 use courier_proto::logic::{
@@ -91,8 +91,8 @@ pub struct LogicConfig {
     /// Password checks waiting for a core beyond those running; more are
     /// refused as busy.
     pub hash_queue: usize,
-    /// Callers of logic's service must present it (see `courier_proto::InternalSecret`).
-    pub internal_secret: InternalSecret,
+    /// Callers of logic's service must present it (see `courier_proto::InternalAuth`).
+    pub internal_auth: InternalAuth,
     /// Long connections one user may hold over every connect node (0: no limit).
     pub max_connections_per_user: usize,
 }
@@ -119,7 +119,7 @@ impl Default for LogicConfig {
             logins_per_minute_per_address: 60,
             address_login_burst: 30,
             hash_queue: 64,
-            internal_secret: InternalSecret::open(),
+            internal_auth: InternalAuth::open(),
             max_connections_per_user: 20,
         }
     }
@@ -892,10 +892,11 @@ pub async fn serve(
     });
     let secret = {
         let metrics = logic.inner.backends.metrics.clone();
-        logic.inner.config.internal_secret.clone().counting_refusals(move || metrics.error("internal_call_refused"))
+        logic.inner.config.internal_auth.clone().counting_refusals(move || metrics.error("internal_call_refused"))
     };
+    let mut builder = secret.server()?;
     ready.set(true);
-    let result = tonic::transport::Server::builder()
+    let result = builder
         .add_service(courier_proto::logic_server(logic, &secret))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

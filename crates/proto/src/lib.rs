@@ -12,7 +12,7 @@
 //!   fits the rules always fits the transport (tonic's default decode limit is
 //!   4 MiB, and 512 frames of a 4,000-byte body of control characters, escaped
 //!   to 24 KB each, used to exceed it and be dropped).
-//! - **Callers prove they belong** ([`InternalSecret`]): with a shared secret
+//! - **Callers prove they belong** ([`InternalAuth`]): with a shared secret
 //!   configured, a call without it is refused as UNAUTHENTICATED before it
 //!   reaches the service, so nobody who can reach an internal port can forge a
 //!   push or wipe presence.
@@ -54,19 +54,60 @@ pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// The metadata key carrying the internal secret.
 pub const SECRET_HEADER: &str = "x-courier-internal-secret";
 
-/// The secret tiers share to call each other (`--internal-secret`); `None`
-/// leaves internal calls open (a single trusted host, or tests).
+/// How tiers prove themselves to each other: a shared secret sent with every
+/// call, and optionally mutual TLS. Without either, internal calls are open (a
+/// single trusted host, or tests).
 #[derive(Clone, Default)]
-pub struct InternalSecret {
+pub struct InternalAuth {
     secret: Option<Arc<str>>,
+    tls: Option<InternalTls>,
     /// Called for every refused call (the server side counts them).
     on_refused: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
-impl std::fmt::Debug for InternalSecret {
+impl std::fmt::Debug for InternalAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret itself.
-        f.debug_struct("InternalSecret").field("set", &self.secret.is_some()).finish()
+        f.debug_struct("InternalAuth").field("secret", &self.secret.is_some()).field("tls", &self.tls).finish()
+    }
+}
+
+/// Mutual TLS between tiers: every tier presents its certificate (valid for
+/// `domain`) and trusts only certificates signed by `ca`, as a server and as a
+/// client, so a caller without such a certificate cannot even connect.
+#[derive(Clone)]
+pub struct InternalTls {
+    identity: tonic::transport::Identity,
+    ca: tonic::transport::Certificate,
+    domain: String,
+}
+
+impl std::fmt::Debug for InternalTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InternalTls").field("domain", &self.domain).finish_non_exhaustive()
+    }
+}
+
+impl InternalTls {
+    /// From PEM: this tier's certificate chain and key, the CA every tier's
+    /// certificate is signed by, and the name the certificates are valid for.
+    pub fn from_pem(cert: &[u8], key: &[u8], ca: &[u8], domain: &str) -> Self {
+        Self {
+            identity: tonic::transport::Identity::from_pem(cert, key),
+            ca: tonic::transport::Certificate::from_pem(ca),
+            domain: domain.to_owned(),
+        }
+    }
+
+    fn server(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new().identity(self.identity.clone()).client_ca_root(self.ca.clone())
+    }
+
+    fn client(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(self.identity.clone())
+            .domain_name(self.domain.clone())
     }
 }
 
@@ -82,8 +123,8 @@ impl std::fmt::Display for InvalidSecret {
 
 impl std::error::Error for InvalidSecret {}
 
-impl InternalSecret {
-    /// No secret: every internal call is let through.
+impl InternalAuth {
+    /// No secret, no TLS: every internal call is let through.
     pub fn open() -> Self {
         Self::default()
     }
@@ -95,7 +136,7 @@ impl InternalSecret {
         if !(16..=256).contains(&secret.len()) || !visible {
             return Err(InvalidSecret);
         }
-        Ok(Self { secret: Some(secret.into()), on_refused: None })
+        Ok(Self { secret: Some(secret.into()), ..Self::default() })
     }
 
     /// A fresh random secret (for one process that runs every tier).
@@ -105,14 +146,24 @@ impl InternalSecret {
         for _ in 0..4 {
             let _ = write!(text, "{:016x}", rand::random::<u64>());
         }
-        Self { secret: Some(text.into()), on_refused: None }
+        Self { secret: Some(text.into()), ..Self::default() }
+    }
+
+    /// The same, over mutual TLS.
+    pub fn with_tls(mut self, tls: InternalTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     pub fn is_set(&self) -> bool {
         self.secret.is_some()
     }
 
-    /// The same secret, calling `counter` for every call it refuses.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The same, calling `counter` for every call it refuses.
     pub fn counting_refusals(mut self, counter: impl Fn() + Send + Sync + 'static) -> Self {
         self.on_refused = Some(Arc::new(counter));
         self
@@ -125,6 +176,15 @@ impl InternalSecret {
             (None, _) => true,
             (Some(secret), Some(presented)) => bool::from(secret.as_bytes().ct_eq(presented)),
             (Some(_), None) => false,
+        }
+    }
+
+    /// A server for internal services: over TLS when configured.
+    pub fn server(&self) -> Result<tonic::transport::Server, tonic::transport::Error> {
+        let builder = tonic::transport::Server::builder();
+        match &self.tls {
+            Some(tls) => builder.tls_config(tls.server()),
+            None => Ok(builder),
         }
     }
 }
@@ -144,7 +204,7 @@ impl Interceptor for AddSecret {
 
 /// Refuses incoming calls without the secret.
 #[derive(Clone, Debug)]
-pub struct CheckSecret(InternalSecret);
+pub struct CheckSecret(InternalAuth);
 
 impl Interceptor for CheckSecret {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -159,7 +219,7 @@ impl Interceptor for CheckSecret {
     }
 }
 
-fn add_secret(secret: &InternalSecret) -> AddSecret {
+fn add_secret(secret: &InternalAuth) -> AddSecret {
     // `new` admits only visible ASCII, which is valid metadata.
     AddSecret(secret.secret.as_deref().and_then(|s| MetadataValue::try_from(s).ok()))
 }
@@ -173,26 +233,26 @@ pub type LogicServer<T> = InterceptedService<logic::logic_server::LogicServer<T>
 /// connect's push service as served.
 pub type ConnectServer<T> = InterceptedService<connect::connect_server::ConnectServer<T>, CheckSecret>;
 
-pub fn logic_client(channel: Channel, secret: &InternalSecret) -> LogicClient {
+pub fn logic_client(channel: Channel, secret: &InternalAuth) -> LogicClient {
     logic::logic_client::LogicClient::with_interceptor(channel, add_secret(secret))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
 }
 
-pub fn connect_client(channel: Channel, secret: &InternalSecret) -> ConnectClient {
+pub fn connect_client(channel: Channel, secret: &InternalAuth) -> ConnectClient {
     connect::connect_client::ConnectClient::with_interceptor(channel, add_secret(secret))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
 }
 
-pub fn logic_server<T: logic::logic_server::Logic>(service: T, secret: &InternalSecret) -> LogicServer<T> {
+pub fn logic_server<T: logic::logic_server::Logic>(service: T, secret: &InternalAuth) -> LogicServer<T> {
     let server = logic::logic_server::LogicServer::new(service)
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     InterceptedService::new(server, CheckSecret(secret.clone()))
 }
 
-pub fn connect_server<T: connect::connect_server::Connect>(service: T, secret: &InternalSecret) -> ConnectServer<T> {
+pub fn connect_server<T: connect::connect_server::Connect>(service: T, secret: &InternalAuth) -> ConnectServer<T> {
     let server = connect::connect_server::ConnectServer::new(service)
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
@@ -201,15 +261,20 @@ pub fn connect_server<T: connect::connect_server::Connect>(service: T, secret: &
 
 /// A gRPC channel to `host:port` that connects on first use and reconnects after
 /// failures, so a tier can start before the tier it calls; `timeout` bounds both
-/// connecting and each call.
+/// connecting and each call. Over TLS when `auth` has it.
 pub fn lazy_channel(
     addr: &str,
     timeout: std::time::Duration,
+    auth: &InternalAuth,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    let scheme = if auth.tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
-        .timeout(timeout)
-        .connect_lazy())
+        .timeout(timeout);
+    if let Some(tls) = &auth.tls {
+        endpoint = endpoint.tls_config(tls.client())?;
+    }
+    Ok(endpoint.connect_lazy())
 }
 
 #[cfg(test)]
@@ -218,17 +283,17 @@ mod tests {
 
     #[test]
     fn secrets_are_checked_whole_and_never_printed() {
-        assert!(InternalSecret::new("short").is_err());
-        assert!(InternalSecret::new("with a space in it here").is_err());
-        let secret = InternalSecret::new("0123456789abcdef").expect("valid");
+        assert!(InternalAuth::new("short").is_err());
+        assert!(InternalAuth::new("with a space in it here").is_err());
+        let secret = InternalAuth::new("0123456789abcdef").expect("valid");
         assert!(secret.admits(Some(b"0123456789abcdef")));
         assert!(!secret.admits(Some(b"0123456789abcdeF")));
         assert!(!secret.admits(Some(b"0123456789abcde")));
         assert!(!secret.admits(None));
-        assert!(InternalSecret::open().admits(None));
+        assert!(InternalAuth::open().admits(None));
         assert!(!format!("{secret:?}").contains("0123"));
-        let (a, b) = (InternalSecret::random(), InternalSecret::random());
+        let (a, b) = (InternalAuth::random(), InternalAuth::random());
         assert!(a.is_set() && a.secret != b.secret);
-        assert!(InternalSecret::new(a.secret.as_deref().unwrap_or_default()).is_ok(), "a random secret is valid");
+        assert!(InternalAuth::new(a.secret.as_deref().unwrap_or_default()).is_ok(), "a random secret is valid");
     }
 }

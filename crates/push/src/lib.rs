@@ -27,7 +27,7 @@ use std::time::Duration;
 use courier_discovery::{ConnectNode, Discovery};
 use courier_presence::{Presence, Routes};
 use courier_proto::connect::{Delivery, PushRequest, delivery::Target};
-use courier_proto::{ConnectClient, InternalSecret};
+use courier_proto::{ConnectClient, InternalAuth};
 use courier_telemetry::{Metrics, ResultLabel};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,7 @@ pub struct PusherOptions {
     /// Attempts per batch before it is dropped (the node is likely gone).
     pub attempts: u32,
     /// Proves this tier to the connect nodes.
-    pub secret: InternalSecret,
+    pub secret: InternalAuth,
 }
 
 impl Default for PusherOptions {
@@ -58,7 +58,7 @@ impl Default for PusherOptions {
             refresh_interval: Duration::from_secs(5),
             call_timeout: Duration::from_secs(5),
             attempts: 3,
-            secret: InternalSecret::open(),
+            secret: InternalAuth::open(),
         }
     }
 }
@@ -146,7 +146,11 @@ impl Pusher {
             if current.contains_key(&node.server_id) {
                 continue;
             }
-            let channel = match courier_proto::lazy_channel(&node.push_addr, self.options.call_timeout) {
+            let channel = match courier_proto::lazy_channel(
+                &node.push_addr,
+                self.options.call_timeout,
+                &self.options.secret,
+            ) {
                 Ok(channel) => channel,
                 Err(e) => {
                     tracing::error!(node = %node.server_id, addr = %node.push_addr, error = %e, "invalid connect node address");

@@ -7,6 +7,8 @@
 //! - [`eventually`]: waits for a condition that becomes true through asynchronous
 //!   work, polling it until a deadline, instead of sleeping a fixed time.
 //! - [`unique`]: a number unique to this test run, to namespace shared services.
+//! - [`Pki`]: a certificate authority and a certificate it signed, made on the
+//!   spot, for tests of TLS between tiers.
 
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,4 +51,28 @@ where
 pub fn unique() -> u64 {
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     (ms % 1_000_000_000) * 1000 + u64::from(std::process::id() % 1000)
+}
+
+/// A throwaway certificate authority and one certificate it signed, in PEM.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl Pki {
+    /// A new CA and a certificate for `domain`, valid for servers and clients
+    /// alike (mutual TLS).
+    pub fn new(domain: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA");
+        let mut params = CertificateParams::new(vec![domain.to_owned()]).expect("certificate parameters");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &ca).expect("certificate");
+        Self { ca: ca.pem(), cert: cert.pem(), key: key.serialize_pem() }
+    }
 }
