@@ -18,6 +18,7 @@ use courier_proto::LogicClient;
 use courier_proto::logic::{
     AttachRequest, DetachRequest, Empty, HistoryRequest, JoinRoomRequest, LeaveRoomRequest, SendRequest, TokenRequest,
 };
+use courier_retry::Backoff;
 use courier_telemetry::Metrics;
 use courier_wire::frame::{AckFrame, ClientFrame, ErrorFrame, Since, op, to_text};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -28,7 +29,7 @@ use crate::hub::{Channel, Hub, close_code};
 
 /// Messages read per history request while recovering.
 const RECOVERY_PAGE: u32 = 500;
-/// Attempts to release a connection's presence (200 ms, 0.8 s, 3.2 s apart).
+/// Attempts to release a connection's presence (pauses doubling from 200 ms).
 const LEAVE_ATTEMPTS: u32 = 4;
 
 /// Shared by every connection of this node.
@@ -278,7 +279,7 @@ impl Gateway {
         // The only other stream a channel receives is its user's inbox (0).
         let room = courier_wire::stream_room(stream).unwrap_or(0);
         self.metrics().error("push_gap_filled_from_history");
-        let mut pause = grace;
+        let mut pauses = Backoff::new(grace * 4, std::time::Duration::from_secs(16));
         for attempt in 1..=attempts {
             let from = channel.position(stream).unwrap_or(after);
             let reason = match self.replay(channel, room, stream, &Since { epoch: String::new(), seq: from }).await {
@@ -290,10 +291,9 @@ impl Gateway {
             if attempt == attempts {
                 break;
             }
-            pause *= 4;
             tokio::select! {
                 _ = channel.closing() => return,
-                _ = tokio::time::sleep(pause) => {}
+                _ = pauses.sleep() => {}
             }
         }
         channel.close(
@@ -390,7 +390,7 @@ impl Gateway {
         F: Fn(LogicClient) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Empty>, tonic::Status>>,
     {
-        let mut delay = std::time::Duration::from_millis(200);
+        let mut backoff = Backoff::new(std::time::Duration::from_millis(200), std::time::Duration::from_secs(5));
         for attempt in 1..=LEAVE_ATTEMPTS {
             let result = {
                 let _permit = self.presence_calls.acquire().await;
@@ -402,10 +402,7 @@ impl Gateway {
                     self.metrics().error(what);
                     tracing::warn!(user_id, error = %status, "could not release presence ({what})");
                 }
-                Err(_) => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 4;
-                }
+                Err(_) => backoff.sleep().await,
             }
         }
     }
@@ -497,8 +494,8 @@ pub(crate) mod tests {
 
         let started = std::time::Instant::now();
         gateway.fill_gap(&channel, &stream, after).await;
-        // Grace, then three reads with pauses of 20 and 80 ms between them.
-        assert!(started.elapsed() >= std::time::Duration::from_millis(105), "{:?}", started.elapsed());
+        // Grace, then three reads with pauses of at least 20 and 40 ms between them.
+        assert!(started.elapsed() >= std::time::Duration::from_millis(65), "{:?}", started.elapsed());
         let reason = channel.close_reason().expect("closed");
         assert_eq!(reason.code, close_code::TRY_AGAIN_LATER);
         assert!(reason.text.contains("reconnect and resume"), "{}", reason.text);

@@ -79,8 +79,8 @@ pub struct ConnectConfig {
     /// from another writer) before history is read.
     pub gap_grace: Duration,
     /// Reads of history for one gap before the connection is closed; the
-    /// pauses between them grow fourfold from `gap_grace` (with the defaults
-    /// 0.2, 0.8, 3.2 and 12.8 s).
+    /// pauses between them double from four times `gap_grace` (with the
+    /// defaults about 0.2, 0.4, 0.8 and 1.6 s, plus jitter).
     pub gap_fill_attempts: u32,
 }
 
@@ -227,6 +227,7 @@ async fn accept_loop<F>(
 ) where
     F: Future<Output = ()> + Send + 'static,
 {
+    let mut backoff = courier_retry::Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -234,6 +235,7 @@ async fn accept_loop<F>(
         };
         match accepted {
             Ok((stream, _peer)) => {
+                backoff.reset();
                 let _ = stream.set_nodelay(true);
                 state.tracker.spawn(serve(state.clone(), stream));
             }
@@ -241,7 +243,9 @@ async fn accept_loop<F>(
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 state.gateway.metrics().error("accept");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if !backoff.wait(&shutdown).await {
+                    return;
+                }
             }
         }
     }

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use courier_proto::record::{MessageKind as RecordKind, MessageRecord};
 use courier_push::Pusher;
 use courier_queue::{Consumer, Queue, Record};
+use courier_retry::Backoff;
 use courier_store::{Appended, DeadLetter, HistoryStore, Message, MessageKind};
 use courier_telemetry::{Metrics, PartitionLabel, ReadyFlag, TopicLabel};
 use prost::Message as _;
@@ -86,6 +87,11 @@ pub struct TaskBackends {
     pub metrics: Arc<Metrics>,
 }
 
+/// The pauses between retries of the queue and the store: 100 ms doubling to 5 s.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+}
+
 /// Batches a lane may have queued before the dispatcher waits for it.
 const LANE_DEPTH: usize = 4;
 /// How long the dispatcher polls before committing what lanes finished.
@@ -129,7 +135,7 @@ async fn subscribe(
     topic: &str,
     shutdown: &CancellationToken,
 ) -> Option<Box<dyn Consumer>> {
-    let mut backoff = Backoff::default();
+    let mut backoff = backoff();
     loop {
         let subscribed = async {
             backends.queue.ensure_topic(topic, config.partitions).await?;
@@ -166,7 +172,7 @@ struct Dispatcher {
 
 impl Dispatcher {
     async fn run(mut self, mut consumer: Box<dyn Consumer>) {
-        let mut backoff = Backoff::default();
+        let mut backoff = backoff();
         let mut pruned = Instant::now();
         'polling: loop {
             self.commit_finished(consumer.as_mut()).await;
@@ -372,7 +378,7 @@ impl Lane {
     /// Appends `messages` in one transaction: a store out of reach is retried
     /// until shutdown, any other failure up to `attempts` times.
     async fn append(&self, messages: &[Message], attempts: u32) -> Outcome {
-        let mut backoff = Backoff::default();
+        let mut backoff = backoff();
         let mut refusals = 0;
         loop {
             let started = Instant::now();
@@ -418,7 +424,7 @@ impl Lane {
             error: reason.to_owned(),
             dead_at_ms: courier_ids::now_unix_ms(),
         };
-        let mut backoff = Backoff::default();
+        let mut backoff = backoff();
         loop {
             match self.backends.history.set_aside(&letter).await {
                 Ok(()) => {
@@ -474,34 +480,6 @@ fn decode(record: &Record) -> Result<Message, String> {
         admitted_ms: r.admitted_ms,
         client_msg_id: r.client_msg_id,
     })
-}
-
-/// Exponential backoff from 100 ms to 5 s.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: Duration::from_millis(100) }
-    }
-}
-
-impl Backoff {
-    fn reset(&mut self) {
-        *self = Self::default();
-    }
-
-    /// Sleeps the next delay; false if shutdown came first.
-    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep(delay) => true,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -266,12 +266,13 @@ async fn node_worker(
     // Revocations a failed push could not deliver: retried until delivered or
     // the node is gone, since a revoked session must not stay open anywhere.
     let mut revoked: Vec<String> = Vec::new();
+    let mut revocation_pause = courier_retry::Backoff::new(REVOCATION_RETRY, Duration::from_secs(30));
     loop {
         let retrying = !revoked.is_empty();
         tokio::select! {
             _ = stop.cancelled() => return,
             n = rx.recv_many(&mut batch, options.max_batch) => if n == 0 { return },
-            _ = tokio::time::sleep(REVOCATION_RETRY), if retrying => {}
+            _ = revocation_pause.sleep(), if retrying => {}
         }
         let mut deliveries = Vec::with_capacity(batch.len());
         for item in batch.drain(..) {
@@ -287,6 +288,9 @@ async fn node_worker(
                 Pushed::Stopped => return,
             }
         }
+        if revoked.is_empty() {
+            revocation_pause.reset();
+        }
         if revoked.len() > MAX_PENDING_REVOCATIONS {
             let dropped = revoked.len() - MAX_PENDING_REVOCATIONS;
             revoked.drain(..dropped);
@@ -296,7 +300,8 @@ async fn node_worker(
     }
 }
 
-/// How long undelivered revocations wait before they are pushed again.
+/// How long undelivered revocations first wait before they are pushed again
+/// (then longer, doubling to 30 s, while the node stays away).
 const REVOCATION_RETRY: Duration = Duration::from_secs(1);
 /// Most revocations kept for a node that does not answer (its sessions also
 /// close at their next session check).
@@ -340,7 +345,7 @@ async fn push_with_retries(
     options: &PusherOptions,
     stop: &CancellationToken,
 ) -> Pushed {
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = courier_retry::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     for attempt in 1..=options.attempts {
         match client.push(request.clone()).await {
             Ok(_) => {
@@ -353,11 +358,9 @@ async fn push_with_retries(
             }
             Err(status) => {
                 tracing::debug!(node = %node.server_id, error = %status, attempt, "push failed; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return Pushed::Stopped,
-                    _ = tokio::time::sleep(delay) => {}
+                if !backoff.wait(stop).await {
+                    return Pushed::Stopped;
                 }
-                delay *= 2;
             }
         }
     }
