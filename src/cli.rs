@@ -259,10 +259,10 @@ pub struct ApiArgs {
 #[derive(Debug, Clone, Args)]
 pub struct TopicArgs {
     /// Topic of room traffic (keyed room:<id>).
-    #[arg(long, env = "COURIER_ROOM_TOPIC", default_value = "courier-room")]
+    #[arg(long, env = "COURIER_ROOM_TOPIC", default_value = courier_model::topics::ROOM)]
     pub room_topic: String,
     /// Topic of private traffic (keyed user:<recipient>).
-    #[arg(long, env = "COURIER_PRIVATE_TOPIC", default_value = "courier-private")]
+    #[arg(long, env = "COURIER_PRIVATE_TOPIC", default_value = courier_model::topics::PRIVATE)]
     pub private_topic: String,
     /// Partitions of each topic when created (fixed afterwards).
     #[arg(long, env = "COURIER_PARTITIONS", default_value_t = 8)]

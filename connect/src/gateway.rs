@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use courier_model::StreamId;
 use courier_proto::LogicClient;
 use courier_proto::logic::{
     AttachRequest, DetachRequest, Empty, HistoryRequest, JoinRoomRequest, LeaveRoomRequest, SendRequest, TokenRequest,
@@ -80,11 +81,11 @@ impl Gateway {
             transport,
             self.config.outbound_capacity,
         ));
-        let inbox = courier_wire::user_stream(channel.user_id);
+        let inbox = StreamId::Inbox(channel.user_id).to_string();
         channel.begin_recovery(&inbox);
         self.hub.add(channel.clone());
         if room != 0 {
-            channel.begin_recovery(&courier_wire::room_stream(room));
+            channel.begin_recovery(&StreamId::Room(room).to_string());
             self.hub.join(&channel, room);
         }
         let request = AttachRequest {
@@ -122,7 +123,7 @@ impl Gateway {
             channel.start_live(&inbox, reply.inbox_last_seq).await;
         }
         if room != 0 && auth.since.is_none() {
-            channel.start_live(&courier_wire::room_stream(room), reply.room_last_seq).await;
+            channel.start_live(&StreamId::Room(room).to_string(), reply.room_last_seq).await;
         }
         Ok(channel)
     }
@@ -131,10 +132,10 @@ impl Gateway {
     /// the connection is being driven (frames are written meanwhile).
     pub async fn resume(&self, channel: &Arc<Channel>, auth: &ClientFrame) {
         if let (Some(room), Some(since)) = (auth.room_id.filter(|r| *r != 0), &auth.since) {
-            self.recover(channel, room, since).await;
+            self.recover(channel, StreamId::Room(room), since).await;
         }
         if let Some(since) = &auth.inbox_since {
-            self.recover(channel, 0, since).await;
+            self.recover(channel, StreamId::Inbox(channel.user_id), since).await;
         }
     }
 
@@ -179,7 +180,7 @@ impl Gateway {
             },
             Some(op::SYNC) => {
                 let since = frame.since.unwrap_or(Since { epoch: String::new(), seq: 0 });
-                self.recover(channel, 0, &since).await;
+                self.recover(channel, StreamId::Inbox(channel.user_id), &since).await;
             }
             Some(op::LEAVE) => match frame.room_id {
                 Some(room) if room != 0 => self.leave(channel, room).await,
@@ -229,7 +230,7 @@ impl Gateway {
             return Err(format!("a connection may be in at most {most} rooms; leave one first"));
         }
         // Held back until the room's position is known (see `open`).
-        let stream = courier_wire::room_stream(room);
+        let stream = StreamId::Room(room).to_string();
         channel.begin_recovery(&stream);
         self.hub.join(channel, room);
         let request = JoinRoomRequest {
@@ -245,7 +246,7 @@ impl Gateway {
         match joined {
             Ok(reply) => {
                 match since {
-                    Some(since) => self.recover(channel, room, since).await,
+                    Some(since) => self.recover(channel, StreamId::Room(room), since).await,
                     None => channel.start_live(&stream, reply.into_inner().last_seq).await,
                 }
                 Ok(())
@@ -276,13 +277,17 @@ impl Gateway {
             channel.finish_recovery(stream, Vec::new()).await;
             return;
         }
-        // The only other stream a channel receives is its user's inbox (0).
-        let room = courier_wire::stream_room(stream).unwrap_or(0);
+        let Ok(id) = stream.parse::<StreamId>() else {
+            // Pushes name only streams connect knows; anything else is dropped.
+            tracing::warn!(stream, "a gap in a stream with no such name");
+            channel.forget_stream(stream);
+            return;
+        };
         self.metrics().error("push_gap_filled_from_history");
         let mut pauses = Backoff::new(grace * 4, std::time::Duration::from_secs(16));
         for attempt in 1..=attempts {
             let from = channel.position(stream).unwrap_or(after);
-            let reason = match self.replay(channel, room, stream, &Since { epoch: String::new(), seq: from }).await {
+            let reason = match self.replay(channel, id, &Since { epoch: String::new(), seq: from }).await {
                 Ok(()) => return,
                 Err(reason) => reason,
             };
@@ -302,15 +307,13 @@ impl Gateway {
         );
     }
 
-    /// Sends what the client missed in a room (`room` ≠ 0) or its inbox after
-    /// `since`, then releases the live frames held back meanwhile; a failure
-    /// is reported to the client as an op 9 error (live frames then go on, and
-    /// the hole is filled as a gap).
-    async fn recover(&self, channel: &Arc<Channel>, room: u64, since: &Since) {
-        let stream =
-            if room != 0 { courier_wire::room_stream(room) } else { courier_wire::user_stream(channel.user_id) };
-        if let Err(reason) = self.replay(channel, room, &stream, since).await {
-            channel.finish_recovery(&stream, Vec::new()).await;
+    /// Sends what the client missed in `stream` (a room, or its own inbox)
+    /// after `since`, then releases the live frames held back meanwhile; a
+    /// failure is reported to the client as an op 9 error (live frames then go
+    /// on, and the hole is filled as a gap).
+    async fn recover(&self, channel: &Arc<Channel>, stream: StreamId, since: &Since) {
+        if let Err(reason) = self.replay(channel, stream, since).await {
+            channel.finish_recovery(&stream.to_string(), Vec::new()).await;
             self.error(channel, &format!("could not load the messages you missed in {stream}: {reason}"), None);
         }
     }
@@ -319,7 +322,8 @@ impl Gateway {
     /// connection's flow control before the next is read, then releases the
     /// held-back live frames. On a failed read, what was queued stays queued
     /// and the stream stays held back; the reason is returned.
-    async fn replay(&self, channel: &Arc<Channel>, room: u64, stream: &str, since: &Since) -> Result<(), String> {
+    async fn replay(&self, channel: &Arc<Channel>, id: StreamId, since: &Since) -> Result<(), String> {
+        let stream = &id.to_string();
         // The client has the stream up to `since`: send what follows, even what
         // this channel already sent (it asked again) or what came before its
         // baseline.
@@ -329,7 +333,8 @@ impl Gateway {
         while !channel.is_closing() {
             let request = HistoryRequest {
                 auth_token: channel.auth_token.clone(),
-                room_id: room,
+                // No room: the caller's own inbox.
+                room_id: id.room().unwrap_or(0),
                 peer_user_id: 0,
                 after_seq: after,
                 before_seq: 0,
@@ -366,7 +371,7 @@ impl Gateway {
 
     async fn leave(&self, channel: &Arc<Channel>, room: u64) {
         if self.hub.leave(channel, room) {
-            channel.forget_stream(&courier_wire::room_stream(room));
+            channel.forget_stream(&StreamId::Room(room).to_string());
             let request = LeaveRoomRequest {
                 user_id: channel.user_id,
                 room_id: room,

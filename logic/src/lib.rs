@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use courier_ids::Snowflake;
+use courier_model::StreamId;
 use courier_presence::{Claim, ClientMsgIds, Presence, SessionUser, Sessions};
 use courier_proto::InternalAuth;
 use courier_proto::connect::{Delivery, delivery::Target};
@@ -102,8 +103,8 @@ impl Default for LogicConfig {
         Self {
             worker_id: 0,
             worker_not_before_unix_ms: 0,
-            room_topic: "courier-room".into(),
-            private_topic: "courier-private".into(),
+            room_topic: courier_model::topics::ROOM.into(),
+            private_topic: courier_model::topics::PRIVATE.into(),
             partitions: 8,
             hash_concurrency: 0,
             password_cost: password::PasswordCost::default(),
@@ -300,7 +301,7 @@ impl Logic {
         let presence = &self.inner.backends.presence;
         presence.join(room, user, server, conn).await.map_err(|e| self.presence_unavailable(e))?;
         self.mark_dirty(room);
-        let position = self.last_seq(&courier_wire::room_stream(room)).await;
+        let position = self.last_seq(&StreamId::Room(room).to_string()).await;
         if position.is_err() {
             // Harmless if it fails too: the node's lease or close releases it.
             let _ = presence.leave(room, user.user_id, server, conn).await;
@@ -341,11 +342,11 @@ impl Logic {
             (
                 MessageKind::Private,
                 &config.private_topic,
-                courier_wire::user_stream(request.to_user_id),
+                StreamId::Inbox(request.to_user_id).to_string(),
                 name.to_string(),
             )
         } else if request.room_id != 0 {
-            (MessageKind::Room, &config.room_topic, courier_wire::room_stream(request.room_id), String::new())
+            (MessageKind::Room, &config.room_topic, StreamId::Room(request.room_id).to_string(), String::new())
         } else {
             return Err(Status::invalid_argument("roomId or toUserId is required"));
         };
@@ -405,9 +406,9 @@ impl Logic {
         let me = self.session(&request.auth_token).await?;
         let history = &self.inner.backends.history;
         let stream = if request.room_id != 0 {
-            courier_wire::room_stream(request.room_id)
+            StreamId::Room(request.room_id).to_string()
         } else {
-            courier_wire::user_stream(me.user_id)
+            StreamId::Inbox(me.user_id).to_string()
         };
         let limit = match request.limit {
             0 => 50,
@@ -740,7 +741,7 @@ impl LogicRpc for Logic {
             }
             let registered = async {
                 // Read after the route exists: see AttachReply.
-                let inbox = self.last_seq(&courier_wire::user_stream(user.user_id)).await?;
+                let inbox = self.last_seq(&StreamId::Inbox(user.user_id).to_string()).await?;
                 let room = match r.room_id {
                     0 => 0,
                     room => self.join_at(room, &user, &r.server_id, r.conn_id).await?,

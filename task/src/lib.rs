@@ -63,8 +63,8 @@ impl Default for TaskConfig {
     fn default() -> Self {
         Self {
             group: "courier-task".into(),
-            room_topic: "courier-room".into(),
-            private_topic: "courier-private".into(),
+            room_topic: courier_model::topics::ROOM.into(),
+            private_topic: courier_model::topics::PRIVATE.into(),
             partitions: 8,
             max_batch: 512,
         }

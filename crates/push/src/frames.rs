@@ -33,7 +33,9 @@ pub fn frames_for(message: &Message, positions: &[Appended]) -> Vec<Delivery> {
         .filter_map(|position| {
             let target = match message.kind {
                 MessageKind::Room => Target::RoomId(message.room_id),
-                MessageKind::Private => Target::UserId(courier_wire::stream_user(&position.stream)?),
+                MessageKind::Private => {
+                    Target::UserId(position.stream.parse::<courier_model::StreamId>().ok()?.inbox_of()?)
+                }
             };
             Some(Delivery {
                 target: Some(target),

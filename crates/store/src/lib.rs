@@ -13,6 +13,7 @@
 //! tests in [`conformance`] are written once and run against every backend.
 
 use async_trait::async_trait;
+use courier_model::StreamId;
 
 mod append;
 pub mod conformance;
@@ -83,22 +84,7 @@ pub trait UserStore: Send + Sync + 'static {
     async fn user_by_id(&self, id: u64) -> Result<Option<User>>;
 }
 
-/// Whether a message went to a room or to one user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageKind {
-    Room = 1,
-    Private = 2,
-}
-
-impl MessageKind {
-    pub fn from_code(code: i64) -> Option<Self> {
-        match code {
-            1 => Some(Self::Room),
-            2 => Some(Self::Private),
-            _ => None,
-        }
-    }
-}
+pub use courier_model::MessageKind;
 
 /// A message as admitted, before it has positions in streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +106,7 @@ impl Message {
     /// (as a copy for the sender's other devices) the sender's inbox.
     pub fn streams(&self) -> Vec<String> {
         match self.kind {
-            MessageKind::Room => vec![format!("room:{}", self.room_id)],
+            MessageKind::Room => vec![StreamId::Room(self.room_id).to_string()],
             MessageKind::Private if self.to_user_id == self.from_user_id => vec![inbox(self.to_user_id)],
             MessageKind::Private => vec![inbox(self.to_user_id), inbox(self.from_user_id)],
         }
@@ -203,7 +189,7 @@ pub trait HistoryStore: Send + Sync + 'static {
 
 /// The inbox stream of `user_id`.
 pub(crate) fn inbox(user_id: u64) -> String {
-    format!("user:{user_id}")
+    StreamId::Inbox(user_id).to_string()
 }
 
 /// A fresh epoch: 64 random bits in hex.
