@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use courier_ids::Snowflake;
-use courier_model::StreamId;
+use courier_model::{Message, MessageKind, StreamId};
 use courier_presence::{Claim, ClientMsgIds, Presence, SessionUser, Sessions};
 use courier_proto::InternalAuth;
 use courier_proto::connect::{Delivery, delivery::Target};
@@ -32,7 +32,6 @@ use courier_proto::logic::{
     JoinRoomRequest, LeaveRoomRequest, NodeHeartbeatRequest, RoomRequest, SendReply, SendRequest, SessionReply,
     TokenRequest, UserReply,
 };
-use courier_proto::record::{MessageKind, MessageRecord, RECORD_VERSION};
 use courier_push::Pusher;
 use courier_queue::Queue;
 use courier_store::{Error as StoreError, HistoryStore, Page, UserStore};
@@ -41,7 +40,6 @@ use courier_wire::MAX_MESSAGE_BYTES;
 use courier_wire::frame::{CountFrame, RoomInfoFrame, to_text};
 use futures_util::StreamExt as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -337,16 +335,11 @@ impl Logic {
         validate_body(&request.body)?;
         validate_client_msg_id(&request.client_msg_id, self.inner.config.max_client_msg_id)?;
         let config = &self.inner.config;
-        let (kind, topic, key, to_user_name) = if request.to_user_id != 0 {
+        let (kind, topic, to_user_name) = if request.to_user_id != 0 {
             let name = self.recipient_name(request.to_user_id).await?;
-            (
-                MessageKind::Private,
-                &config.private_topic,
-                StreamId::Inbox(request.to_user_id).to_string(),
-                name.to_string(),
-            )
+            (MessageKind::Private, &config.private_topic, name.to_string())
         } else if request.room_id != 0 {
-            (MessageKind::Room, &config.room_topic, StreamId::Room(request.room_id).to_string(), String::new())
+            (MessageKind::Room, &config.room_topic, String::new())
         } else {
             return Err(Status::invalid_argument("roomId or toUserId is required"));
         };
@@ -376,10 +369,9 @@ impl Logic {
                 }
             }
         }
-        let record = MessageRecord {
-            version: RECORD_VERSION,
+        let message = Message {
             msg_id,
-            kind: kind as i32,
+            kind,
             room_id: request.room_id,
             to_user_id: request.to_user_id,
             to_user_name,
@@ -390,14 +382,14 @@ impl Logic {
             client_msg_id: request.client_msg_id,
         };
         let started = Instant::now();
-        if let Err(e) = self.inner.backends.queue.produce(topic, &key, &record.encode_to_vec()).await {
+        let key = message.key().to_string();
+        if let Err(e) = self.inner.backends.queue.produce(topic, &key, &message.to_record()).await {
             self.metrics().error("produce");
             tracing::warn!(error = %e, %topic, "queue did not take a message");
             return Err(Status::unavailable("message not accepted; try again"));
         }
         self.metrics().produce_duration.observe(started.elapsed().as_secs_f64());
-        let kind = if kind == MessageKind::Room { "room" } else { "private" };
-        self.metrics().messages_admitted.get_or_create(&KindLabel { kind }).inc();
+        self.metrics().messages_admitted.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
         Ok(SendReply { msg_id })
     }
 

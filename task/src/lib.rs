@@ -35,13 +35,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_proto::record::{MessageKind as RecordKind, MessageRecord};
 use courier_push::Pusher;
 use courier_queue::{Consumer, Queue, Record};
 use courier_retry::Backoff;
-use courier_store::{Appended, DeadLetter, HistoryStore, Message, MessageKind};
+use courier_store::{Appended, DeadLetter, HistoryStore, Message};
 use courier_telemetry::{Metrics, PartitionLabel, ReadyFlag, TopicLabel};
-use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -336,7 +334,7 @@ impl Lane {
     async fn persist_and_push(&self, records: &[Record]) -> bool {
         let mut decoded = Vec::with_capacity(records.len());
         for record in records {
-            match decode(record) {
+            match Message::from_record(&record.value) {
                 Ok(message) => decoded.push((record, message)),
                 Err(reason) => {
                     self.backends.metrics.error("bad_record");
@@ -456,48 +454,3 @@ enum Outcome {
 const BATCH_ATTEMPTS: u32 = 3;
 /// Refusals of one record alone before it is set aside.
 const RECORD_ATTEMPTS: u32 = 3;
-
-/// Decodes a queue record into a message.
-fn decode(record: &Record) -> Result<Message, String> {
-    let r = MessageRecord::decode(record.value.as_slice()).map_err(|e| e.to_string())?;
-    let kind = match RecordKind::try_from(r.kind) {
-        Ok(RecordKind::Room) if r.room_id != 0 => MessageKind::Room,
-        Ok(RecordKind::Private) if r.to_user_id != 0 => MessageKind::Private,
-        _ => return Err(format!("kind {} with room {} and recipient {}", r.kind, r.room_id, r.to_user_id)),
-    };
-    if r.msg_id == 0 {
-        return Err("message id 0".into());
-    }
-    Ok(Message {
-        msg_id: r.msg_id,
-        kind,
-        room_id: r.room_id,
-        from_user_id: r.from_user_id,
-        from_user_name: r.from_user_name,
-        to_user_id: r.to_user_id,
-        to_user_name: r.to_user_name,
-        body: r.body,
-        admitted_ms: r.admitted_ms,
-        client_msg_id: r.client_msg_id,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn undecodable_records_are_refused_not_panicked_on() {
-        let record = Record {
-            topic: "t".into(),
-            partition: 0,
-            offset: 0,
-            key: "k".into(),
-            value: vec![0xff, 0xff, 0xff],
-            timestamp_ms: 0,
-        };
-        assert!(decode(&record).is_err());
-        let empty = MessageRecord::default().encode_to_vec();
-        assert!(decode(&Record { value: empty, ..record }).is_err(), "kind unspecified");
-    }
-}

@@ -1,14 +1,26 @@
 //! Courier's message vocabulary, in one place every tier shares.
 //!
-//! A message belongs to **streams** ([`StreamId`]): a room, or a user's private
-//! inbox. The same names serve as the stream's key in the history store, the
-//! `stream` field of the frames clients see (`room:<id>`, `user:<id>`) and the
-//! queue key a message is produced under, so they are formatted and parsed
-//! here alone. [`MessageKind`] says which of the two a message is, and
-//! [`topics`] names the queue topics each kind travels on.
+//! A [`Message`] belongs to **streams** ([`StreamId`]): a room, or a user's
+//! private inbox. The same names serve as the stream's key in the history
+//! store, the `stream` field of the frames clients see (`room:<id>`,
+//! `user:<id>`) and the queue key a message is produced under, so they are
+//! formatted and parsed here alone. [`MessageKind`] says which of the two a
+//! message is, and [`topics`] names the queue topics each kind travels on.
+//!
+//! A message crosses the queue as a versioned protobuf record
+//! (`courier.record.v1.MessageRecord`): [`Message::to_record`] writes it and
+//! [`Message::from_record`] reads it back, refusing a record that is not a
+//! whole message or that a newer writer made ([`RECORD_VERSION`]) rather than
+//! guess at it.
 
 use std::fmt;
 use std::str::FromStr;
+
+use courier_proto::record::{MessageKind as RecordKind, MessageRecord};
+use prost::Message as _;
+
+/// The record version this build writes and the newest it reads.
+pub const RECORD_VERSION: u32 = courier_proto::record::RECORD_VERSION;
 
 /// A stream: a room, or a user's private inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,6 +106,114 @@ impl MessageKind {
     }
 }
 
+/// A message as admitted, before it has positions in streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub msg_id: u64,
+    pub kind: MessageKind,
+    /// The room of a room message; for a private message, the room the
+    /// sender was in (gochat's frames carry it), or 0.
+    pub room_id: u64,
+    pub from_user_id: u64,
+    pub from_user_name: String,
+    pub to_user_id: u64,
+    pub to_user_name: String,
+    pub body: String,
+    /// Admission time, milliseconds since the Unix epoch.
+    pub admitted_ms: i64,
+    pub client_msg_id: String,
+}
+
+/// Why queue bytes are not a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("not a message record: {0}")]
+    Undecodable(String),
+    #[error("record version {found} is newer than this build reads ({RECORD_VERSION})")]
+    TooNew { found: u32 },
+    #[error("record without a version")]
+    NoVersion,
+    #[error("not a whole message: {0}")]
+    Incomplete(String),
+}
+
+impl Message {
+    /// The streams this message belongs to: its room, or the recipient's inbox
+    /// and (as a copy for the sender's other devices) the sender's inbox.
+    pub fn streams(&self) -> Vec<StreamId> {
+        match self.kind {
+            MessageKind::Room => vec![StreamId::Room(self.room_id)],
+            MessageKind::Private if self.to_user_id == self.from_user_id => vec![StreamId::Inbox(self.to_user_id)],
+            MessageKind::Private => vec![StreamId::Inbox(self.to_user_id), StreamId::Inbox(self.from_user_id)],
+        }
+    }
+
+    /// The queue key: the room, or the recipient's inbox, so one stream's
+    /// messages stay in one partition, in order.
+    pub fn key(&self) -> StreamId {
+        match self.kind {
+            MessageKind::Room => StreamId::Room(self.room_id),
+            MessageKind::Private => StreamId::Inbox(self.to_user_id),
+        }
+    }
+
+    /// The queue record of this message, at [`RECORD_VERSION`].
+    pub fn to_record(&self) -> Vec<u8> {
+        MessageRecord {
+            version: RECORD_VERSION,
+            msg_id: self.msg_id,
+            kind: match self.kind {
+                MessageKind::Room => RecordKind::Room,
+                MessageKind::Private => RecordKind::Private,
+            } as i32,
+            room_id: self.room_id,
+            to_user_id: self.to_user_id,
+            to_user_name: self.to_user_name.clone(),
+            from_user_id: self.from_user_id,
+            from_user_name: self.from_user_name.clone(),
+            body: self.body.clone(),
+            admitted_ms: self.admitted_ms,
+            client_msg_id: self.client_msg_id.clone(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Reads a queue record back.
+    pub fn from_record(bytes: &[u8]) -> Result<Self, RecordError> {
+        let r = MessageRecord::decode(bytes).map_err(|e| RecordError::Undecodable(e.to_string()))?;
+        match r.version {
+            0 => return Err(RecordError::NoVersion),
+            found if found > RECORD_VERSION => return Err(RecordError::TooNew { found }),
+            _ => {}
+        }
+        let kind = match RecordKind::try_from(r.kind) {
+            Ok(RecordKind::Room) if r.room_id != 0 => MessageKind::Room,
+            Ok(RecordKind::Private) if r.to_user_id != 0 => MessageKind::Private,
+            _ => {
+                return Err(RecordError::Incomplete(format!(
+                    "kind {} with room {} and recipient {}",
+                    r.kind, r.room_id, r.to_user_id
+                )));
+            }
+        };
+        if r.msg_id == 0 {
+            return Err(RecordError::Incomplete("message id 0".into()));
+        }
+        Ok(Self {
+            msg_id: r.msg_id,
+            kind,
+            room_id: r.room_id,
+            from_user_id: r.from_user_id,
+            from_user_name: r.from_user_name,
+            to_user_id: r.to_user_id,
+            to_user_name: r.to_user_name,
+            body: r.body,
+            admitted_ms: r.admitted_ms,
+            client_msg_id: r.client_msg_id,
+        })
+    }
+}
+
 /// The queue topics' default names: room traffic keyed by room, private
 /// traffic keyed by recipient (see [`StreamId`]: the key is the stream the
 /// message is written to first).
@@ -121,6 +241,48 @@ mod tests {
         assert_eq!(StreamId::Room(3).room(), Some(3));
         assert_eq!(StreamId::Inbox(3).room(), None);
         assert_eq!(StreamId::Inbox(3).inbox_of(), Some(3));
+    }
+
+    fn private(from: u64, to: u64) -> Message {
+        Message {
+            msg_id: 7,
+            kind: MessageKind::Private,
+            room_id: 1,
+            from_user_id: from,
+            from_user_name: "ann".into(),
+            to_user_id: to,
+            to_user_name: "bob".into(),
+            body: "hi \u{1F600}".into(),
+            admitted_ms: 1_700_000_000_000,
+            client_msg_id: "c1".into(),
+        }
+    }
+
+    #[test]
+    fn a_message_round_trips_through_its_record() {
+        let message = private(1, 2);
+        assert_eq!(Message::from_record(&message.to_record()), Ok(message.clone()));
+        assert_eq!(message.key(), StreamId::Inbox(2), "keyed by the recipient");
+        assert_eq!(message.streams(), [StreamId::Inbox(2), StreamId::Inbox(1)]);
+        assert_eq!(private(3, 3).streams(), [StreamId::Inbox(3)], "a note to self is in one inbox");
+        let room = Message { kind: MessageKind::Room, room_id: 9, to_user_id: 0, ..message };
+        assert_eq!((room.key(), room.streams()), (StreamId::Room(9), vec![StreamId::Room(9)]));
+    }
+
+    #[test]
+    fn records_that_are_not_whole_messages_of_a_known_version_are_refused() {
+        let record = |change: fn(&mut MessageRecord)| {
+            let mut r = MessageRecord::decode(private(1, 2).to_record().as_slice()).expect("decodes");
+            change(&mut r);
+            r.encode_to_vec()
+        };
+        assert!(matches!(Message::from_record(&[0xff, 0xff, 0xff]), Err(RecordError::Undecodable(_))));
+        assert_eq!(Message::from_record(&record(|r| r.version = 0)), Err(RecordError::NoVersion));
+        let newer = record(|r| r.version = RECORD_VERSION + 1);
+        assert_eq!(Message::from_record(&newer), Err(RecordError::TooNew { found: RECORD_VERSION + 1 }));
+        assert!(matches!(Message::from_record(&record(|r| r.msg_id = 0)), Err(RecordError::Incomplete(_))));
+        assert!(matches!(Message::from_record(&record(|r| r.to_user_id = 0)), Err(RecordError::Incomplete(_))));
+        assert!(matches!(Message::from_record(&record(|r| r.kind = 0)), Err(RecordError::Incomplete(_))));
     }
 
     #[test]

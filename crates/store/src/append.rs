@@ -36,7 +36,9 @@ pub(crate) struct Entry {
 pub(crate) fn peer_in(stream: &str, message: &Message) -> u64 {
     match message.kind {
         MessageKind::Room => 0,
-        MessageKind::Private if stream == crate::inbox(message.from_user_id) => message.to_user_id,
+        MessageKind::Private if stream == courier_model::StreamId::Inbox(message.from_user_id).to_string() => {
+            message.to_user_id
+        }
         MessageKind::Private => message.from_user_id,
     }
 }
@@ -53,7 +55,12 @@ pub(crate) struct Plan {
 
 /// Every stream the batch touches, sorted: the order in which heads are locked.
 pub(crate) fn streams_to_lock(batch: &[Message]) -> Vec<String> {
-    batch.iter().flat_map(Message::streams).collect::<BTreeSet<_>>().into_iter().collect()
+    batch.iter().flat_map(message_streams).collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// A message's streams by name, the store's key for them.
+fn message_streams(message: &Message) -> Vec<String> {
+    message.streams().iter().map(ToString::to_string).collect()
 }
 
 /// Ids of `batch` that the message insert did not insert: they were stored
@@ -76,7 +83,7 @@ pub(crate) fn plan(
     let mut moved = BTreeSet::new();
     for message in batch {
         let mut positions = Vec::with_capacity(2);
-        for stream in message.streams() {
+        for stream in message_streams(message) {
             let head = heads
                 .get_mut(&stream)
                 .ok_or_else(|| Error::Corrupt(format!("stream {stream} was not locked for the append")))?;

@@ -13,7 +13,6 @@
 //! tests in [`conformance`] are written once and run against every backend.
 
 use async_trait::async_trait;
-use courier_model::StreamId;
 
 mod append;
 pub mod conformance;
@@ -84,34 +83,7 @@ pub trait UserStore: Send + Sync + 'static {
     async fn user_by_id(&self, id: u64) -> Result<Option<User>>;
 }
 
-pub use courier_model::MessageKind;
-
-/// A message as admitted, before it has positions in streams.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub msg_id: u64,
-    pub kind: MessageKind,
-    pub room_id: u64,
-    pub from_user_id: u64,
-    pub from_user_name: String,
-    pub to_user_id: u64,
-    pub to_user_name: String,
-    pub body: String,
-    pub admitted_ms: i64,
-    pub client_msg_id: String,
-}
-
-impl Message {
-    /// The streams this message belongs to: its room, or the recipient's inbox and
-    /// (as a copy for the sender's other devices) the sender's inbox.
-    pub fn streams(&self) -> Vec<String> {
-        match self.kind {
-            MessageKind::Room => vec![StreamId::Room(self.room_id).to_string()],
-            MessageKind::Private if self.to_user_id == self.from_user_id => vec![inbox(self.to_user_id)],
-            MessageKind::Private => vec![inbox(self.to_user_id), inbox(self.from_user_id)],
-        }
-    }
-}
+pub use courier_model::{Message, MessageKind};
 
 /// Which side of a seq a history page reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,11 +157,6 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// Up to `limit` records set aside from `topic`, in (partition, offset) order.
     async fn dead_letters(&self, topic: &str, limit: u32) -> Result<Vec<DeadLetter>>;
-}
-
-/// The inbox stream of `user_id`.
-pub(crate) fn inbox(user_id: u64) -> String {
-    StreamId::Inbox(user_id).to_string()
 }
 
 /// A fresh epoch: 64 random bits in hex.
