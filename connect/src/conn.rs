@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_telemetry::TransportLabel;
-use courier_wire::frame::{ClientFrame, ErrorFrame, to_text};
+use courier_wire::frame::{ErrorFrame, to_text};
+use courier_wire::request::Auth;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -101,7 +102,7 @@ type Work<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 pub(crate) async fn drive<S, T, I>(
     mut socket: S,
     channel: Arc<Channel>,
-    auth: Box<ClientFrame>,
+    auth: Box<Auth>,
     state: &ConnectState,
     framing: Framing<S, T, I>,
 ) -> S
@@ -284,7 +285,8 @@ mod tests {
             read_timeout: None,
             idle: |_: &mut Stuck| {},
         };
-        let driven = drive(Stuck, channel, Box::default(), &state, framing);
+        let auth = Box::new(Auth { token: "token".into(), room: 1, since: None, inbox_since: None });
+        let driven = drive(Stuck, channel, auth, &state, framing);
         let ended = tokio::time::timeout(CLOSE_DEADLINE + Duration::from_secs(1), driven).await;
         assert!(ended.is_ok(), "the close path gave up on the stuck socket within its deadline");
     }

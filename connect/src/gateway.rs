@@ -21,7 +21,8 @@ use courier_proto::logic::{
 };
 use courier_retry::Backoff;
 use courier_telemetry::Metrics;
-use courier_wire::frame::{AckFrame, ClientFrame, ErrorFrame, Since, op, to_text};
+use courier_wire::frame::{AckFrame, ErrorFrame, Since, to_text};
+use courier_wire::request::{Auth, ClientRequest};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tonic::Code;
 
@@ -63,9 +64,8 @@ impl Gateway {
     /// pushed here only after the route exists, so it finds the channel; one
     /// not newer is dropped as already known.
     /// `since` resumes the room and `inbox_since` the user's inbox (see module docs).
-    pub async fn open(&self, auth: &ClientFrame, transport: &'static str) -> Result<Arc<Channel>, String> {
-        let token = auth.auth_token.as_deref().unwrap_or_default();
-        let room = auth.room_id.unwrap_or(0);
+    pub async fn open(&self, auth: &Auth, transport: &'static str) -> Result<Arc<Channel>, String> {
+        let (token, room) = (auth.token.as_str(), auth.room);
         let request = TokenRequest { auth_token: token.to_owned() };
         let user = self.logic.clone().check_auth(request).await.map_err(|s| status_text(&s))?.into_inner();
         let most = self.config.max_connections_per_token;
@@ -130,9 +130,9 @@ impl Gateway {
 
     /// Recovers what the auth message asked for (`since`, `inboxSince`); call once
     /// the connection is being driven (frames are written meanwhile).
-    pub async fn resume(&self, channel: &Arc<Channel>, auth: &ClientFrame) {
-        if let (Some(room), Some(since)) = (auth.room_id.filter(|r| *r != 0), &auth.since) {
-            self.recover(channel, StreamId::Room(room), since).await;
+    pub async fn resume(&self, channel: &Arc<Channel>, auth: &Auth) {
+        if let Some(since) = &auth.since {
+            self.recover(channel, StreamId::Room(auth.room), since).await;
         }
         if let Some(since) = &auth.inbox_since {
             self.recover(channel, StreamId::Inbox(channel.user_id), since).await;
@@ -141,53 +141,31 @@ impl Gateway {
 
     /// Acts on one client frame; answers (ack, error) go to the channel's queue.
     pub async fn handle(&self, channel: &Arc<Channel>, text: &[u8]) {
-        let frame = match ClientFrame::parse(text) {
-            Ok(frame) => frame,
-            Err(e) => {
+        let request = match ClientRequest::parse(text) {
+            Ok(request) => request,
+            Err(reason) => {
                 self.metrics().error("bad_frame");
-                channel.reply(to_text(&ErrorFrame::new(e.to_string(), None)), self.metrics());
+                self.error(channel, &reason, None);
                 return;
             }
         };
-        match frame.op {
+        match request {
             // gochat's TCP room send: the sender is the session's user, whatever
             // the frame claims.
-            Some(op::ROOM) => {
-                let room = frame.room_id.or_else(|| channel.rooms().first().copied()).unwrap_or(0);
-                self.send(channel, room, 0, frame.msg.unwrap_or_default(), None).await;
+            ClientRequest::RoomSend { room, body } => {
+                let room = room.or_else(|| channel.rooms().first().copied()).unwrap_or(0);
+                self.send(channel, room, 0, body, None).await;
             }
-            Some(op::SEND) => {
-                let (room, to_user) = match frame.to_user_id {
-                    Some(user) if user != 0 => (frame.room_id.unwrap_or(0), user),
-                    _ => (frame.room_id.unwrap_or(0), 0),
-                };
-                self.send(
-                    channel,
-                    room,
-                    to_user,
-                    frame.msg.unwrap_or_default(),
-                    Some(frame.client_msg_id.unwrap_or_default()),
-                )
-                .await;
+            ClientRequest::Send { room, to_user, body, client_msg_id } => {
+                self.send(channel, room, to_user.unwrap_or(0), body, Some(client_msg_id)).await;
             }
-            Some(op::JOIN) | Some(op::TCP_JOIN) => match frame.room_id {
-                Some(room) if room != 0 => {
-                    if let Err(reason) = self.join(channel, room, frame.since.as_ref()).await {
-                        self.error(channel, &reason, None);
-                    }
+            ClientRequest::Join { room, since } => {
+                if let Err(reason) = self.join(channel, room, since.as_ref()).await {
+                    self.error(channel, &reason, None);
                 }
-                _ => self.error(channel, "roomId is required", None),
-            },
-            Some(op::SYNC) => {
-                let since = frame.since.unwrap_or(Since { epoch: String::new(), seq: 0 });
-                self.recover(channel, StreamId::Inbox(channel.user_id), &since).await;
             }
-            Some(op::LEAVE) => match frame.room_id {
-                Some(room) if room != 0 => self.leave(channel, room).await,
-                _ => self.error(channel, "roomId is required", None),
-            },
-            Some(other) => self.error(channel, &format!("unsupported op {other}"), None),
-            None => self.error(channel, "op is required", None),
+            ClientRequest::Sync { since } => self.recover(channel, StreamId::Inbox(channel.user_id), &since).await,
+            ClientRequest::Leave { room } => self.leave(channel, room).await,
         }
     }
 

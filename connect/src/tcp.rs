@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use courier_wire::frame::{ClientFrame, ErrorFrame, op, to_text};
+use courier_wire::frame::{ErrorFrame, to_text};
+use courier_wire::request::Auth;
 use courier_wire::tcp::{FrameError, V1Codec};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -32,21 +33,14 @@ pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
     let mut socket = Box::new(Framed::with_capacity(stream, V1Codec, BUFFER));
 
     let first = tokio::time::timeout(config.auth_timeout, socket.next()).await;
-    let frame = match first {
-        Ok(Some(Ok(payload))) => ClientFrame::parse(&payload).map_err(|e| e.to_string()),
+    let auth = match first {
+        Ok(Some(Ok(payload))) => Auth::from_tcp(&payload),
         Ok(Some(Err(e))) => Err(e.to_string()),
         Ok(None) => return,
         Err(_) => Err("no op 6 frame in time".to_owned()),
     };
-    let auth = match frame {
-        Ok(f) if f.op == Some(op::TCP_JOIN) => {
-            if f.auth_token.as_deref().is_some_and(|t| !t.is_empty()) && f.room_id.unwrap_or(0) != 0 {
-                Box::new(f)
-            } else {
-                return refuse(socket, "op 6 needs authToken and a non-zero roomId").await;
-            }
-        }
-        Ok(_) => return refuse(socket, "the first frame must be op 6 (authenticate and join)").await,
+    let auth = match auth {
+        Ok(auth) => Box::new(auth),
         Err(reason) => return refuse(socket, &reason).await,
     };
     // Boxed: see `conn` on the size of calls to logic.

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use courier_wire::frame::ClientFrame;
+use courier_wire::request::Auth;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -76,12 +76,8 @@ pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
     })
     .await
     .unwrap_or_else(|_| Err("no auth message in time".to_owned()));
-    let auth = first.and_then(|text| ClientFrame::parse(text.as_bytes()).map_err(|e| e.to_string()));
-    let auth = match auth {
-        Ok(frame) if frame.auth_token.as_deref().is_some_and(|t| !t.is_empty()) && frame.room_id.unwrap_or(0) != 0 => {
-            Box::new(frame)
-        }
-        Ok(_) => return refuse(socket, "the auth message needs authToken and a non-zero roomId").await,
+    let auth = match first.and_then(|text| Auth::from_websocket(text.as_bytes())) {
+        Ok(auth) => Box::new(auth),
         Err(reason) => return refuse(socket, &reason).await,
     };
     // Calls to logic are large futures: boxed, so the connection's task, alive

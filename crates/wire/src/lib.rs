@@ -4,11 +4,14 @@
 //!   frames gochat's clients already understand (ops 2–6) and Courier's extensions
 //!   (ops 7–12), parsed leniently where gochat's clients are loose (ids as strings
 //!   or numbers) and strictly where safety needs it (message size).
+//! - [`request`]: a client frame read once into what it asks for ([`request::Auth`],
+//!   [`request::ClientRequest`]), its fields validated.
 //! - [`tcp`]: the `v1` length-prefixed TCP framing, as a `tokio_util` codec so a
 //!   malformed length is an error for that connection only.
 //! - [`time`]: gochat's `createTime` text.
 
 pub mod frame;
+pub mod request;
 pub mod tcp;
 pub mod time;
 
