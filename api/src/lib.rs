@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Extension, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, Extension, FromRequest, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
@@ -120,6 +120,41 @@ async fn parse<T: DeserializeOwned>(state: &ApiState, body: Body) -> Result<T, A
     serde_json::from_slice(&bytes).map_err(|e| Answer::fail(format!("invalid request body: {e}")))
 }
 
+/// A route's JSON body, read within the body limit: a body too large, empty or
+/// of the wrong shape is answered in gochat's envelope before the handler runs.
+struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
+    type Rejection = Answer;
+
+    async fn from_request(request: Request, state: &ApiState) -> Result<Self, Answer> {
+        parse(state, request.into_body()).await.map(Self)
+    }
+}
+
+/// The body of a route behind a session. As gochat does, the session comes
+/// first: a body without a valid `authToken` is a session error whatever else
+/// is wrong with it; then the route's own fields are read.
+struct SessionBody<T> {
+    user: UserReply,
+    token: String,
+    fields: T,
+}
+
+impl<T: DeserializeOwned> FromRequest<ApiState> for SessionBody<T> {
+    type Rejection = Answer;
+
+    async fn from_request(request: Request, state: &ApiState) -> Result<Self, Answer> {
+        let bytes = axum::body::to_bytes(request.into_body(), state.config.body_limit)
+            .await
+            .map_err(|_| Answer::fail(format!("request body is larger than {} bytes", state.config.body_limit)))?;
+        let token: TokenBody = serde_json::from_slice(&bytes).map_err(|_| Answer::session_error())?;
+        let user = session(state, token.auth_token.as_deref()).await?;
+        let fields = serde_json::from_slice(&bytes).map_err(|e| Answer::fail(format!("invalid request body: {e}")))?;
+        Ok(Self { user, token: token.auth_token.unwrap_or_default(), fields })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct CredentialsBody {
@@ -137,8 +172,6 @@ struct TokenBody {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PushBody {
-    #[serde(default)]
-    auth_token: Option<String>,
     #[serde(default)]
     msg: Option<String>,
     #[serde(default, deserialize_with = "lenient_id")]
@@ -206,11 +239,11 @@ fn room_required(room: Option<u64>) -> Result<u64, Answer> {
     room.filter(|r| *r != 0).ok_or_else(|| Answer::fail("roomId is required and must not be 0"))
 }
 
-async fn register(State(state): State<ApiState>, Extension(from): Extension<ClientAddr>, body: Body) -> Answer {
-    let c: CredentialsBody = match parse(&state, body).await {
-        Ok(c) => c,
-        Err(answer) => return answer,
-    };
+async fn register(
+    State(state): State<ApiState>,
+    Extension(from): Extension<ClientAddr>,
+    JsonBody(c): JsonBody<CredentialsBody>,
+) -> Answer {
     let request = Credentials { user_name: c.user_name, password: c.pass_word, client_addr: from.0.to_string() };
     match state.logic.clone().register(request).await {
         Ok(reply) => Answer::ok("register success", reply.into_inner().auth_token.into()),
@@ -220,11 +253,11 @@ async fn register(State(state): State<ApiState>, Extension(from): Extension<Clie
     }
 }
 
-async fn login(State(state): State<ApiState>, Extension(from): Extension<ClientAddr>, body: Body) -> Answer {
-    let c: CredentialsBody = match parse(&state, body).await {
-        Ok(c) => c,
-        Err(answer) => return answer,
-    };
+async fn login(
+    State(state): State<ApiState>,
+    Extension(from): Extension<ClientAddr>,
+    JsonBody(c): JsonBody<CredentialsBody>,
+) -> Answer {
     let request = Credentials { user_name: c.user_name, password: c.pass_word, client_addr: from.0.to_string() };
     match state.logic.clone().login(request).await {
         Ok(reply) => Answer::ok("login success", reply.into_inner().auth_token.into()),
@@ -234,38 +267,15 @@ async fn login(State(state): State<ApiState>, Extension(from): Extension<ClientA
     }
 }
 
-async fn check_auth(State(state): State<ApiState>, body: Body) -> Answer {
-    let result = async {
-        let b: TokenBody = parse(&state, body).await.map_err(|_| Answer::session_error())?;
-        let user = session(&state, b.auth_token.as_deref()).await?;
-        Ok::<_, Answer>(Answer::ok("auth success", json!({"userId": user.user_id, "userName": user.user_name})))
-    };
-    result.await.unwrap_or_else(|answer| answer)
+async fn check_auth(SessionBody { user, .. }: SessionBody<TokenBody>) -> Answer {
+    Answer::ok("auth success", json!({"userId": user.user_id, "userName": user.user_name}))
 }
 
-async fn logout(State(state): State<ApiState>, body: Body) -> Answer {
-    let result = async {
-        let b: TokenBody = parse(&state, body).await.map_err(|_| Answer::session_error())?;
-        session(&state, b.auth_token.as_deref()).await?;
-        let request = TokenRequest { auth_token: b.auth_token.unwrap_or_default() };
-        match state.logic.clone().logout(request).await {
-            Ok(_) => Ok(Answer::ok("logout ok!", Value::Null)),
-            Err(_) => Ok(Answer::fail("logout fail!")),
-        }
-    };
-    result.await.unwrap_or_else(|answer: Answer| answer)
-}
-
-/// Parses a `/push/*` body: session first (as gochat), then the fields.
-async fn push_body(state: &ApiState, body: Body) -> Result<(PushBody, String), Answer> {
-    let bytes = axum::body::to_bytes(body, state.config.body_limit)
-        .await
-        .map_err(|_| Answer::fail(format!("request body is larger than {} bytes", state.config.body_limit)))?;
-    let token: TokenBody = serde_json::from_slice(&bytes).map_err(|_| Answer::session_error())?;
-    session(state, token.auth_token.as_deref()).await?;
-    let b: PushBody = serde_json::from_slice(&bytes).map_err(|e| Answer::fail(format!("invalid request body: {e}")))?;
-    let token = b.auth_token.clone().unwrap_or_default();
-    Ok((b, token))
+async fn logout(State(state): State<ApiState>, SessionBody { token, .. }: SessionBody<TokenBody>) -> Answer {
+    match state.logic.clone().logout(TokenRequest { auth_token: token }).await {
+        Ok(_) => Answer::ok("logout ok!", Value::Null),
+        Err(_) => Answer::fail("logout fail!"),
+    }
 }
 
 fn send_failure(state: &ApiState, status: &Status, fallback: &str) -> Answer {
@@ -281,67 +291,82 @@ fn send_failure(state: &ApiState, status: &Status, fallback: &str) -> Answer {
     }
 }
 
-async fn push(State(state): State<ApiState>, body: Body) -> Answer {
-    let result = async {
-        let (b, token) = push_body(&state, body).await?;
-        let room = room_required(b.room_id)?;
-        let to_user = b.to_user_id.filter(|u| *u != 0).ok_or_else(|| Answer::fail("toUserId is required"))?;
-        let request = SendRequest {
-            auth_token: token,
-            room_id: room,
-            to_user_id: to_user,
-            body: b.msg.unwrap_or_default(),
-            client_msg_id: String::new(),
-        };
-        match state.logic.clone().send(request).await {
-            Ok(_) => Ok(Answer::ok("ok", Value::Null)),
-            Err(s) => Err(send_failure(&state, &s, "rpc fail get friend userName")),
-        }
-    };
-    result.await.unwrap_or_else(|answer| answer)
+/// The answer of a handler that can fail at several steps.
+fn either(result: Result<Answer, Answer>) -> Answer {
+    result.unwrap_or_else(|answer| answer)
 }
 
-async fn push_room(State(state): State<ApiState>, body: Body) -> Answer {
-    let result = async {
-        let (b, token) = push_body(&state, body).await?;
-        let room = room_required(b.room_id)?;
-        let request = SendRequest {
-            auth_token: token,
-            room_id: room,
-            to_user_id: 0,
-            body: b.msg.unwrap_or_default(),
-            client_msg_id: String::new(),
-        };
-        match state.logic.clone().send(request).await {
-            Ok(_) => Ok(Answer::ok("ok", "".into())),
-            Err(s) => Err(send_failure(&state, &s, "rpc push room msg fail!")),
+async fn push(State(state): State<ApiState>, SessionBody { token, fields: b, .. }: SessionBody<PushBody>) -> Answer {
+    either(
+        async {
+            let room = room_required(b.room_id)?;
+            let to_user = b.to_user_id.filter(|u| *u != 0).ok_or_else(|| Answer::fail("toUserId is required"))?;
+            let request = SendRequest {
+                auth_token: token,
+                room_id: room,
+                to_user_id: to_user,
+                body: b.msg.unwrap_or_default(),
+                client_msg_id: String::new(),
+            };
+            match state.logic.clone().send(request).await {
+                Ok(_) => Ok(Answer::ok("ok", Value::Null)),
+                Err(s) => Err(send_failure(&state, &s, "rpc fail get friend userName")),
+            }
         }
-    };
-    result.await.unwrap_or_else(|answer| answer)
+        .await,
+    )
 }
 
-async fn count(State(state): State<ApiState>, body: Body) -> Answer {
-    let result = async {
-        let (b, token) = push_body(&state, body).await?;
-        let room = room_required(b.room_id)?;
-        match state.logic.clone().push_room_count(RoomRequest { auth_token: token, room_id: room }).await {
-            Ok(_) => Ok(Answer::ok("ok", "".into())),
-            Err(s) => Err(send_failure(&state, &s, "rpc get room count fail!")),
+async fn push_room(
+    State(state): State<ApiState>,
+    SessionBody { token, fields: b, .. }: SessionBody<PushBody>,
+) -> Answer {
+    either(
+        async {
+            let room = room_required(b.room_id)?;
+            let request = SendRequest {
+                auth_token: token,
+                room_id: room,
+                to_user_id: 0,
+                body: b.msg.unwrap_or_default(),
+                client_msg_id: String::new(),
+            };
+            match state.logic.clone().send(request).await {
+                Ok(_) => Ok(Answer::ok("ok", "".into())),
+                Err(s) => Err(send_failure(&state, &s, "rpc push room msg fail!")),
+            }
         }
-    };
-    result.await.unwrap_or_else(|answer| answer)
+        .await,
+    )
 }
 
-async fn room_info(State(state): State<ApiState>, body: Body) -> Answer {
-    let result = async {
-        let (b, token) = push_body(&state, body).await?;
-        let room = room_required(b.room_id)?;
-        match state.logic.clone().push_room_info(RoomRequest { auth_token: token, room_id: room }).await {
-            Ok(_) => Ok(Answer::ok("ok", "".into())),
-            Err(s) => Err(send_failure(&state, &s, "rpc get room info fail!")),
+async fn count(State(state): State<ApiState>, SessionBody { token, fields: b, .. }: SessionBody<PushBody>) -> Answer {
+    either(
+        async {
+            let room = room_required(b.room_id)?;
+            match state.logic.clone().push_room_count(RoomRequest { auth_token: token, room_id: room }).await {
+                Ok(_) => Ok(Answer::ok("ok", "".into())),
+                Err(s) => Err(send_failure(&state, &s, "rpc get room count fail!")),
+            }
         }
-    };
-    result.await.unwrap_or_else(|answer| answer)
+        .await,
+    )
+}
+
+async fn room_info(
+    State(state): State<ApiState>,
+    SessionBody { token, fields: b, .. }: SessionBody<PushBody>,
+) -> Answer {
+    either(
+        async {
+            let room = room_required(b.room_id)?;
+            match state.logic.clone().push_room_info(RoomRequest { auth_token: token, room_id: room }).await {
+                Ok(_) => Ok(Answer::ok("ok", "".into())),
+                Err(s) => Err(send_failure(&state, &s, "rpc get room info fail!")),
+            }
+        }
+        .await,
+    )
 }
 
 #[derive(Deserialize)]
@@ -363,52 +388,52 @@ struct HistoryBody {
 /// a page of messages as they were pushed, by seq. `afterSeq` pages forwards
 /// (oldest first), `beforeSeq` backwards (newest first); neither means the newest
 /// page. `data` is `{stream, epoch, lastSeq, messages}`.
-async fn history(state: &ApiState, body: Body, private: bool) -> Answer {
-    let result = async {
-        let bytes = axum::body::to_bytes(body, state.config.body_limit)
-            .await
-            .map_err(|_| Answer::fail(format!("request body is larger than {} bytes", state.config.body_limit)))?;
-        let token: TokenBody = serde_json::from_slice(&bytes).map_err(|_| Answer::session_error())?;
-        session(state, token.auth_token.as_deref()).await?;
-        let b: HistoryBody =
-            serde_json::from_slice(&bytes).map_err(|e| Answer::fail(format!("invalid request body: {e}")))?;
-        let (room_id, peer_user_id) = if private {
-            (0, b.user_id.filter(|u| *u != 0).ok_or_else(|| Answer::fail("userId is required"))?)
-        } else {
-            (room_required(b.room_id)?, 0)
-        };
-        let (after_seq, before_seq) = match (b.after_seq, b.before_seq) {
-            (Some(_), Some(_)) => return Err(Answer::fail("give afterSeq or beforeSeq, not both")),
-            (Some(after), None) => (after, 0),
-            (None, Some(0)) => return Err(Answer::fail("beforeSeq must be at least 1")),
-            (None, Some(before)) => (0, before),
-            (None, None) => (0, u64::MAX),
-        };
-        let request = HistoryRequest {
-            auth_token: token.auth_token.unwrap_or_default(),
-            room_id,
-            peer_user_id,
-            after_seq,
-            before_seq,
-            limit: b.limit.unwrap_or(50),
-        };
-        let page =
-            state.logic.clone().history(request).await.map_err(|s| send_failure(state, &s, "history unavailable"))?;
-        let page = page.into_inner();
-        let messages: Vec<Value> = page.frames.iter().filter_map(|f| serde_json::from_str(&f.body).ok()).collect();
-        Ok(Answer::ok(
-            "ok",
-            json!({"stream": page.stream, "epoch": page.epoch, "lastSeq": page.last_seq, "messages": messages}),
-        ))
-    };
-    result.await.unwrap_or_else(|answer| answer)
+async fn history(state: &ApiState, body: SessionBody<HistoryBody>, private: bool) -> Answer {
+    let SessionBody { token, fields: b, .. } = body;
+    either(
+        async {
+            let (room_id, peer_user_id) = if private {
+                (0, b.user_id.filter(|u| *u != 0).ok_or_else(|| Answer::fail("userId is required"))?)
+            } else {
+                (room_required(b.room_id)?, 0)
+            };
+            let (after_seq, before_seq) = match (b.after_seq, b.before_seq) {
+                (Some(_), Some(_)) => return Err(Answer::fail("give afterSeq or beforeSeq, not both")),
+                (Some(after), None) => (after, 0),
+                (None, Some(0)) => return Err(Answer::fail("beforeSeq must be at least 1")),
+                (None, Some(before)) => (0, before),
+                (None, None) => (0, u64::MAX),
+            };
+            let request = HistoryRequest {
+                auth_token: token,
+                room_id,
+                peer_user_id,
+                after_seq,
+                before_seq,
+                limit: b.limit.unwrap_or(50),
+            };
+            let page = state
+                .logic
+                .clone()
+                .history(request)
+                .await
+                .map_err(|s| send_failure(state, &s, "history unavailable"))?;
+            let page = page.into_inner();
+            let messages: Vec<Value> = page.frames.iter().filter_map(|f| serde_json::from_str(&f.body).ok()).collect();
+            Ok(Answer::ok(
+                "ok",
+                json!({"stream": page.stream, "epoch": page.epoch, "lastSeq": page.last_seq, "messages": messages}),
+            ))
+        }
+        .await,
+    )
 }
 
-async fn room_history(State(state): State<ApiState>, body: Body) -> Answer {
+async fn room_history(State(state): State<ApiState>, body: SessionBody<HistoryBody>) -> Answer {
     history(&state, body, false).await
 }
 
-async fn private_history(State(state): State<ApiState>, body: Body) -> Answer {
+async fn private_history(State(state): State<ApiState>, body: SessionBody<HistoryBody>) -> Answer {
     history(&state, body, true).await
 }
 
