@@ -296,22 +296,30 @@ fn either(result: Result<Answer, Answer>) -> Answer {
     result.unwrap_or_else(|answer| answer)
 }
 
+/// Sends a message through logic, answering gochat's `ok` with `data` (null
+/// for `/push/push`, "" for `/push/pushRoom`), or `fallback` when logic failed
+/// for a reason not meant for clients.
+async fn send(state: &ApiState, request: SendRequest, data: Value, fallback: &str) -> Answer {
+    match state.logic.clone().send(request).await {
+        Ok(_) => Answer::ok("ok", data),
+        Err(s) => send_failure(state, &s, fallback),
+    }
+}
+
 async fn push(State(state): State<ApiState>, SessionBody { token, fields: b, .. }: SessionBody<PushBody>) -> Answer {
     either(
         async {
             let room = room_required(b.room_id)?;
             let to_user = b.to_user_id.filter(|u| *u != 0).ok_or_else(|| Answer::fail("toUserId is required"))?;
+            let body = b.msg.unwrap_or_default();
             let request = SendRequest {
                 auth_token: token,
                 room_id: room,
                 to_user_id: to_user,
-                body: b.msg.unwrap_or_default(),
+                body,
                 client_msg_id: String::new(),
             };
-            match state.logic.clone().send(request).await {
-                Ok(_) => Ok(Answer::ok("ok", Value::Null)),
-                Err(s) => Err(send_failure(&state, &s, "rpc fail get friend userName")),
-            }
+            Ok(send(&state, request, Value::Null, "rpc fail get friend userName").await)
         }
         .await,
     )
@@ -324,17 +332,10 @@ async fn push_room(
     either(
         async {
             let room = room_required(b.room_id)?;
-            let request = SendRequest {
-                auth_token: token,
-                room_id: room,
-                to_user_id: 0,
-                body: b.msg.unwrap_or_default(),
-                client_msg_id: String::new(),
-            };
-            match state.logic.clone().send(request).await {
-                Ok(_) => Ok(Answer::ok("ok", "".into())),
-                Err(s) => Err(send_failure(&state, &s, "rpc push room msg fail!")),
-            }
+            let body = b.msg.unwrap_or_default();
+            let request =
+                SendRequest { auth_token: token, room_id: room, to_user_id: 0, body, client_msg_id: String::new() };
+            Ok(send(&state, request, "".into(), "rpc push room msg fail!").await)
         }
         .await,
     )
