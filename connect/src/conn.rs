@@ -37,7 +37,8 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::ConnectState;
-use crate::hub::{Channel, Outbound, close_code};
+use crate::channel::{Channel, close_code};
+use crate::outbox::Outbound;
 
 /// What the transport made of one item read from the socket.
 pub(crate) enum Incoming {

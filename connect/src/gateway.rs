@@ -27,7 +27,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tonic::Code;
 
 use crate::ConnectConfig;
-use crate::hub::{Channel, Hub, close_code};
+use crate::channel::{Channel, close_code};
+use crate::hub::Hub;
 
 /// Messages read per history request while recovering.
 const RECOVERY_PAGE: u32 = 500;
@@ -441,7 +442,7 @@ pub fn status_text(status: &tonic::Status) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::hub::Outbound;
+    use crate::outbox::Outbound;
 
     /// A gateway whose logic answers nothing (its address refuses connections).
     pub(crate) fn gateway_without_logic(config: ConnectConfig) -> Gateway {

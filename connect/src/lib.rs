@@ -1,8 +1,10 @@
 //! The connect tier: holds clients' long connections (WebSocket and TCP) and writes
 //! to them the frames that task and logic push.
 //!
-//! - [`hub`]: channels indexed by user and room in locked buckets; each channel has
-//!   a bounded outbound queue and drops frames it has already sent.
+//! - [`channel`]: one connection's state and the per-stream sequencing (no
+//!   duplicate, no step back, gaps held and filled); its [`outbox`] is a
+//!   bounded queue of frames to write.
+//! - [`hub`]: the channels, indexed by user and room in locked buckets.
 //! - [`gateway`]: what every connection does, whatever the transport.
 //! - [`ws`] and [`tcp`]: gochat's two transports, each connection driven by [`conn`].
 //! - [`push`]: the gRPC service task and logic call.
@@ -11,9 +13,11 @@
 //! reconnect, to another node in a cluster), releases presence, and returns once
 //! the connections are gone or `drain_timeout` has passed.
 
+pub mod channel;
 pub mod conn;
 pub mod gateway;
 pub mod hub;
+pub mod outbox;
 pub mod push;
 pub mod tcp;
 pub mod ws;
@@ -29,8 +33,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::channel::close_code;
 use crate::gateway::Gateway;
-use crate::hub::{Hub, close_code};
+use crate::hub::Hub;
 
 /// The connect tier's configuration.
 #[derive(Debug, Clone)]
@@ -137,6 +142,13 @@ pub enum Error {
     Push(#[from] tonic::transport::Error),
     #[error("websocket server failed: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Locks a mutex, going on past a poisoned one: every critical section in
+/// connect leaves its data consistent, so a panic elsewhere must not stop
+/// delivery.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs the connect tier until `shutdown`, then drains.

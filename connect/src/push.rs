@@ -11,7 +11,8 @@ use courier_telemetry::ResultLabel;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tonic::{Request, Response, Status};
 
-use crate::hub::{Channel, Hub, close_code};
+use crate::channel::{Channel, close_code};
+use crate::hub::Hub;
 
 /// Queues pushed frames to this node's channels.
 #[derive(Debug, Clone)]

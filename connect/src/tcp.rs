@@ -18,8 +18,8 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use crate::ConnectState;
+use crate::channel::close_code;
 use crate::conn::{self, Frames, Framing, Incoming};
-use crate::hub::close_code;
 
 const TRANSPORT: &str = "tcp";
 const PING: &[u8] = b"ping msg";

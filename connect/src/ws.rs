@@ -28,8 +28,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::ConnectState;
+use crate::channel::{CloseReason, close_code};
 use crate::conn::{self, Frames, Framing, Incoming};
-use crate::hub::{CloseReason, close_code};
 
 const TRANSPORT: &str = "ws";
 
