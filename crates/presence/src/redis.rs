@@ -13,10 +13,11 @@
 //!   is a no-op and a node's departure removes exactly its own connections and
 //!   routes.
 //!
-//! Every compound update is a Lua script, so concurrent joins and leaves from many
-//! nodes never leave the counts inconsistent. A departed node's entries are
-//! removed in slices of [`DROP_SLICE`] entries, one script call each, so dropping
-//! a node of 15,000 connections never blocks Redis for everyone else.
+//! Every compound update is a Lua script (in `src/lua/`, one file each), so
+//! concurrent joins and leaves from many nodes never leave the counts
+//! inconsistent. A departed node's entries are removed in slices of
+//! [`DROP_SLICE`] entries, one script call each, so dropping a node of 15,000
+//! connections never blocks Redis for everyone else.
 
 use std::time::Duration;
 
@@ -59,29 +60,7 @@ impl RedisSessions {
 }
 
 /// Stores a token, trims the user's tokens to the cap, returns the revoked ones.
-const CREATE_SESSION: &str = r"
-local session, user_sessions = KEYS[1], KEYS[2]
-local token, value, ttl_ms, now_ms, cap, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-redis.call('ZREMRANGEBYSCORE', user_sessions, '-inf', now_ms - ttl_ms)
-local revoked = {}
-local excess = redis.call('ZCARD', user_sessions) - cap + 1
-if excess > 0 then
-  local oldest = redis.call('ZRANGE', user_sessions, 0, excess - 1)
-  for _, old in ipairs(oldest) do
-    redis.call('DEL', prefix .. 'session:' .. old)
-    redis.call('ZREM', user_sessions, old)
-    table.insert(revoked, old)
-  end
-end
-redis.call('SET', session, value, 'PX', ttl_ms)
--- Strictly increasing scores: two logins in one millisecond keep their order.
-local newest = redis.call('ZRANGE', user_sessions, -1, -1, 'WITHSCORES')
-local score = now_ms
-if newest[2] and tonumber(newest[2]) >= score then score = tonumber(newest[2]) + 1 end
-redis.call('ZADD', user_sessions, score, token)
-redis.call('PEXPIRE', user_sessions, ttl_ms)
-return revoked
-";
+const CREATE_SESSION: &str = include_str!("lua/create_session.lua");
 
 fn parse_session(value: &str) -> Option<SessionUser> {
     let (id, name) = value.split_once('|')?;
@@ -178,54 +157,17 @@ impl RedisPresence {
 }
 
 /// Returns the user's connections in the room, 0 if this one was in already.
-const JOIN: &str = r"
-local users, names, server, route = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local user, name, field, server_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if redis.call('HSETNX', server, field, 1) == 0 then return 0 end
-redis.call('HINCRBY', route, server_id, 1)
-redis.call('HSET', names, user, name)
-return redis.call('HINCRBY', users, user, 1)
-";
+const JOIN: &str = include_str!("lua/join.lua");
 
 /// Returns the user's connections left in the room, -1 if this one was not in.
-const LEAVE: &str = r"
-local users, names, server, route = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local user, field, server_id = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('HDEL', server, field) == 0 then return -1 end
-if redis.call('HINCRBY', route, server_id, -1) <= 0 then redis.call('HDEL', route, server_id) end
-local left = redis.call('HINCRBY', users, user, -1)
-if left <= 0 then
-  redis.call('HDEL', users, user)
-  redis.call('HDEL', names, user)
-end
-return left
-";
+const LEAVE: &str = include_str!("lua/leave.lua");
 
 /// Attaches a connection unless its user holds ARGV[3] (> 0) already, summed
 /// over every node's count in the user's route; 1 if attached (or was), 0 if
 /// refused.
-const ATTACH: &str = r"
-local server, route = KEYS[1], KEYS[2]
-local field, server_id, cap = ARGV[1], ARGV[2], tonumber(ARGV[3])
-if redis.call('HEXISTS', server, field) == 1 then return 1 end
-if cap > 0 then
-  local held = 0
-  for _, n in ipairs(redis.call('HVALS', route)) do held = held + tonumber(n) end
-  if held >= cap then return 0 end
-end
-redis.call('HSET', server, field, 1)
-redis.call('HINCRBY', route, server_id, 1)
-return 1
-";
+const ATTACH: &str = include_str!("lua/attach.lua");
 
-const DETACH: &str = r"
-local server, route = KEYS[1], KEYS[2]
-local field, server_id = ARGV[1], ARGV[2]
-if redis.call('HDEL', server, field) == 1 then
-  if redis.call('HINCRBY', route, server_id, -1) <= 0 then redis.call('HDEL', route, server_id) end
-end
-return 0
-";
+const DETACH: &str = include_str!("lua/detach.lua");
 
 /// Entries of a departed server removed per script call.
 pub const DROP_SLICE: usize = 500;
@@ -235,42 +177,10 @@ pub const DROP_SLICE: usize = 500;
 /// Returns {next cursor, rooms whose membership changed}; cursor "0" ends it.
 /// Entries deleted behind the cursor do not upset the scan: every entry present
 /// from start to end is returned once.
-const DROP_SERVER_SLICE: &str = r"
-local server, prefix, server_id, slice, cursor = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local scanned = redis.call('HSCAN', server, cursor, 'COUNT', slice)
-local entries = scanned[2]
-local changed = {}
-for i = 1, #entries, 2 do
-  local field = entries[i]
-  if string.sub(field, 1, 1) == '@' then
-    local user = string.match(field, '^@(%d+)|')
-    redis.call('HDEL', prefix .. 'route:user:' .. user, server_id)
-  else
-    local room, user = string.match(field, '^(%d+)|(%d+)|')
-    local users, names = prefix .. 'room:' .. room .. ':users', prefix .. 'room:' .. room .. ':names'
-    redis.call('HDEL', prefix .. 'route:room:' .. room, server_id)
-    local left = redis.call('HINCRBY', users, user, -1)
-    if left <= 0 then
-      redis.call('HDEL', users, user)
-      redis.call('HDEL', names, user)
-      table.insert(changed, room)
-    end
-  end
-  redis.call('HDEL', server, field)
-end
-return {scanned[1], changed}
-";
+const DROP_SERVER_SLICE: &str = include_str!("lua/drop_server_slice.lua");
 
 /// Removes and returns the servers whose lease ended (only one reaper gets each).
-const TAKE_LAPSED: &str = r"
-local leases, boots, now = KEYS[1], KEYS[2], ARGV[1]
-local lapsed = redis.call('ZRANGEBYSCORE', leases, '-inf', '(' .. now)
-for _, server in ipairs(lapsed) do
-  redis.call('ZREM', leases, server)
-  redis.call('HDEL', boots, server)
-end
-return lapsed
-";
+const TAKE_LAPSED: &str = include_str!("lua/take_lapsed.lua");
 
 #[async_trait]
 impl Presence for RedisPresence {
@@ -433,12 +343,7 @@ impl RedisClientMsgIds {
 }
 
 /// Sets the key if absent and returns its value either way.
-const CLAIM: &str = r"
-local existing = redis.call('GET', KEYS[1])
-if existing then return existing end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return ARGV[1]
-";
+const CLAIM: &str = include_str!("lua/claim.lua");
 
 #[async_trait]
 impl crate::ClientMsgIds for RedisClientMsgIds {
@@ -483,27 +388,10 @@ impl RedisWorkerIds {
 }
 
 /// Takes the lowest free id; returns {id, last ms} or {-1, 0} when all are taken.
-const ACQUIRE_WORKER: &str = r"
-local prefix, holder, ttl = ARGV[1], ARGV[2], ARGV[3]
-for id = 0, 1023 do
-  if redis.call('SET', prefix .. 'worker:' .. id, holder, 'NX', 'PX', ttl) then
-    local last = redis.call('GET', prefix .. 'worker-last:' .. id) or '0'
-    return {id, last}
-  end
-end
-return {-1, '0'}
-";
+const ACQUIRE_WORKER: &str = include_str!("lua/acquire_worker.lua");
 
 /// Extends the lease if `holder` still has it and records the last ms used.
-const RENEW_WORKER: &str = r"
-local lease, last_key = KEYS[1], KEYS[2]
-local holder, ttl, last_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
-if redis.call('GET', lease) ~= holder then return 0 end
-redis.call('PEXPIRE', lease, ttl)
-local known = tonumber(redis.call('GET', last_key) or '0')
-if last_ms > known then redis.call('SET', last_key, last_ms) end
-return 1
-";
+const RENEW_WORKER: &str = include_str!("lua/renew_worker.lua");
 
 #[async_trait]
 impl crate::WorkerIds for RedisWorkerIds {
