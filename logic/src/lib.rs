@@ -14,8 +14,8 @@
 //! hold leases renewed by heartbeats; the same loop reaps the presence of a node
 //! whose lease lapsed, so a crashed node's members do not stay counted.
 //!
-//! Here: [`Logic`] and the work it does. Beside it: [`config`] (one struct,
-//! its defaults), [`validate`] (what a client may send), [`password`]
+//! Here: [`Logic`] and the work it does. Beside it: `config` (one struct,
+//! its defaults), `validate` (what a client may send), [`password`]
 //! (argon2id, bounded), and `service` (the gRPC interface and its server).
 
 mod config;
