@@ -1,11 +1,14 @@
 //! In-process sessions and presence for a single-process deployment.
 //!
 //! Plain `std` mutexes: every critical section is a few map operations and never
-//! awaits, so an async lock would only add overhead.
+//! awaits, so an async lock would only add overhead. Time is tokio's clock, so
+//! tests of expiry run in paused time instead of waiting it out.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 
@@ -132,6 +135,30 @@ impl MemorySessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_lives_its_lifetime_and_not_a_moment_longer() {
+        let day = Duration::from_secs(24 * 3600);
+        let sessions = MemorySessions::new(SessionPolicy { ttl: day, max_devices: 8 });
+        let user = SessionUser { user_id: 1, user_name: "ann".into() };
+        let token = sessions.create(user.clone()).await.expect("create").token;
+        tokio::time::advance(day - Duration::from_secs(1)).await;
+        assert_eq!(sessions.get(&token).await.expect("get"), Some(user));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(sessions.get(&token).await.expect("get"), None, "expired");
+        assert_eq!(sessions.revoke(&token).await.expect("revoke"), None, "an expired session is not live");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_message_id_is_remembered_for_its_window_only() {
+        use crate::ClientMsgIds as _;
+        let ids = MemoryClientMsgIds::new(Duration::from_secs(900));
+        assert_eq!(ids.claim(1, "c1", 100, 7).await.expect("claim"), crate::Claim::New);
+        tokio::time::advance(Duration::from_secs(899)).await;
+        assert_eq!(ids.claim(1, "c1", 101, 7).await.expect("claim"), crate::Claim::Retry(100), "a retry");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(ids.claim(1, "c1", 102, 7).await.expect("claim"), crate::Claim::New, "forgotten after the window");
+    }
 
     #[tokio::test]
     async fn expired_sessions_are_forgotten_not_kept_forever() {
