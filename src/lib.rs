@@ -1,5 +1,6 @@
 //! The `courier` binary's wiring: how the tiers are assembled into processes.
 //!
+//! - [`compose`]: how a tier is built from its configuration, for both below.
 //! - [`standalone`]: every tier in one process on the embedded backends.
 //! - [`tiers`]: one tier per process, as a cluster runs them.
 //! - [`site`]: the browser chat and its runtime configuration.
@@ -12,6 +13,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod compose;
 pub mod site;
 pub mod standalone;
 pub mod tiers;

@@ -16,10 +16,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use courier_api::ApiConfig;
 use courier_connect::{ConnectConfig, ConnectListeners};
-use courier_discovery::{ConnectNode, StaticDiscovery};
-use courier_logic::{Logic, LogicBackends, LogicConfig};
+use courier_discovery::ConnectNode;
+use courier_logic::{LogicBackends, LogicConfig};
 use courier_presence::memory::{MemoryClientMsgIds, MemoryPresence, MemorySessions, SessionPolicy};
-use courier_push::{Pusher, PusherOptions};
 use courier_queue::sqlite::{SqliteQueue, SqliteQueueOptions};
 use courier_store::sqlite::SqliteStore;
 use courier_task::{TaskBackends, TaskConfig};
@@ -27,13 +26,8 @@ use courier_telemetry::{Metrics, Readiness};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::bind;
 use crate::site::SiteConfig;
-
-/// gochat's demo accounts, created only in standalone and development mode.
-pub const DEMO_USERS: [&str; 3] = ["demo", "test", "admin"];
-/// Their password.
-pub const DEMO_PASSWORD: &str = "111111";
+use crate::{bind, compose};
 
 /// Everything standalone needs.
 #[derive(Debug, Clone)]
@@ -155,32 +149,24 @@ impl Standalone {
         let mut front_tasks = JoinSet::new();
         let mut back_tasks = JoinSet::new();
 
-        let discovery = Arc::new(StaticDiscovery::new(vec![ConnectNode {
-            server_id: config.connect.server_id.clone(),
-            push_addr: addresses.push.to_string(),
-        }]));
-        let options = PusherOptions { secret, ..PusherOptions::default() };
-        let pusher = Pusher::start(discovery, metrics.clone(), options, back.clone()).await;
+        let node = ConnectNode { server_id: config.connect.server_id.clone(), push_addr: addresses.push.to_string() };
+        let pusher = compose::pusher(vec![node], None, secret, metrics.clone(), back.clone()).await;
 
-        let logic = Logic::new(
+        let logic = compose::logic(
             config.logic.clone(),
             LogicBackends {
                 users: store.clone(),
                 history: store.clone(),
                 sessions: Arc::new(MemorySessions::new(config.sessions.clone())),
                 presence: Arc::new(MemoryPresence::default()),
-                client_msg_ids: Arc::new(MemoryClientMsgIds::new(crate::tiers::CLIENT_MSG_ID_TTL)),
+                client_msg_ids: Arc::new(MemoryClientMsgIds::new(compose::CLIENT_MSG_ID_TTL)),
                 queue: queue.clone(),
                 pusher: pusher.clone(),
                 metrics: metrics.clone(),
             },
-        )?;
-        logic.ensure_topics().await.context("creating the queue topics")?;
-        if config.demo_users {
-            for name in DEMO_USERS {
-                logic.ensure_user(name, DEMO_PASSWORD).await.map_err(|s| anyhow::anyhow!("demo user {name}: {s}"))?;
-            }
-        }
+            config.demo_users,
+        )
+        .await?;
 
         {
             let (metrics, readiness, stop) = (metrics.clone(), readiness.clone(), back.clone());

@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use courier_discovery::{ConnectNode, StaticDiscovery};
+use courier_discovery::ConnectNode;
 use courier_presence::memory::{MemoryClientMsgIds, MemoryPresence, MemorySessions, SessionPolicy};
 use courier_presence::{ClientMsgIds, Presence, Sessions};
 use courier_proto::InternalAuth;
-use courier_push::{Pusher, PusherOptions};
 use courier_queue::Queue;
 use courier_queue::kafka::{KafkaOptions, KafkaQueue};
 use courier_queue::sqlite::{SqliteQueue, SqliteQueueOptions};
@@ -29,7 +28,7 @@ use courier_store::{HistoryStore, UserStore};
 use courier_telemetry::{Metrics, Readiness};
 use tokio_util::sync::CancellationToken;
 
-use crate::{bind, shutdown_signal};
+use crate::{bind, compose, shutdown_signal};
 
 /// Where a tier's state lives.
 #[derive(Debug, Clone, Args)]
@@ -66,9 +65,6 @@ pub type Stores = (Arc<dyn UserStore>, Arc<dyn HistoryStore>);
 
 /// Sessions, presence and client message ids.
 pub type SessionBackends = (Arc<dyn Sessions>, Arc<dyn Presence>, Arc<dyn ClientMsgIds>);
-
-/// How long a client message id is remembered for retries.
-pub const CLIENT_MSG_ID_TTL: Duration = Duration::from_secs(15 * 60);
 
 impl Backends {
     fn data_file(&self, name: &str) -> anyhow::Result<PathBuf> {
@@ -121,13 +117,13 @@ impl Backends {
                 (
                     Arc::new(RedisSessions::new(redis.clone(), policy, prefix)),
                     Arc::new(RedisPresence::new(redis.clone(), prefix)),
-                    Arc::new(RedisClientMsgIds::new(redis, prefix, CLIENT_MSG_ID_TTL)),
+                    Arc::new(RedisClientMsgIds::new(redis, prefix, compose::CLIENT_MSG_ID_TTL)),
                 )
             }
             None => (
                 Arc::new(MemorySessions::new(policy)),
                 Arc::new(MemoryPresence::default()),
-                Arc::new(MemoryClientMsgIds::new(CLIENT_MSG_ID_TTL)),
+                Arc::new(MemoryClientMsgIds::new(compose::CLIENT_MSG_ID_TTL)),
             ),
         })
     }
@@ -165,26 +161,6 @@ impl Admin {
         });
         tracing::info!(%addr, "admin endpoints listening");
         Ok(Self { metrics, readiness, shutdown })
-    }
-}
-
-/// A pusher to a fixed list of connect nodes, routing with `routes` if given.
-pub async fn static_pusher(
-    nodes: Vec<ConnectNode>,
-    routes: Option<Arc<dyn Presence>>,
-    secret: InternalAuth,
-    admin: &Admin,
-) -> Pusher {
-    let pusher = Pusher::start(
-        Arc::new(StaticDiscovery::new(nodes)),
-        admin.metrics.clone(),
-        PusherOptions { secret, ..PusherOptions::default() },
-        admin.shutdown.clone(),
-    )
-    .await;
-    match routes {
-        Some(presence) => pusher.with_routes(presence),
-        None => pusher,
     }
 }
 
@@ -227,9 +203,9 @@ pub async fn logic(tier: LogicTier, backends: &Backends, admin: Admin) -> anyhow
         }
         (None, None) => None,
     };
-    let secret = config.internal_auth.clone();
-    let pusher = static_pusher(nodes, backends.routes(&presence), secret, &admin).await;
-    let logic = courier_logic::Logic::new(
+    let (routes, auth, metrics) = (backends.routes(&presence), config.internal_auth.clone(), admin.metrics.clone());
+    let pusher = compose::pusher(nodes, routes, auth, metrics, admin.shutdown.clone()).await;
+    let logic = compose::logic(
         config,
         courier_logic::LogicBackends {
             users,
@@ -241,16 +217,9 @@ pub async fn logic(tier: LogicTier, backends: &Backends, admin: Admin) -> anyhow
             pusher,
             metrics: admin.metrics.clone(),
         },
-    )?;
-    logic.ensure_topics().await.context("creating the queue topics")?;
-    if demo_users {
-        for name in crate::standalone::DEMO_USERS {
-            logic
-                .ensure_user(name, crate::standalone::DEMO_PASSWORD)
-                .await
-                .map_err(|s| anyhow::anyhow!("demo user {name}: {s}"))?;
-        }
-    }
+        demo_users,
+    )
+    .await?;
     if let Some((leases, worker_id, holder)) = lease {
         tokio::spawn(keep_worker_lease(leases, worker_id, holder, logic.clone(), admin.shutdown.clone()));
     }
@@ -271,7 +240,8 @@ pub async fn task(
     let (_, history) = backends.stores().await?;
     let queue = backends.queue().await?;
     let (_, presence, _) = backends.sessions(SessionPolicy::default()).await?;
-    let pusher = static_pusher(nodes, backends.routes(&presence), secret, &admin).await;
+    let routes = backends.routes(&presence);
+    let pusher = compose::pusher(nodes, routes, secret, admin.metrics.clone(), admin.shutdown.clone()).await;
     let task_backends = courier_task::TaskBackends { queue, history, pusher, metrics: admin.metrics.clone() };
     courier_task::run(config, task_backends, admin.readiness.flag("task"), admin.shutdown.clone()).await;
     Ok(())
