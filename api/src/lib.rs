@@ -341,33 +341,36 @@ async fn push_room(
     )
 }
 
-async fn count(State(state): State<ApiState>, SessionBody { token, fields: b, .. }: SessionBody<PushBody>) -> Answer {
+/// Which room update `/push/count` and `/push/getRoomInfo` ask logic to push.
+#[derive(Clone, Copy)]
+enum RoomUpdate {
+    Count,
+    Info,
+}
+
+/// Has logic push a room's count (op 4) or member list (op 5) to its members;
+/// gochat answers `ok` with "" (the update itself arrives on the sockets).
+async fn push_room_update(state: &ApiState, token: String, b: PushBody, update: RoomUpdate) -> Answer {
     either(
         async {
-            let room = room_required(b.room_id)?;
-            match state.logic.clone().push_room_count(RoomRequest { auth_token: token, room_id: room }).await {
-                Ok(_) => Ok(Answer::ok("ok", "".into())),
-                Err(s) => Err(send_failure(&state, &s, "rpc get room count fail!")),
-            }
+            let request = RoomRequest { auth_token: token, room_id: room_required(b.room_id)? };
+            let mut logic = state.logic.clone();
+            let (pushed, fallback) = match update {
+                RoomUpdate::Count => (logic.push_room_count(request).await, "rpc get room count fail!"),
+                RoomUpdate::Info => (logic.push_room_info(request).await, "rpc get room info fail!"),
+            };
+            pushed.map(|_| Answer::ok("ok", "".into())).map_err(|s| send_failure(state, &s, fallback))
         }
         .await,
     )
 }
 
-async fn room_info(
-    State(state): State<ApiState>,
-    SessionBody { token, fields: b, .. }: SessionBody<PushBody>,
-) -> Answer {
-    either(
-        async {
-            let room = room_required(b.room_id)?;
-            match state.logic.clone().push_room_info(RoomRequest { auth_token: token, room_id: room }).await {
-                Ok(_) => Ok(Answer::ok("ok", "".into())),
-                Err(s) => Err(send_failure(&state, &s, "rpc get room info fail!")),
-            }
-        }
-        .await,
-    )
+async fn count(State(state): State<ApiState>, SessionBody { token, fields, .. }: SessionBody<PushBody>) -> Answer {
+    push_room_update(&state, token, fields, RoomUpdate::Count).await
+}
+
+async fn room_info(State(state): State<ApiState>, SessionBody { token, fields, .. }: SessionBody<PushBody>) -> Answer {
+    push_room_update(&state, token, fields, RoomUpdate::Info).await
 }
 
 #[derive(Deserialize)]
