@@ -45,7 +45,7 @@ pub enum Command {
     /// Create or upgrade the database schema of a data directory.
     Migrate(MigrateArgs),
     /// Drive a running Courier with load and report loss, order, throughput, latency.
-    Bench(crate::bench::BenchArgs),
+    Bench(courier_bench::BenchArgs),
 }
 
 /// The connect nodes logic and task push to (static discovery).
@@ -480,7 +480,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::site::serve(config, listener, admin.shutdown).await?;
             Ok(())
         }
-        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Bench(args) => courier_bench::run(args).await,
         Command::Migrate(args) => {
             args.backends.stores().await?;
             let what = match &args.backends.postgres {

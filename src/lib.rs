@@ -4,14 +4,13 @@
 //! - [`standalone`]: every tier in one process on the embedded backends.
 //! - [`tiers`]: one tier per process, as a cluster runs them.
 //! - [`site`]: the browser chat and its runtime configuration.
-//! - [`bench`]: the load generator.
+//! - `courier bench` is the load generator of the `courier-bench` crate.
 //! - [`cli`]: the command line.
 //!
 //! Tiers never call each other in process, even in standalone: they talk over the
 //! same gRPC interfaces and queue as in a cluster, on loopback, so what standalone
 //! tests is what a cluster runs.
 
-pub mod bench;
 pub mod cli;
 pub mod compose;
 pub mod site;
