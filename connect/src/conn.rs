@@ -268,6 +268,68 @@ mod tests {
         }
     }
 
+    /// A client that reads everything and says nothing; it counts the pings.
+    struct Silent(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Sink<String> for Silent {
+        type Error = std::io::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: String) -> Result<(), Self::Error> {
+            if item == "ping" {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Stream for Silent {
+        type Item = ();
+        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<()>> {
+            Poll::Pending
+        }
+    }
+
+    fn auth() -> Box<Auth> {
+        Box::new(Auth { token: "token".into(), room: 1, since: None, inbox_since: None })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_pinged_then_dropped_at_the_silence_limit() {
+        // gochat's heartbeat: a ping every 54 s, dropped after 60 s of silence.
+        let config = ConnectConfig::default();
+        let (ping, silence) = (config.ping_interval, config.pong_timeout);
+        let state = ConnectState {
+            gateway: crate::gateway::tests::gateway_without_logic(config),
+            tracker: tokio_util::task::TaskTracker::new(),
+        };
+        let channel = Arc::new(Channel::new(1, 7, "u7".into(), "token".into(), "ws", 64));
+        let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let framing = Framing {
+            transport: "ws",
+            frame: |text: Utf8Bytes| Frames::one(text.to_string()),
+            ping: || "ping".to_owned(),
+            incoming: |()| Incoming::Nothing,
+            read_timeout: Some(silence),
+            idle: |_: &mut Silent| {},
+        };
+        let started = tokio::time::Instant::now();
+        drive(Silent(pings.clone()), channel.clone(), auth(), &state, framing).await;
+        let lasted = started.elapsed();
+        assert!(lasted >= silence && lasted < silence + Duration::from_secs(1), "{lasted:?}");
+        assert!(ping < silence);
+        assert_eq!(pings.load(std::sync::atomic::Ordering::Relaxed), 1, "pinged once, at {ping:?}");
+        let reason = channel.close_reason().expect("closed");
+        assert_eq!((reason.code, reason.text.as_str()), (close_code::POLICY, "no answer to heartbeat in time"));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_client_that_stopped_reading_cannot_hold_its_connection_open() {
         let gateway = crate::gateway::tests::gateway_without_logic(ConnectConfig::default());
@@ -286,8 +348,7 @@ mod tests {
             read_timeout: None,
             idle: |_: &mut Stuck| {},
         };
-        let auth = Box::new(Auth { token: "token".into(), room: 1, since: None, inbox_since: None });
-        let driven = drive(Stuck, channel, auth, &state, framing);
+        let driven = drive(Stuck, channel, auth(), &state, framing);
         let ended = tokio::time::timeout(CLOSE_DEADLINE + Duration::from_secs(1), driven).await;
         assert!(ended.is_ok(), "the close path gave up on the stuck socket within its deadline");
     }
