@@ -316,7 +316,8 @@ impl Channel {
     }
 
     /// How many streams this channel keeps state for.
-    pub fn stream_count(&self) -> usize {
+    #[cfg(test)]
+    fn stream_count(&self) -> usize {
         lock(&self.streams).0.len()
     }
 

@@ -160,14 +160,7 @@ async fn refuse(mut socket: Socket, reason: &str) {
 
 /// Close reasons must fit a control frame (125 bytes).
 fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    &text[..text.floor_char_boundary(max)]
 }
 
 #[cfg(test)]

@@ -308,7 +308,7 @@ impl Logic {
         };
         let started = Instant::now();
         let key = message.key().to_string();
-        if let Err(e) = self.inner.backends.queue.produce(topic, &key, &message.to_record()).await {
+        if let Err(e) = self.inner.backends.queue.produce(topic, &key, &message.into_record()).await {
             self.metrics().error("produce");
             tracing::warn!(error = %e, %topic, "queue did not take a message");
             return Err(Status::unavailable("message not accepted; try again"));

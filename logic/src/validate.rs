@@ -8,11 +8,7 @@ use tonic::Status;
 /// The client address a limiter keys on: what the api tier sent, cut to the
 /// longest address text (an IPv6 address with a zone), "" when unknown.
 pub(crate) fn client_address(addr: &str) -> &str {
-    let mut end = addr.len().min(64);
-    while !addr.is_char_boundary(end) {
-        end -= 1;
-    }
-    &addr[..end]
+    &addr[..addr.floor_char_boundary(64)]
 }
 
 /// User names: 1–20 characters, no control characters, no surrounding whitespace.

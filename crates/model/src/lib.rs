@@ -8,7 +8,7 @@
 //! message is, and [`topics`] names the queue topics each kind travels on.
 //!
 //! A message crosses the queue as a versioned protobuf record
-//! (`courier.record.v1.MessageRecord`): [`Message::to_record`] writes it and
+//! (`courier.record.v1.MessageRecord`): [`Message::into_record`] writes it and
 //! [`Message::from_record`] reads it back, refusing a record that is not a
 //! whole message or that a newer writer made ([`RECORD_VERSION`]) rather than
 //! guess at it.
@@ -157,8 +157,9 @@ impl Message {
         }
     }
 
-    /// The queue record of this message, at [`RECORD_VERSION`].
-    pub fn to_record(&self) -> Vec<u8> {
+    /// The queue record of this message, at [`RECORD_VERSION`]; it takes the
+    /// message, so admission encodes without copying the body.
+    pub fn into_record(self) -> Vec<u8> {
         MessageRecord {
             version: RECORD_VERSION,
             msg_id: self.msg_id,
@@ -168,12 +169,12 @@ impl Message {
             } as i32,
             room_id: self.room_id,
             to_user_id: self.to_user_id,
-            to_user_name: self.to_user_name.clone(),
+            to_user_name: self.to_user_name,
             from_user_id: self.from_user_id,
-            from_user_name: self.from_user_name.clone(),
-            body: self.body.clone(),
+            from_user_name: self.from_user_name,
+            body: self.body,
             admitted_ms: self.admitted_ms,
-            client_msg_id: self.client_msg_id.clone(),
+            client_msg_id: self.client_msg_id,
         }
         .encode_to_vec()
     }
@@ -261,7 +262,7 @@ mod tests {
     #[test]
     fn a_message_round_trips_through_its_record() {
         let message = private(1, 2);
-        assert_eq!(Message::from_record(&message.to_record()), Ok(message.clone()));
+        assert_eq!(Message::from_record(&message.clone().into_record()), Ok(message.clone()));
         assert_eq!(message.key(), StreamId::Inbox(2), "keyed by the recipient");
         assert_eq!(message.streams(), [StreamId::Inbox(2), StreamId::Inbox(1)]);
         assert_eq!(private(3, 3).streams(), [StreamId::Inbox(3)], "a note to self is in one inbox");
@@ -272,7 +273,7 @@ mod tests {
     #[test]
     fn records_that_are_not_whole_messages_of_a_known_version_are_refused() {
         let record = |change: fn(&mut MessageRecord)| {
-            let mut r = MessageRecord::decode(private(1, 2).to_record().as_slice()).expect("decodes");
+            let mut r = MessageRecord::decode(private(1, 2).into_record().as_slice()).expect("decodes");
             change(&mut r);
             r.encode_to_vec()
         };

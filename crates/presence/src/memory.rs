@@ -126,62 +126,10 @@ impl Sessions for MemorySessions {
 }
 
 impl MemorySessions {
-    /// Sessions held in memory, expired or not (for tests and metrics).
-    pub fn held(&self) -> usize {
+    /// Sessions held in memory, expired or not.
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.lock().by_token.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_session_lives_its_lifetime_and_not_a_moment_longer() {
-        let day = Duration::from_secs(24 * 3600);
-        let sessions = MemorySessions::new(SessionPolicy { ttl: day, max_devices: 8 });
-        let user = SessionUser { user_id: 1, user_name: "ann".into() };
-        let token = sessions.create(user.clone()).await.expect("create").token;
-        tokio::time::advance(day - Duration::from_secs(1)).await;
-        assert_eq!(sessions.get(&token).await.expect("get"), Some(user));
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(sessions.get(&token).await.expect("get"), None, "expired");
-        assert_eq!(sessions.revoke(&token).await.expect("revoke"), None, "an expired session is not live");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_client_message_id_is_remembered_for_its_window_only() {
-        use crate::ClientMsgIds as _;
-        let ids = MemoryClientMsgIds::new(Duration::from_secs(900));
-        assert_eq!(ids.claim(1, "c1", 100, 7).await.expect("claim"), crate::Claim::New);
-        tokio::time::advance(Duration::from_secs(899)).await;
-        assert_eq!(ids.claim(1, "c1", 101, 7).await.expect("claim"), crate::Claim::Retry(100), "a retry");
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(ids.claim(1, "c1", 102, 7).await.expect("claim"), crate::Claim::New, "forgotten after the window");
-    }
-
-    #[tokio::test]
-    async fn expired_sessions_are_forgotten_not_kept_forever() {
-        // Sessions that expire at once: memory must stay bounded however many
-        // logins there are.
-        let sessions = MemorySessions::new(SessionPolicy { ttl: Duration::ZERO, max_devices: 8 });
-        for id in 0..20_000 {
-            let user = SessionUser { user_id: id % 5_000, user_name: format!("u{id}") };
-            sessions.create(user).await.expect("create");
-        }
-        assert!(sessions.held() <= 2 * FIRST_SWEEP, "{} sessions held", sessions.held());
-        assert!(sessions.lock().by_user.len() <= 2 * FIRST_SWEEP);
-
-        // Live sessions are never swept.
-        let lasting = MemorySessions::new(SessionPolicy { ttl: Duration::from_secs(3600), max_devices: 8 });
-        let mut tokens = Vec::new();
-        for id in 0..3_000 {
-            tokens
-                .push(lasting.create(SessionUser { user_id: id, user_name: format!("u{id}") }).await.expect("create"));
-        }
-        for new in &tokens {
-            assert!(lasting.get(&new.token).await.expect("get").is_some());
-        }
     }
 }
 
@@ -430,6 +378,59 @@ impl crate::ClientMsgIds for MemoryClientMsgIds {
                 ids.by_key.insert(key, (msg_id, fingerprint, now));
                 Ok(crate::Claim::New)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_lives_its_lifetime_and_not_a_moment_longer() {
+        let day = Duration::from_secs(24 * 3600);
+        let sessions = MemorySessions::new(SessionPolicy { ttl: day, max_devices: 8 });
+        let user = SessionUser { user_id: 1, user_name: "ann".into() };
+        let token = sessions.create(user.clone()).await.expect("create").token;
+        tokio::time::advance(day - Duration::from_secs(1)).await;
+        assert_eq!(sessions.get(&token).await.expect("get"), Some(user));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(sessions.get(&token).await.expect("get"), None, "expired");
+        assert_eq!(sessions.revoke(&token).await.expect("revoke"), None, "an expired session is not live");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_message_id_is_remembered_for_its_window_only() {
+        use crate::ClientMsgIds as _;
+        let ids = MemoryClientMsgIds::new(Duration::from_secs(900));
+        assert_eq!(ids.claim(1, "c1", 100, 7).await.expect("claim"), crate::Claim::New);
+        tokio::time::advance(Duration::from_secs(899)).await;
+        assert_eq!(ids.claim(1, "c1", 101, 7).await.expect("claim"), crate::Claim::Retry(100), "a retry");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(ids.claim(1, "c1", 102, 7).await.expect("claim"), crate::Claim::New, "forgotten after the window");
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_are_forgotten_not_kept_forever() {
+        // Sessions that expire at once: memory must stay bounded however many
+        // logins there are.
+        let sessions = MemorySessions::new(SessionPolicy { ttl: Duration::ZERO, max_devices: 8 });
+        for id in 0..20_000 {
+            let user = SessionUser { user_id: id % 5_000, user_name: format!("u{id}") };
+            sessions.create(user).await.expect("create");
+        }
+        assert!(sessions.held() <= 2 * FIRST_SWEEP, "{} sessions held", sessions.held());
+        assert!(sessions.lock().by_user.len() <= 2 * FIRST_SWEEP);
+
+        // Live sessions are never swept.
+        let lasting = MemorySessions::new(SessionPolicy { ttl: Duration::from_secs(3600), max_devices: 8 });
+        let mut tokens = Vec::new();
+        for id in 0..3_000 {
+            tokens
+                .push(lasting.create(SessionUser { user_id: id, user_name: format!("u{id}") }).await.expect("create"));
+        }
+        for new in &tokens {
+            assert!(lasting.get(&new.token).await.expect("get").is_some());
         }
     }
 }

@@ -155,14 +155,6 @@ impl InternalAuth {
         self
     }
 
-    pub fn is_set(&self) -> bool {
-        self.secret.is_some()
-    }
-
-    pub fn uses_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// The same, calling `counter` for every call it refuses.
     pub fn counting_refusals(mut self, counter: impl Fn() + Send + Sync + 'static) -> Self {
         self.on_refused = Some(Arc::new(counter));
@@ -293,7 +285,7 @@ mod tests {
         assert!(InternalAuth::open().admits(None));
         assert!(!format!("{secret:?}").contains("0123"));
         let (a, b) = (InternalAuth::random(), InternalAuth::random());
-        assert!(a.is_set() && a.secret != b.secret);
+        assert!(a.secret.is_some() && a.secret != b.secret);
         assert!(InternalAuth::new(a.secret.as_deref().unwrap_or_default()).is_ok(), "a random secret is valid");
     }
 }

@@ -18,6 +18,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use courier_model::StreamId;
+
 use crate::{Appended, Error, Message, MessageKind, Result, StreamInfo};
 
 /// A new row of `stream_entries`.
@@ -33,13 +35,11 @@ pub(crate) struct Entry {
 /// The other party of `message` in `stream`: in the recipient's inbox the
 /// sender, in the sender's inbox the recipient (oneself for a note to self);
 /// 0 for a room message.
-pub(crate) fn peer_in(stream: &str, message: &Message) -> u64 {
-    match message.kind {
-        MessageKind::Room => 0,
-        MessageKind::Private if stream == courier_model::StreamId::Inbox(message.from_user_id).to_string() => {
-            message.to_user_id
-        }
-        MessageKind::Private => message.from_user_id,
+pub(crate) fn peer_in(stream: StreamId, message: &Message) -> u64 {
+    match (message.kind, stream) {
+        (MessageKind::Room, _) | (_, StreamId::Room(_)) => 0,
+        (MessageKind::Private, StreamId::Inbox(user)) if user == message.from_user_id => message.to_user_id,
+        (MessageKind::Private, StreamId::Inbox(_)) => message.from_user_id,
     }
 }
 
@@ -55,12 +55,13 @@ pub(crate) struct Plan {
 
 /// Every stream the batch touches, sorted: the order in which heads are locked.
 pub(crate) fn streams_to_lock(batch: &[Message]) -> Vec<String> {
-    batch.iter().flat_map(message_streams).collect::<BTreeSet<_>>().into_iter().collect()
-}
-
-/// A message's streams by name, the store's key for them.
-fn message_streams(message: &Message) -> Vec<String> {
-    message.streams().iter().map(ToString::to_string).collect()
+    batch
+        .iter()
+        .flat_map(Message::streams)
+        .map(|stream| stream.to_string())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// Ids of `batch` that the message insert did not insert: they were stored
@@ -83,7 +84,8 @@ pub(crate) fn plan(
     let mut moved = BTreeSet::new();
     for message in batch {
         let mut positions = Vec::with_capacity(2);
-        for stream in message_streams(message) {
+        for id in message.streams() {
+            let stream = id.to_string();
             let head = heads
                 .get_mut(&stream)
                 .ok_or_else(|| Error::Corrupt(format!("stream {stream} was not locked for the append")))?;
@@ -94,7 +96,7 @@ pub(crate) fn plan(
                     head.last_seq += 1;
                     moved.insert(key.0.clone());
                     plan.entries.push(Entry {
-                        peer: peer_in(&key.0, message),
+                        peer: peer_in(id, message),
                         stream: key.0.clone(),
                         seq: head.last_seq,
                         msg_id: message.msg_id,
@@ -157,7 +159,7 @@ mod tests {
         // Each inbox entry names the other party.
         let peers: Vec<(&str, u64)> = plan.entries.iter().map(|e| (e.stream.as_str(), e.peer)).collect();
         assert_eq!(peers, vec![("user:1", 2), ("user:2", 1), ("user:2", 1), ("user:1", 2)]);
-        assert_eq!(peer_in("user:1", &private(13, 1, 1)), 1, "a note to self");
+        assert_eq!(peer_in(StreamId::Inbox(1), &private(13, 1, 1)), 1, "a note to self");
     }
 
     #[test]
