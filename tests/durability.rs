@@ -82,7 +82,7 @@ async fn acknowledged_messages_survive_kill_9() {
     // Task catches up from its committed offsets after the restart.
     let history =
         courier_testkit::eventually("the history to hold every acknowledged message", common::PATIENCE, || async {
-            let history = store.read_after("room:5", 0, 100).await.expect("read history");
+            let history = store.read_after(courier_store::StreamId::Room(5), 0, 100).await.expect("read history");
             (history.len() >= acknowledged.len()).then_some(history)
         })
         .await;

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use courier_model::StreamId;
 use courier_telemetry::Metrics;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -34,7 +35,7 @@ pub struct Channel {
     /// The rooms joined (usually one; a list is smaller than a set).
     pub(crate) rooms: Mutex<Vec<u64>>,
     /// Streams whose pushes arrived with a gap, with the last seq sent before it.
-    gaps: Mutex<Vec<(String, u64)>>,
+    gaps: Mutex<Vec<(StreamId, u64)>>,
     gap: Notify,
     /// Set when the connection must end (the reason says why); `closing` wakes
     /// its waiters. A flag and a notify are smaller than a cancellation token,
@@ -70,20 +71,20 @@ const MAX_HELD_BACK: usize = 10_000;
 /// inbox and a room or two, and a hash map's smallest table costs several
 /// times what two entries do.
 #[derive(Debug, Default)]
-struct Streams(Vec<(Box<str>, StreamState)>);
+struct Streams(Vec<(StreamId, StreamState)>);
 
 impl Streams {
-    fn get(&self, stream: &str) -> Option<&StreamState> {
-        self.0.iter().find(|(name, _)| **name == *stream).map(|(_, state)| state)
+    fn get(&self, stream: StreamId) -> Option<&StreamState> {
+        self.0.iter().find(|(id, _)| *id == stream).map(|(_, state)| state)
     }
 
     /// The stream's state, added if new.
-    fn entry(&mut self, stream: &str) -> &mut StreamState {
-        let index = match self.0.iter().position(|(name, _)| **name == *stream) {
+    fn entry(&mut self, stream: StreamId) -> &mut StreamState {
+        let index = match self.0.iter().position(|(id, _)| *id == stream) {
             Some(index) => index,
             None => {
                 self.0.reserve_exact(1);
-                self.0.push((stream.into(), StreamState::default()));
+                self.0.push((stream, StreamState::default()));
                 self.0.len() - 1
             }
         };
@@ -142,14 +143,22 @@ impl Channel {
         }
     }
 
-    /// Queues a pushed frame. A frame of a stream (`stream` not empty) whose seq is
-    /// not newer than the last queued for that stream is dropped as a duplicate. A
-    /// full queue closes the connection: the client is not keeping up, and
-    /// skipping frames silently would leave a gap it cannot see.
-    pub fn offer(&self, stream: &str, seq: u64, text: &Utf8Bytes, admitted_ms: i64, metrics: &Metrics) -> bool {
-        if stream.is_empty() {
+    /// Queues a pushed frame. A frame of a stream (`stream` given) whose seq is
+    /// not newer than the last queued for that stream is dropped as a duplicate;
+    /// other frames (counts, member lists) are not sequenced. A full queue
+    /// closes the connection: the client is not keeping up, and skipping frames
+    /// silently would leave a gap it cannot see.
+    pub fn offer(
+        &self,
+        stream: Option<StreamId>,
+        seq: u64,
+        text: &Utf8Bytes,
+        admitted_ms: i64,
+        metrics: &Metrics,
+    ) -> bool {
+        let Some(stream) = stream else {
             return self.queue(Outbound::Frame { text: text.clone(), admitted_ms }, metrics);
-        }
+        };
         let mut streams = lock(&self.streams);
         let state = streams.entry(stream);
         if let Some(held) = &mut state.held_back {
@@ -181,7 +190,7 @@ impl Channel {
     }
 
     /// Starts recovering `stream` for a client that has it up to `after`.
-    pub fn begin_recovery_after(&self, stream: &str, after: u64) {
+    pub fn begin_recovery_after(&self, stream: StreamId, after: u64) {
         let mut streams = lock(&self.streams);
         let state = streams.entry(stream);
         state.held_back.get_or_insert_with(Vec::new);
@@ -193,7 +202,7 @@ impl Channel {
     /// starts after `last_seq` (where the stream stood once the channel was
     /// registered), and the frames held meanwhile follow if newer, a hole
     /// before them being caught like any other.
-    pub async fn start_live(&self, stream: &str, last_seq: u64) {
+    pub async fn start_live(&self, stream: StreamId, last_seq: u64) {
         {
             let mut streams = lock(&self.streams);
             let state = streams.entry(stream);
@@ -204,13 +213,13 @@ impl Channel {
     }
 
     /// Has the connection fill the gap in `stream` after seq `after`.
-    fn report_gap(&self, stream: &str, after: u64) {
-        lock(&self.gaps).push((stream.to_owned(), after));
+    fn report_gap(&self, stream: StreamId, after: u64) {
+        lock(&self.gaps).push((stream, after));
         self.gap.notify_one();
     }
 
     /// Waits for a stream with a gap; returns it and the last seq sent before.
-    pub async fn next_gap(&self) -> (String, u64) {
+    pub async fn next_gap(&self) -> (StreamId, u64) {
         loop {
             let gap = self.gap.notified();
             tokio::pin!(gap);
@@ -224,7 +233,7 @@ impl Channel {
 
     /// Whether the frames held back for `stream` that are newer than `after`
     /// follow it without a hole.
-    pub fn held_back_is_contiguous(&self, stream: &str, after: u64) -> bool {
+    pub fn held_back_is_contiguous(&self, stream: StreamId, after: u64) -> bool {
         let streams = lock(&self.streams);
         let Some(held) = streams.get(stream).and_then(|s| s.held_back.as_ref()) else { return true };
         // Frames not newer than `after` are stale and will be dropped.
@@ -250,7 +259,7 @@ impl Channel {
     }
 
     /// Starts recovering `stream`: live frames are held back from now on.
-    pub fn begin_recovery(&self, stream: &str) {
+    pub fn begin_recovery(&self, stream: StreamId) {
         lock(&self.streams).entry(stream).held_back.get_or_insert_with(Vec::new);
     }
 
@@ -259,7 +268,7 @@ impl Channel {
     /// what was queued before it, so the client sees no gap and no duplicate. It
     /// waits for room in the outbound queue rather than overflowing it, and only
     /// returns the stream to live delivery once nothing is held back.
-    pub async fn finish_recovery(&self, stream: &str, history: Vec<(u64, Utf8Bytes)>) {
+    pub async fn finish_recovery(&self, stream: StreamId, history: Vec<(u64, Utf8Bytes)>) {
         for (seq, text) in history {
             self.send_in_order(stream, seq, text, 0).await;
         }
@@ -298,21 +307,21 @@ impl Channel {
     }
 
     /// The last seq queued on `stream`, if its position is known.
-    pub fn position(&self, stream: &str) -> Option<u64> {
+    pub fn position(&self, stream: StreamId) -> Option<u64> {
         lock(&self.streams).get(stream).filter(|s| s.known).map(|s| s.last)
     }
 
     /// Queues one frame of a stream being recovered, if newer than the last,
     /// waiting for room in the outbound queue (so a replay of any length
     /// holds one page in memory, never the whole of it).
-    pub async fn send_recovered(&self, stream: &str, seq: u64, text: Utf8Bytes) {
+    pub async fn send_recovered(&self, stream: StreamId, seq: u64, text: Utf8Bytes) {
         self.send_in_order(stream, seq, text, 0).await;
     }
 
     /// Forgets `stream` (a room left): its position, held frames and gaps.
-    pub fn forget_stream(&self, stream: &str) {
-        lock(&self.streams).0.retain(|(name, _)| **name != *stream);
-        lock(&self.gaps).retain(|(name, _)| name != stream);
+    pub fn forget_stream(&self, stream: StreamId) {
+        lock(&self.streams).0.retain(|(id, _)| *id != stream);
+        lock(&self.gaps).retain(|(id, _)| *id != stream);
     }
 
     /// How many streams this channel keeps state for.
@@ -322,7 +331,7 @@ impl Channel {
     }
 
     /// Queues one recovered frame if newer than the last, waiting for room.
-    async fn send_in_order(&self, stream: &str, seq: u64, text: Utf8Bytes, admitted_ms: i64) {
+    async fn send_in_order(&self, stream: StreamId, seq: u64, text: Utf8Bytes, admitted_ms: i64) {
         {
             let mut streams = lock(&self.streams);
             if !streams.entry(stream).advance(seq) {
@@ -416,6 +425,7 @@ mod tests {
 
     use super::*;
     use crate::hub::Hub;
+    use StreamId::{Inbox, Room};
 
     /// The texts of the frames queued on `ch` (taking them).
     fn sent(ch: &Channel) -> Vec<String> {
@@ -437,14 +447,14 @@ mod tests {
         let metrics = Metrics::new();
         let hub = Hub::new(1, Arc::new(Metrics::new()));
         let ch = channel(&hub, 1, 64);
-        ch.begin_recovery("room:1");
+        ch.begin_recovery(Room(1));
         // Live frames 4 and 5 arrive while history 2..=4 is being read.
-        assert!(ch.offer("room:1", 5, &text(5), 0, &metrics));
-        assert!(ch.offer("room:1", 4, &text(4), 0, &metrics));
+        assert!(ch.offer(Some(Room(1)), 5, &text(5), 0, &metrics));
+        assert!(ch.offer(Some(Room(1)), 4, &text(4), 0, &metrics));
         assert!(ch.remaining_frames().is_empty(), "held back during recovery");
-        ch.finish_recovery("room:1", (2..=4).map(|n| (n, text(n))).collect()).await;
+        ch.finish_recovery(Room(1), (2..=4).map(|n| (n, text(n))).collect()).await;
         assert_eq!(sent(&ch), ["2", "3", "4", "5"]);
-        assert!(!ch.offer("room:1", 5, &text(5), 0, &metrics), "already sent");
+        assert!(!ch.offer(Some(Room(1)), 5, &text(5), 0, &metrics), "already sent");
     }
 
     #[tokio::test]
@@ -454,22 +464,22 @@ mod tests {
         let ch = channel(&hub, 1, 64);
         // The inbox stood at 5 when logic read it; 5 (late) and 6, 7 were pushed
         // while the open was under way.
-        ch.begin_recovery("user:1");
+        ch.begin_recovery(Inbox(1));
         for seq in [7, 5, 6] {
-            assert!(ch.offer("user:1", seq, &text(seq), 0, &metrics));
+            assert!(ch.offer(Some(Inbox(1)), seq, &text(seq), 0, &metrics));
         }
         assert!(sent(&ch).is_empty(), "held until the position is known");
-        ch.start_live("user:1", 5).await;
+        ch.start_live(Inbox(1), 5).await;
         assert_eq!(sent(&ch), ["6", "7"], "only what is newer than the position, in order");
-        assert!(ch.offer("user:1", 8, &text(8), 0, &metrics), "live from here on");
+        assert!(ch.offer(Some(Inbox(1)), 8, &text(8), 0, &metrics), "live from here on");
         assert_eq!(sent(&ch), ["8"]);
 
         // A hole between the position and the first held frame is a gap to fill.
-        ch.begin_recovery("room:2");
-        assert!(ch.offer("room:2", 12, &text(12), 0, &metrics));
-        ch.start_live("room:2", 10).await;
+        ch.begin_recovery(Room(2));
+        assert!(ch.offer(Some(Room(2)), 12, &text(12), 0, &metrics));
+        ch.start_live(Room(2), 10).await;
         assert!(sent(&ch).is_empty(), "12 waits for 11");
-        assert_eq!(ch.next_gap().await, ("room:2".to_owned(), 10));
+        assert_eq!(ch.next_gap().await, (Room(2), 10));
     }
 
     #[tokio::test]
@@ -479,14 +489,14 @@ mod tests {
         let ch = channel(&hub, 1, 64);
         // A new user's inbox stands at 0; its first two messages come from two
         // writers, and 2 arrives first.
-        ch.begin_recovery("user:1");
-        ch.start_live("user:1", 0).await;
-        assert!(ch.offer("user:1", 2, &text(2), 0, &metrics));
+        ch.begin_recovery(Inbox(1));
+        ch.start_live(Inbox(1), 0).await;
+        assert!(ch.offer(Some(Inbox(1)), 2, &text(2), 0, &metrics));
         assert!(sent(&ch).is_empty(), "2 waits for 1");
-        assert_eq!(ch.next_gap().await, ("user:1".to_owned(), 0));
-        assert!(ch.offer("user:1", 1, &text(1), 0, &metrics));
-        assert!(ch.held_back_is_contiguous("user:1", 0));
-        ch.finish_recovery("user:1", Vec::new()).await;
+        assert_eq!(ch.next_gap().await, (Inbox(1), 0));
+        assert!(ch.offer(Some(Inbox(1)), 1, &text(1), 0, &metrics));
+        assert!(ch.held_back_is_contiguous(Inbox(1), 0));
+        ch.finish_recovery(Inbox(1), Vec::new()).await;
         assert_eq!(sent(&ch), ["1", "2"]);
     }
 
@@ -496,12 +506,12 @@ mod tests {
         let hub = Hub::new(1, Arc::new(Metrics::new()));
         let ch = channel(&hub, 1, 2);
         let text = Utf8Bytes::from("{}");
-        assert!(ch.offer("room:1", 5, &text, 0, &metrics));
-        assert!(!ch.offer("room:1", 5, &text, 0, &metrics), "same seq again");
-        assert!(!ch.offer("room:1", 4, &text, 0, &metrics), "older seq");
-        assert!(ch.offer("room:2", 1, &text, 0, &metrics), "streams count separately");
+        assert!(ch.offer(Some(Room(1)), 5, &text, 0, &metrics));
+        assert!(!ch.offer(Some(Room(1)), 5, &text, 0, &metrics), "same seq again");
+        assert!(!ch.offer(Some(Room(1)), 4, &text, 0, &metrics), "older seq");
+        assert!(ch.offer(Some(Room(2)), 1, &text, 0, &metrics), "streams count separately");
         assert!(!ch.is_closing());
-        assert!(!ch.offer("", 0, &text, 0, &metrics), "queue of two is full");
+        assert!(!ch.offer(None, 0, &text, 0, &metrics), "queue of two is full");
         assert!(ch.is_closing(), "overflow closes the connection");
         assert!(ch.close_reason().is_some_and(|r| r.text.contains("not reading fast enough") && r.code == 1013));
         assert_eq!(ch.remaining_frames().len(), 2, "what was queued before the overflow stays queued");
@@ -512,29 +522,29 @@ mod tests {
         let metrics = Metrics::new();
         let hub = Hub::new(1, Arc::new(Metrics::new()));
         let ch = channel(&hub, 1, 64);
-        assert!(ch.offer("user:1", 1, &text(1), 0, &metrics));
+        assert!(ch.offer(Some(Inbox(1)), 1, &text(1), 0, &metrics));
         // 3 and 4 arrive before 2 (another writer's push is late).
-        assert!(ch.offer("user:1", 3, &text(3), 0, &metrics));
-        assert!(ch.offer("user:1", 4, &text(4), 0, &metrics));
+        assert!(ch.offer(Some(Inbox(1)), 3, &text(3), 0, &metrics));
+        assert!(ch.offer(Some(Inbox(1)), 4, &text(4), 0, &metrics));
         assert_eq!(sent(&ch), vec!["1"], "nothing after the gap goes out");
-        assert_eq!(ch.next_gap().await, ("user:1".to_owned(), 1));
-        assert!(!ch.held_back_is_contiguous("user:1", 1));
-        assert!(ch.offer("user:1", 2, &text(2), 0, &metrics));
-        assert!(ch.held_back_is_contiguous("user:1", 1), "the late push closed the gap");
-        ch.finish_recovery("user:1", Vec::new()).await;
+        assert_eq!(ch.next_gap().await, (Inbox(1), 1));
+        assert!(!ch.held_back_is_contiguous(Inbox(1), 1));
+        assert!(ch.offer(Some(Inbox(1)), 2, &text(2), 0, &metrics));
+        assert!(ch.held_back_is_contiguous(Inbox(1), 1), "the late push closed the gap");
+        ch.finish_recovery(Inbox(1), Vec::new()).await;
         assert_eq!(sent(&ch), vec!["2", "3", "4"]);
         // A gap that no push closes is filled from history.
-        assert!(ch.offer("user:1", 7, &text(7), 0, &metrics));
-        assert_eq!(ch.next_gap().await, ("user:1".to_owned(), 4));
-        ch.finish_recovery("user:1", vec![(5, text(5)), (6, text(6)), (7, text(7))]).await;
+        assert!(ch.offer(Some(Inbox(1)), 7, &text(7), 0, &metrics));
+        assert_eq!(ch.next_gap().await, (Inbox(1), 4));
+        ch.finish_recovery(Inbox(1), vec![(5, text(5)), (6, text(6)), (7, text(7))]).await;
         assert_eq!(sent(&ch), vec!["5", "6", "7"], "each once, in order");
         // A frame held back beyond a new hole stays held, and the hole is reported.
-        assert!(ch.offer("user:1", 9, &text(9), 0, &metrics));
-        assert!(ch.offer("user:1", 11, &text(11), 0, &metrics));
-        assert_eq!(ch.next_gap().await, ("user:1".to_owned(), 7));
-        ch.finish_recovery("user:1", vec![(8, text(8))]).await;
+        assert!(ch.offer(Some(Inbox(1)), 9, &text(9), 0, &metrics));
+        assert!(ch.offer(Some(Inbox(1)), 11, &text(11), 0, &metrics));
+        assert_eq!(ch.next_gap().await, (Inbox(1), 7));
+        ch.finish_recovery(Inbox(1), vec![(8, text(8))]).await;
         assert_eq!(sent(&ch), vec!["8", "9"]);
-        assert_eq!(ch.next_gap().await, ("user:1".to_owned(), 9));
+        assert_eq!(ch.next_gap().await, (Inbox(1), 9));
     }
 
     #[tokio::test]
@@ -542,15 +552,15 @@ mod tests {
         let metrics = Metrics::new();
         let hub = Hub::new(1, Arc::new(Metrics::new()));
         let ch = channel(&hub, 1, 64);
-        assert!(ch.offer("room:1", 1, &text(1), 0, &metrics));
-        assert!(ch.offer("room:1", 3, &text(3), 0, &metrics), "held back behind a gap");
-        assert!(ch.offer("room:2", 1, &text(1), 0, &metrics));
+        assert!(ch.offer(Some(Room(1)), 1, &text(1), 0, &metrics));
+        assert!(ch.offer(Some(Room(1)), 3, &text(3), 0, &metrics), "held back behind a gap");
+        assert!(ch.offer(Some(Room(2)), 1, &text(1), 0, &metrics));
         assert_eq!(ch.stream_count(), 2);
-        ch.forget_stream("room:1");
+        ch.forget_stream(Room(1));
         assert_eq!(ch.stream_count(), 1, "a room left costs nothing");
-        assert_eq!(ch.position("room:1"), None);
-        assert!(ch.offer("room:2", 3, &text(3), 0, &metrics));
-        assert_eq!(ch.next_gap().await, ("room:2".to_owned(), 1), "room:1's gap went with it");
+        assert_eq!(ch.position(Room(1)), None);
+        assert!(ch.offer(Some(Room(2)), 3, &text(3), 0, &metrics));
+        assert_eq!(ch.next_gap().await, (Room(2), 1), "room:1's gap went with it");
     }
 
     #[tokio::test]
@@ -559,14 +569,14 @@ mod tests {
         let hub = Hub::new(1, Arc::new(Metrics::new()));
         let ch = channel(&hub, 1, 64);
         // A client claiming to have everything up to the largest seq.
-        ch.begin_recovery_after("room:1", u64::MAX);
-        assert!(ch.offer("room:1", u64::MAX, &text(1), 0, &metrics), "held back");
-        assert!(ch.held_back_is_contiguous("room:1", u64::MAX), "nothing can follow the largest seq");
-        ch.finish_recovery("room:1", vec![(u64::MAX, text(2))]).await;
+        ch.begin_recovery_after(Room(1), u64::MAX);
+        assert!(ch.offer(Some(Room(1)), u64::MAX, &text(1), 0, &metrics), "held back");
+        assert!(ch.held_back_is_contiguous(Room(1), u64::MAX), "nothing can follow the largest seq");
+        ch.finish_recovery(Room(1), vec![(u64::MAX, text(2))]).await;
         assert!(sent(&ch).is_empty(), "nothing newer than the position");
-        assert!(!ch.offer("room:1", 5, &text(3), 0, &metrics), "older than the position");
-        ch.start_live("user:1", u64::MAX - 1).await;
-        assert!(ch.offer("user:1", u64::MAX, &text(4), 0, &metrics));
+        assert!(!ch.offer(Some(Room(1)), 5, &text(3), 0, &metrics), "older than the position");
+        ch.start_live(Inbox(1), u64::MAX - 1).await;
+        assert!(ch.offer(Some(Inbox(1)), u64::MAX, &text(4), 0, &metrics));
         assert_eq!(sent(&ch), ["4"]);
     }
 
@@ -574,7 +584,7 @@ mod tests {
     async fn a_recovery_waits_for_room_instead_of_overflowing() {
         let hub = Hub::new(1, Arc::new(Metrics::new()));
         let ch = channel(&hub, 1, 2);
-        ch.begin_recovery("room:1");
+        ch.begin_recovery(Room(1));
         let writer = {
             let ch = ch.clone();
             tokio::spawn(async move {
@@ -587,7 +597,7 @@ mod tests {
                 written
             })
         };
-        ch.finish_recovery("room:1", (1..=5).map(|n| (n, text(n))).collect()).await;
+        ch.finish_recovery(Room(1), (1..=5).map(|n| (n, text(n))).collect()).await;
         assert_eq!(writer.await.expect("writer"), vec!["1", "2", "3", "4", "5"]);
         assert!(!ch.is_closing(), "history never overflows the queue");
     }

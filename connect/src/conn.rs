@@ -184,7 +184,7 @@ where
             }
             (stream, after) = channel.next_gap(), if filling.is_none() => {
                 let channel = channel.clone();
-                filling = Some(Box::pin(async move { gateway.fill_gap(&channel, &stream, after).await }));
+                filling = Some(Box::pin(async move { gateway.fill_gap(&channel, stream, after).await }));
             }
             read = socket.next(), if handling.is_none() => {
                 // The timer still wakes at the old limit, finds it moved, and

@@ -82,11 +82,11 @@ impl Gateway {
             transport,
             self.config.outbound_capacity,
         ));
-        let inbox = StreamId::Inbox(channel.user_id).to_string();
-        channel.begin_recovery(&inbox);
+        let inbox = StreamId::Inbox(channel.user_id);
+        channel.begin_recovery(inbox);
         self.hub.add(channel.clone());
         if room != 0 {
-            channel.begin_recovery(&StreamId::Room(room).to_string());
+            channel.begin_recovery(StreamId::Room(room));
             self.hub.join(&channel, room);
         }
         let request = AttachRequest {
@@ -121,10 +121,10 @@ impl Gateway {
         // Held back until `resume` sends what the client asked for; otherwise
         // live from the position read.
         if auth.inbox_since.is_none() {
-            channel.start_live(&inbox, reply.inbox_last_seq).await;
+            channel.start_live(inbox, reply.inbox_last_seq).await;
         }
         if room != 0 && auth.since.is_none() {
-            channel.start_live(&StreamId::Room(room).to_string(), reply.room_last_seq).await;
+            channel.start_live(StreamId::Room(room), reply.room_last_seq).await;
         }
         Ok(channel)
     }
@@ -209,8 +209,8 @@ impl Gateway {
             return Err(format!("a connection may be in at most {most} rooms; leave one first"));
         }
         // Held back until the room's position is known (see `open`).
-        let stream = StreamId::Room(room).to_string();
-        channel.begin_recovery(&stream);
+        let stream = StreamId::Room(room);
+        channel.begin_recovery(stream);
         self.hub.join(channel, room);
         let request = JoinRoomRequest {
             auth_token: channel.auth_token.clone(),
@@ -225,14 +225,14 @@ impl Gateway {
         match joined {
             Ok(reply) => {
                 match since {
-                    Some(since) => self.recover(channel, StreamId::Room(room), since).await,
-                    None => channel.start_live(&stream, reply.into_inner().last_seq).await,
+                    Some(since) => self.recover(channel, stream, since).await,
+                    None => channel.start_live(stream, reply.into_inner().last_seq).await,
                 }
                 Ok(())
             }
             Err(status) => {
                 self.hub.leave(channel, room);
-                channel.finish_recovery(&stream, Vec::new()).await;
+                channel.finish_recovery(stream, Vec::new()).await;
                 if status.code() == Code::Unauthenticated {
                     channel.close(close_code::POLICY, "session expired or revoked; log in again");
                 }
@@ -249,29 +249,23 @@ impl Gateway {
     /// `gap_fill_attempts` the connection is closed with the reason: the
     /// client reconnects and resumes from what it has, rather than wait on a
     /// stream that has stopped.
-    pub async fn fill_gap(&self, channel: &Arc<Channel>, stream: &str, after: u64) {
+    pub async fn fill_gap(&self, channel: &Arc<Channel>, stream: StreamId, after: u64) {
         let (grace, attempts) = (self.config.gap_grace, self.config.gap_fill_attempts.max(1));
         tokio::time::sleep(grace).await;
         if channel.held_back_is_contiguous(stream, after) {
             channel.finish_recovery(stream, Vec::new()).await;
             return;
         }
-        let Ok(id) = stream.parse::<StreamId>() else {
-            // Pushes name only streams connect knows; anything else is dropped.
-            tracing::warn!(stream, "a gap in a stream with no such name");
-            channel.forget_stream(stream);
-            return;
-        };
         self.metrics().error("push_gap_filled_from_history");
         let mut pauses = Backoff::new(grace * 4, std::time::Duration::from_secs(16));
         for attempt in 1..=attempts {
             let from = channel.position(stream).unwrap_or(after);
-            let reason = match self.replay(channel, id, &Since { epoch: String::new(), seq: from }).await {
+            let reason = match self.replay(channel, stream, &Since { epoch: String::new(), seq: from }).await {
                 Ok(()) => return,
                 Err(reason) => reason,
             };
             self.metrics().error("gap_fill_failed");
-            tracing::warn!(user = channel.user_id, stream, attempt, %reason, "could not fill a gap from history");
+            tracing::warn!(user = channel.user_id, %stream, attempt, %reason, "could not fill a gap from history");
             if attempt == attempts {
                 break;
             }
@@ -292,7 +286,7 @@ impl Gateway {
     /// on, and the hole is filled as a gap).
     async fn recover(&self, channel: &Arc<Channel>, stream: StreamId, since: &Since) {
         if let Err(reason) = self.replay(channel, stream, since).await {
-            channel.finish_recovery(&stream.to_string(), Vec::new()).await;
+            channel.finish_recovery(stream, Vec::new()).await;
             self.error(channel, &format!("could not load the messages you missed in {stream}: {reason}"), None);
         }
     }
@@ -301,8 +295,7 @@ impl Gateway {
     /// connection's flow control before the next is read, then releases the
     /// held-back live frames. On a failed read, what was queued stays queued
     /// and the stream stays held back; the reason is returned.
-    async fn replay(&self, channel: &Arc<Channel>, id: StreamId, since: &Since) -> Result<(), String> {
-        let stream = &id.to_string();
+    async fn replay(&self, channel: &Arc<Channel>, stream: StreamId, since: &Since) -> Result<(), String> {
         // The client has the stream up to `since`: send what follows, even what
         // this channel already sent (it asked again) or what came before its
         // baseline.
@@ -313,7 +306,7 @@ impl Gateway {
             let request = HistoryRequest {
                 auth_token: channel.auth_token.clone(),
                 // No room: the caller's own inbox.
-                room_id: id.room().unwrap_or(0),
+                room_id: stream.room().unwrap_or(0),
                 peer_user_id: 0,
                 after_seq: after,
                 before_seq: 0,
@@ -350,7 +343,7 @@ impl Gateway {
 
     async fn leave(&self, channel: &Arc<Channel>, room: u64) {
         if self.hub.leave(channel, room) {
-            channel.forget_stream(&StreamId::Room(room).to_string());
+            channel.forget_stream(StreamId::Room(room));
             let request = LeaveRoomRequest {
                 user_id: channel.user_id,
                 room_id: room,
@@ -460,6 +453,38 @@ pub(crate) mod tests {
         }
     }
 
+    /// The texts queued on `channel`, taking them.
+    fn sent(channel: &Channel) -> Vec<String> {
+        channel.remaining_frames().into_iter().map(|Outbound::Frame { text, .. }| text.as_str().to_owned()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_the_late_push_closes_within_the_grace_is_not_read_from_history() {
+        let grace = std::time::Duration::from_millis(300);
+        let gateway = gateway_without_logic(ConnectConfig { gap_grace: grace, ..ConnectConfig::default() });
+        let metrics = gateway.metrics().clone();
+        let channel = Arc::new(Channel::new(1, 7, "u7".into(), "token".into(), "ws", 64));
+        gateway.hub.add(channel.clone());
+        let text = |n: u64| Utf8Bytes::from(n.to_string());
+        let inbox = Some(StreamId::Inbox(7));
+        assert!(channel.offer(inbox, 1, &text(1), 0, &metrics));
+        assert!(channel.offer(inbox, 3, &text(3), 0, &metrics), "held behind the gap");
+        let (stream, after) = channel.next_gap().await;
+        let filling = tokio::spawn({
+            let (gateway, channel) = (gateway.clone(), channel.clone());
+            async move { gateway.fill_gap(&channel, stream, after).await }
+        });
+        let started = tokio::time::Instant::now();
+        tokio::time::sleep(grace / 2).await;
+        assert_eq!(sent(&channel), ["1"], "3 waits for 2");
+        assert!(channel.offer(inbox, 2, &text(2), 0, &metrics), "the late push");
+        filling.await.expect("gap filled");
+        assert_eq!(started.elapsed(), grace, "released when the grace ended");
+        assert_eq!(sent(&channel), ["2", "3"], "in order, each once");
+        assert!(channel.close_reason().is_none());
+        assert!(!metrics.encode().contains("push_gap_filled_from_history"), "history was not read");
+    }
+
     #[tokio::test]
     async fn a_gap_history_cannot_fill_backs_off_then_closes_with_a_reason() {
         let config = ConnectConfig {
@@ -472,24 +497,19 @@ pub(crate) mod tests {
         let channel = Arc::new(Channel::new(1, 7, "u7".into(), "token".into(), "ws", 64));
         gateway.hub.add(channel.clone());
         let text = |n: u64| Utf8Bytes::from(n.to_string());
-        assert!(channel.offer("user:7", 1, &text(1), 0, &metrics));
-        assert!(channel.offer("user:7", 3, &text(3), 0, &metrics), "held behind the gap");
+        assert!(channel.offer(Some(StreamId::Inbox(7)), 1, &text(1), 0, &metrics));
+        assert!(channel.offer(Some(StreamId::Inbox(7)), 3, &text(3), 0, &metrics), "held behind the gap");
         let (stream, after) = channel.next_gap().await;
 
         let started = std::time::Instant::now();
-        gateway.fill_gap(&channel, &stream, after).await;
+        gateway.fill_gap(&channel, stream, after).await;
         // Grace, then three reads with pauses of at least 20 and 40 ms between them.
         assert!(started.elapsed() >= std::time::Duration::from_millis(65), "{:?}", started.elapsed());
         let reason = channel.close_reason().expect("closed");
         assert_eq!(reason.code, close_code::TRY_AGAIN_LATER);
         assert!(reason.text.contains("reconnect and resume"), "{}", reason.text);
         assert!(metrics.encode().contains(r#"courier_errors_total{reason="gap_fill_failed"} 3"#));
-        let sent: Vec<String> = channel
-            .remaining_frames()
-            .into_iter()
-            .map(|Outbound::Frame { text, .. }| text.as_str().to_owned())
-            .collect();
-        assert_eq!(sent, ["1"], "nothing after the gap was sent out of order");
+        assert_eq!(sent(&channel), ["1"], "nothing after the gap was sent out of order");
     }
 
     #[test]

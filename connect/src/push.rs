@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use courier_model::StreamId;
 use courier_proto::connect::connect_server::Connect;
 use courier_proto::connect::{PushReply, PushRequest, delivery::Target};
 use courier_telemetry::ResultLabel;
@@ -42,6 +43,19 @@ impl Connect for PushService {
         let unmatched = metrics.pushed_frames.get_or_create(&ResultLabel { result: "unmatched" }).clone();
         let mut user_channels: Vec<Arc<Channel>>;
         for delivery in request.deliveries {
+            // Only message frames name a stream; a name this build cannot read
+            // is a sender's bug, and its frame cannot be sequenced: drop it.
+            let stream = match delivery.stream.as_str() {
+                "" => None,
+                name => match name.parse::<StreamId>() {
+                    Ok(stream) => Some(stream),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a pushed frame names no stream; dropped");
+                        unmatched.inc();
+                        continue;
+                    }
+                },
+            };
             let text = Utf8Bytes::from(delivery.body);
             let channels: &[Arc<Channel>] = match delivery.target {
                 Some(Target::RoomId(room)) => rooms.entry(room).or_insert_with(|| self.hub.room(room)),
@@ -53,7 +67,7 @@ impl Connect for PushService {
             };
             if channels.is_empty() { &unmatched } else { &matched }.inc();
             for channel in channels {
-                if channel.offer(&delivery.stream, delivery.seq, &text, delivery.admitted_ms, &metrics) {
+                if channel.offer(stream, delivery.seq, &text, delivery.admitted_ms, &metrics) {
                     queued += 1;
                 }
             }

@@ -42,7 +42,7 @@ use courier_push::Pusher;
 use courier_queue::Queue;
 use courier_store::{Error as StoreError, HistoryStore, Page, UserStore};
 use courier_telemetry::{KindLabel, Metrics};
-use courier_wire::frame::{CountFrame, RoomInfoFrame, to_text};
+use courier_wire::frame::{CountFrame, MessageFrame, RoomInfoFrame, to_text};
 use futures_util::StreamExt as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tonic::{Response, Status};
@@ -224,7 +224,7 @@ impl Logic {
         let presence = &self.inner.backends.presence;
         presence.join(room, user, server, conn).await.map_err(|e| self.presence_unavailable(e))?;
         self.mark_dirty(room);
-        let position = self.last_seq(&StreamId::Room(room).to_string()).await;
+        let position = self.last_seq(StreamId::Room(room)).await;
         if position.is_err() {
             // Harmless if it fails too: the node's lease or close releases it.
             let _ = presence.leave(room, user.user_id, server, conn).await;
@@ -234,7 +234,7 @@ impl Logic {
 
     /// Where `stream` stands (0: no message yet). A connection's live delivery
     /// starts there, so a store failure refuses the call rather than guess.
-    async fn last_seq(&self, stream: &str) -> Result<u64, Status> {
+    async fn last_seq(&self, stream: StreamId) -> Result<u64, Status> {
         let info = self.inner.backends.history.stream_info(stream).await.map_err(|e| self.store_unavailable(e))?;
         Ok(info.map_or(0, |i| i.last_seq))
     }
@@ -322,25 +322,21 @@ impl Logic {
     pub async fn history(&self, request: HistoryRequest) -> Result<HistoryReply, Status> {
         let me = self.session(&request.auth_token).await?;
         let history = &self.inner.backends.history;
-        let stream = if request.room_id != 0 {
-            StreamId::Room(request.room_id).to_string()
-        } else {
-            StreamId::Inbox(me.user_id).to_string()
-        };
+        let stream = if request.room_id != 0 { StreamId::Room(request.room_id) } else { StreamId::Inbox(me.user_id) };
         let limit = match request.limit {
             0 => 50,
             n => n.min(self.inner.config.history_page_limit),
         };
-        let info = history.stream_info(&stream).await.map_err(|e| self.store_unavailable(e))?;
+        let info = history.stream_info(stream).await.map_err(|e| self.store_unavailable(e))?;
         let (epoch, last_seq) = info.map(|i| (i.epoch, i.last_seq)).unwrap_or_default();
         let peer = (request.room_id == 0 && request.peer_user_id != 0).then_some(request.peer_user_id);
         let page =
             if request.before_seq != 0 { Page::Before(request.before_seq) } else { Page::After(request.after_seq) };
         // A conversation is the inbox's entries with one peer: one index range.
         let stored = match (peer, page) {
-            (Some(peer), page) => history.read_conversation(&stream, peer, page, limit).await,
-            (None, Page::After(after)) => history.read_after(&stream, after, limit).await,
-            (None, Page::Before(before)) => history.read_before(&stream, before, limit).await,
+            (Some(peer), page) => history.read_conversation(stream, peer, page, limit).await,
+            (None, Page::After(after)) => history.read_after(stream, after, limit).await,
+            (None, Page::Before(before)) => history.read_before(stream, before, limit).await,
         }
         .map_err(|e| self.store_unavailable(e))?;
         // Cut by bytes too, so a page always fits the transport: the caller
@@ -348,14 +344,14 @@ impl Logic {
         let mut frames = Vec::with_capacity(stored.len());
         let mut bytes = 0;
         for stored in stored {
-            let body = to_text(&courier_push::frames::message_frame(&stored.message, &stored.position));
+            let body = to_text(&MessageFrame::new(&stored.message, &stored.position));
             bytes += body.len();
             if bytes > courier_proto::BATCH_BYTES && !frames.is_empty() {
                 break;
             }
             frames.push(HistoryFrame { seq: stored.position.seq, body });
         }
-        Ok(HistoryReply { stream, epoch, last_seq, frames })
+        Ok(HistoryReply { stream: stream.to_string(), epoch, last_seq, frames })
     }
 
     /// Refuses a login or registration from an address over its rate.

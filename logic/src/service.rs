@@ -107,7 +107,7 @@ impl LogicRpc for Logic {
             }
             let registered = async {
                 // Read after the route exists: see AttachReply.
-                let inbox = self.last_seq(&StreamId::Inbox(user.user_id).to_string()).await?;
+                let inbox = self.last_seq(StreamId::Inbox(user.user_id)).await?;
                 let room = match r.room_id {
                     0 => 0,
                     room => self.join_at(room, &user, &r.server_id, r.conn_id).await?,

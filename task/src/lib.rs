@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use courier_push::Pusher;
 use courier_queue::{Consumer, Queue, Record};
 use courier_retry::Backoff;
-use courier_store::{Appended, DeadLetter, HistoryStore, Message};
+use courier_store::{DeadLetter, HistoryStore, Message, Position};
 use courier_telemetry::{Metrics, PartitionLabel, ReadyFlag, TopicLabel};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -345,7 +345,7 @@ impl Lane {
             }
         }
         let (sources, messages): (Vec<&Record>, Vec<Message>) = decoded.into_iter().unzip();
-        let stored: Vec<(Message, Vec<Appended>)> = match self.append(&messages, BATCH_ATTEMPTS).await {
+        let stored: Vec<(Message, Vec<Position>)> = match self.append(&messages, BATCH_ATTEMPTS).await {
             Outcome::Stored(positions) => messages.into_iter().zip(positions).collect(),
             Outcome::Stopped => return false,
             Outcome::Refused(e) => {
@@ -443,7 +443,7 @@ impl Lane {
 
 /// What came of an append.
 enum Outcome {
-    Stored(Vec<Vec<Appended>>),
+    Stored(Vec<Vec<Position>>),
     /// The store refused it, not for being out of reach.
     Refused(courier_store::Error),
     /// Shutdown came first.

@@ -11,7 +11,7 @@ use courier_push::{Pusher, PusherOptions};
 use courier_queue::sqlite::{SqliteQueue, SqliteQueueOptions};
 use courier_queue::{Queue, partition_for};
 use courier_store::sqlite::SqliteStore;
-use courier_store::{Appended, DeadLetter, HistoryStore, Message, Page, Result, StoredMessage, StreamInfo};
+use courier_store::{DeadLetter, HistoryStore, Message, Page, Position, Result, StoredMessage, StreamId, StreamInfo};
 use courier_task::{TaskBackends, TaskConfig};
 use courier_telemetry::{Metrics, Readiness};
 use prost::Message as _;
@@ -35,7 +35,7 @@ struct TestStore {
 
 #[async_trait]
 impl HistoryStore for TestStore {
-    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Appended>>> {
+    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Position>>> {
         match &self.interference {
             Interference::Gate(gate, room) if batch.iter().any(|m| m.room_id == *room) => {
                 let _permit = gate.acquire().await;
@@ -47,16 +47,22 @@ impl HistoryStore for TestStore {
             _ => self.inner.append(batch).await,
         }
     }
-    async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
+    async fn read_after(&self, stream: StreamId, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
         self.inner.read_after(stream, after, limit).await
     }
-    async fn read_before(&self, stream: &str, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
+    async fn read_before(&self, stream: StreamId, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
         self.inner.read_before(stream, before, limit).await
     }
-    async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>> {
+    async fn stream_info(&self, stream: StreamId) -> Result<Option<StreamInfo>> {
         self.inner.stream_info(stream).await
     }
-    async fn read_conversation(&self, stream: &str, peer: u64, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+    async fn read_conversation(
+        &self,
+        stream: StreamId,
+        peer: u64,
+        page: Page,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>> {
         self.inner.read_conversation(stream, peer, page, limit).await
     }
     async fn set_aside(&self, letter: &DeadLetter) -> Result<()> {
@@ -128,21 +134,24 @@ async fn a_stuck_partition_holds_back_only_itself() {
     let (worker, _) = start_task(config, queue, history.clone(), &shutdown).await;
 
     let patience = Duration::from_secs(20);
-    let free_stream = format!("room:{free}");
+    let free_stream = StreamId::Room(free);
     courier_testkit::eventually("the free room's records are persisted", patience, || async {
-        let info = history.stream_info(&free_stream).await.expect("stream info");
+        let info = history.stream_info(free_stream).await.expect("stream info");
         info.filter(|i| i.last_seq == 20)
     })
     .await;
-    assert!(history.stream_info("room:1").await.expect("stream info").is_none(), "the stuck room is still waiting");
+    assert!(
+        history.stream_info(StreamId::Room(1)).await.expect("stream info").is_none(),
+        "the stuck room is still waiting"
+    );
 
     gate.add_permits(1_000);
     courier_testkit::eventually("the stuck room's records are persisted", patience, || async {
-        let info = history.stream_info("room:1").await.expect("stream info");
+        let info = history.stream_info(StreamId::Room(1)).await.expect("stream info");
         info.filter(|i| i.last_seq == 20)
     })
     .await;
-    let stored = history.read_after("room:1", 0, 100).await.expect("read");
+    let stored = history.read_after(StreamId::Room(1), 0, 100).await.expect("read");
     let ids: Vec<u64> = stored.iter().map(|m| m.message.msg_id).collect();
     assert_eq!(ids, (1000..1020).collect::<Vec<_>>(), "in log order, each once");
 
@@ -172,10 +181,10 @@ async fn a_record_the_store_refuses_or_cannot_read_is_set_aside_and_its_partitio
     let shutdown = CancellationToken::new();
     let (worker, metrics) = start_task(config, queue, history.clone(), &shutdown).await;
     courier_testkit::eventually("the records after the bad ones are persisted", Duration::from_secs(30), || async {
-        history.stream_info("room:7").await.expect("stream info").filter(|i| i.last_seq == 4)
+        history.stream_info(StreamId::Room(7)).await.expect("stream info").filter(|i| i.last_seq == 4)
     })
     .await;
-    let stored = history.read_after("room:7", 0, 100).await.expect("read");
+    let stored = history.read_after(StreamId::Room(7), 0, 100).await.expect("read");
     let ids: Vec<u64> = stored.iter().map(|m| m.message.msg_id).collect();
     assert_eq!(ids, vec![1, 3, 4, 5], "every good record, in log order");
 

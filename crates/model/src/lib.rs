@@ -5,7 +5,8 @@
 //! store, the `stream` field of the frames clients see (`room:<id>`,
 //! `user:<id>`) and the queue key a message is produced under, so they are
 //! formatted and parsed here alone. [`MessageKind`] says which of the two a
-//! message is, and [`topics`] names the queue topics each kind travels on.
+//! message is, [`Position`] where it stands in a stream once stored, and
+//! [`topics`] names the queue topics each kind travels on.
 //!
 //! A message crosses the queue as a versioned protobuf record
 //! (`courier.record.v1.MessageRecord`): [`Message::into_record`] writes it and
@@ -78,6 +79,16 @@ impl FromStr for StreamId {
             _ => Err(bad()),
         }
     }
+}
+
+/// Where a message stands in one of its streams: the stream's epoch, fixed
+/// when the stream was created, and the message's gap-free seq in it. A
+/// client resumes from `(epoch, seq)`; a seq from another epoch means nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub stream: StreamId,
+    pub epoch: String,
+    pub seq: u64,
 }
 
 /// Whether a message went to a room or to one user.

@@ -1,49 +1,26 @@
-//! The frames of a persisted message: op 3 to its room, or op 2 to each inbox it
-//! was appended to (the recipient's, and the sender's copy for their other
-//! devices). Task builds them for live pushes and logic for history reads, so a
+//! The pushes of a persisted message: op 3 to its room, or op 2 to each inbox
+//! it was appended to (the recipient's, and the sender's copy for their other
+//! devices). Task builds them for live pushes; the frame itself is rendered by
+//! `courier_wire` from the message and its position, as for history reads, so a
 //! message looks the same whether it arrives live or is recovered.
 
 use courier_proto::connect::{Delivery, delivery::Target};
-use courier_store::{Appended, Message, MessageKind};
-use courier_wire::frame::{MessageFrame, op, to_text};
-
-/// The frame of `message` at `position` in one of its streams.
-pub fn message_frame(message: &Message, position: &Appended) -> MessageFrame {
-    MessageFrame {
-        code: 0,
-        msg: message.body.clone(),
-        from_user_id: message.from_user_id,
-        from_user_name: message.from_user_name.clone(),
-        to_user_id: message.to_user_id,
-        to_user_name: message.to_user_name.clone(),
-        room_id: message.room_id,
-        op: if message.kind == MessageKind::Room { op::ROOM } else { op::PRIVATE },
-        create_time: courier_wire::time::create_time(message.admitted_ms),
-        msg_id: message.msg_id.to_string(),
-        stream: position.stream.clone(),
-        seq: position.seq,
-        epoch: position.epoch.clone(),
-    }
-}
+use courier_store::{Message, Position, StreamId};
+use courier_wire::frame::{MessageFrame, to_text};
 
 /// The pushes of one persisted message, one per stream it was appended to.
-pub fn frames_for(message: &Message, positions: &[Appended]) -> Vec<Delivery> {
+pub fn frames_for(message: &Message, positions: &[Position]) -> Vec<Delivery> {
     positions
         .iter()
-        .filter_map(|position| {
-            let target = match message.kind {
-                MessageKind::Room => Target::RoomId(message.room_id),
-                MessageKind::Private => {
-                    Target::UserId(position.stream.parse::<courier_model::StreamId>().ok()?.inbox_of()?)
-                }
-            };
-            Some(Delivery {
-                target: Some(target),
-                stream: position.stream.clone(),
-                seq: position.seq,
-                body: to_text(&message_frame(message, position)),
-                admitted_ms: message.admitted_ms,
-            })
+        .map(|position| Delivery {
+            target: Some(match position.stream {
+                StreamId::Room(room) => Target::RoomId(room),
+                StreamId::Inbox(user) => Target::UserId(user),
+            }),
+            stream: position.stream.to_string(),
+            seq: position.seq,
+            body: to_text(&MessageFrame::new(message, position)),
+            admitted_ms: message.admitted_ms,
         })
         .collect()
 }
@@ -51,6 +28,7 @@ pub fn frames_for(message: &Message, positions: &[Appended]) -> Vec<Delivery> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use courier_store::MessageKind;
 
     #[test]
     fn private_message_frames_go_to_each_inbox_with_its_seq() {
@@ -67,8 +45,8 @@ mod tests {
             client_msg_id: String::new(),
         };
         let positions = vec![
-            Appended { stream: "user:9".into(), seq: 3, epoch: "e9".into() },
-            Appended { stream: "user:7".into(), seq: 5, epoch: "e7".into() },
+            Position { stream: StreamId::Inbox(9), seq: 3, epoch: "e9".into() },
+            Position { stream: StreamId::Inbox(7), seq: 5, epoch: "e7".into() },
         ];
         let deliveries = frames_for(&message, &positions);
         assert_eq!(deliveries.len(), 2);

@@ -18,9 +18,9 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use courier_model::StreamId;
+use courier_model::{Position, StreamId};
 
-use crate::{Appended, Error, Message, MessageKind, Result, StreamInfo};
+use crate::{Error, Message, MessageKind, Result, StreamInfo};
 
 /// A new row of `stream_entries`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub(crate) fn peer_in(stream: StreamId, message: &Message) -> u64 {
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     /// Per message, its positions in [`Message::streams`] order.
-    pub positions: Vec<Vec<Appended>>,
+    pub positions: Vec<Vec<Position>>,
     pub entries: Vec<Entry>,
     /// Streams whose last seq moved, with the new value.
     pub heads: Vec<(String, u64)>,
@@ -106,7 +106,7 @@ pub(crate) fn plan(
                     head.last_seq
                 }
             };
-            positions.push(Appended { stream: key.0, seq, epoch: head.epoch.clone() });
+            positions.push(Position { stream: id, seq, epoch: head.epoch.clone() });
         }
         plan.positions.push(positions);
     }

@@ -2,7 +2,7 @@
 //! each backend (SQLite here, PostgreSQL in its own suite). Each takes a `prefix`
 //! so several can share one database: user names and ids derive from it.
 
-use crate::{DeadLetter, Error, HistoryStore, Message, MessageKind, Page, UserStore};
+use crate::{DeadLetter, Error, HistoryStore, Message, MessageKind, Page, StreamId, UserStore};
 
 /// A room message with a given id.
 pub fn room_message(msg_id: u64, room_id: u64, body: &str) -> Message {
@@ -56,18 +56,13 @@ pub async fn seqs_are_gap_free_per_stream(store: &dyn HistoryStore, prefix: u64)
         (0..6).map(|i| room_message(prefix * 1_000_000 + i, if i % 2 == 0 { room_a } else { room_b }, "x")).collect();
     let positions = store.append(&batch[..4]).await.expect("append");
     let more = store.append(&batch[4..]).await.expect("append");
-    let seqs: Vec<(String, u64)> =
-        positions.iter().chain(more.iter()).map(|p| (p[0].stream.clone(), p[0].seq)).collect();
-    let a = format!("room:{room_a}");
-    let b = format!("room:{room_b}");
-    assert_eq!(
-        seqs,
-        vec![(a.clone(), 1), (b.clone(), 1), (a.clone(), 2), (b.clone(), 2), (a.clone(), 3), (b.clone(), 3)]
-    );
-    let info = store.stream_info(&a).await.expect("info").expect("stream exists");
+    let seqs: Vec<(StreamId, u64)> = positions.iter().chain(more.iter()).map(|p| (p[0].stream, p[0].seq)).collect();
+    let (a, b) = (StreamId::Room(room_a), StreamId::Room(room_b));
+    assert_eq!(seqs, vec![(a, 1), (b, 1), (a, 2), (b, 2), (a, 3), (b, 3)]);
+    let info = store.stream_info(a).await.expect("info").expect("stream exists");
     assert_eq!(info.last_seq, 3);
     assert!(positions.iter().flatten().filter(|p| p.stream == a).all(|p| p.epoch == info.epoch));
-    assert!(store.stream_info(&format!("room:{}", prefix * 1000 + 3)).await.expect("info").is_none());
+    assert!(store.stream_info(StreamId::Room(prefix * 1000 + 3)).await.expect("info").is_none());
 }
 
 /// Appending a message id again (a redelivered record) returns its existing
@@ -81,8 +76,7 @@ pub async fn redelivery_keeps_its_seq(store: &dyn HistoryStore, prefix: u64) {
     assert_eq!(again, vec![original[1].clone(), original[0].clone()]);
     let third = store.append(&[room_message(prefix * 1_000_000 + 3, room, "three")]).await.expect("append");
     assert_eq!(third[0][0].seq, 3, "no seq was consumed by the redelivery");
-    let stream = format!("room:{room}");
-    let all = store.read_after(&stream, 0, 100).await.expect("read");
+    let all = store.read_after(StreamId::Room(room), 0, 100).await.expect("read");
     let bodies: Vec<&str> = all.iter().map(|m| m.message.body.as_str()).collect();
     assert_eq!(bodies, vec!["one", "two", "three"]);
 }
@@ -93,10 +87,10 @@ pub async fn private_message_reaches_both_inboxes(store: &dyn HistoryStore, pref
     let (alice, bob) = (prefix * 1000 + 1, prefix * 1000 + 2);
     let message = private_message(prefix * 1_000_000 + 1, alice, bob, "psst");
     let positions = store.append(std::slice::from_ref(&message)).await.expect("append");
-    let streams: Vec<&str> = positions[0].iter().map(|p| p.stream.as_str()).collect();
-    let (bob_inbox, alice_inbox) = (format!("user:{bob}"), format!("user:{alice}"));
-    assert_eq!(streams, vec![bob_inbox.as_str(), alice_inbox.as_str()]);
-    for inbox in [&bob_inbox, &alice_inbox] {
+    let streams: Vec<StreamId> = positions[0].iter().map(|p| p.stream).collect();
+    let (bob_inbox, alice_inbox) = (StreamId::Inbox(bob), StreamId::Inbox(alice));
+    assert_eq!(streams, vec![bob_inbox, alice_inbox]);
+    for inbox in [bob_inbox, alice_inbox] {
         let read = store.read_after(inbox, 0, 10).await.expect("read");
         assert_eq!(read.len(), 1);
         assert_eq!(read[0].message, message, "message round-trips through {inbox}");
@@ -109,13 +103,13 @@ pub async fn pages_in_both_directions(store: &dyn HistoryStore, prefix: u64) {
     let room = prefix * 1000 + 9;
     let batch: Vec<Message> = (1..=10).map(|i| room_message(prefix * 1_000_000 + i, room, &i.to_string())).collect();
     store.append(&batch).await.expect("append");
-    let stream = format!("room:{room}");
+    let stream = StreamId::Room(room);
     let seqs = |page: Vec<crate::StoredMessage>| page.iter().map(|m| m.position.seq).collect::<Vec<_>>();
-    assert_eq!(seqs(store.read_after(&stream, 3, 4).await.expect("read")), vec![4, 5, 6, 7]);
-    assert_eq!(seqs(store.read_after(&stream, 8, 100).await.expect("read")), vec![9, 10]);
-    assert_eq!(seqs(store.read_before(&stream, 4, 100).await.expect("read")), vec![3, 2, 1]);
-    assert_eq!(seqs(store.read_before(&stream, u64::MAX, 2).await.expect("read")), vec![10, 9]);
-    assert!(store.read_after(&stream, 10, 5).await.expect("read").is_empty());
+    assert_eq!(seqs(store.read_after(stream, 3, 4).await.expect("read")), vec![4, 5, 6, 7]);
+    assert_eq!(seqs(store.read_after(stream, 8, 100).await.expect("read")), vec![9, 10]);
+    assert_eq!(seqs(store.read_before(stream, 4, 100).await.expect("read")), vec![3, 2, 1]);
+    assert_eq!(seqs(store.read_before(stream, u64::MAX, 2).await.expect("read")), vec![10, 9]);
+    assert!(store.read_after(stream, 10, 5).await.expect("read").is_empty());
 }
 
 /// Writers running at once — private traffic crossing between two inboxes in
@@ -137,8 +131,8 @@ pub async fn concurrent_writers_stay_gap_free(store: &dyn HistoryStore, prefix: 
     let (a, b, a_again) = tokio::join!(writer(to_bob.clone()), writer(to_alice), writer(to_bob));
     assert_eq!(a, a_again, "both writers of one batch get the same positions");
     assert_eq!(b.len(), 40);
-    for inbox in [format!("user:{alice}"), format!("user:{bob}")] {
-        let stored = store.read_after(&inbox, 0, 1000).await.expect("read");
+    for inbox in [StreamId::Inbox(alice), StreamId::Inbox(bob)] {
+        let stored = store.read_after(inbox, 0, 1000).await.expect("read");
         let seqs: Vec<u64> = stored.iter().map(|m| m.position.seq).collect();
         assert_eq!(seqs, (1..=80).collect::<Vec<_>>(), "{inbox} is gap-free");
         let ids: std::collections::BTreeSet<u64> = stored.iter().map(|m| m.message.msg_id).collect();
@@ -163,20 +157,20 @@ pub async fn conversations_page_by_peer(store: &dyn HistoryStore, prefix: u64) {
     }
     batch.push(private_message(id(99), alice, alice, "note to self"));
     store.append(&batch).await.expect("append");
-    let inbox = format!("user:{alice}");
+    let inbox = StreamId::Inbox(alice);
     let bodies = |page: Vec<crate::StoredMessage>| page.into_iter().map(|m| m.message.body).collect::<Vec<_>>();
-    let with_bob = store.read_conversation(&inbox, bob, Page::After(0), 100).await.expect("read");
+    let with_bob = store.read_conversation(inbox, bob, Page::After(0), 100).await.expect("read");
     assert_eq!(bodies(with_bob), ["bob 3", "to bob 7", "bob 13", "to bob 17", "bob 23", "to bob 27"]);
-    let newest = store.read_conversation(&inbox, bob, Page::Before(u64::MAX), 2).await.expect("read");
+    let newest = store.read_conversation(inbox, bob, Page::Before(u64::MAX), 2).await.expect("read");
     assert_eq!(bodies(newest), ["to bob 27", "bob 23"], "newest first, bounded");
-    let seq_of_13 = store.read_conversation(&inbox, bob, Page::After(0), 3).await.expect("read")[2].position.seq;
-    let after = store.read_conversation(&inbox, bob, Page::After(seq_of_13), 2).await.expect("read");
+    let seq_of_13 = store.read_conversation(inbox, bob, Page::After(0), 3).await.expect("read")[2].position.seq;
+    let after = store.read_conversation(inbox, bob, Page::After(seq_of_13), 2).await.expect("read");
     assert_eq!(bodies(after), ["to bob 17", "bob 23"]);
-    let own = store.read_conversation(&inbox, alice, Page::After(0), 10).await.expect("read");
+    let own = store.read_conversation(inbox, alice, Page::After(0), 10).await.expect("read");
     assert_eq!(bodies(own), ["note to self"]);
-    let bob_side = store.read_conversation(&format!("user:{bob}"), alice, Page::After(0), 100).await.expect("read");
+    let bob_side = store.read_conversation(StreamId::Inbox(bob), alice, Page::After(0), 100).await.expect("read");
     assert_eq!(bob_side.len(), 6, "the same conversation from Bob's inbox");
-    assert!(store.read_conversation(&inbox, prefix * 1000 + 4, Page::After(0), 10).await.expect("read").is_empty());
+    assert!(store.read_conversation(inbox, prefix * 1000 + 4, Page::After(0), 10).await.expect("read").is_empty());
 }
 
 /// A record set aside keeps its bytes exactly (NULs included, which text

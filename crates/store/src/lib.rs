@@ -83,7 +83,7 @@ pub trait UserStore: Send + Sync + 'static {
     async fn user_by_id(&self, id: u64) -> Result<Option<User>>;
 }
 
-pub use courier_model::{Message, MessageKind};
+pub use courier_model::{Message, MessageKind, Position, StreamId};
 
 /// Which side of a seq a history page reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,18 +108,10 @@ pub struct DeadLetter {
     pub dead_at_ms: i64,
 }
 
-/// A message's position in one stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Appended {
-    pub stream: String,
-    pub seq: u64,
-    pub epoch: String,
-}
-
 /// A message read back from a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
-    pub position: Appended,
+    pub position: Position,
     pub message: Message,
 }
 
@@ -136,20 +128,26 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Appends each message to each of its [`Message::streams`] in one transaction
     /// and returns, per message, its positions (in `streams()` order). A message id
     /// already stored keeps its positions.
-    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Appended>>>;
+    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Position>>>;
 
     /// Up to `limit` messages of `stream` with seq greater than `after`, oldest first.
-    async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>>;
+    async fn read_after(&self, stream: StreamId, after: u64, limit: u32) -> Result<Vec<StoredMessage>>;
 
     /// Up to `limit` messages of `stream` with seq less than `before`, newest first.
-    async fn read_before(&self, stream: &str, before: u64, limit: u32) -> Result<Vec<StoredMessage>>;
+    async fn read_before(&self, stream: StreamId, before: u64, limit: u32) -> Result<Vec<StoredMessage>>;
 
     /// The stream's epoch and last seq, if it has any message.
-    async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>>;
+    async fn stream_info(&self, stream: StreamId) -> Result<Option<StreamInfo>>;
 
     /// Up to `limit` messages of the inbox `stream` exchanged with `peer`, on
     /// `page`'s side of a seq: one index range, whatever else the inbox holds.
-    async fn read_conversation(&self, stream: &str, peer: u64, page: Page, limit: u32) -> Result<Vec<StoredMessage>>;
+    async fn read_conversation(
+        &self,
+        stream: StreamId,
+        peer: u64,
+        page: Page,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>>;
 
     /// Keeps a record that could not become history; setting the same record
     /// (topic, partition, offset) aside again changes nothing.

@@ -20,8 +20,8 @@ use crate::rows::{
     DEAD_LETTER_COLUMNS, MESSAGE_COLUMNS, dead_letter_from_row, storable_text, stored_from_row, user_from_row,
 };
 use crate::{
-    Appended, DeadLetter, Error, HistoryStore, Message, Page, Result, StoredMessage, StreamInfo, User, UserStore,
-    append, new_epoch,
+    DeadLetter, Error, HistoryStore, Message, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
+    UserStore, append, new_epoch,
 };
 
 /// An id or offset as PostgreSQL's BIGINT (ids above `i64::MAX` never exist).
@@ -54,7 +54,13 @@ impl PgStore {
 
     /// A page of `stream` next to a seq, in the page's direction; only the
     /// entries exchanged with `peer` when given.
-    async fn read_page(&self, stream: &str, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+    async fn read_page(
+        &self,
+        stream: StreamId,
+        peer: Option<u64>,
+        page: Page,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>> {
         let (seq, condition, order) = page.sql();
         let peer_filter = if peer.is_some() { "AND e.peer_user_id = $4" } else { "" };
         let sql = sqlx::AssertSqlSafe(format!(
@@ -62,7 +68,7 @@ impl PgStore {
              JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
              WHERE e.stream = $1 AND e.seq {condition} $2 {peer_filter} ORDER BY e.seq {order} LIMIT $3"
         ));
-        let mut query = sqlx::query(sql).bind(stream).bind(seq).bind(i64::from(limit));
+        let mut query = sqlx::query(sql).bind(stream.to_string()).bind(seq).bind(i64::from(limit));
         if let Some(peer) = peer {
             query = query.bind(clamp_id(peer));
         }
@@ -109,7 +115,7 @@ impl UserStore for PgStore {
 
 #[async_trait]
 impl HistoryStore for PgStore {
-    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Appended>>> {
+    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Position>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -202,15 +208,21 @@ impl HistoryStore for PgStore {
         Ok(plan.positions)
     }
 
-    async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
+    async fn read_after(&self, stream: StreamId, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
         self.read_page(stream, None, Page::After(after), limit).await
     }
 
-    async fn read_before(&self, stream: &str, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
+    async fn read_before(&self, stream: StreamId, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
         self.read_page(stream, None, Page::Before(before), limit).await
     }
 
-    async fn read_conversation(&self, stream: &str, peer: u64, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+    async fn read_conversation(
+        &self,
+        stream: StreamId,
+        peer: u64,
+        page: Page,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>> {
         self.read_page(stream, Some(peer), page, limit).await
     }
 
@@ -240,9 +252,9 @@ impl HistoryStore for PgStore {
         rows.iter().map(dead_letter_from_row).collect()
     }
 
-    async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>> {
+    async fn stream_info(&self, stream: StreamId) -> Result<Option<StreamInfo>> {
         let row = sqlx::query("SELECT epoch, last_seq FROM streams WHERE stream = $1")
-            .bind(stream)
+            .bind(stream.to_string())
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| Ok(StreamInfo { epoch: row.try_get(0)?, last_seq: row.try_get::<i64, _>(1)? as u64 })).transpose()

@@ -4,7 +4,7 @@
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::{Appended, DeadLetter, Error, Message, MessageKind, Page, Result, StoredMessage, User};
+use crate::{DeadLetter, Error, Message, MessageKind, Page, Position, Result, StoredMessage, User};
 
 /// The columns [`stored_from_row`] reads, for `stream_entries e JOIN streams s JOIN messages m`.
 pub(crate) const MESSAGE_COLUMNS: &str = "e.stream, e.seq, s.epoch, m.msg_id, CAST(m.kind AS BIGINT) AS kind,
@@ -46,7 +46,11 @@ where
     let kind: i64 = row.try_get("kind")?;
     let int = |column: &'static str| -> Result<u64> { Ok(row.try_get::<i64, _>(column)? as u64) };
     Ok(StoredMessage {
-        position: Appended { stream: row.try_get("stream")?, seq: int("seq")?, epoch: row.try_get("epoch")? },
+        position: Position {
+            stream: row.try_get::<String, _>("stream")?.parse().map_err(|e| Error::Corrupt(format!("{e}")))?,
+            seq: int("seq")?,
+            epoch: row.try_get("epoch")?,
+        },
         message: Message {
             msg_id: int("msg_id")?,
             kind: MessageKind::from_code(kind).ok_or_else(|| Error::Corrupt(format!("message kind {kind}")))?,

@@ -22,8 +22,8 @@ use crate::rows::{
     DEAD_LETTER_COLUMNS, MESSAGE_COLUMNS, dead_letter_from_row, storable_text, stored_from_row, user_from_row,
 };
 use crate::{
-    Appended, DeadLetter, Error, HistoryStore, Message, Page, Result, StoredMessage, StreamInfo, User, UserStore,
-    append, new_epoch,
+    DeadLetter, Error, HistoryStore, Message, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
+    UserStore, append, new_epoch,
 };
 
 /// Users and history in SQLite; cheap to clone.
@@ -62,7 +62,13 @@ impl SqliteStore {
 
     /// A page of `stream` next to a seq, in the page's direction; only the
     /// entries exchanged with `peer` when given.
-    async fn read_page(&self, stream: &str, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+    async fn read_page(
+        &self,
+        stream: StreamId,
+        peer: Option<u64>,
+        page: Page,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>> {
         let (seq, condition, order) = page.sql();
         let peer_filter = if peer.is_some() { "AND e.peer_user_id = ?" } else { "" };
         let sql = sqlx::AssertSqlSafe(format!(
@@ -70,7 +76,7 @@ impl SqliteStore {
              JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
              WHERE e.stream = ? AND e.seq {condition} ? {peer_filter} ORDER BY e.seq {order} LIMIT ?"
         ));
-        let mut query = sqlx::query(sql).bind(stream).bind(seq);
+        let mut query = sqlx::query(sql).bind(stream.to_string()).bind(seq);
         if let Some(peer) = peer {
             query = query.bind(peer as i64);
         }
@@ -116,7 +122,7 @@ impl UserStore for SqliteStore {
 
 #[async_trait]
 impl HistoryStore for SqliteStore {
-    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Appended>>> {
+    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Position>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -216,15 +222,21 @@ impl HistoryStore for SqliteStore {
         Ok(plan.positions)
     }
 
-    async fn read_after(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
+    async fn read_after(&self, stream: StreamId, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
         self.read_page(stream, None, Page::After(after), limit).await
     }
 
-    async fn read_before(&self, stream: &str, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
+    async fn read_before(&self, stream: StreamId, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
         self.read_page(stream, None, Page::Before(before), limit).await
     }
 
-    async fn read_conversation(&self, stream: &str, peer: u64, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+    async fn read_conversation(
+        &self,
+        stream: StreamId,
+        peer: u64,
+        page: Page,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>> {
         self.read_page(stream, Some(peer), page, limit).await
     }
 
@@ -254,9 +266,9 @@ impl HistoryStore for SqliteStore {
         rows.iter().map(dead_letter_from_row).collect()
     }
 
-    async fn stream_info(&self, stream: &str) -> Result<Option<StreamInfo>> {
+    async fn stream_info(&self, stream: StreamId) -> Result<Option<StreamInfo>> {
         let row = sqlx::query("SELECT epoch, last_seq FROM streams WHERE stream = ?")
-            .bind(stream)
+            .bind(stream.to_string())
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| Ok(StreamInfo { epoch: row.try_get(0)?, last_seq: row.try_get::<i64, _>(1)? as u64 })).transpose()

@@ -46,7 +46,8 @@ async fn data_survives_reopen() {
         courier_store::UserStore::create_user(&store, "keeper", "h").await.expect("create")
     };
     let store = open(&dir).await;
-    let read = courier_store::HistoryStore::read_after(&store, "room:1", 0, 10).await.expect("read");
+    let read =
+        courier_store::HistoryStore::read_after(&store, courier_store::StreamId::Room(1), 0, 10).await.expect("read");
     assert_eq!(read.len(), 1);
     assert!(courier_store::UserStore::user_by_id(&store, id).await.expect("lookup").is_some());
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use courier_model::{Message, MessageKind, Position};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// gochat's op numbers, plus Courier's extensions (7 and up).
@@ -133,6 +134,31 @@ pub struct MessageFrame {
     pub stream: String,
     pub seq: u64,
     pub epoch: String,
+}
+
+impl MessageFrame {
+    /// The frame of `message` at `position` in one of its streams: the same
+    /// frame whether the message arrives live or is read back from history.
+    pub fn new(message: &Message, position: &Position) -> Self {
+        Self {
+            code: 0,
+            msg: message.body.clone(),
+            from_user_id: message.from_user_id,
+            from_user_name: message.from_user_name.clone(),
+            to_user_id: message.to_user_id,
+            to_user_name: message.to_user_name.clone(),
+            room_id: message.room_id,
+            op: match message.kind {
+                MessageKind::Room => op::ROOM,
+                MessageKind::Private => op::PRIVATE,
+            },
+            create_time: crate::time::create_time(message.admitted_ms),
+            msg_id: message.msg_id.to_string(),
+            stream: position.stream.to_string(),
+            seq: position.seq,
+            epoch: position.epoch.clone(),
+        }
+    }
 }
 
 /// op 4: a room's online count.
@@ -266,21 +292,26 @@ mod tests {
 
     #[test]
     fn message_frame_uses_gochat_field_names() {
-        let frame = MessageFrame {
-            code: 0,
-            msg: "hi".into(),
+        let message = Message {
+            msg_id: 42,
+            kind: MessageKind::Room,
+            room_id: 1,
             from_user_id: 1,
             from_user_name: "a".into(),
             to_user_id: 0,
             to_user_name: String::new(),
-            room_id: 1,
-            op: op::ROOM,
-            create_time: "2024-01-01 00:00:00".into(),
-            msg_id: "42".into(),
-            stream: "room:1".into(),
-            seq: 7,
-            epoch: "e".into(),
+            body: "hi".into(),
+            admitted_ms: 1_704_067_200_000,
+            client_msg_id: "c1".into(),
         };
+        let position = Position { stream: courier_model::StreamId::Room(1), epoch: "e".into(), seq: 7 };
+        let frame = MessageFrame::new(&message, &position);
+        assert_eq!(
+            (frame.op, frame.create_time.as_str(), frame.stream.as_str()),
+            (op::ROOM, "2024-01-01 00:00:00", "room:1")
+        );
+        let private = Message { kind: MessageKind::Private, to_user_id: 2, ..message };
+        assert_eq!(MessageFrame::new(&private, &position).op, op::PRIVATE);
         let v: serde_json::Value = serde_json::from_str(&to_text(&frame)).expect("json");
         for key in [
             "code",

@@ -3,7 +3,9 @@
 //! - [`frame`]: the JSON bodies of WebSocket text frames and TCP payloads, both the
 //!   frames gochat's clients already understand (ops 2–6) and Courier's extensions
 //!   (ops 7–12), parsed leniently where gochat's clients are loose (ids as strings
-//!   or numbers) and strictly where safety needs it (message size).
+//!   or numbers) and strictly where safety needs it (message size). A stored
+//!   message's frame is rendered here from its `courier_model` message and
+//!   position ([`frame::MessageFrame::new`]), whichever tier sends it.
 //! - [`request`]: a client frame read once into what it asks for ([`request::Auth`],
 //!   [`request::ClientRequest`]), its fields validated.
 //! - [`tcp`]: the `v1` length-prefixed TCP framing, as a `tokio_util` codec so a
