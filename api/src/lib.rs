@@ -17,7 +17,9 @@ use axum::extract::{ConnectInfo, Extension, FromRequest, MatchedPath, Request, S
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
-use courier_proto::logic::{Credentials, HistoryRequest, RoomRequest, SendRequest, TokenRequest, UserReply};
+use courier_proto::logic::{
+    Credentials, HistoryRequest, RoomRequest, SendRequest, SessionReply, TokenRequest, UserReply,
+};
 use courier_proto::{InternalAuth, LogicClient};
 use courier_telemetry::{Metrics, ReadyFlag, RouteCodeLabel, RouteLabel};
 use courier_wire::frame::{bounded_seq_opt, lenient_id};
@@ -239,18 +241,40 @@ fn room_required(room: Option<u64>) -> Result<u64, Answer> {
     room.filter(|r| *r != 0).ok_or_else(|| Answer::fail("roomId is required and must not be 0"))
 }
 
+impl CredentialsBody {
+    fn from(self, client: ClientAddr) -> Credentials {
+        Credentials { user_name: self.user_name, password: self.pass_word, client_addr: client.0.to_string() }
+    }
+}
+
+/// The answer to a register or login call: the new session's token, the
+/// refusal `refused` words for the client, or "unavailable".
+fn session_answer(
+    state: &ApiState,
+    reply: Result<tonic::Response<SessionReply>, Status>,
+    success: &str,
+    refused: impl FnOnce(&Status) -> Option<String>,
+) -> Answer {
+    match reply {
+        Ok(reply) => Answer::ok(success, reply.into_inner().auth_token.into()),
+        Err(s) => match refused(&s) {
+            Some(text) => Answer::fail(text),
+            None => unavailable(state, &s),
+        },
+    }
+}
+
 async fn register(
     State(state): State<ApiState>,
     Extension(from): Extension<ClientAddr>,
     JsonBody(c): JsonBody<CredentialsBody>,
 ) -> Answer {
-    let request = Credentials { user_name: c.user_name, password: c.pass_word, client_addr: from.0.to_string() };
-    match state.logic.clone().register(request).await {
-        Ok(reply) => Answer::ok("register success", reply.into_inner().auth_token.into()),
-        Err(s) if s.code() == Code::AlreadyExists => Answer::fail("this user name already have , please login !!!"),
-        Err(s) if matches!(s.code(), Code::InvalidArgument | Code::ResourceExhausted) => Answer::fail(s.message()),
-        Err(s) => unavailable(&state, &s),
-    }
+    let reply = state.logic.clone().register(c.from(from)).await;
+    session_answer(&state, reply, "register success", |s| match s.code() {
+        Code::AlreadyExists => Some("this user name already have , please login !!!".into()),
+        Code::InvalidArgument | Code::ResourceExhausted => Some(s.message().into()),
+        _ => None,
+    })
 }
 
 async fn login(
@@ -258,13 +282,12 @@ async fn login(
     Extension(from): Extension<ClientAddr>,
     JsonBody(c): JsonBody<CredentialsBody>,
 ) -> Answer {
-    let request = Credentials { user_name: c.user_name, password: c.pass_word, client_addr: from.0.to_string() };
-    match state.logic.clone().login(request).await {
-        Ok(reply) => Answer::ok("login success", reply.into_inner().auth_token.into()),
-        Err(s) if s.code() == Code::Unauthenticated => Answer::fail("no this user or password error!"),
-        Err(s) if s.code() == Code::ResourceExhausted => Answer::fail(s.message()),
-        Err(s) => unavailable(&state, &s),
-    }
+    let reply = state.logic.clone().login(c.from(from)).await;
+    session_answer(&state, reply, "login success", |s| match s.code() {
+        Code::Unauthenticated => Some("no this user or password error!".into()),
+        Code::ResourceExhausted => Some(s.message().into()),
+        _ => None,
+    })
 }
 
 async fn check_auth(SessionBody { user, .. }: SessionBody<TokenBody>) -> Answer {
@@ -548,9 +571,8 @@ pub async fn serve(
     ready: ReadyFlag,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let channel = courier_proto::lazy_channel(logic_addr, Duration::from_secs(30), &config.internal_auth)
+    let logic = courier_proto::logic_at(logic_addr, Duration::from_secs(30), &config.internal_auth)
         .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?;
-    let logic = courier_proto::logic_client(channel, &config.internal_auth);
     let app = router(config, logic, metrics);
     ready.set(true);
     let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -587,11 +609,8 @@ mod tests {
     #[tokio::test]
     async fn backend_text_never_reaches_clients() {
         let state = ApiState {
-            logic: courier_proto::logic_client(
-                courier_proto::lazy_channel("127.0.0.1:1", Duration::from_secs(1), &InternalAuth::open())
-                    .expect("channel"),
-                &InternalAuth::open(),
-            ),
+            logic: courier_proto::logic_at("127.0.0.1:1", Duration::from_secs(1), &InternalAuth::open())
+                .expect("logic client"),
             config: Arc::new(ApiConfig::default()),
             metrics: Arc::new(Metrics::new()),
             per_ip: None,

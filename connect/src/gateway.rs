@@ -440,14 +440,16 @@ pub(crate) mod tests {
     /// A gateway whose logic answers nothing (its address refuses connections).
     pub(crate) fn gateway_without_logic(config: ConnectConfig) -> Gateway {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(1, |a| a.port());
-        let open = courier_proto::InternalAuth::open();
-        let channel =
-            courier_proto::lazy_channel(&format!("127.0.0.1:{port}"), std::time::Duration::from_secs(1), &open)
-                .expect("channel");
+        let logic = courier_proto::logic_at(
+            &format!("127.0.0.1:{port}"),
+            std::time::Duration::from_secs(1),
+            &courier_proto::InternalAuth::open(),
+        )
+        .expect("logic client");
         let metrics = Arc::new(courier_telemetry::Metrics::new());
         Gateway {
             hub: Arc::new(Hub::new(1, metrics)),
-            logic: courier_proto::logic_client(channel, &courier_proto::InternalAuth::open()),
+            logic,
             config: Arc::new(config),
             presence_calls: Arc::new(tokio::sync::Semaphore::new(PRESENCE_CALLS)),
         }

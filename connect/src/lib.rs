@@ -160,12 +160,12 @@ pub async fn run(
     ready: ReadyFlag,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let logic = courier_proto::lazy_channel(logic_addr, Duration::from_secs(30), &config.internal_auth)
+    let logic = courier_proto::logic_at(logic_addr, Duration::from_secs(30), &config.internal_auth)
         .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?;
     let hub = Arc::new(Hub::new(config.buckets, metrics));
     let gateway = Gateway {
         hub: hub.clone(),
-        logic: courier_proto::logic_client(logic, &config.internal_auth),
+        logic,
         config: Arc::new(config),
         presence_calls: Arc::new(tokio::sync::Semaphore::new(gateway::PRESENCE_CALLS)),
     };

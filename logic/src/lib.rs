@@ -37,7 +37,9 @@ use courier_ids::Snowflake;
 use courier_model::{Message, MessageKind, StreamId};
 use courier_presence::{Claim, ClientMsgIds, Presence, SessionUser, Sessions};
 use courier_proto::connect::{Delivery, delivery::Target};
-use courier_proto::logic::{HistoryFrame, HistoryReply, HistoryRequest, SendReply, SendRequest, SessionReply};
+use courier_proto::logic::{
+    Empty, HistoryFrame, HistoryReply, HistoryRequest, RoomRequest, SendReply, SendRequest, SessionReply,
+};
 use courier_push::Pusher;
 use courier_queue::Queue;
 use courier_store::{Error as StoreError, HistoryStore, Page, UserStore};
@@ -62,6 +64,13 @@ pub struct LogicBackends {
     pub queue: Arc<dyn Queue>,
     pub pusher: Pusher,
     pub metrics: Arc<Metrics>,
+}
+
+/// Which of a room's presence frames to push.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RoomFrame {
+    Count,
+    Info,
 }
 
 /// The logic service; cheap to clone.
@@ -333,12 +342,7 @@ impl Logic {
         let page =
             if request.before_seq != 0 { Page::Before(request.before_seq) } else { Page::After(request.after_seq) };
         // A conversation is the inbox's entries with one peer: one index range.
-        let stored = match (peer, page) {
-            (Some(peer), page) => history.read_conversation(stream, peer, page, limit).await,
-            (None, Page::After(after)) => history.read_after(stream, after, limit).await,
-            (None, Page::Before(before)) => history.read_before(stream, before, limit).await,
-        }
-        .map_err(|e| self.store_unavailable(e))?;
+        let stored = history.read(stream, peer, page, limit).await.map_err(|e| self.store_unavailable(e))?;
         // Cut by bytes too, so a page always fits the transport: the caller
         // goes on from the last seq it got until it reaches `last_seq`.
         let mut frames = Vec::with_capacity(stored.len());
@@ -369,14 +373,27 @@ impl Logic {
         self.inner.dirty_rooms.lock().unwrap_or_else(|p| p.into_inner()).insert(room);
     }
 
-    async fn room_count_frame(&self, room: u64) -> Result<Delivery, Status> {
-        let count = self.inner.backends.presence.count(room).await.map_err(|e| self.presence_unavailable(e))?;
-        Ok(room_delivery(room, to_text(&CountFrame::new(count))))
-    }
-
-    async fn room_info_frame(&self, room: u64) -> Result<Delivery, Status> {
-        let (count, members) = self.room_members(room).await?;
-        Ok(room_delivery(room, to_text(&RoomInfoFrame::new(room, count, members))))
+    /// Pushes a room's op 4 (`RoomFrame::Count`) or op 5 (`RoomFrame::Info`)
+    /// to its members now, for a client that asked (gochat's `/push/count`
+    /// and `/push/getRoomInfo`).
+    pub(crate) async fn push_room_frame(&self, request: RoomRequest, kind: RoomFrame) -> Result<Empty, Status> {
+        self.session(&request.auth_token).await?;
+        let room = request.room_id;
+        if room == 0 {
+            return Err(Status::invalid_argument("roomId is required"));
+        }
+        let text = match kind {
+            RoomFrame::Count => {
+                let count = self.inner.backends.presence.count(room).await.map_err(|e| self.presence_unavailable(e))?;
+                to_text(&CountFrame::new(count))
+            }
+            RoomFrame::Info => {
+                let (count, members) = self.room_members(room).await?;
+                to_text(&RoomInfoFrame::new(room, count, members))
+            }
+        };
+        self.inner.backends.pusher.deliver(&[room_delivery(room, text)]).await;
+        Ok(Empty {})
     }
 
     /// A room's online count and (capped) member list.

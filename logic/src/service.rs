@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{Logic, RegisterError, StartError, client_address, validate_password, validate_user_name};
+use crate::{Logic, RegisterError, RoomFrame, StartError, client_address, validate_password, validate_user_name};
 
 #[tonic::async_trait]
 impl LogicRpc for Logic {
@@ -199,16 +199,7 @@ impl LogicRpc for Logic {
 
     async fn push_room_count(&self, request: Request<RoomRequest>) -> Result<Response<Empty>, Status> {
         let r = request.into_inner();
-        self.observed("PushRoomCount", async {
-            self.session(&r.auth_token).await?;
-            if r.room_id == 0 {
-                return Err(Status::invalid_argument("roomId is required"));
-            }
-            let frame = self.room_count_frame(r.room_id).await?;
-            self.inner.backends.pusher.deliver(&[frame]).await;
-            Ok(Empty {})
-        })
-        .await
+        self.observed("PushRoomCount", self.push_room_frame(r, RoomFrame::Count)).await
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryReply>, Status> {
@@ -218,16 +209,7 @@ impl LogicRpc for Logic {
 
     async fn push_room_info(&self, request: Request<RoomRequest>) -> Result<Response<Empty>, Status> {
         let r = request.into_inner();
-        self.observed("PushRoomInfo", async {
-            self.session(&r.auth_token).await?;
-            if r.room_id == 0 {
-                return Err(Status::invalid_argument("roomId is required"));
-            }
-            let frame = self.room_info_frame(r.room_id).await?;
-            self.inner.backends.pusher.deliver(&[frame]).await;
-            Ok(Empty {})
-        })
-        .await
+        self.observed("PushRoomInfo", self.push_room_frame(r, RoomFrame::Info)).await
     }
 }
 

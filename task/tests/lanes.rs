@@ -47,23 +47,11 @@ impl HistoryStore for TestStore {
             _ => self.inner.append(batch).await,
         }
     }
-    async fn read_after(&self, stream: StreamId, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        self.inner.read_after(stream, after, limit).await
-    }
-    async fn read_before(&self, stream: StreamId, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        self.inner.read_before(stream, before, limit).await
+    async fn read(&self, stream: StreamId, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+        self.inner.read(stream, peer, page, limit).await
     }
     async fn stream_info(&self, stream: StreamId) -> Result<Option<StreamInfo>> {
         self.inner.stream_info(stream).await
-    }
-    async fn read_conversation(
-        &self,
-        stream: StreamId,
-        peer: u64,
-        page: Page,
-        limit: u32,
-    ) -> Result<Vec<StoredMessage>> {
-        self.inner.read_conversation(stream, peer, page, limit).await
     }
     async fn set_aside(&self, letter: &DeadLetter) -> Result<()> {
         self.inner.set_aside(letter).await
@@ -107,13 +95,18 @@ async fn start_task(
     (tokio::spawn(courier_task::run(config, backends, ready, shutdown.clone())), metrics)
 }
 
+/// An embedded queue in `dir` with the room topic `config` names.
+async fn room_queue(dir: &std::path::Path, config: &TaskConfig) -> SqliteQueue {
+    let queue = SqliteQueue::open(&dir.join("queue.sqlite"), SqliteQueueOptions::default()).await.expect("queue");
+    queue.ensure_topic(&config.room_topic, config.partitions).await.expect("topic");
+    queue
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_partition_holds_back_only_itself() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = TaskConfig { partitions: 8, ..TaskConfig::default() };
-    let queue =
-        SqliteQueue::open(&dir.path().join("queue.sqlite"), SqliteQueueOptions::default()).await.expect("queue");
-    queue.ensure_topic(&config.room_topic, config.partitions).await.expect("topic");
+    let queue = room_queue(dir.path(), &config).await;
     let stuck = 1;
     let free = (2..100)
         .find(|r| partition_for(&format!("room:{r}"), 8) != partition_for("room:1", 8))
@@ -163,9 +156,7 @@ async fn a_stuck_partition_holds_back_only_itself() {
 async fn a_record_the_store_refuses_or_cannot_read_is_set_aside_and_its_partition_moves_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = TaskConfig { partitions: 2, ..TaskConfig::default() };
-    let queue =
-        SqliteQueue::open(&dir.path().join("queue.sqlite"), SqliteQueueOptions::default()).await.expect("queue");
-    queue.ensure_topic(&config.room_topic, config.partitions).await.expect("topic");
+    let queue = room_queue(dir.path(), &config).await;
     let store = SqliteStore::open(&dir.path().join("store.sqlite")).await.expect("store");
     let history = Arc::new(TestStore { inner: store, interference: Interference::Refuse("poison") });
 

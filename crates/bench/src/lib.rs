@@ -398,15 +398,15 @@ struct SendPlan {
 }
 
 impl SendPlan {
-    /// Waits until message `seq` is due and returns when it was due, or `None`
-    /// once the run's sending time is over.
-    async fn wait_for(&self, seq: u64, stop: &AtomicBool) -> Option<Duration> {
+    /// Waits until message `seq` is due and returns its body (stamped with
+    /// when it was due), or `None` once the run's sending time is over.
+    async fn next_body(&self, seq: u64, stop: &AtomicBool) -> Option<String> {
         let due = self.due(seq);
         if due >= self.until || stop.load(Ordering::Relaxed) {
             return None;
         }
         tokio::time::sleep_until((self.start + due).into()).await;
-        Some(due)
+        Some(measure::encode_body(&self.run, self.index, seq, due, self.size))
     }
 
     /// When message `seq` (1-based) is due, relative to the start; flat out, now.
@@ -428,12 +428,9 @@ async fn socket_send_loop(
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let mut seq = 0u64;
-    loop {
-        seq += 1;
-        let Some(due) = plan.wait_for(seq, &stop).await else { break };
+    for seq in 1.. {
+        let Some(body) = plan.next_body(seq, &stop).await else { break };
         window.acquire().await?.forget();
-        let body = measure::encode_body(&plan.run, plan.index, seq, due, plan.size);
         let client_msg_id = format!("{}-{}-{seq}", plan.run, plan.index);
         let mut frame = json!({"op": 7, "roomId": plan.room, "msg": body, "clientMsgId": client_msg_id});
         if let Some(to) = plan.to_user {
@@ -454,11 +451,8 @@ async fn http_send_loop(
     progress: Arc<Progress>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let mut seq = 0u64;
-    loop {
-        seq += 1;
-        let Some(due) = plan.wait_for(seq, &stop).await else { return Ok(()) };
-        let body = measure::encode_body(&plan.run, plan.index, seq, due, plan.size);
+    for seq in 1.. {
+        let Some(body) = plan.next_body(seq, &stop).await else { break };
         progress.sent.fetch_add(1, Ordering::Relaxed);
         // One request at a time per sender: concurrent HTTP requests could be
         // admitted out of order.
@@ -467,6 +461,7 @@ async fn http_send_loop(
             _ => progress.failed.fetch_add(1, Ordering::Relaxed),
         };
     }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -231,6 +231,19 @@ pub fn logic_client(channel: Channel, secret: &InternalAuth) -> LogicClient {
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
 }
 
+/// A client of the logic tier at `addr` (`host:port`), connecting on first
+/// use; `timeout` bounds each call. An address that is not one is an error
+/// now rather than at the first call.
+pub fn logic_at(addr: &str, timeout: std::time::Duration, secret: &InternalAuth) -> Result<LogicClient, BadAddress> {
+    let channel = lazy_channel(addr, timeout, secret).map_err(|_| BadAddress(addr.to_owned()))?;
+    Ok(logic_client(channel, secret))
+}
+
+/// An internal address that cannot be dialled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a host:port address")]
+pub struct BadAddress(pub String);
+
 pub fn connect_client(channel: Channel, secret: &InternalAuth) -> ConnectClient {
     connect::connect_client::ConnectClient::with_interceptor(channel, add_secret(secret))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)

@@ -159,18 +159,18 @@ pub async fn conversations_page_by_peer(store: &dyn HistoryStore, prefix: u64) {
     store.append(&batch).await.expect("append");
     let inbox = StreamId::Inbox(alice);
     let bodies = |page: Vec<crate::StoredMessage>| page.into_iter().map(|m| m.message.body).collect::<Vec<_>>();
-    let with_bob = store.read_conversation(inbox, bob, Page::After(0), 100).await.expect("read");
+    let with_bob = store.read(inbox, Some(bob), Page::After(0), 100).await.expect("read");
     assert_eq!(bodies(with_bob), ["bob 3", "to bob 7", "bob 13", "to bob 17", "bob 23", "to bob 27"]);
-    let newest = store.read_conversation(inbox, bob, Page::Before(u64::MAX), 2).await.expect("read");
+    let newest = store.read(inbox, Some(bob), Page::Before(u64::MAX), 2).await.expect("read");
     assert_eq!(bodies(newest), ["to bob 27", "bob 23"], "newest first, bounded");
-    let seq_of_13 = store.read_conversation(inbox, bob, Page::After(0), 3).await.expect("read")[2].position.seq;
-    let after = store.read_conversation(inbox, bob, Page::After(seq_of_13), 2).await.expect("read");
+    let seq_of_13 = store.read(inbox, Some(bob), Page::After(0), 3).await.expect("read")[2].position.seq;
+    let after = store.read(inbox, Some(bob), Page::After(seq_of_13), 2).await.expect("read");
     assert_eq!(bodies(after), ["to bob 17", "bob 23"]);
-    let own = store.read_conversation(inbox, alice, Page::After(0), 10).await.expect("read");
+    let own = store.read(inbox, Some(alice), Page::After(0), 10).await.expect("read");
     assert_eq!(bodies(own), ["note to self"]);
-    let bob_side = store.read_conversation(StreamId::Inbox(bob), alice, Page::After(0), 100).await.expect("read");
+    let bob_side = store.read(StreamId::Inbox(bob), Some(alice), Page::After(0), 100).await.expect("read");
     assert_eq!(bob_side.len(), 6, "the same conversation from Bob's inbox");
-    assert!(store.read_conversation(inbox, prefix * 1000 + 4, Page::After(0), 10).await.expect("read").is_empty());
+    assert!(store.read(inbox, Some(prefix * 1000 + 4), Page::After(0), 10).await.expect("read").is_empty());
 }
 
 /// A record set aside keeps its bytes exactly (NULs included, which text

@@ -130,24 +130,24 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// already stored keeps its positions.
     async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Position>>>;
 
+    /// Up to `limit` messages of `stream` on `page`'s side of a seq (see
+    /// [`Page`] for the order); with a `peer`, only the entries of the inbox
+    /// `stream` exchanged with that user: one index range, whatever else the
+    /// inbox holds.
+    async fn read(&self, stream: StreamId, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>>;
+
     /// Up to `limit` messages of `stream` with seq greater than `after`, oldest first.
-    async fn read_after(&self, stream: StreamId, after: u64, limit: u32) -> Result<Vec<StoredMessage>>;
+    async fn read_after(&self, stream: StreamId, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
+        self.read(stream, None, Page::After(after), limit).await
+    }
 
     /// Up to `limit` messages of `stream` with seq less than `before`, newest first.
-    async fn read_before(&self, stream: StreamId, before: u64, limit: u32) -> Result<Vec<StoredMessage>>;
+    async fn read_before(&self, stream: StreamId, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
+        self.read(stream, None, Page::Before(before), limit).await
+    }
 
     /// The stream's epoch and last seq, if it has any message.
     async fn stream_info(&self, stream: StreamId) -> Result<Option<StreamInfo>>;
-
-    /// Up to `limit` messages of the inbox `stream` exchanged with `peer`, on
-    /// `page`'s side of a seq: one index range, whatever else the inbox holds.
-    async fn read_conversation(
-        &self,
-        stream: StreamId,
-        peer: u64,
-        page: Page,
-        limit: u32,
-    ) -> Result<Vec<StoredMessage>>;
 
     /// Keeps a record that could not become history; setting the same record
     /// (topic, partition, offset) aside again changes nothing.

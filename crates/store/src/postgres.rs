@@ -51,30 +51,6 @@ impl PgStore {
         sqlx::migrate!("../../migrations/postgres").run(&self.pool).await?;
         Ok(())
     }
-
-    /// A page of `stream` next to a seq, in the page's direction; only the
-    /// entries exchanged with `peer` when given.
-    async fn read_page(
-        &self,
-        stream: StreamId,
-        peer: Option<u64>,
-        page: Page,
-        limit: u32,
-    ) -> Result<Vec<StoredMessage>> {
-        let (seq, condition, order) = page.sql();
-        let peer_filter = if peer.is_some() { "AND e.peer_user_id = $4" } else { "" };
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
-             JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
-             WHERE e.stream = $1 AND e.seq {condition} $2 {peer_filter} ORDER BY e.seq {order} LIMIT $3"
-        ));
-        let mut query = sqlx::query(sql).bind(stream.to_string()).bind(seq).bind(i64::from(limit));
-        if let Some(peer) = peer {
-            query = query.bind(clamp_id(peer));
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(stored_from_row).collect()
-    }
 }
 
 #[async_trait]
@@ -208,22 +184,20 @@ impl HistoryStore for PgStore {
         Ok(plan.positions)
     }
 
-    async fn read_after(&self, stream: StreamId, after: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        self.read_page(stream, None, Page::After(after), limit).await
-    }
-
-    async fn read_before(&self, stream: StreamId, before: u64, limit: u32) -> Result<Vec<StoredMessage>> {
-        self.read_page(stream, None, Page::Before(before), limit).await
-    }
-
-    async fn read_conversation(
-        &self,
-        stream: StreamId,
-        peer: u64,
-        page: Page,
-        limit: u32,
-    ) -> Result<Vec<StoredMessage>> {
-        self.read_page(stream, Some(peer), page, limit).await
+    async fn read(&self, stream: StreamId, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
+        let (seq, condition, order) = page.sql();
+        let peer_filter = if peer.is_some() { "AND e.peer_user_id = $4" } else { "" };
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
+             JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
+             WHERE e.stream = $1 AND e.seq {condition} $2 {peer_filter} ORDER BY e.seq {order} LIMIT $3"
+        ));
+        let mut query = sqlx::query(sql).bind(stream.to_string()).bind(seq).bind(i64::from(limit));
+        if let Some(peer) = peer {
+            query = query.bind(clamp_id(peer));
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(stored_from_row).collect()
     }
 
     async fn set_aside(&self, letter: &DeadLetter) -> Result<()> {

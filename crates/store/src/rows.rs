@@ -22,46 +22,64 @@ impl Page {
     }
 }
 
-pub(crate) fn user_from_row<'r, R>(row: &'r R) -> Result<User>
-where
-    R: Row,
-    &'static str: ColumnIndex<R>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-{
-    Ok(User {
-        id: row.try_get::<i64, _>("id")? as u64,
-        name: row.try_get("name")?,
-        password_hash: row.try_get("password_hash")?,
-    })
+/// A row of either database, read by column name: the `sqlx` bounds that say
+/// "this database decodes these types" are written once, here, instead of on
+/// every function that reads a row.
+pub(crate) trait Columns {
+    fn int(&self, column: &'static str) -> Result<i64>;
+    fn text(&self, column: &'static str) -> Result<String>;
+    fn bytes(&self, column: &'static str) -> Result<Vec<u8>>;
+
+    /// A column holding a number Courier wrote from a `u64` (ids, seqs, offsets).
+    fn unsigned(&self, column: &'static str) -> Result<u64> {
+        Ok(self.int(column)? as u64)
+    }
 }
 
-pub(crate) fn stored_from_row<'r, R>(row: &'r R) -> Result<StoredMessage>
+impl<R> Columns for R
 where
     R: Row,
     &'static str: ColumnIndex<R>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
 {
-    let kind: i64 = row.try_get("kind")?;
-    let int = |column: &'static str| -> Result<u64> { Ok(row.try_get::<i64, _>(column)? as u64) };
+    fn int(&self, column: &'static str) -> Result<i64> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn text(&self, column: &'static str) -> Result<String> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn bytes(&self, column: &'static str) -> Result<Vec<u8>> {
+        Ok(self.try_get(column)?)
+    }
+}
+
+pub(crate) fn user_from_row(row: &impl Columns) -> Result<User> {
+    Ok(User { id: row.unsigned("id")?, name: row.text("name")?, password_hash: row.text("password_hash")? })
+}
+
+pub(crate) fn stored_from_row(row: &impl Columns) -> Result<StoredMessage> {
+    let kind = row.int("kind")?;
     Ok(StoredMessage {
         position: Position {
-            stream: row.try_get::<String, _>("stream")?.parse().map_err(|e| Error::Corrupt(format!("{e}")))?,
-            seq: int("seq")?,
-            epoch: row.try_get("epoch")?,
+            stream: row.text("stream")?.parse().map_err(|e| Error::Corrupt(format!("{e}")))?,
+            seq: row.unsigned("seq")?,
+            epoch: row.text("epoch")?,
         },
         message: Message {
-            msg_id: int("msg_id")?,
+            msg_id: row.unsigned("msg_id")?,
             kind: MessageKind::from_code(kind).ok_or_else(|| Error::Corrupt(format!("message kind {kind}")))?,
-            room_id: int("room_id")?,
-            from_user_id: int("from_user_id")?,
-            from_user_name: row.try_get("from_user_name")?,
-            to_user_id: int("to_user_id")?,
-            to_user_name: row.try_get("to_user_name")?,
-            body: row.try_get("body")?,
-            admitted_ms: row.try_get("admitted_ms")?,
-            client_msg_id: row.try_get("client_msg_id")?,
+            room_id: row.unsigned("room_id")?,
+            from_user_id: row.unsigned("from_user_id")?,
+            from_user_name: row.text("from_user_name")?,
+            to_user_id: row.unsigned("to_user_id")?,
+            to_user_name: row.text("to_user_name")?,
+            body: row.text("body")?,
+            admitted_ms: row.int("admitted_ms")?,
+            client_msg_id: row.text("client_msg_id")?,
         },
     })
 }
@@ -71,23 +89,16 @@ where
 pub(crate) const DEAD_LETTER_COLUMNS: &str =
     "topic, CAST(partition_id AS BIGINT) AS partition_id, record_offset, record_key, record_value, error, dead_at_ms";
 
-pub(crate) fn dead_letter_from_row<'r, R>(row: &'r R) -> Result<DeadLetter>
-where
-    R: Row,
-    &'static str: ColumnIndex<R>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
-{
+pub(crate) fn dead_letter_from_row(row: &impl Columns) -> Result<DeadLetter> {
     Ok(DeadLetter {
-        topic: row.try_get("topic")?,
-        partition: u32::try_from(row.try_get::<i64, _>("partition_id")?)
+        topic: row.text("topic")?,
+        partition: u32::try_from(row.int("partition_id")?)
             .map_err(|_| Error::Corrupt("dead letter partition out of range".into()))?,
-        offset: row.try_get::<i64, _>("record_offset")? as u64,
-        key: row.try_get("record_key")?,
-        value: row.try_get("record_value")?,
-        error: row.try_get("error")?,
-        dead_at_ms: row.try_get("dead_at_ms")?,
+        offset: row.unsigned("record_offset")?,
+        key: row.bytes("record_key")?,
+        value: row.bytes("record_value")?,
+        error: row.text("error")?,
+        dead_at_ms: row.int("dead_at_ms")?,
     })
 }
 
