@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crate::{Consumer, Queue, Record, partition_for};
+use crate::{Bounds, Consumer, Queue, Record, TopicReader, partition_for};
 
 /// How long a test waits for a condition that depends on asynchronous work.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -72,6 +72,56 @@ pub async fn group_resumes_after_commit(queue: &dyn Queue, prefix: &str) {
     // A group that never committed starts from the beginning.
     let mut other = queue.subscribe(&format!("{prefix}-other"), &[topic]).await.expect("subscribe");
     assert_eq!(drain(other.as_mut(), 10).await.len(), 10);
+}
+
+/// A reader sees a partition's offsets, finds a record by time, and reads in
+/// offset order from anywhere, all without disturbing a group: one that
+/// committed half the records still resumes after its commit.
+pub async fn a_reader_reads_without_disturbing_groups(queue: &dyn Queue, reader: &dyn TopicReader, prefix: &str) {
+    let topic = format!("{prefix}-reader");
+    let group = format!("{prefix}-g");
+    queue.ensure_topic(&topic, 2).await.expect("create topic");
+    let (key, partition) = ("room:1", partition_for("room:1", 2));
+    for i in 0..5u8 {
+        queue.produce(&topic, key, &[i]).await.expect("produce");
+    }
+    // Records appended from here on are stamped at `since` or later (the
+    // clock must move past the first five's millisecond).
+    let before = courier_ids::now_unix_ms();
+    while courier_ids::now_unix_ms() <= before {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let since = courier_ids::now_unix_ms();
+    for i in 5..10u8 {
+        queue.produce(&topic, key, &[i]).await.expect("produce");
+    }
+    let mut member = queue.subscribe(&group, std::slice::from_ref(&topic)).await.expect("subscribe");
+    let got = drain(member.as_mut(), 10).await;
+    member.commit(&topic, partition, got[4].offset).await.expect("commit");
+    member.close().await.expect("close");
+
+    assert_eq!(reader.partitions(&topic).await.expect("partitions"), 2);
+    assert_eq!(reader.bounds(&topic, partition).await.expect("bounds"), Bounds { first: 0, end: 10 });
+    assert_eq!(reader.bounds(&topic, 1 - partition).await.expect("bounds"), Bounds { first: 0, end: 0 });
+    assert_eq!(reader.offset_at(&topic, partition, 0).await.expect("offset"), 0);
+    assert_eq!(reader.offset_at(&topic, partition, since).await.expect("offset"), 5, "first record at `since`");
+    assert_eq!(reader.offset_at(&topic, partition, since + 3_600_000).await.expect("offset"), 10, "none: the end");
+    let mut cursor = reader.cursor(&topic, partition, 3).await.expect("cursor");
+    let mut read = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while read.len() < 7 {
+        assert!(Instant::now() < deadline, "the cursor read only {read:?}");
+        read.extend(cursor.next(7 - read.len(), Duration::from_millis(200)).await.expect("read"));
+    }
+    let values: Vec<u8> = read.iter().map(|r| r.value[0]).collect();
+    assert_eq!(values, vec![3, 4, 5, 6, 7, 8, 9], "in offset order from where it started");
+    assert!(cursor.next(10, Duration::from_millis(300)).await.expect("read").is_empty(), "nothing after the end");
+    assert!(reader.partitions(&format!("{prefix}-missing")).await.is_err(), "an unknown topic is an error");
+
+    let mut again = queue.subscribe(&group, std::slice::from_ref(&topic)).await.expect("subscribe");
+    let rest = drain(again.as_mut(), 5).await;
+    assert_eq!(rest.iter().map(|r| r.value[0]).collect::<Vec<_>>(), vec![5, 6, 7, 8, 9], "the group's commit held");
+    again.close().await.expect("close");
 }
 
 /// Two members split the partitions between them; when one leaves, the other

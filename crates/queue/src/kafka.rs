@@ -29,7 +29,7 @@ use rdkafka::producer::Producer as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::{Consumer, Error, Position, Queue, Record, Result, TopicPartition};
+use crate::{Bounds, Consumer, Cursor, Error, Position, Queue, Record, Result, TopicPartition, TopicReader};
 
 /// How Courier talks to Kafka.
 #[derive(Debug, Clone)]
@@ -195,47 +195,136 @@ impl Queue for KafkaQueue {
         Ok(Box::new(KafkaConsumer { consumer, leave_within: self.options.session_timeout }))
     }
 
-    async fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<Record>> {
-        let mut config = self.consumer_config(&format!("courier-read-{}", std::process::id()));
-        config.set("enable.partition.eof", "true");
-        let (topic, brokers_timeout) = (topic.to_owned(), Duration::from_secs(10));
-        tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = config.create().map_err(unavailable)?;
-            let mut assignment = TopicPartitionList::new();
-            assignment
-                .add_partition_offset(&topic, partition as i32, Offset::Offset(offset as i64))
-                .map_err(unavailable)?;
-            consumer.assign(&assignment).map_err(unavailable)?;
-            let mut records = Vec::new();
-            let deadline = std::time::Instant::now() + brokers_timeout;
-            while records.len() < max && std::time::Instant::now() < deadline {
-                match consumer.poll(Duration::from_millis(200)) {
-                    Some(Ok(message)) => records.push(to_record(&message)),
-                    Some(Err(KafkaError::PartitionEOF(_))) => break,
-                    Some(Err(e)) => return Err(unavailable(e)),
-                    None => {}
-                }
-            }
-            Ok(records)
-        })
-        .await
-        .map_err(|e| Error::Unavailable(e.to_string()))?
+    async fn partitions(&self, topic: &str) -> Result<u32> {
+        let (producer, topic) = (self.producer.clone(), topic.to_owned());
+        blocking(move || partition_count(producer.client(), &topic)).await
+    }
+}
+
+/// Runs a blocking librdkafka call off the async threads.
+async fn blocking<T: Send + 'static>(call: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(call).await.map_err(|e| Error::Unavailable(e.to_string()))?
+}
+
+/// How long a metadata or offset lookup may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The partitions of `topic` (blocking).
+fn partition_count<C: rdkafka::ClientContext>(client: &rdkafka::client::Client<C>, topic: &str) -> Result<u32> {
+    let metadata = client.fetch_metadata(Some(topic), LOOKUP_TIMEOUT).map_err(unavailable)?;
+    match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as u32),
+        _ => Err(Error::UnknownTopic(topic.to_owned())),
+    }
+}
+
+/// Reads Kafka topics by manual assignment: no group is joined (each cursor
+/// assigns itself one partition) and nothing is committed, so the task
+/// tier's groups never see a reader.
+pub struct KafkaTopicReader {
+    brokers: String,
+    /// For metadata, watermarks and offsets-for-times lookups.
+    lookups: std::sync::Arc<BaseConsumer>,
+}
+
+impl std::fmt::Debug for KafkaTopicReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaTopicReader").field("brokers", &self.brokers).finish_non_exhaustive()
+    }
+}
+
+impl KafkaTopicReader {
+    /// A reader of the cluster at `brokers` (connecting lazily).
+    pub fn connect(brokers: &str) -> Result<Self> {
+        let lookups = Self::config(brokers).create().map_err(unavailable)?;
+        Ok(Self { brokers: brokers.to_owned(), lookups: std::sync::Arc::new(lookups) })
     }
 
+    /// A consumer that is only ever assigned partitions: librdkafka wants a
+    /// group id, which is never used (no subscribe, no commit, no stored offset).
+    fn config(brokers: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("courier-reader-{}-{:08x}", std::process::id(), rand::random::<u32>()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest");
+        config
+    }
+}
+
+#[async_trait]
+impl TopicReader for KafkaTopicReader {
     async fn partitions(&self, topic: &str) -> Result<u32> {
-        let producer = self.producer.clone();
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let metadata =
-                producer.client().fetch_metadata(Some(&topic), Duration::from_secs(10)).map_err(unavailable)?;
-            let found = metadata.topics().iter().find(|t| t.name() == topic);
-            match found {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as u32),
-                _ => Err(Error::UnknownTopic(topic)),
-            }
+        let (lookups, topic) = (self.lookups.clone(), topic.to_owned());
+        blocking(move || partition_count(lookups.client(), &topic)).await
+    }
+
+    async fn bounds(&self, topic: &str, partition: u32) -> Result<Bounds> {
+        let (lookups, topic) = (self.lookups.clone(), topic.to_owned());
+        blocking(move || {
+            let (low, high) =
+                lookups.fetch_watermarks(&topic, partition as i32, LOOKUP_TIMEOUT).map_err(unavailable)?;
+            Ok(Bounds { first: low.max(0) as u64, end: high.max(0) as u64 })
         })
         .await
-        .map_err(|e| Error::Unavailable(e.to_string()))?
+    }
+
+    async fn offset_at(&self, topic: &str, partition: u32, unix_ms: i64) -> Result<u64> {
+        let (lookups, name) = (self.lookups.clone(), topic.to_owned());
+        let found = blocking(move || {
+            let mut wanted = TopicPartitionList::new();
+            wanted.add_partition_offset(&name, partition as i32, Offset::Offset(unix_ms)).map_err(unavailable)?;
+            let answer = lookups.offsets_for_times(wanted, LOOKUP_TIMEOUT).map_err(unavailable)?;
+            let found = answer.find_partition(&name, partition as i32).map(|p| p.offset());
+            Ok(match found {
+                Some(Offset::Offset(offset)) if offset >= 0 => Some(offset as u64),
+                _ => None,
+            })
+        })
+        .await?;
+        match found {
+            Some(offset) => Ok(offset),
+            // No record at or after that time.
+            None => Ok(self.bounds(topic, partition).await?.end),
+        }
+    }
+
+    async fn cursor(&self, topic: &str, partition: u32, offset: u64) -> Result<Box<dyn Cursor>> {
+        let consumer: StreamConsumer = Self::config(&self.brokers).create().map_err(unavailable)?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))
+            .map_err(unavailable)?;
+        consumer.assign(&assignment).map_err(unavailable)?;
+        Ok(Box::new(KafkaCursor { consumer }))
+    }
+}
+
+/// One partition of a Kafka topic being read.
+struct KafkaCursor {
+    consumer: StreamConsumer,
+}
+
+#[async_trait]
+impl Cursor for KafkaCursor {
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>> {
+        let mut records = Vec::new();
+        let mut wait = wait;
+        while records.len() < max {
+            // After the first record, take only what has already arrived.
+            match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Ok(Ok(message)) => records.push(to_record(&message)),
+                Ok(Err(e)) => transient(e)?,
+                Err(_) => break,
+            }
+            if !records.is_empty() {
+                wait = Duration::ZERO;
+            }
+        }
+        Ok(records)
     }
 }
 

@@ -7,7 +7,8 @@
 //! order, and a member resumes from the last committed offset. The embedded
 //! [`sqlite::SqliteQueue`] keeps that contract in one file so `courier standalone`
 //! needs no broker; the Kafka backend implements the same traits, and
-//! [`conformance`] holds the behavioural tests both must pass.
+//! [`conformance`] holds the behavioural tests both must pass. A
+//! [`TopicReader`] reads a topic's records outside any group, for replay.
 
 use std::time::Duration;
 
@@ -67,12 +68,44 @@ pub trait Queue: Send + Sync + 'static {
     /// Joins consumer group `group` for `topics`.
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>>;
 
-    /// Reads up to `max` records of one partition from `offset` on, without any
-    /// group (for replay and tests).
-    async fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<Record>>;
-
     /// The number of partitions of `topic`.
     async fn partitions(&self, topic: &str) -> Result<u32>;
+}
+
+/// The offsets one partition holds: `first` is the oldest record retention
+/// has kept, `end` the offset the next record will get (so `end - first`
+/// records, fewer where offsets were skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub first: u64,
+    pub end: u64,
+}
+
+/// Reads what a topic holds without any consumer group: nothing is joined and
+/// nothing committed, so a reader moves nothing for the tiers that consume
+/// (`courier replay` reads while the cluster runs).
+#[async_trait]
+pub trait TopicReader: Send + Sync {
+    /// The number of partitions of `topic`.
+    async fn partitions(&self, topic: &str) -> Result<u32>;
+
+    /// The offsets `partition` holds now.
+    async fn bounds(&self, topic: &str, partition: u32) -> Result<Bounds>;
+
+    /// The first offset of `partition` whose record was appended at or after
+    /// `unix_ms`; the partition's end when there is none.
+    async fn offset_at(&self, topic: &str, partition: u32, unix_ms: i64) -> Result<u64>;
+
+    /// Reads `partition` in offset order from `offset` on.
+    async fn cursor(&self, topic: &str, partition: u32, offset: u64) -> Result<Box<dyn Cursor>>;
+}
+
+/// One partition being read, in offset order.
+#[async_trait]
+pub trait Cursor: Send {
+    /// Up to `max` next records, waiting up to `wait` for the first of them;
+    /// empty if none came.
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>>;
 }
 
 /// One member of a consumer group.

@@ -34,7 +34,9 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::{Consumer, Error, Position, Queue, Record, Result, TopicPartition, partition_for};
+use crate::{
+    Bounds, Consumer, Cursor, Error, Position, Queue, Record, Result, TopicPartition, TopicReader, partition_for,
+};
 
 /// Tuning of the embedded queue.
 #[derive(Debug, Clone)]
@@ -286,12 +288,107 @@ impl Queue for SqliteQueue {
         }))
     }
 
-    async fn read(&self, topic: &str, partition: u32, offset: u64, max: usize) -> Result<Vec<Record>> {
-        read_partition(&self.pool, topic, partition, offset, max).await
-    }
-
     async fn partitions(&self, topic: &str) -> Result<u32> {
         self.topic_partitions(topic).await
+    }
+}
+
+/// Reads an embedded queue file outside any group, read-only: it never writes
+/// to the file, so it cannot disturb the standalone process that owns it (no
+/// retention runs from here, no group is joined).
+#[derive(Debug, Clone)]
+pub struct SqliteTopicReader {
+    pool: SqlitePool,
+    poll_interval: Duration,
+}
+
+impl SqliteTopicReader {
+    /// Opens the queue file `path`, which must exist.
+    pub async fn open(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::Unavailable(format!("no embedded queue at {}", path.display())));
+        }
+        let connect = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(2).connect_with(connect).await?;
+        Ok(Self { pool, poll_interval: SqliteQueueOptions::default().poll_interval })
+    }
+}
+
+#[async_trait]
+impl TopicReader for SqliteTopicReader {
+    async fn partitions(&self, topic: &str) -> Result<u32> {
+        let row = sqlx::query("SELECT partitions FROM queue_topics WHERE name = ?")
+            .bind(topic)
+            .fetch_optional(&self.pool)
+            .await?;
+        let n: i64 = row.ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?.try_get(0)?;
+        Ok(n as u32)
+    }
+
+    async fn bounds(&self, topic: &str, partition: u32) -> Result<Bounds> {
+        let (first, last): (Option<i64>, Option<i64>) =
+            sqlx::query_as("SELECT MIN(offset), MAX(offset) FROM queue_records WHERE topic = ? AND partition = ?")
+                .bind(topic)
+                .bind(i64::from(partition))
+                .fetch_one(&self.pool)
+                .await?;
+        // Retention always keeps the newest record, so an empty partition
+        // never had one.
+        Ok(match (first, last) {
+            (Some(first), Some(last)) => Bounds { first: first as u64, end: last as u64 + 1 },
+            _ => Bounds { first: 0, end: 0 },
+        })
+    }
+
+    async fn offset_at(&self, topic: &str, partition: u32, unix_ms: i64) -> Result<u64> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(offset) FROM queue_records WHERE topic = ? AND partition = ? AND timestamp_ms >= ?",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(unix_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        match found {
+            Some(offset) => Ok(offset as u64),
+            None => Ok(self.bounds(topic, partition).await?.end),
+        }
+    }
+
+    async fn cursor(&self, topic: &str, partition: u32, offset: u64) -> Result<Box<dyn Cursor>> {
+        self.partitions(topic).await?;
+        Ok(Box::new(SqliteCursor { reader: self.clone(), topic: topic.to_owned(), partition, next: offset }))
+    }
+}
+
+/// One partition of an embedded queue being read; records appended by the
+/// owning process are found by polling.
+struct SqliteCursor {
+    reader: SqliteTopicReader,
+    topic: String,
+    partition: u32,
+    next: u64,
+}
+
+#[async_trait]
+impl Cursor for SqliteCursor {
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let records = read_partition(&self.reader.pool, &self.topic, self.partition, self.next, max).await?;
+            if let Some(last) = records.last() {
+                self.next = last.offset + 1;
+                return Ok(records);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(records);
+            }
+            tokio::time::sleep(self.reader.poll_interval.min(deadline - now)).await;
+        }
     }
 }
 

@@ -46,3 +46,11 @@ async fn lag_reaches_zero_once_consumed() {
     let Some((queue, prefix)) = queue() else { return };
     conformance::lag_reaches_zero_once_consumed(&queue, &prefix).await;
 }
+
+#[tokio::test]
+async fn a_reader_reads_without_disturbing_groups() {
+    let Some((queue, prefix)) = queue() else { return };
+    let brokers = courier_testkit::service("COURIER_KAFKA").expect("brokers");
+    let reader = courier_queue::kafka::KafkaTopicReader::connect(&brokers).expect("reader");
+    conformance::a_reader_reads_without_disturbing_groups(&queue, &reader, &prefix).await;
+}
