@@ -31,6 +31,10 @@
 //!   dispatcher also publishes the consumer's lag per owned partition
 //!   (`courier_consumer_lag`).
 
+mod persist;
+
+pub use persist::Persister;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +42,7 @@ use std::time::{Duration, Instant};
 use courier_push::Pusher;
 use courier_queue::{Consumer, Queue, Record};
 use courier_retry::Backoff;
-use courier_store::{DeadLetter, HistoryStore, Message, Position};
+use courier_store::HistoryStore;
 use courier_telemetry::{Metrics, PartitionLabel, ReadyFlag, TopicLabel};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -86,7 +90,7 @@ pub struct TaskBackends {
 }
 
 /// The pauses between retries of the queue and the store: 100 ms doubling to 5 s.
-fn backoff() -> Backoff {
+pub(crate) fn backoff() -> Backoff {
     Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
 
@@ -228,8 +232,12 @@ impl Dispatcher {
         }
         let (tx, rx) = mpsc::channel(LANE_DEPTH);
         let lane = Lane {
-            backends: self.backends.clone(),
-            shutdown: self.shutdown.clone(),
+            persister: Persister::new(
+                self.backends.history.clone(),
+                self.backends.metrics.clone(),
+                self.shutdown.clone(),
+            ),
+            pusher: self.backends.pusher.clone(),
             max_batch: self.config.max_batch,
             partition,
             finished: self.finished_tx.clone(),
@@ -295,8 +303,8 @@ fn by_partition(records: Vec<Record>) -> BTreeMap<u32, Vec<Record>> {
 
 /// Persists and pushes one partition's records, in order.
 struct Lane {
-    backends: TaskBackends,
-    shutdown: CancellationToken,
+    persister: Persister,
+    pusher: Pusher,
     max_batch: usize,
     partition: u32,
     finished: mpsc::UnboundedSender<(u32, u64)>,
@@ -324,133 +332,13 @@ impl Lane {
     /// Persists the records and pushes their frames. False if shutdown
     /// interrupted it: nothing is committed then, so the records will be
     /// redelivered.
-    ///
-    /// A store that is out of reach is waited for, however long: skipping
-    /// would lose messages, and going on would reorder streams. A batch the
-    /// store refuses for another reason is retried a few times, then tried
-    /// record by record; a record refused alone [`RECORD_ATTEMPTS`] times, like
-    /// one that cannot be decoded, is set aside as a dead letter so the rest of
-    /// the partition moves on.
     async fn persist_and_push(&self, records: &[Record]) -> bool {
-        let mut decoded = Vec::with_capacity(records.len());
-        for record in records {
-            match Message::from_record(&record.value) {
-                Ok(message) => decoded.push((record, message)),
-                Err(reason) => {
-                    self.backends.metrics.error("bad_record");
-                    if !self.set_aside(record, &format!("undecodable record: {reason}")).await {
-                        return false;
-                    }
-                }
-            }
-        }
-        let (sources, messages): (Vec<&Record>, Vec<Message>) = decoded.into_iter().unzip();
-        let stored: Vec<(Message, Vec<Position>)> = match self.append(&messages, BATCH_ATTEMPTS).await {
-            Outcome::Stored(positions) => messages.into_iter().zip(positions).collect(),
-            Outcome::Stopped => return false,
-            Outcome::Refused(e) => {
-                tracing::warn!(error = %e, messages = messages.len(), "the store refuses this batch; trying its records one by one");
-                let mut stored = Vec::with_capacity(messages.len());
-                for (record, message) in sources.into_iter().zip(messages) {
-                    match self.append(std::slice::from_ref(&message), RECORD_ATTEMPTS).await {
-                        Outcome::Stored(mut positions) => stored.push((message, positions.pop().unwrap_or_default())),
-                        Outcome::Stopped => return false,
-                        Outcome::Refused(e) => {
-                            if !self.set_aside(record, &format!("the history store refused it: {e}")).await {
-                                return false;
-                            }
-                        }
-                    }
-                }
-                stored
-            }
-        };
+        let Some(stored) = self.persister.persist(records).await else { return false };
         let mut deliveries = Vec::with_capacity(stored.len() * 2);
         for (message, positions) in &stored {
             deliveries.extend(courier_push::frames::frames_for(message, positions));
         }
-        self.backends.pusher.deliver(&deliveries).await;
+        self.pusher.deliver(&deliveries).await;
         true
     }
-
-    /// Appends `messages` in one transaction: a store out of reach is retried
-    /// until shutdown, any other failure up to `attempts` times.
-    async fn append(&self, messages: &[Message], attempts: u32) -> Outcome {
-        let mut backoff = backoff();
-        let mut refusals = 0;
-        loop {
-            let started = Instant::now();
-            match self.backends.history.append(messages).await {
-                Ok(positions) => {
-                    self.backends.metrics.history_write_duration.observe(started.elapsed().as_secs_f64());
-                    return Outcome::Stored(positions);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, messages = messages.len(), "persisting failed; retrying");
-                    self.backends.metrics.error("history_write");
-                    if !e.is_transient() {
-                        refusals += 1;
-                        if refusals >= attempts {
-                            return Outcome::Refused(e);
-                        }
-                    }
-                    if !backoff.wait(&self.shutdown).await {
-                        return Outcome::Stopped;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Keeps `record` in the store's dead letters with `reason`, retrying until
-    /// that works (the partition must not move on past a record kept nowhere);
-    /// false if shutdown came first.
-    async fn set_aside(&self, record: &Record, reason: &str) -> bool {
-        tracing::error!(
-            topic = %record.topic,
-            partition = record.partition,
-            offset = record.offset,
-            reason,
-            "setting a record aside as a dead letter"
-        );
-        let letter = DeadLetter {
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-            key: record.key.as_bytes().to_vec(),
-            value: record.value.clone(),
-            error: reason.to_owned(),
-            dead_at_ms: courier_ids::now_unix_ms(),
-        };
-        let mut backoff = backoff();
-        loop {
-            match self.backends.history.set_aside(&letter).await {
-                Ok(()) => {
-                    self.backends.metrics.error("dead_letter");
-                    return true;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, offset = record.offset, "could not keep a dead letter; retrying");
-                    self.backends.metrics.error("dead_letter_write");
-                    if !backoff.wait(&self.shutdown).await {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
 }
-
-/// What came of an append.
-enum Outcome {
-    Stored(Vec<Vec<Position>>),
-    /// The store refused it, not for being out of reach.
-    Refused(courier_store::Error),
-    /// Shutdown came first.
-    Stopped,
-}
-
-/// Refusals of a whole batch before its records are tried one by one.
-const BATCH_ATTEMPTS: u32 = 3;
-/// Refusals of one record alone before it is set aside.
-const RECORD_ATTEMPTS: u32 = 3;

@@ -295,9 +295,7 @@ impl TopicReader for KafkaTopicReader {
     async fn cursor(&self, topic: &str, partition: u32, offset: u64) -> Result<Box<dyn Cursor>> {
         let consumer: StreamConsumer = Self::config(&self.brokers).create().map_err(unavailable)?;
         let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))
-            .map_err(unavailable)?;
+        assignment.add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64)).map_err(unavailable)?;
         consumer.assign(&assignment).map_err(unavailable)?;
         Ok(Box::new(KafkaCursor { consumer }))
     }
