@@ -16,11 +16,11 @@
 //! Keeping step 4 in Rust makes the seq rule — gap-free, in batch order, a known
 //! message keeps its seq — one function with unit tests, whatever the database.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use courier_model::{Position, StreamId};
 
-use crate::{Error, Message, MessageKind, Result, StreamInfo};
+use crate::{Error, Message, MessageKind, Result, StreamInfo, epoch_for};
 
 /// A new row of `stream_entries`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,15 +53,17 @@ pub(crate) struct Plan {
     pub heads: Vec<(String, u64)>,
 }
 
-/// Every stream the batch touches, sorted: the order in which heads are locked.
-pub(crate) fn streams_to_lock(batch: &[Message]) -> Vec<String> {
-    batch
-        .iter()
-        .flat_map(Message::streams)
-        .map(|stream| stream.to_string())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
+/// Every stream the batch touches, sorted (the order in which heads are
+/// locked), with the epoch it gets if it is new: the one of its first message
+/// in the batch, which is then its seq 1.
+pub(crate) fn streams_to_lock(batch: &[Message]) -> Vec<(String, String)> {
+    let mut first: BTreeMap<String, String> = BTreeMap::new();
+    for message in batch {
+        for stream in message.streams() {
+            first.entry(stream.to_string()).or_insert_with(|| epoch_for(stream, message.msg_id));
+        }
+    }
+    first.into_iter().collect()
 }
 
 /// Ids of `batch` that the message insert did not insert: they were stored
@@ -146,7 +148,11 @@ mod tests {
     #[test]
     fn seqs_follow_batch_order_and_known_messages_keep_theirs() {
         let batch = [private(10, 1, 2), private(11, 2, 1), private(12, 1, 2)];
-        assert_eq!(streams_to_lock(&batch), ["user:1", "user:2"]);
+        let locked = streams_to_lock(&batch);
+        assert_eq!(locked.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["user:1", "user:2"]);
+        // user:1's first message in the batch is 10 (its sender), user:2's too.
+        assert_eq!(locked[0].1, epoch_for(StreamId::Inbox(1), 10));
+        assert_eq!(locked[1].1, epoch_for(StreamId::Inbox(2), 10));
         let heads = HashMap::from([("user:1".to_owned(), head(5)), ("user:2".to_owned(), head(0))]);
         // Message 10 was stored before (a redelivery): it keeps seqs 1 and 5.
         let existing = HashMap::from([(("user:2".to_owned(), 10), 1), (("user:1".to_owned(), 10), 5)]);
@@ -160,6 +166,15 @@ mod tests {
         let peers: Vec<(&str, u64)> = plan.entries.iter().map(|e| (e.stream.as_str(), e.peer)).collect();
         assert_eq!(peers, vec![("user:1", 2), ("user:2", 1), ("user:2", 1), ("user:1", 2)]);
         assert_eq!(peer_in(StreamId::Inbox(1), &private(13, 1, 1)), 1, "a note to self");
+    }
+
+    #[test]
+    fn epochs_are_derived_and_never_change_meaning() {
+        // A rebuilt history keeps clients' positions only if this stays fixed:
+        // SHA-256("courier-epoch\0" · "room:1" · 1 as 8 big-endian bytes), first 8 bytes.
+        assert_eq!(epoch_for(StreamId::Room(1), 1), "f4d36ba6cc3f28ee");
+        assert_ne!(epoch_for(StreamId::Room(1), 1), epoch_for(StreamId::Room(1), 2), "another first message");
+        assert_ne!(epoch_for(StreamId::Room(1), 1), epoch_for(StreamId::Inbox(1), 1), "another stream");
     }
 
     #[test]

@@ -157,7 +157,18 @@ pub trait HistoryStore: Send + Sync + 'static {
     async fn dead_letters(&self, topic: &str, limit: u32) -> Result<Vec<DeadLetter>>;
 }
 
-/// A fresh epoch: 64 random bits in hex.
-pub fn new_epoch() -> String {
-    format!("{:016x}", rand::random::<u64>())
+/// The epoch of a stream whose first message is `first_msg_id`: 64 bits of
+/// SHA-256 over both, in hex. Derived rather than drawn at random, so a
+/// history rebuilt from the queue (`courier replay rebuild`) gives each
+/// stream the epoch it had, and clients' positions stay valid; a stream
+/// whose first message is gone from the queue is rebuilt from a later one
+/// and so gets another epoch, which tells clients to start over.
+pub fn epoch_for(stream: StreamId, first_msg_id: u64) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"courier-epoch\0")
+        .chain_update(stream.to_string())
+        .chain_update(first_msg_id.to_be_bytes())
+        .finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

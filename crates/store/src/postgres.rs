@@ -21,7 +21,7 @@ use crate::rows::{
 };
 use crate::{
     DeadLetter, Error, HistoryStore, Message, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
-    UserStore, append, new_epoch,
+    UserStore, append,
 };
 
 /// An id or offset as PostgreSQL's BIGINT (ids above `i64::MAX` never exist).
@@ -123,8 +123,7 @@ impl HistoryStore for PgStore {
 
         // 2. Every head the batch moves, locked in sorted order (the no-op update
         //    takes the row lock); missing streams are created at seq 0.
-        let streams = append::streams_to_lock(batch);
-        let epochs: Vec<String> = streams.iter().map(|_| new_epoch()).collect();
+        let (streams, epochs): (Vec<String>, Vec<String>) = append::streams_to_lock(batch).into_iter().unzip();
         let rows = sqlx::query(
             "INSERT INTO streams (stream, epoch, last_seq)
              SELECT stream, epoch, 0 FROM UNNEST($1::text[], $2::text[]) AS t(stream, epoch) ORDER BY stream

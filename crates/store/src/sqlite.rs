@@ -23,7 +23,7 @@ use crate::rows::{
 };
 use crate::{
     DeadLetter, Error, HistoryStore, Message, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
-    UserStore, append, new_epoch,
+    UserStore, append,
 };
 
 /// Users and history in SQLite; cheap to clone.
@@ -137,8 +137,8 @@ impl HistoryStore for SqliteStore {
 
         // 2. The heads of every stream the batch moves (BEGIN IMMEDIATE already
         //    holds the database's write lock); missing streams start at seq 0.
-        let streams = append::streams_to_lock(batch);
-        let new_streams: Vec<[String; 2]> = streams.iter().map(|s| [s.clone(), new_epoch()]).collect();
+        let new_streams = append::streams_to_lock(batch);
+        let streams: Vec<&String> = new_streams.iter().map(|(stream, _)| stream).collect();
         let rows = sqlx::query(
             "INSERT INTO streams (stream, epoch, last_seq)
              SELECT value->>0, value->>1, 0 FROM json_each(?) WHERE true
