@@ -1,5 +1,6 @@
 //! The command line: `courier <tier>` runs one tier, `courier standalone` runs them
-//! all in one process, and the tools (`migrate`) work on a data directory. Every
+//! all in one process, and the tools (`migrate`, `replay`, `bench`) work on a
+//! data directory or a cluster. Every
 //! option can also be set through the `COURIER_…` environment variable shown in
 //! `--help`.
 
@@ -46,6 +47,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Drive a running Courier with load and report loss, order, throughput, latency.
     Bench(courier_bench::BenchArgs),
+    /// Read message history back from the queue topics: export it, or rebuild
+    /// the history store from it.
+    Replay(crate::replay::ReplayArgs),
 }
 
 /// The connect nodes logic and task push to (static discovery).
@@ -481,6 +485,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => courier_bench::run(args).await,
+        Command::Replay(args) => crate::replay::run(args).await,
         Command::Migrate(args) => {
             args.backends.stores().await?;
             let what = match &args.backends.postgres {

@@ -5,6 +5,7 @@
 //! - [`tiers`]: one tier per process, as a cluster runs them.
 //! - [`site`]: the browser chat and its runtime configuration.
 //! - `courier bench` is the load generator of the `courier-bench` crate.
+//! - [`replay`]: `courier replay`, history read back from the queue topics.
 //! - [`cli`]: the command line.
 //!
 //! Tiers never call each other in process, even in standalone: they talk over the
@@ -13,6 +14,7 @@
 
 pub mod cli;
 pub mod compose;
+pub mod replay;
 pub mod site;
 pub mod standalone;
 pub mod tiers;
