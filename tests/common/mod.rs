@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod recovery;
+pub mod replay;
 
 use std::net::SocketAddr;
 use std::time::Duration;

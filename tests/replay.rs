@@ -1,0 +1,113 @@
+//! `courier replay` on a standalone data directory: exports compared with
+//! exactly what was sent, and a history wiped and rebuilt from the embedded
+//! queue answering the history API as before, epochs included. The same
+//! checks run on Kafka in `tests/cluster.rs`.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use common::replay;
+use courier::standalone::{Standalone, StandaloneConfig};
+use courier_model::topics;
+use courier_queue::sqlite::SqliteTopicReader;
+use courier_store::sqlite::SqliteStore;
+
+async fn start(data: &std::path::Path) -> Standalone {
+    let mut config = StandaloneConfig::ephemeral(data.to_owned());
+    config.demo_users = false;
+    Standalone::start(config).await.expect("standalone starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_rebuild_on_a_standalone_data_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let courier = start(&data).await;
+    let mut traffic = replay::send_traffic(courier.addresses.api, "rp", [11, 12]).await;
+    replay::await_persisted(courier.addresses.api, &traffic).await;
+
+    // Exports read beside the running standalone.
+    let reader = SqliteTopicReader::open(&data.join("queue.sqlite")).await.expect("reader");
+    replay::exports_match_what_was_sent(&reader, &traffic, (topics::ROOM, topics::PRIVATE)).await;
+    let before = replay::history(courier.addresses.api, &traffic).await;
+    courier.stop().await;
+
+    // The history is lost; users and the queue are not.
+    let database = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("courier.sqlite").display()))
+        .await
+        .expect("open the database");
+    for table in ["stream_entries", "streams", "messages"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&database)
+            .await
+            .expect("wipe history");
+    }
+    database.close().await;
+    let store = Arc::new(SqliteStore::open(&data.join("courier.sqlite")).await.expect("store"));
+    let summary = replay::rebuild(&reader, store.clone(), (topics::ROOM, topics::PRIVATE)).await;
+    let entries = traffic.sent.iter().map(|s| if s.to.is_some() { 2 } else { 1 }).sum::<u64>();
+    assert_eq!(summary.entries_added, Some(entries), "every room entry and both inbox copies: {summary:?}");
+    assert!(summary.new_epochs.is_empty(), "the queue holds every stream's beginning");
+
+    let courier = start(&data).await;
+    replay::log_in_again(courier.addresses.api, &mut traffic).await;
+    let after = replay::history(courier.addresses.api, &traffic).await;
+    assert_eq!(after, before, "the history API answers as before: same epochs, seqs, ids and bodies");
+
+    let again = replay::rebuild(&reader, store, (topics::ROOM, topics::PRIVATE)).await;
+    assert_eq!(again.entries_added, Some(0), "rebuilding what the store holds changes nothing");
+    courier.stop().await;
+}
+
+/// The `courier` binary on the embedded backends, whatever services the
+/// test run has in its environment.
+fn courier() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_courier"));
+    for var in ["COURIER_KAFKA", "COURIER_POSTGRES", "COURIER_REDIS"] {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// `courier replay` itself: a bad argument is refused with a reason and a
+/// non-zero exit before anything is read or written.
+#[tokio::test]
+async fn bad_arguments_are_refused_before_anything_is_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data directory");
+    let options = courier_queue::sqlite::SqliteQueueOptions::default();
+    let queue = courier_queue::sqlite::SqliteQueue::open(&data.join("queue.sqlite"), options).await.expect("queue");
+    for topic in [topics::ROOM, topics::PRIVATE] {
+        courier_queue::Queue::ensure_topic(&queue, topic, 8).await.expect("topic");
+    }
+    let run = |args: &[&str]| {
+        let mut command = courier();
+        command.args(["replay", "export", "--quiet", "--data-dir"]).arg(&data).args(args);
+        command.stdin(Stdio::null()).output().expect("courier runs")
+    };
+    for (args, says) in [
+        (&["--room", "abc"][..], "invalid value 'abc'"),
+        (&["--topic", "room", "--user", "3"], "--user selects private messages"),
+        (&["--since", "2026-11-30T00:00:00Z", "--until", "2026-11-29T00:00:00Z"], "is after --until"),
+        (&["--topic", "room", "--from-offset", "99:0"], "there is no partition 99"),
+        (&["--topic", "room", "--from-offset", "0:5"], "5 is outside"),
+        (&["--room-topic", "no-such-topic"], "does not exist"),
+        (&["--since", "yesterday"], "neither RFC 3339"),
+    ] {
+        let output = run(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} must fail");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}: nothing exported");
+    }
+    let missing = courier()
+        .args(["replay", "rebuild", "--data-dir"])
+        .arg(dir.path().join("nothing-here"))
+        .output()
+        .expect("courier runs");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no queue to read"));
+    assert!(!dir.path().join("nothing-here").exists(), "replay creates no data directory");
+}
