@@ -42,8 +42,11 @@ struct Cluster {
     api: SocketAddr,
     ws: [SocketAddr; 2],
     tcp: [SocketAddr; 2],
-    /// This cluster's room topic.
+    /// This cluster's topics.
     room_topic: String,
+    private_topic: String,
+    /// The task tier's consumer group prefix.
+    task_group: String,
     /// logic's gRPC address.
     logic: SocketAddr,
 }
@@ -163,7 +166,17 @@ impl Cluster {
             })
             .await;
         }
-        Some(Self { children, admins, api, ws, tcp, room_topic: format!("e2e-{run}-room"), logic: local(logic) })
+        Some(Self {
+            children,
+            admins,
+            api,
+            ws,
+            tcp,
+            room_topic: format!("e2e-{run}-room"),
+            private_topic: format!("e2e-{run}-private"),
+            task_group: format!("e2e-{run}"),
+            logic: local(logic),
+        })
     }
 }
 
@@ -623,4 +636,144 @@ async fn the_kafka_broker_stopped_and_restarted_during_sends() {
         .collect();
     assert!(sent.windows(2).all(|w| w[0] < w[1]), "in send order, each once: {sent:?}");
     assert!(frames.iter().all(|f| f["fromUserId"] == bob));
+}
+
+/// The offsets task's groups have committed for the cluster's topics.
+fn committed_offsets(brokers: &str, cluster: &Cluster) -> Vec<(String, i32, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let mut committed = Vec::new();
+    for topic in [&cluster.room_topic, &cluster.private_topic] {
+        // A consumer of the group that never subscribes: it only asks.
+        let group = format!("{}.{topic}", cluster.task_group);
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", &group)
+            .create()
+            .expect("consumer");
+        let mut partitions = rdkafka::TopicPartitionList::new();
+        for partition in 0..8 {
+            partitions.add_partition(topic, partition);
+        }
+        let offsets = consumer.committed_offsets(partitions, Duration::from_secs(10)).expect("committed offsets");
+        for element in offsets.elements() {
+            let offset = match element.offset() {
+                rdkafka::Offset::Offset(offset) => offset,
+                _ => -1,
+            };
+            committed.push((element.topic().to_owned(), element.partition(), offset));
+        }
+    }
+    committed
+}
+
+/// The consumer groups the broker knows.
+fn groups(brokers: &str) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("consumer");
+    let list = consumer.fetch_group_list(None, Duration::from_secs(10)).expect("group list");
+    list.groups().iter().map(|g| g.name().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn replay_exports_and_rebuilds_from_kafka_without_disturbing_the_cluster() {
+    use std::sync::Arc;
+
+    use common::replay;
+    use courier_queue::kafka::KafkaTopicReader;
+    use courier_store::HistoryStore as _;
+    use courier_store::postgres::PgStore;
+
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = Cluster::start(dir.path()).await else { return };
+    let brokers = courier_testkit::service("COURIER_KAFKA").expect("brokers");
+    let postgres = courier_testkit::service("COURIER_POSTGRES").expect("PostgreSQL");
+    let run = courier_testkit::unique() % 1_000_000_000;
+    let rooms = [4_000_000_000 + run * 10, 4_000_000_000 + run * 10 + 1];
+    let traffic = replay::send_traffic(cluster.api, &format!("k{}", run % 1_000_000), rooms).await;
+    replay::await_persisted(cluster.api, &traffic).await;
+    let topics = (cluster.room_topic.as_str(), cluster.private_topic.as_str());
+    let reader = KafkaTopicReader::connect(&brokers).expect("reader");
+
+    // Reading moves nothing task relies on: its committed offsets stay
+    // where they are, and no group of the reader's ever exists.
+    let committed = courier_testkit::eventually("task to commit every record", common::PATIENCE, || async {
+        let committed = committed_offsets(&brokers, &cluster);
+        for (topic, partition, offset) in &committed {
+            let end = courier_queue::TopicReader::bounds(&reader, topic, *partition as u32).await.expect("bounds").end;
+            if end > 0 && *offset != end as i64 {
+                return None;
+            }
+        }
+        Some(committed)
+    })
+    .await;
+    replay::exports_match_what_was_sent(&reader, &traffic, topics).await;
+    assert_eq!(committed_offsets(&brokers, &cluster), committed, "task's offsets did not move");
+    let readers: Vec<String> = groups(&brokers).into_iter().filter(|g| g.starts_with("courier-reader")).collect();
+    assert!(readers.is_empty(), "replay joined no group: {readers:?}");
+
+    // Exports running beside live traffic disturb no client.
+    let api = common::Api::new(cluster.api);
+    let (token, me) = api.register(&format!("k{}live", run % 1_000_000)).await;
+    let live_room = rooms[0] + 2;
+    let mut client = Ws::connect(cluster.ws[0], &token, live_room).await;
+    client.await_members(&[me]).await;
+    let sending = tokio::spawn({
+        let api = api.clone();
+        async move {
+            for i in 0..60 {
+                let body = format!("live-{i}");
+                let answer =
+                    api.post("/push/pushRoom", json!({"authToken": token, "msg": body, "roomId": live_room})).await;
+                assert_eq!(answer["code"], 0, "{answer}");
+            }
+        }
+    });
+    let exporting = async {
+        let mut exports = 0;
+        while !sending.is_finished() {
+            replay::export(
+                &reader,
+                &courier_replay::Selection {
+                    room_topic: topics.0.to_owned(),
+                    private_topic: topics.1.to_owned(),
+                    ..courier_replay::Selection::everything()
+                },
+            )
+            .await;
+            exports += 1;
+        }
+        exports
+    };
+    let (frames, exports) = tokio::join!(client.take_op(3, 60), exporting);
+    let bodies: Vec<String> = frames.iter().map(|f| f["msg"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(bodies, (0..60).map(|i| format!("live-{i}")).collect::<Vec<_>>(), "every live message, in order");
+    assert!(exports >= 1, "exports ran while the traffic flowed");
+
+    // The history rebuilt into an empty database is the one the cluster built.
+    let database = format!("courier_replay_{run}");
+    let admin = sqlx::PgPool::connect(&postgres).await.expect("PostgreSQL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.expect("create");
+    let (base, _) = postgres.rsplit_once('/').expect("a database URL");
+    let fresh = Arc::new(PgStore::connect(&format!("{base}/{database}")).await.expect("fresh database"));
+    let summary = replay::rebuild(&reader, fresh.clone(), topics).await;
+    assert!(summary.new_epochs.is_empty(), "{summary:?}");
+    let original = PgStore::connect(&postgres).await.expect("the cluster's database");
+    let mut streams: Vec<courier_store::StreamId> =
+        rooms.iter().map(|room| courier_store::StreamId::Room(*room)).collect();
+    streams.extend(traffic.users.iter().map(|u| courier_store::StreamId::Inbox(u.id)));
+    for stream in streams {
+        let read = |store: &PgStore| {
+            let store = store.clone();
+            async move {
+                let page = store.read_after(stream, 0, 1000).await.expect("read");
+                page.into_iter().map(|m| (m.position, m.message.msg_id, m.message.body)).collect::<Vec<_>>()
+            }
+        };
+        let (was, rebuilt) = (read(&original).await, read(&fresh).await);
+        assert!(!was.is_empty(), "{stream} has history");
+        assert_eq!(rebuilt, was, "{stream}: same epoch, seqs, ids and bodies");
+    }
 }

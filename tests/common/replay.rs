@@ -98,7 +98,10 @@ pub async fn send_traffic(api: SocketAddr, prefix: &str, rooms: [u64; 2]) -> Tra
         for (i, (from, to)) in [(&ann, &bob), (&bob, &ann), (&cat, &ann), (&ann, &bob)].into_iter().enumerate() {
             let body = format!("{}-to-{}-{phase}.{i}", from.name, to.name);
             let answer = api
-                .post("/push/push", json!({"authToken": from.token, "msg": body, "toUserId": to.id, "roomId": rooms[0]}))
+                .post(
+                    "/push/push",
+                    json!({"authToken": from.token, "msg": body, "toUserId": to.id, "roomId": rooms[0]}),
+                )
                 .await;
             assert_eq!(answer["code"], 0, "{answer}");
             sent.push(Sent { room: None, from: from.id, to: Some(to.id), body: body.clone() });
@@ -135,9 +138,8 @@ fn stored(page: &Value) -> (String, Vec<Stored>) {
 }
 
 async fn conversation_page(api: &Api, me: &User, peer: u64) -> (String, Vec<Stored>) {
-    let page = api
-        .post("/history/private", json!({"authToken": me.token, "userId": peer, "afterSeq": 0, "limit": 100}))
-        .await;
+    let page =
+        api.post("/history/private", json!({"authToken": me.token, "userId": peer, "afterSeq": 0, "limit": 100})).await;
     stored(&page)
 }
 
@@ -201,19 +203,19 @@ fn bodies(lines: &[Value]) -> Vec<String> {
 
 /// The bodies of `lines` that go from `from` to `to`, in export order.
 fn conversation_in(lines: &[Value], from: u64, to: u64) -> Vec<String> {
-    let lines: Vec<Value> =
-        lines.iter().filter(|l| l["fromUserId"] == from && l["toUserId"] == to && l["kind"] == "private").cloned().collect();
+    let lines: Vec<Value> = lines
+        .iter()
+        .filter(|l| l["fromUserId"] == from && l["toUserId"] == to && l["kind"] == "private")
+        .cloned()
+        .collect();
     bodies(&lines)
 }
 
 /// Exports whole, by room, by user and by time, each compared with exactly
 /// what was sent.
 pub async fn exports_match_what_was_sent(reader: &dyn TopicReader, traffic: &Traffic, topics: (&str, &str)) {
-    let selection = || Selection {
-        room_topic: topics.0.to_owned(),
-        private_topic: topics.1.to_owned(),
-        ..Selection::everything()
-    };
+    let selection =
+        || Selection { room_topic: topics.0.to_owned(), private_topic: topics.1.to_owned(), ..Selection::everything() };
     let [ann, bob, cat] = &traffic.users;
     let all = export(reader, &selection()).await;
     assert_eq!(all.len(), traffic.sent.len(), "every message once");

@@ -129,9 +129,10 @@ impl Records {
                 record = live.recv() => record.transpose(),
             };
         }
-        for feed in &mut self.feeds {
-            feed.fill(&self.progress).await?;
-        }
+        // Every partition's next batch at once: a broker answers each
+        // cursor's first fetch after a round of its own.
+        let progress = &self.progress;
+        futures_util::future::try_join_all(self.feeds.iter_mut().map(|feed| feed.fill(progress))).await?;
         let oldest = self
             .feeds
             .iter()
