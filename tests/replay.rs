@@ -111,3 +111,109 @@ async fn bad_arguments_are_refused_before_anything_is_read() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no queue to read"));
     assert!(!dir.path().join("nothing-here").exists(), "replay creates no data directory");
 }
+
+/// A message record as logic writes it.
+fn record(msg_id: u64, room: u64, body: &str) -> Vec<u8> {
+    courier_model::Message {
+        msg_id,
+        kind: courier_model::MessageKind::Room,
+        room_id: room,
+        from_user_id: 1,
+        from_user_name: "ann".into(),
+        to_user_id: 0,
+        to_user_name: String::new(),
+        body: body.into(),
+        admitted_ms: courier_ids::now_unix_ms(),
+        client_msg_id: String::new(),
+    }
+    .into_record()
+}
+
+/// A record that is not a message is reported with where it is and skipped,
+/// or fails the export with `--strict`; `--follow` goes on with records
+/// appended after it started, until stopped.
+#[tokio::test]
+async fn undecodable_records_are_reported_and_follow_passes_new_records_on() {
+    use courier_queue::Queue as _;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data directory");
+    let options = courier_queue::sqlite::SqliteQueueOptions::default();
+    let queue = courier_queue::sqlite::SqliteQueue::open(&data.join("queue.sqlite"), options).await.expect("queue");
+    for topic in [topics::ROOM, topics::PRIVATE] {
+        queue.ensure_topic(topic, 8).await.expect("topic");
+    }
+    queue.produce(topics::ROOM, "room:3", &record(1, 3, "before")).await.expect("produce");
+    let garbage = queue.produce(topics::ROOM, "room:3", b"\xff\xfe not a record").await.expect("produce");
+    queue.produce(topics::ROOM, "room:3", &record(2, 3, "after")).await.expect("produce");
+
+    let export = |strict: bool| {
+        let mut command = courier();
+        command.args(["replay", "export", "--room", "3", "--data-dir"]).arg(&data);
+        if strict {
+            command.arg("--strict");
+        }
+        command.output().expect("courier runs")
+    };
+    let lenient = export(false);
+    assert!(lenient.status.success(), "{}", String::from_utf8_lossy(&lenient.stderr));
+    let bodies: Vec<String> = String::from_utf8_lossy(&lenient.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["body"].as_str().expect("body").to_owned())
+        .collect();
+    assert_eq!(bodies, ["before", "after"], "the bad record is skipped, nothing else");
+    let said = String::from_utf8_lossy(&lenient.stderr);
+    let place = format!("partition {} offset {}", garbage.partition, garbage.offset);
+    assert!(said.contains(&place) && said.contains("1 undecodable"), "{said}");
+    let strict = export(true);
+    assert!(!strict.status.success(), "--strict fails");
+    assert!(String::from_utf8_lossy(&strict.stderr).contains(&place), "{}", String::from_utf8_lossy(&strict.stderr));
+
+    // Following: what is there, then what comes.
+    let reader = SqliteTopicReader::open(&data.join("queue.sqlite")).await.expect("reader");
+    let selection =
+        courier_replay::Selection { room: Some(3), follow: true, ..courier_replay::Selection::everything() };
+    let plan = courier_replay::plan(&reader, &selection).await.expect("plan");
+    let out = SharedBuffer::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let following = tokio::spawn({
+        let (mut out, stop) = (out.clone(), stop.clone());
+        async move {
+            let progress = courier_replay::report::Progress::hidden();
+            courier_replay::export::export(&reader, &plan, &mut out, progress, stop).await.expect("export")
+        }
+    });
+    eventually_lines(&out, 2).await;
+    queue.produce(topics::ROOM, "room:3", &record(3, 3, "later")).await.expect("produce");
+    let lines = eventually_lines(&out, 3).await;
+    assert!(lines[2].contains("\"later\""), "{lines:?}");
+    stop.cancel();
+    let summary = following.await.expect("the export ends when stopped");
+    assert_eq!(summary.topics[topics::ROOM].written, 3);
+}
+
+/// Bytes written by an export running in another task.
+#[derive(Clone, Default)]
+struct SharedBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Waits until `out` holds `n` whole lines, and returns them.
+async fn eventually_lines(out: &SharedBuffer, n: usize) -> Vec<String> {
+    courier_testkit::eventually(&format!("{n} exported lines"), common::PATIENCE, || async {
+        let text = String::from_utf8_lossy(&out.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        (lines.len() >= n && text.ends_with('\n')).then_some(lines)
+    })
+    .await
+}

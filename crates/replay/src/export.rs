@@ -61,7 +61,7 @@ impl<'a> Line<'a> {
 pub async fn export(
     reader: &dyn TopicReader,
     plan: &Plan,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
     progress: Progress,
     stop: CancellationToken,
 ) -> anyhow::Result<Summary> {
