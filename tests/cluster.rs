@@ -709,7 +709,8 @@ async fn replay_exports_and_rebuilds_from_kafka_without_disturbing_the_cluster()
         Some(committed)
     })
     .await;
-    replay::exports_match_what_was_sent(&reader, &traffic, topics).await;
+    let history = replay::history(cluster.api, &traffic).await;
+    replay::exports_match_what_was_sent(&reader, &traffic, &history, topics).await;
     assert_eq!(committed_offsets(&brokers, &cluster), committed, "task's offsets did not move");
     let readers: Vec<String> = groups(&brokers).into_iter().filter(|g| g.starts_with("courier-reader")).collect();
     assert!(readers.is_empty(), "replay joined no group: {readers:?}");

@@ -30,8 +30,8 @@ async fn export_and_rebuild_on_a_standalone_data_directory() {
 
     // Exports read beside the running standalone.
     let reader = SqliteTopicReader::open(&data.join("queue.sqlite")).await.expect("reader");
-    replay::exports_match_what_was_sent(&reader, &traffic, (topics::ROOM, topics::PRIVATE)).await;
     let before = replay::history(courier.addresses.api, &traffic).await;
+    replay::exports_match_what_was_sent(&reader, &traffic, &before, (topics::ROOM, topics::PRIVATE)).await;
     courier.stop().await;
 
     // The history is lost; users and the queue are not.
@@ -125,6 +125,7 @@ fn record(msg_id: u64, room: u64, body: &str) -> Vec<u8> {
         body: body.into(),
         admitted_ms: courier_ids::now_unix_ms(),
         client_msg_id: String::new(),
+        inboxes: courier_model::Inboxes::Recipient,
     }
     .into_record()
 }

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use courier_ids::Snowflake;
-use courier_model::{Message, MessageKind, StreamId};
+use courier_model::{Inboxes, Message, MessageKind, StreamId};
 use courier_presence::{Claim, ClientMsgIds, Presence, SessionUser, Sessions};
 use courier_proto::connect::{Delivery, delivery::Target};
 use courier_proto::logic::{
@@ -314,10 +314,19 @@ impl Logic {
             body: request.body,
             admitted_ms: courier_ids::now_unix_ms(),
             client_msg_id: request.client_msg_id,
+            inboxes: Inboxes::Recipient,
         };
         let started = Instant::now();
-        let key = message.key().to_string();
-        if let Err(e) = self.inner.backends.queue.produce(topic, &key, &message.into_record()).await {
+        // A private message is two records, the recipient's and the sender's
+        // copy, each keyed by the inbox it writes (one writer per stream); it
+        // is accepted once the queue has both. A retry produces both again:
+        // the store keeps one of each.
+        let records: Vec<(String, Vec<u8>)> =
+            message.records().into_iter().map(|record| (record.key().to_string(), record.into_record())).collect();
+        let queue = &self.inner.backends.queue;
+        let produced =
+            futures_util::future::try_join_all(records.iter().map(|(key, record)| queue.produce(topic, key, record)));
+        if let Err(e) = produced.await {
             self.metrics().error("produce");
             tracing::warn!(error = %e, %topic, "queue did not take a message");
             return Err(Status::unavailable("message not accepted; try again"));

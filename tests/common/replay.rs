@@ -67,10 +67,9 @@ async fn next_millisecond() -> i64 {
 }
 
 /// Sends the traffic through `api`: room messages in `rooms`, private ones
-/// between three new users named with `prefix`. Each private message is
-/// waited for in history before the next is sent, so the order task persists
-/// an inbox in (its received and sent copies come from different
-/// partitions) is the order they were sent in.
+/// between three new users named with `prefix`, the three conversations at
+/// once (each one's messages in turn), so ann's inbox takes what she sends
+/// and what she gets at the same moments.
 pub async fn send_traffic(api: SocketAddr, prefix: &str, rooms: [u64; 2]) -> Traffic {
     let api = Api::new(api);
     let mut users = Vec::new();
@@ -95,22 +94,22 @@ pub async fn send_traffic(api: SocketAddr, prefix: &str, rooms: [u64; 2]) -> Tra
                 sent.push(Sent { room: Some(room), from: user.id, to: None, body });
             }
         }
-        for (i, (from, to)) in [(&ann, &bob), (&bob, &ann), (&cat, &ann), (&ann, &bob)].into_iter().enumerate() {
-            let body = format!("{}-to-{}-{phase}.{i}", from.name, to.name);
-            let answer = api
-                .post(
-                    "/push/push",
-                    json!({"authToken": from.token, "msg": body, "toUserId": to.id, "roomId": rooms[0]}),
-                )
-                .await;
-            assert_eq!(answer["code"], 0, "{answer}");
-            sent.push(Sent { room: None, from: from.id, to: Some(to.id), body: body.clone() });
-            courier_testkit::eventually("the private message in history", PATIENCE, || async {
-                let (_, page) = conversation_page(&api, to, from.id).await;
-                page.iter().any(|m| m.body == body).then_some(())
-            })
-            .await;
-        }
+        let conversation = |from: &User, to: &User| {
+            let (api, from, to) = (api.clone(), from.clone(), to.clone());
+            async move {
+                let mut sent = Vec::new();
+                for i in 0..3 {
+                    let body = format!("{}-to-{}-{phase}.{i}", from.name, to.name);
+                    let send = json!({"authToken": from.token, "msg": body, "toUserId": to.id, "roomId": rooms[0]});
+                    let answer = api.post("/push/push", send).await;
+                    assert_eq!(answer["code"], 0, "{answer}");
+                    sent.push(Sent { room: None, from: from.id, to: Some(to.id), body });
+                }
+                sent
+            }
+        };
+        let (ab, ba, ca) = tokio::join!(conversation(&ann, &bob), conversation(&bob, &ann), conversation(&cat, &ann));
+        sent.extend(ab.into_iter().chain(ba).chain(ca));
     }
     Traffic { rooms, users: [ann, bob, cat], sent, boundary }
 }
@@ -163,14 +162,24 @@ pub async fn history(api: SocketAddr, traffic: &Traffic) -> BTreeMap<String, (St
     all
 }
 
-/// Waits until the history API holds every message sent.
+/// Waits until the history API holds every message sent, in every stream it
+/// was sent to.
 pub async fn await_persisted(api: SocketAddr, traffic: &Traffic) {
     courier_testkit::eventually("every message in history", PATIENCE, || async {
         let history = history(api, traffic).await;
         let rooms: usize = traffic.rooms.iter().map(|room| history[&format!("room {room}")].1.len()).sum();
-        (rooms == traffic.room_bodies(traffic.rooms[0]).len() * 2).then_some(())
+        let private = traffic.sent.iter().filter(|s| s.to.is_some()).count();
+        // Each private message is in two inboxes, seen from either side.
+        let inboxes: usize = traffic.users.iter().map(|me| conversations_of(&history, me).len()).sum();
+        (rooms == traffic.sent.len() - private && inboxes == 2 * private).then_some(())
     })
     .await;
+}
+
+/// Every message in `me`'s inbox, from the conversation pages.
+fn conversations_of(history: &BTreeMap<String, (String, Vec<Stored>)>, me: &User) -> Vec<Stored> {
+    let prefix = format!("{} with ", me.name);
+    history.iter().filter(|(name, _)| name.starts_with(&prefix)).flat_map(|(_, (_, page))| page.clone()).collect()
 }
 
 /// Logs the users in again (after a restart, sessions are gone).
@@ -213,7 +222,12 @@ fn conversation_in(lines: &[Value], from: u64, to: u64) -> Vec<String> {
 
 /// Exports whole, by room, by user and by time, each compared with exactly
 /// what was sent.
-pub async fn exports_match_what_was_sent(reader: &dyn TopicReader, traffic: &Traffic, topics: (&str, &str)) {
+pub async fn exports_match_what_was_sent(
+    reader: &dyn TopicReader,
+    traffic: &Traffic,
+    history: &BTreeMap<String, (String, Vec<Stored>)>,
+    topics: (&str, &str),
+) {
     let selection =
         || Selection { room_topic: topics.0.to_owned(), private_topic: topics.1.to_owned(), ..Selection::everything() };
     let [ann, bob, cat] = &traffic.users;
@@ -242,9 +256,17 @@ pub async fn exports_match_what_was_sent(reader: &dyn TopicReader, traffic: &Tra
     let ann_lines = export(reader, &Selection { user: Some(ann.id), ..selection() }).await;
     let ann_private = traffic.sent.iter().filter(|s| s.to.is_some() && (s.from == ann.id || s.to == Some(ann.id)));
     assert_eq!(ann_lines.len(), ann_private.count(), "--user: sent and received, nothing else");
-    assert_eq!(conversation_in(&ann_lines, bob.id, ann.id), traffic.conversation(bob.id, ann.id));
+    // Her inbox's order, sent and received interleaved as task persisted them.
+    for peer in [bob, cat] {
+        let with_peer: Vec<Value> =
+            ann_lines.iter().filter(|l| l["fromUserId"] == peer.id || l["toUserId"] == peer.id).cloned().collect();
+        let stored: Vec<String> =
+            history[&format!("{} with {}", ann.name, peer.name)].1.iter().map(|m| m.body.clone()).collect();
+        assert_eq!(bodies(&with_peer), stored, "--user: ann's conversation with {} in her inbox's order", peer.name);
+    }
 
     let first_phase = traffic.sent.iter().filter(|s| s.body.contains("-1.")).count();
+    assert!(first_phase > 0 && first_phase < traffic.sent.len());
     let before = export(reader, &Selection { until: Some(traffic.boundary - 1), ..selection() }).await;
     assert_eq!(before.len(), first_phase, "--until: the first phase");
     assert!(bodies(&before).iter().all(|b| b.contains("-1.")), "{before:?}");

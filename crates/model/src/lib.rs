@@ -117,6 +117,23 @@ impl MessageKind {
     }
 }
 
+/// Which inbox the record of a private message writes. Every stream has one
+/// writer, the partition of its key: a private message travels as two
+/// records, one keyed by its recipient for the recipient's inbox and the
+/// sender's copy keyed by the sender for the sender's inbox, so each inbox's
+/// entries are all written, and pushed, by one partition in its order.
+/// Ignored for room messages (`Recipient`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Inboxes {
+    /// The recipient's inbox (for a note to self, the only record).
+    Recipient,
+    /// The sender's own copy, in the sender's inbox.
+    Sender,
+    /// Both, from the recipient's partition: a version 1 record, from before
+    /// sender copies had records of their own.
+    Both,
+}
+
 /// A message as admitted, before it has positions in streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -133,6 +150,8 @@ pub struct Message {
     /// Admission time, milliseconds since the Unix epoch.
     pub admitted_ms: i64,
     pub client_msg_id: String,
+    /// Which inbox this record of a private message writes.
+    pub inboxes: Inboxes,
 }
 
 /// Why queue bytes are not a message.
@@ -149,30 +168,46 @@ pub enum RecordError {
 }
 
 impl Message {
-    /// The streams this message belongs to: its room, or the recipient's inbox
-    /// and (as a copy for the sender's other devices) the sender's inbox.
+    /// The streams this record writes: the room; for a private message the
+    /// recipient's inbox, or (the sender's copy) the sender's; both for a
+    /// version 1 record.
     pub fn streams(&self) -> Vec<StreamId> {
-        match self.kind {
-            MessageKind::Room => vec![StreamId::Room(self.room_id)],
-            MessageKind::Private if self.to_user_id == self.from_user_id => vec![StreamId::Inbox(self.to_user_id)],
-            MessageKind::Private => vec![StreamId::Inbox(self.to_user_id), StreamId::Inbox(self.from_user_id)],
+        let (to, from) = (StreamId::Inbox(self.to_user_id), StreamId::Inbox(self.from_user_id));
+        match (self.kind, self.inboxes) {
+            (MessageKind::Room, _) => vec![StreamId::Room(self.room_id)],
+            (MessageKind::Private, Inboxes::Both) if to != from => vec![to, from],
+            (MessageKind::Private, Inboxes::Sender) => vec![from],
+            (MessageKind::Private, _) => vec![to],
         }
     }
 
-    /// The queue key: the room, or the recipient's inbox, so one stream's
-    /// messages stay in one partition, in order.
+    /// The queue key: the stream the record writes first, so each stream's
+    /// records stay in one partition, in order.
     pub fn key(&self) -> StreamId {
-        match self.kind {
-            MessageKind::Room => StreamId::Room(self.room_id),
-            MessageKind::Private => StreamId::Inbox(self.to_user_id),
+        match (self.kind, self.inboxes) {
+            (MessageKind::Room, _) => StreamId::Room(self.room_id),
+            (MessageKind::Private, Inboxes::Sender) => StreamId::Inbox(self.from_user_id),
+            (MessageKind::Private, _) => StreamId::Inbox(self.to_user_id),
         }
     }
 
-    /// The queue record of this message, at [`RECORD_VERSION`]; it takes the
+    /// The records admission produces for this message: one for a room or a
+    /// note to self, and for a private message the recipient's and the
+    /// sender's copy.
+    pub fn records(self) -> Vec<Message> {
+        if self.kind == MessageKind::Room || self.to_user_id == self.from_user_id {
+            return vec![Message { inboxes: Inboxes::Recipient, ..self }];
+        }
+        let copy = Message { inboxes: Inboxes::Sender, ..self.clone() };
+        vec![Message { inboxes: Inboxes::Recipient, ..self }, copy]
+    }
+
+    /// The queue record of this message, at [`RECORD_VERSION`] (a version 1
+    /// message, which writes both inboxes, keeps its version); it takes the
     /// message, so admission encodes without copying the body.
     pub fn into_record(self) -> Vec<u8> {
         MessageRecord {
-            version: RECORD_VERSION,
+            version: if self.inboxes == Inboxes::Both { 1 } else { RECORD_VERSION },
             msg_id: self.msg_id,
             kind: match self.kind {
                 MessageKind::Room => RecordKind::Room,
@@ -186,6 +221,7 @@ impl Message {
             body: self.body,
             admitted_ms: self.admitted_ms,
             client_msg_id: self.client_msg_id,
+            sender_copy: self.inboxes == Inboxes::Sender,
         }
         .encode_to_vec()
     }
@@ -222,6 +258,11 @@ impl Message {
             body: r.body,
             admitted_ms: r.admitted_ms,
             client_msg_id: r.client_msg_id,
+            inboxes: match (r.version, r.sender_copy) {
+                (1, _) => Inboxes::Both,
+                (_, true) => Inboxes::Sender,
+                (_, false) => Inboxes::Recipient,
+            },
         })
     }
 }
@@ -267,17 +308,26 @@ mod tests {
             body: "hi \u{1F600}".into(),
             admitted_ms: 1_700_000_000_000,
             client_msg_id: "c1".into(),
+            inboxes: Inboxes::Recipient,
         }
     }
 
     #[test]
     fn a_message_round_trips_through_its_record() {
         let message = private(1, 2);
-        assert_eq!(Message::from_record(&message.clone().into_record()), Ok(message.clone()));
-        assert_eq!(message.key(), StreamId::Inbox(2), "keyed by the recipient");
-        assert_eq!(message.streams(), [StreamId::Inbox(2), StreamId::Inbox(1)]);
-        assert_eq!(private(3, 3).streams(), [StreamId::Inbox(3)], "a note to self is in one inbox");
+        let [to, copy]: [Message; 2] = message.clone().records().try_into().expect("two records");
+        for record in [&to, &copy] {
+            assert_eq!(Message::from_record(&record.clone().into_record()).as_ref(), Ok(record));
+        }
+        assert_eq!((to.key(), to.streams()), (StreamId::Inbox(2), vec![StreamId::Inbox(2)]), "the recipient's");
+        assert_eq!((copy.key(), copy.streams()), (StreamId::Inbox(1), vec![StreamId::Inbox(1)]), "the sender's copy");
+        assert_eq!(private(3, 3).records().len(), 1, "a note to self is one record");
+        assert_eq!(private(3, 3).streams(), [StreamId::Inbox(3)], "in one inbox");
+        let both = Message { inboxes: Inboxes::Both, ..message.clone() };
+        assert_eq!(both.streams(), [StreamId::Inbox(2), StreamId::Inbox(1)], "a version 1 record writes both");
+        assert_eq!(Message::from_record(&both.clone().into_record()), Ok(both), "and is read as one");
         let room = Message { kind: MessageKind::Room, room_id: 9, to_user_id: 0, ..message };
+        assert_eq!(room.clone().records(), vec![room.clone()], "a room message is one record");
         assert_eq!((room.key(), room.streams()), (StreamId::Room(9), vec![StreamId::Room(9)]));
     }
 

@@ -31,7 +31,7 @@ pub mod record {
     tonic::include_proto!("courier.record.v1");
 
     /// The envelope version this build writes.
-    pub const RECORD_VERSION: u32 = 1;
+    pub const RECORD_VERSION: u32 = 2;
 }
 
 /// The logic tier's service.

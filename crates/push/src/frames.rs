@@ -43,6 +43,7 @@ mod tests {
             body: "hi".into(),
             admitted_ms: 0,
             client_msg_id: String::new(),
+            inboxes: courier_model::Inboxes::Recipient,
         };
         let positions = vec![
             Position { stream: StreamId::Inbox(9), seq: 3, epoch: "e9".into() },

@@ -67,8 +67,14 @@ pub async fn export(
 ) -> anyhow::Result<Summary> {
     let mut records = Records::open(reader, plan, progress, stop).await?;
     let mut summary = Summary::default();
+    let mut seen = Seen::default();
     while let Some(record) = records.next().await? {
-        let Some(message) = plan.select(&record, &mut summary)? else { continue };
+        let Some(message) = plan.select(&record, &mut summary, false)? else { continue };
+        if !seen.insert(message.msg_id) {
+            // A retried send's records come again under the first one's id.
+            summary.topic(&record.topic).skipped += 1;
+            continue;
+        }
         serde_json::to_writer(&mut *out, &Line::new(&message, &record))?;
         out.write_all(b"\n")?;
         if plan.follow {
@@ -78,4 +84,32 @@ pub async fn export(
     }
     out.flush()?;
     Ok(summary)
+}
+
+/// Message ids exported lately, to write a retried send once: its records
+/// come again soon after the first (a client retries within minutes), so the
+/// newest [`SEEN`] ids are enough and memory stays bounded.
+#[derive(Default)]
+struct Seen {
+    ids: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+/// Message ids remembered for [`Seen`].
+const SEEN: usize = 1 << 20;
+
+impl Seen {
+    /// False if `id` was seen.
+    fn insert(&mut self, id: u64) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > SEEN
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+        }
+        true
+    }
 }

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 
 use clap::{Args, ValueEnum};
-use courier_model::{Message, MessageKind, StreamId, topics};
+use courier_model::{Inboxes, Message, MessageKind, StreamId, topics};
 use courier_queue::{Bounds, Record, TopicReader};
 use report::Summary;
 
@@ -176,13 +176,18 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Whether `message` is selected.
-    pub fn keeps(&self, message: &Message) -> bool {
+    /// Whether the record of `message` is selected. With `--user`, the
+    /// records that write that user's inbox: what they received, and the
+    /// copies of what they sent, which are in their inbox's partition and
+    /// order. Otherwise an export leaves sender copies out (`copies` false):
+    /// each message is exported once, from its recipient's record.
+    pub fn keeps(&self, message: &Message, copies: bool) -> bool {
         match message.kind {
             MessageKind::Room => self.room.is_none_or(|room| message.room_id == room),
-            MessageKind::Private => {
-                self.user.is_none_or(|user| message.from_user_id == user || message.to_user_id == user)
-            }
+            MessageKind::Private => match self.user {
+                Some(user) => message.streams().contains(&StreamId::Inbox(user)),
+                None => copies || message.inboxes != Inboxes::Sender,
+            },
         }
     }
 }
@@ -205,11 +210,13 @@ impl Plan {
     /// The message of `record` if it is selected, counting it in `summary`. A
     /// record that is not a message is reported with where it is and
     /// skipped, or with `--strict` ends the replay.
-    pub fn select(&self, record: &Record, summary: &mut Summary) -> Result<Option<Message>, Undecodable> {
+    /// `copies` keeps sender copies (rebuild) rather than leaving them to
+    /// their recipient's record (export).
+    pub fn select(&self, record: &Record, summary: &mut Summary, copies: bool) -> Result<Option<Message>, Undecodable> {
         let counts = summary.topic(&record.topic);
         counts.read += 1;
         match Message::from_record(&record.value) {
-            Ok(message) if self.filter.keeps(&message) => Ok(Some(message)),
+            Ok(message) if self.filter.keeps(&message, copies) => Ok(Some(message)),
             Ok(_) => {
                 counts.skipped += 1;
                 Ok(None)
@@ -348,17 +355,24 @@ mod tests {
             body: "hi".into(),
             admitted_ms: 0,
             client_msg_id: String::new(),
+            inboxes: courier_model::Inboxes::Recipient,
         }
     }
 
     #[test]
-    fn filters_keep_a_rooms_messages_and_a_users_conversations() {
+    fn filters_keep_a_rooms_messages_and_a_users_inbox() {
         let filter = Filter { room: Some(5), user: Some(7) };
-        assert!(filter.keeps(&message(MessageKind::Room, 5, 1, 0)));
-        assert!(!filter.keeps(&message(MessageKind::Room, 6, 7, 0)), "another room, even from the user");
-        assert!(filter.keeps(&message(MessageKind::Private, 5, 7, 8)), "sent");
-        assert!(filter.keeps(&message(MessageKind::Private, 0, 8, 7)), "received");
-        assert!(!filter.keeps(&message(MessageKind::Private, 5, 8, 9)), "between others");
-        assert!(Filter::default().keeps(&message(MessageKind::Private, 0, 8, 9)));
+        let keeps = |m: &Message| filter.keeps(m, false);
+        assert!(keeps(&message(MessageKind::Room, 5, 1, 0)));
+        assert!(!keeps(&message(MessageKind::Room, 6, 7, 0)), "another room, even from the user");
+        let [to_8, copy]: [Message; 2] = message(MessageKind::Private, 5, 7, 8).records().try_into().expect("two");
+        assert!(keeps(&copy) && !keeps(&to_8), "what the user sent: their own copy");
+        assert!(keeps(&message(MessageKind::Private, 0, 8, 7)), "received");
+        assert!(!keeps(&message(MessageKind::Private, 5, 8, 9)), "between others");
+        let v1 = Message { inboxes: Inboxes::Both, ..to_8.clone() };
+        assert!(keeps(&v1), "a version 1 record writes the sender's inbox too");
+        let everything = Filter::default();
+        assert!(everything.keeps(&to_8, false) && !everything.keeps(&copy, false), "a message once");
+        assert!(everything.keeps(&copy, true), "rebuild keeps the copies");
     }
 }

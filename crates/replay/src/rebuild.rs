@@ -54,7 +54,7 @@ pub async fn rebuild(
     loop {
         let next = records.next().await?;
         if let Some(record) = next.as_ref() {
-            if let Some(message) = plan.select(record, &mut summary)? {
+            if let Some(message) = plan.select(record, &mut summary, true)? {
                 for stream in message.streams() {
                     if before.contains_key(&stream) {
                         continue;

@@ -138,6 +138,8 @@ mod tests {
             body: "hi".into(),
             admitted_ms: 0,
             client_msg_id: String::new(),
+            // One record writing both inboxes: a batch that moves several streams.
+            inboxes: crate::Inboxes::Both,
         }
     }
 

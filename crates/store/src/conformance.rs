@@ -2,7 +2,7 @@
 //! each backend (SQLite here, PostgreSQL in its own suite). Each takes a `prefix`
 //! so several can share one database: user names and ids derive from it.
 
-use crate::{DeadLetter, Error, HistoryStore, Message, MessageKind, Page, StreamId, UserStore};
+use crate::{DeadLetter, Error, HistoryStore, Inboxes, Message, MessageKind, Page, StreamId, UserStore};
 
 /// A room message with a given id.
 pub fn room_message(msg_id: u64, room_id: u64, body: &str) -> Message {
@@ -17,13 +17,16 @@ pub fn room_message(msg_id: u64, room_id: u64, body: &str) -> Message {
         body: body.into(),
         admitted_ms: 1_700_000_000_000 + msg_id as i64,
         client_msg_id: String::new(),
+        inboxes: Inboxes::Recipient,
     }
 }
 
-/// A private message with a given id.
+/// A private message with a given id, as one record writing both inboxes (a
+/// version 1 record: the store's multi-stream append).
 pub fn private_message(msg_id: u64, from: u64, to: u64, body: &str) -> Message {
     Message {
         kind: MessageKind::Private,
+        inboxes: Inboxes::Both,
         room_id: 0,
         from_user_id: from,
         to_user_id: to,
@@ -82,19 +85,30 @@ pub async fn redelivery_keeps_its_seq(store: &dyn HistoryStore, prefix: u64) {
 }
 
 /// A private message lands in the recipient's inbox and the sender's, with each
-/// inbox's own seq.
+/// inbox's own seq: as one version 1 record writing both, or as today's two
+/// records (the recipient's and the sender's copy, appended by two writers),
+/// the message stored once either way and read back as the record of the
+/// inbox it is read from.
 pub async fn private_message_reaches_both_inboxes(store: &dyn HistoryStore, prefix: u64) {
     let (alice, bob) = (prefix * 1000 + 1, prefix * 1000 + 2);
-    let message = private_message(prefix * 1_000_000 + 1, alice, bob, "psst");
-    let positions = store.append(std::slice::from_ref(&message)).await.expect("append");
-    let streams: Vec<StreamId> = positions[0].iter().map(|p| p.stream).collect();
     let (bob_inbox, alice_inbox) = (StreamId::Inbox(bob), StreamId::Inbox(alice));
+    let old = private_message(prefix * 1_000_000 + 1, alice, bob, "psst");
+    let positions = store.append(std::slice::from_ref(&old)).await.expect("append");
+    let streams: Vec<StreamId> = positions[0].iter().map(|p| p.stream).collect();
     assert_eq!(streams, vec![bob_inbox, alice_inbox]);
-    for inbox in [bob_inbox, alice_inbox] {
+
+    let new = Message { msg_id: prefix * 1_000_000 + 2, inboxes: Inboxes::Recipient, ..old.clone() };
+    let [to_bob, copy]: [Message; 2] = new.records().try_into().expect("two records");
+    let copied = store.append(std::slice::from_ref(&copy)).await.expect("append the copy");
+    let delivered = store.append(std::slice::from_ref(&to_bob)).await.expect("append the recipient's");
+    assert_eq!((copied[0][0].stream, copied[0][0].seq), (alice_inbox, 2));
+    assert_eq!((delivered[0][0].stream, delivered[0][0].seq), (bob_inbox, 2));
+    for (inbox, second) in [(bob_inbox, &to_bob), (alice_inbox, &copy)] {
         let read = store.read_after(inbox, 0, 10).await.expect("read");
-        assert_eq!(read.len(), 1);
-        assert_eq!(read[0].message, message, "message round-trips through {inbox}");
-        assert_eq!(read[0].position.seq, 1);
+        let seqs: Vec<u64> = read.iter().map(|m| m.position.seq).collect();
+        assert_eq!(seqs, [1, 2], "{inbox}");
+        assert_eq!(&read[1].message, second, "message round-trips through {inbox}");
+        assert_eq!(read[0].message.body, old.body);
     }
 }
 

@@ -83,7 +83,7 @@ pub trait UserStore: Send + Sync + 'static {
     async fn user_by_id(&self, id: u64) -> Result<Option<User>>;
 }
 
-pub use courier_model::{Message, MessageKind, Position, StreamId};
+pub use courier_model::{Inboxes, Message, MessageKind, Position, StreamId};
 
 /// Which side of a seq a history page reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::{DeadLetter, Error, Message, MessageKind, Page, Position, Result, StoredMessage, User};
+use crate::{DeadLetter, Error, Inboxes, Message, MessageKind, Page, Position, Result, StoredMessage, StreamId, User};
 
 /// The columns [`stored_from_row`] reads, for `stream_entries e JOIN streams s JOIN messages m`.
 pub(crate) const MESSAGE_COLUMNS: &str = "e.stream, e.seq, s.epoch, m.msg_id, CAST(m.kind AS BIGINT) AS kind,
@@ -63,23 +63,27 @@ pub(crate) fn user_from_row(row: &impl Columns) -> Result<User> {
 
 pub(crate) fn stored_from_row(row: &impl Columns) -> Result<StoredMessage> {
     let kind = row.int("kind")?;
+    let stream: StreamId = row.text("stream")?.parse().map_err(|e| Error::Corrupt(format!("{e}")))?;
+    let (from_user_id, to_user_id) = (row.unsigned("from_user_id")?, row.unsigned("to_user_id")?);
     Ok(StoredMessage {
-        position: Position {
-            stream: row.text("stream")?.parse().map_err(|e| Error::Corrupt(format!("{e}")))?,
-            seq: row.unsigned("seq")?,
-            epoch: row.text("epoch")?,
-        },
+        position: Position { stream, seq: row.unsigned("seq")?, epoch: row.text("epoch")? },
         message: Message {
             msg_id: row.unsigned("msg_id")?,
             kind: MessageKind::from_code(kind).ok_or_else(|| Error::Corrupt(format!("message kind {kind}")))?,
             room_id: row.unsigned("room_id")?,
-            from_user_id: row.unsigned("from_user_id")?,
+            from_user_id,
             from_user_name: row.text("from_user_name")?,
-            to_user_id: row.unsigned("to_user_id")?,
+            to_user_id,
             to_user_name: row.text("to_user_name")?,
             body: row.text("body")?,
             admitted_ms: row.int("admitted_ms")?,
             client_msg_id: row.text("client_msg_id")?,
+            // Read from the sender's inbox, a message is the sender's copy.
+            inboxes: if stream == StreamId::Inbox(from_user_id) && from_user_id != to_user_id {
+                Inboxes::Sender
+            } else {
+                Inboxes::Recipient
+            },
         },
     })
 }

@@ -303,6 +303,7 @@ mod tests {
             body: "hi".into(),
             admitted_ms: 1_704_067_200_000,
             client_msg_id: "c1".into(),
+            inboxes: courier_model::Inboxes::Recipient,
         };
         let position = Position { stream: courier_model::StreamId::Room(1), epoch: "e".into(), seq: 7 };
         let frame = MessageFrame::new(&message, &position);
