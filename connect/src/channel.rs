@@ -98,7 +98,7 @@ struct StreamState {
     /// Whether `last` is a real position (set from where the stream stood when
     /// the channel joined it, a client's resume position, or a frame sent). A
     /// new user's inbox stands at 0, and its first pushes can arrive out of
-    /// order (two writers) like any others: a hole after 0 is a gap too.
+    /// order like any others: a hole after 0 is a gap too.
     known: bool,
     /// `Some` while recovering: live frames (seq, text, admitted) waiting.
     held_back: Option<Vec<(u64, Utf8Bytes, i64)>>,
@@ -174,10 +174,10 @@ impl Channel {
             return true;
         }
         if state.known && seq > state.last.saturating_add(1) {
-            // A gap: the frames between were pushed by another writer of this
-            // stream (a sender's copy lands in the recipient's partition; a
-            // partition changing workers) and are late, or were lost on the
-            // way. Hold this one back until the gap is filled (see
+            // A gap: the frames between are late (a partition changed
+            // workers, and the old one's pushes are still on the way; a
+            // version 1 record writing a sender's inbox from another
+            // partition) or were lost on the way. Hold this one back until the gap is filled (see
             // `Gateway::fill_gap`): sending it would make the missing ones
             // look stale, and they would never reach the client.
             state.held_back = Some(vec![(seq, text.clone(), admitted_ms)]);

@@ -241,9 +241,10 @@ impl Gateway {
         }
     }
 
-    /// Fills a gap in `stream` after seq `after` (see `Channel::offer`): most
-    /// gaps are pushes from two writers racing, closed by the late push within
-    /// moments; whatever is still missing then is read from history. Either
+    /// Fills a gap in `stream` after seq `after` (see `Channel::offer`): a
+    /// gap is a late push (a partition moving between task workers) closed
+    /// within moments, or a lost one; whatever is still missing after the
+    /// grace is read from history. Either
     /// way the held-back frames follow, in order, each once. A history that
     /// cannot be read is tried again with growing pauses, and after
     /// `gap_fill_attempts` the connection is closed with the reason: the

@@ -80,8 +80,8 @@ pub struct ConnectConfig {
     /// Connections one session token may hold on this node (the per-user cap,
     /// over the whole cluster, is logic's).
     pub max_connections_per_token: usize,
-    /// How long a gap in a stream's pushes may close by itself (a late push
-    /// from another writer) before history is read.
+    /// How long a gap in a stream's pushes may close by itself (a late push,
+    /// as when a partition moves between task workers) before history is read.
     pub gap_grace: Duration,
     /// Reads of history for one gap before the connection is closed; the
     /// pauses between them double from four times `gap_grace` (with the
