@@ -75,14 +75,7 @@ fn courier() -> std::process::Command {
 /// non-zero exit before anything is read or written.
 #[tokio::test]
 async fn bad_arguments_are_refused_before_anything_is_read() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("data directory");
-    let options = courier_queue::sqlite::SqliteQueueOptions::default();
-    let queue = courier_queue::sqlite::SqliteQueue::open(&data.join("queue.sqlite"), options).await.expect("queue");
-    for topic in [topics::ROOM, topics::PRIVATE] {
-        courier_queue::Queue::ensure_topic(&queue, topic, 8).await.expect("topic");
-    }
+    let (dir, data, _queue) = queue_with_topics().await;
     let run = |args: &[&str]| {
         let mut command = courier();
         command.args(["replay", "export", "--quiet", "--data-dir"]).arg(&data).args(args);
@@ -112,6 +105,19 @@ async fn bad_arguments_are_refused_before_anything_is_read() {
     assert!(!dir.path().join("nothing-here").exists(), "replay creates no data directory");
 }
 
+/// A data directory holding an embedded queue with Courier's two topics.
+async fn queue_with_topics() -> (tempfile::TempDir, std::path::PathBuf, courier_queue::sqlite::SqliteQueue) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data directory");
+    let options = courier_queue::sqlite::SqliteQueueOptions::default();
+    let queue = courier_queue::sqlite::SqliteQueue::open(&data.join("queue.sqlite"), options).await.expect("queue");
+    for topic in [topics::ROOM, topics::PRIVATE] {
+        courier_queue::Queue::ensure_topic(&queue, topic, 8).await.expect("topic");
+    }
+    (dir, data, queue)
+}
+
 /// A message record as logic writes it.
 fn record(msg_id: u64, room: u64, body: &str) -> Vec<u8> {
     courier_model::Message {
@@ -137,14 +143,7 @@ fn record(msg_id: u64, room: u64, body: &str) -> Vec<u8> {
 async fn undecodable_records_are_reported_and_follow_passes_new_records_on() {
     use courier_queue::Queue as _;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("data directory");
-    let options = courier_queue::sqlite::SqliteQueueOptions::default();
-    let queue = courier_queue::sqlite::SqliteQueue::open(&data.join("queue.sqlite"), options).await.expect("queue");
-    for topic in [topics::ROOM, topics::PRIVATE] {
-        queue.ensure_topic(topic, 8).await.expect("topic");
-    }
+    let (_dir, data, queue) = queue_with_topics().await;
     queue.produce(topics::ROOM, "room:3", &record(1, 3, "before")).await.expect("produce");
     let garbage = queue.produce(topics::ROOM, "room:3", b"\xff\xfe not a record").await.expect("produce");
     queue.produce(topics::ROOM, "room:3", &record(2, 3, "after")).await.expect("produce");

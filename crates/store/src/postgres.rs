@@ -17,7 +17,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::rows::{
-    DEAD_LETTER_COLUMNS, MESSAGE_COLUMNS, dead_letter_from_row, storable_text, stored_from_row, user_from_row,
+    DEAD_LETTER_COLUMNS, dead_letter_from_row, page_query, storable_text, stored_from_row, user_from_row,
 };
 use crate::{
     DeadLetter, Error, HistoryStore, Message, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
@@ -184,18 +184,7 @@ impl HistoryStore for PgStore {
     }
 
     async fn read(&self, stream: StreamId, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
-        let (seq, condition, order) = page.sql();
-        let peer_filter = if peer.is_some() { "AND e.peer_user_id = $4" } else { "" };
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
-             JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
-             WHERE e.stream = $1 AND e.seq {condition} $2 {peer_filter} ORDER BY e.seq {order} LIMIT $3"
-        ));
-        let mut query = sqlx::query(sql).bind(stream.to_string()).bind(seq).bind(i64::from(limit));
-        if let Some(peer) = peer {
-            query = query.bind(clamp_id(peer));
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = page_query(stream, peer, page, limit, true).fetch_all(&self.pool).await?;
         rows.iter().map(stored_from_row).collect()
     }
 

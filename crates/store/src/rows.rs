@@ -22,6 +22,43 @@ impl Page {
     }
 }
 
+/// A page of history (see `HistoryStore::read`) as one query for either
+/// database: numbered placeholders (`$1`, PostgreSQL) or `?` (SQLite), bound
+/// in the order stream, seq, peer (when given), limit.
+pub(crate) fn page_query<'q, DB>(
+    stream: StreamId,
+    peer: Option<u64>,
+    page: Page,
+    limit: u32,
+    numbered: bool,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'q, DB> + Type<DB>,
+    i64: sqlx::Encode<'q, DB> + Type<DB>,
+{
+    let (seq, condition, order) = page.sql();
+    let mut bound = 0;
+    let mut next = || {
+        bound += 1;
+        if numbered { format!("${bound}") } else { "?".to_owned() }
+    };
+    let (stream_at, seq_at) = (next(), next());
+    let peer_filter = peer.map(|_| format!("AND e.peer_user_id = {}", next())).unwrap_or_default();
+    let limit_at = next();
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
+         JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
+         WHERE e.stream = {stream_at} AND e.seq {condition} {seq_at} {peer_filter}
+         ORDER BY e.seq {order} LIMIT {limit_at}"
+    ));
+    let mut query = sqlx::query(sql).bind(stream.to_string()).bind(seq);
+    if let Some(peer) = peer {
+        query = query.bind(peer.min(i64::MAX as u64) as i64);
+    }
+    query.bind(i64::from(limit))
+}
+
 /// A row of either database, read by column name: the `sqlx` bounds that say
 /// "this database decodes these types" are written once, here, instead of on
 /// every function that reads a row.

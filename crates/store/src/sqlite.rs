@@ -19,7 +19,7 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::rows::{
-    DEAD_LETTER_COLUMNS, MESSAGE_COLUMNS, dead_letter_from_row, storable_text, stored_from_row, user_from_row,
+    DEAD_LETTER_COLUMNS, dead_letter_from_row, page_query, storable_text, stored_from_row, user_from_row,
 };
 use crate::{
     DeadLetter, Error, HistoryStore, Message, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
@@ -199,18 +199,7 @@ impl HistoryStore for SqliteStore {
     }
 
     async fn read(&self, stream: StreamId, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
-        let (seq, condition, order) = page.sql();
-        let peer_filter = if peer.is_some() { "AND e.peer_user_id = ?" } else { "" };
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
-             JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
-             WHERE e.stream = ? AND e.seq {condition} ? {peer_filter} ORDER BY e.seq {order} LIMIT ?"
-        ));
-        let mut query = sqlx::query(sql).bind(stream.to_string()).bind(seq);
-        if let Some(peer) = peer {
-            query = query.bind(peer as i64);
-        }
-        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        let rows = page_query(stream, peer, page, limit, false).fetch_all(&self.pool).await?;
         rows.iter().map(stored_from_row).collect()
     }
 
