@@ -32,6 +32,8 @@ pub struct LogicConfig {
     /// A connect node silent this long loses its presence (the reaper removes its
     /// members and pushes the changed counts).
     pub node_lease: Duration,
+    /// The clock node leases are read on.
+    pub lease_clock: LeaseClock,
     /// Longest client message id accepted.
     pub max_client_msg_id: usize,
     /// Most messages one history request returns.
@@ -70,6 +72,7 @@ impl Default for LogicConfig {
             room_member_cap: 200,
             presence_flush_interval: Duration::from_secs(1),
             node_lease: Duration::from_secs(15),
+            lease_clock: LeaseClock::Wall,
             max_client_msg_id: 64,
             history_page_limit: 500,
             sends_per_second: 20,
@@ -81,6 +84,33 @@ impl Default for LogicConfig {
             hash_queue: 64,
             internal_auth: InternalAuth::open(),
             max_connections_per_user: 20,
+        }
+    }
+}
+
+/// The clock connect nodes' leases are read on: the wall clock, since the
+/// leases are shared through Redis by every logic instance; or, for tests, a
+/// clock that starts at the wall clock and then moves with tokio's, so a
+/// paused runtime can move it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LeaseClock {
+    #[default]
+    Wall,
+    /// `start_ms` at `at`, then moving with the runtime's clock.
+    Runtime { start_ms: i64, at: tokio::time::Instant },
+}
+
+impl LeaseClock {
+    /// A clock moving with the runtime's, from now.
+    pub fn runtime() -> Self {
+        Self::Runtime { start_ms: courier_ids::now_unix_ms(), at: tokio::time::Instant::now() }
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_unix_ms(self) -> i64 {
+        match self {
+            Self::Wall => courier_ids::now_unix_ms(),
+            Self::Runtime { start_ms, at } => start_ms.saturating_add(at.elapsed().as_millis() as i64),
         }
     }
 }

@@ -23,7 +23,7 @@ pub mod password;
 mod service;
 mod validate;
 
-pub use config::LogicConfig;
+pub use config::{LeaseClock, LogicConfig};
 pub use service::serve;
 use validate::client_address;
 pub use validate::{validate_body, validate_client_msg_id, validate_password, validate_user_name};
@@ -442,7 +442,7 @@ impl Logic {
     /// saying goodbye) and marks their rooms for an update.
     async fn reap_lapsed_nodes(&self) {
         let presence = &self.inner.backends.presence;
-        let lapsed = match presence.take_lapsed_nodes(courier_ids::now_unix_ms()).await {
+        let lapsed = match presence.take_lapsed_nodes(self.inner.config.lease_clock.now_unix_ms()).await {
             Ok(lapsed) => lapsed,
             Err(e) => {
                 tracing::warn!(error = %e, "could not look for lapsed connect nodes");
@@ -524,3 +524,65 @@ fn room_delivery(room: u64, body: String) -> Delivery {
 
 /// What a client sees when a backend failed; the failure itself is logged.
 const UNAVAILABLE: &str = "service unavailable, try again";
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use courier_presence::SessionUser;
+    use courier_presence::memory::{MemoryClientMsgIds, MemoryPresence, MemorySessions, SessionPolicy};
+    use courier_proto::logic::NodeHeartbeatRequest;
+    use courier_proto::logic::logic_server::Logic as _;
+
+    use super::*;
+
+    /// Logic on the embedded backends, its leases on the runtime's clock.
+    async fn logic(dir: &Path, presence: Arc<MemoryPresence>) -> Logic {
+        let store = Arc::new(courier_store::sqlite::SqliteStore::open(&dir.join("s.sqlite")).await.expect("store"));
+        let queue =
+            courier_queue::sqlite::SqliteQueue::open(&dir.join("q.sqlite"), Default::default()).await.expect("queue");
+        let metrics = Arc::new(Metrics::new());
+        let discovery = Arc::new(courier_discovery::StaticDiscovery::new(Vec::new()));
+        let pusher =
+            Pusher::start(discovery, metrics.clone(), Default::default(), tokio_util::sync::CancellationToken::new())
+                .await;
+        let backends = LogicBackends {
+            users: store.clone(),
+            history: store,
+            sessions: Arc::new(MemorySessions::new(SessionPolicy::default())),
+            presence,
+            client_msg_ids: Arc::new(MemoryClientMsgIds::new(Duration::from_secs(60))),
+            queue: Arc::new(queue),
+            pusher,
+            metrics,
+        };
+        let config = LogicConfig { lease_clock: LeaseClock::runtime(), ..LogicConfig::default() };
+        Logic::new(config, backends).expect("logic")
+    }
+
+    /// A connect node that stops renewing its lease keeps its members until
+    /// the lease (15 s) ends, and loses them then, its rooms marked for an
+    /// update: in paused time, not waited out.
+    #[tokio::test]
+    async fn a_silent_nodes_members_go_when_its_lease_ends_and_not_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let presence = Arc::new(MemoryPresence::default());
+        // The stores open before time stops: they wait on threads, not timers.
+        let logic = logic(dir.path(), presence.clone()).await;
+        tokio::time::pause();
+        let heartbeat = NodeHeartbeatRequest { server_id: "connect-9".into(), boot_id: "boot-1".into() };
+        logic.node_heartbeat(tonic::Request::new(heartbeat)).await.expect("heartbeat");
+        let user = SessionUser { user_id: 7, user_name: "ann".into() };
+        presence.join(5, &user, "connect-9", 1).await.expect("join");
+        let count = || async { presence.count(5).await.expect("count") };
+
+        tokio::time::advance(Duration::from_secs(14)).await;
+        logic.reap_lapsed_nodes().await;
+        assert_eq!(count().await, 1, "the lease still holds");
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        logic.reap_lapsed_nodes().await;
+        assert_eq!(count().await, 0, "the lease ended: the node's members are gone");
+        assert!(logic.inner.dirty_rooms.lock().unwrap_or_else(|p| p.into_inner()).contains(&5), "room 5 is updated");
+        assert!(logic.metrics().encode().contains(r#"courier_errors_total{reason="node_lease_lapsed"} 1"#));
+    }
+}

@@ -177,7 +177,7 @@ impl LogicRpc for Logic {
         let r = request.into_inner();
         self.observed("NodeHeartbeat", async {
             let presence = &self.inner.backends.presence;
-            let expires = courier_ids::now_unix_ms() + self.inner.config.node_lease.as_millis() as i64;
+            let expires = self.inner.config.lease_clock.now_unix_ms() + self.inner.config.node_lease.as_millis() as i64;
             let before = presence
                 .renew_node(&r.server_id, &r.boot_id, expires)
                 .await
