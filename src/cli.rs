@@ -16,6 +16,7 @@ use courier_presence::memory::SessionPolicy;
 
 use crate::standalone::{Standalone, StandaloneConfig};
 use crate::tiers::Admin;
+use courier_telemetry::Tier;
 
 /// Courier: a durable, observable instant-messaging platform that speaks gochat's
 /// protocol.
@@ -401,7 +402,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             standalone.run_until(crate::shutdown_signal()).await
         }
         Command::Api(args) => {
-            let admin = Admin::start(args.admin_addr).await?;
+            let admin = Admin::start(args.admin_addr, Tier::Api).await?;
             let listener = crate::bind(args.listen, "the HTTP API").await?;
             tracing::info!(addr = %args.listen, "api listening");
             let ready = admin.readiness.flag("api");
@@ -411,7 +412,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Logic(args) => {
-            let admin = Admin::start(args.admin_addr).await?;
+            let admin = Admin::start(args.admin_addr, Tier::Logic).await?;
             let mut config = courier_logic::LogicConfig {
                 room_topic: args.topics.room_topic,
                 private_topic: args.topics.private_topic,
@@ -433,7 +434,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::tiers::logic(tier, &args.backends, admin).await
         }
         Command::Connect(args) => {
-            let admin = Admin::start(args.admin_addr).await?;
+            let admin = Admin::start(args.admin_addr, Tier::Connect).await?;
             let tcp = if args.tcp_addr == "off" {
                 None
             } else {
@@ -460,7 +461,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Task(args) => {
-            let admin = Admin::start(args.admin_addr).await?;
+            let admin = Admin::start(args.admin_addr, Tier::Task).await?;
             let config = courier_task::TaskConfig {
                 group: args.group,
                 room_topic: args.topics.room_topic,
@@ -472,7 +473,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::tiers::task(config, &args.backends, args.nodes.connect_nodes, secret, admin).await
         }
         Command::Site(args) => {
-            let admin = Admin::start(args.admin_addr).await?;
+            let admin = Admin::start(args.admin_addr, Tier::Site).await?;
             admin.readiness.flag("site").set(true);
             let listener = crate::bind(args.listen, "the browser chat").await?;
             let config = crate::site::SiteConfig {

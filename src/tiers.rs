@@ -148,9 +148,10 @@ pub struct Admin {
 
 impl Admin {
     /// Starts the admin server and a task that cancels `shutdown` on a signal.
-    pub async fn start(addr: SocketAddr) -> anyhow::Result<Self> {
+    /// `tier`'s metric families only (see `courier_telemetry::Metrics::for_tiers`).
+    pub async fn start(addr: SocketAddr, tier: courier_telemetry::Tier) -> anyhow::Result<Self> {
         let listener = bind(addr, "the admin endpoints").await?;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_tiers(&[tier]));
         let readiness = Readiness::default();
         let shutdown = CancellationToken::new();
         tokio::spawn(courier_telemetry::serve_admin(listener, metrics.clone(), readiness.clone(), shutdown.clone()));

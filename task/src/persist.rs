@@ -84,6 +84,7 @@ impl Persister {
             match self.history.append(messages).await {
                 Ok(positions) => {
                     self.metrics.history_write_duration.observe(started.elapsed().as_secs_f64());
+                    self.metrics.history_batch_size.observe(messages.len() as f64);
                     return Outcome::Stored(positions);
                 }
                 Err(e) => {

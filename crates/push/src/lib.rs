@@ -28,7 +28,7 @@ use courier_discovery::{ConnectNode, Discovery};
 use courier_presence::{Presence, Routes};
 use courier_proto::connect::{Delivery, PushRequest, delivery::Target};
 use courier_proto::{ConnectClient, InternalAuth};
-use courier_telemetry::{Metrics, ResultLabel};
+use courier_telemetry::{Metrics, NodeLabel, ResultLabel};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -267,6 +267,9 @@ async fn node_worker(
     // the node is gone, since a revoked session must not stay open anywhere.
     let mut revoked: Vec<String> = Vec::new();
     let mut revocation_pause = courier_retry::Backoff::new(REVOCATION_RETRY, Duration::from_secs(30));
+    let label = NodeLabel { node: node.server_id.clone() };
+    let (depth, failures) =
+        (metrics.push_queue_depth.get_or_create(&label).clone(), metrics.push_failures.get_or_create(&label).clone());
     loop {
         let retrying = !revoked.is_empty();
         tokio::select! {
@@ -274,6 +277,7 @@ async fn node_worker(
             n = rx.recv_many(&mut batch, options.max_batch) => if n == 0 { return },
             _ = revocation_pause.sleep(), if retrying => {}
         }
+        depth.set(rx.len() as i64);
         let mut deliveries = Vec::with_capacity(batch.len());
         for item in batch.drain(..) {
             match item {
@@ -284,7 +288,10 @@ async fn node_worker(
         for request in requests_within(deliveries, std::mem::take(&mut revoked), courier_proto::BATCH_BYTES) {
             match push_with_retries(&mut client, &request, &node, &metrics, &options, &stop).await {
                 Pushed::Ok => {}
-                Pushed::Failed => revoked.extend(request.revoked_tokens),
+                Pushed::Failed => {
+                    failures.inc();
+                    revoked.extend(request.revoked_tokens);
+                }
                 Pushed::Stopped => return,
             }
         }

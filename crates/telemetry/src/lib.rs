@@ -1,11 +1,14 @@
 //! Observability shared by every tier: the `courier_*` Prometheus metrics, the
 //! admin HTTP server (`/metrics`, `/healthz`, `/readyz`) and log set-up.
 //!
-//! One [`Metrics`] value holds every family and is shared by whatever tiers run in
-//! a process, so `courier standalone` serves one coherent `/metrics` and a tier in
-//! its own process serves the families it uses (the others stay empty). Labels
-//! never carry a room or user id: cardinality stays bounded however many rooms
-//! exist.
+//! One [`Metrics`] value is shared by whatever tiers run in a process and
+//! exports the families of those tiers only ([`Metrics::for_tiers`]): a
+//! connect node does not list admission latencies that would always read zero
+//! and make a dashboard lie, and `courier standalone` serves every tier's in
+//! one `/metrics`. `courier_build_info{version,tier}` says which tiers a
+//! process runs. Labels never carry a room or user id: cardinality stays
+//! bounded however many rooms exist (the push families carry the connect
+//! node, bounded by the cluster's size).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,7 +80,71 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: &'static str,
+    pub tier: &'static str,
+}
+
+/// A tier, for the families it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    Api,
+    Logic,
+    Connect,
+    Task,
+    Site,
+}
+
+impl Tier {
+    /// Every tier, as `courier standalone` runs them.
+    pub const ALL: [Tier; 5] = [Tier::Api, Tier::Logic, Tier::Connect, Tier::Task, Tier::Site];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Api => "api",
+            Tier::Logic => "logic",
+            Tier::Connect => "connect",
+            Tier::Task => "task",
+            Tier::Site => "site",
+        }
+    }
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The registry of one process and the tiers it runs.
+struct Families<'a> {
+    registry: &'a mut Registry,
+    tiers: &'a [Tier],
+}
+
+impl Families<'_> {
+    /// Registers `metric` if the process runs one of its `owners`, and
+    /// returns it (the tiers move it either way; unregistered, nobody sees).
+    fn add<M: prometheus_client::registry::Metric + Clone>(
+        &mut self,
+        owners: &[Tier],
+        name: &str,
+        help: &str,
+        metric: M,
+    ) -> M {
+        if owners.iter().any(|owner| self.tiers.contains(owner)) {
+            self.registry.register(name, help, metric.clone());
+        }
+        metric
+    }
+}
+
+/// Batch-size buckets: 1, 2, 4 … 1,024 records.
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 11))
+}
 
 /// Latency buckets from 100 µs to about 13 s.
 fn latency_histogram() -> Histogram {
@@ -116,6 +183,12 @@ pub struct Metrics {
     pub grpc_requests: Family<MethodCodeLabel, Counter>,
     pub grpc_request_duration: HistogramFamily<MethodLabel>,
     pub errors: Family<ReasonLabel, Counter>,
+    /// Records persisted per history transaction.
+    pub history_batch_size: Histogram,
+    /// Items waiting in the push queue of each connect node.
+    pub push_queue_depth: Family<NodeLabel, Gauge>,
+    /// Push requests to a connect node that failed after every retry.
+    pub push_failures: Family<NodeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -125,70 +198,110 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every tier's families (`courier standalone`, tests).
     pub fn new() -> Self {
+        Self::for_tiers(&Tier::ALL)
+    }
+
+    /// The families `tiers` move, and `courier_build_info` for each.
+    pub fn for_tiers(tiers: &[Tier]) -> Self {
         let mut registry = Registry::default();
-        let connections = Family::default();
-        registry.register("courier_connections", "Open long connections", connections.clone());
-        let rooms = Gauge::default();
-        registry.register("courier_rooms", "Rooms with a local channel", rooms.clone());
-        let messages_admitted = Family::default();
-        registry.register("courier_messages_admitted", "Messages accepted into the queue", messages_admitted.clone());
-        let produce_duration = latency_histogram();
-        registry.register(
+        let build_info: Family<BuildLabel, Gauge> = Family::default();
+        for tier in tiers {
+            build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION"), tier: tier.as_str() }).set(1);
+        }
+        registry.register("courier_build_info", "The Courier version and tier a process runs (always 1)", build_info);
+        use Tier::{Api, Connect, Logic, Task};
+        let mut families = Families { registry: &mut registry, tiers };
+        let connections = families.add(&[Connect], "courier_connections", "Open long connections", Family::default());
+        let rooms = families.add(&[Connect], "courier_rooms", "Rooms with a local channel", Gauge::default());
+        let messages_admitted =
+            families.add(&[Logic], "courier_messages_admitted", "Messages accepted into the queue", Family::default());
+        let produce_duration = families.add(
+            &[Logic],
             "courier_produce_duration_seconds",
-            "Time for the queue to acknowledge a message",
-            produce_duration.clone(),
+            "Seconds for the queue to acknowledge a message (every record of it)",
+            latency_histogram(),
         );
-        let records_consumed = Family::default();
-        registry.register("courier_records_consumed", "Queue records consumed", records_consumed.clone());
-        let consumer_lag = Family::default();
-        registry.register("courier_consumer_lag", "Records not yet consumed", consumer_lag.clone());
-        let history_write_duration = latency_histogram();
-        registry.register(
+        let records_consumed =
+            families.add(&[Task], "courier_records_consumed", "Queue records consumed by task", Family::default());
+        let consumer_lag = families.add(
+            &[Task],
+            "courier_consumer_lag",
+            "Records of a partition not yet handed to task",
+            Family::default(),
+        );
+        let history_write_duration = families.add(
+            &[Task],
             "courier_history_write_duration_seconds",
-            "Time to persist a batch of records",
-            history_write_duration.clone(),
+            "Seconds to persist one batch of records",
+            latency_histogram(),
         );
-        let pushes = Family::default();
-        registry.register("courier_pushes", "Push calls to connect nodes", pushes.clone());
-        let pushed_frames = Family::default();
-        registry.register(
+        let pushes = families.add(&[Logic, Task], "courier_pushes", "Push calls to connect nodes", Family::default());
+        let pushed_frames = families.add(
+            &[Connect],
             "courier_pushed_frames",
             "Frames received by a connect node, by whether a local channel took them",
-            pushed_frames.clone(),
+            Family::default(),
         );
-        let deliveries = Family::default();
-        registry.register("courier_deliveries", "Frames written to client sockets", deliveries.clone());
-        let delivery_latency = latency_histogram();
-        registry.register(
+        let deliveries =
+            families.add(&[Connect], "courier_deliveries", "Frames written to client sockets", Family::default());
+        let delivery_latency = families.add(
+            &[Connect],
             "courier_delivery_latency_seconds",
-            "Time from admission to the socket write",
-            delivery_latency.clone(),
+            "Seconds from admission (the time in the record) to the socket write",
+            latency_histogram(),
         );
-        let slow_consumer_closes = Counter::default();
-        registry.register(
+        let slow_consumer_closes = families.add(
+            &[Connect],
             "courier_slow_consumer_closes",
             "Connections closed because their outbound queue overflowed",
-            slow_consumer_closes.clone(),
+            Counter::default(),
         );
-        let http_requests = Family::default();
-        registry.register("courier_http_requests", "HTTP API requests by route and answer code", http_requests.clone());
-        let http_request_duration: HistogramFamily<RouteLabel> = Family::new_with_constructor(latency_histogram);
-        registry.register(
+        let http_requests = families.add(
+            &[Api],
+            "courier_http_requests",
+            "HTTP API requests by route and answer code",
+            Family::default(),
+        );
+        let http_request_duration: HistogramFamily<RouteLabel> = families.add(
+            &[Api],
             "courier_http_request_duration_seconds",
-            "HTTP API request duration",
-            http_request_duration.clone(),
+            "HTTP API request duration in seconds",
+            Family::new_with_constructor(latency_histogram),
         );
-        let grpc_requests = Family::default();
-        registry.register("courier_grpc_requests", "Internal gRPC requests by method and code", grpc_requests.clone());
-        let grpc_request_duration: HistogramFamily<MethodLabel> = Family::new_with_constructor(latency_histogram);
-        registry.register(
+        let grpc_requests = families.add(
+            &[Logic],
+            "courier_grpc_requests",
+            "Internal gRPC requests by method and code",
+            Family::default(),
+        );
+        let grpc_request_duration: HistogramFamily<MethodLabel> = families.add(
+            &[Logic],
             "courier_grpc_request_duration_seconds",
-            "Internal gRPC request duration",
-            grpc_request_duration.clone(),
+            "Internal gRPC request duration in seconds",
+            Family::new_with_constructor(latency_histogram),
         );
-        let errors = Family::default();
-        registry.register("courier_errors", "Errors by reason", errors.clone());
+        let errors =
+            families.add(&[Api, Logic, Connect, Task], "courier_errors", "Errors by reason", Family::default());
+        let history_batch_size = families.add(
+            &[Task],
+            "courier_history_batch_size",
+            "Records persisted per history transaction",
+            batch_histogram(),
+        );
+        let push_queue_depth = families.add(
+            &[Logic, Task],
+            "courier_push_queue_depth",
+            "Items waiting in a connect node's push queue",
+            Family::default(),
+        );
+        let push_failures = families.add(
+            &[Logic, Task],
+            "courier_push_failures",
+            "Push requests to a connect node that failed after every retry (their frames are dropped for it)",
+            Family::default(),
+        );
         Self {
             registry,
             connections,
@@ -208,6 +321,9 @@ impl Metrics {
             grpc_requests,
             grpc_request_duration,
             errors,
+            history_batch_size,
+            push_queue_depth,
+            push_failures,
         }
     }
 
@@ -220,6 +336,14 @@ impl Metrics {
     pub fn grpc_call(&self, method: &'static str, code: &str, started: Instant) {
         self.grpc_requests.get_or_create(&MethodCodeLabel { method, code: code.to_owned() }).inc();
         self.grpc_request_duration.get_or_create(&MethodLabel { method }).observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The classic Prometheus text format (0.0.4) of every metric, for
+    /// scrapers and tools that do not speak OpenMetrics (`promtool check
+    /// metrics`, `curl`): a counter's HELP and TYPE name its `_total` samples,
+    /// and there is no `# EOF`.
+    pub fn encode_classic(&self) -> String {
+        classic(&self.encode())
     }
 
     /// The Prometheus text exposition of every metric.
@@ -270,20 +394,55 @@ impl Readiness {
     }
 }
 
+/// OpenMetrics text as the classic text format: the two differ, for what
+/// Courier exports, only in counters' family names and the end marker.
+fn classic(open_metrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in open_metrics.lines() {
+        if let Some(name) = line.strip_prefix("# TYPE ").and_then(|rest| rest.strip_suffix(" counter")) {
+            counters.insert(name.to_owned());
+        }
+    }
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 #[derive(Clone)]
 struct AdminState {
     metrics: Arc<Metrics>,
     readiness: Readiness,
 }
 
-/// The admin router: `/metrics`, `/healthz` (the process answers) and `/readyz`
-/// (every tier in the process can do its job; 503 naming those that cannot).
+/// The admin router: `/metrics` (OpenMetrics to a scraper that asks for it,
+/// as Prometheus does, else the classic text format), `/healthz` (the process
+/// answers) and `/readyz` (every tier in the process can do its job; 503
+/// naming those that cannot).
 pub fn admin_router(metrics: Arc<Metrics>, readiness: Readiness) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(|State(s): State<AdminState>| async move {
-                ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
+            get(|State(s): State<AdminState>, headers: axum::http::HeaderMap| async move {
+                let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+                if accept.contains("application/openmetrics-text") {
+                    (
+                        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        s.metrics.encode(),
+                    )
+                } else {
+                    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], s.metrics.encode_classic())
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -339,6 +498,71 @@ mod tests {
             "# TYPE courier_slow_consumer_closes counter",
         ] {
             assert!(text.contains(name), "missing {name:?} in\n{text}");
+        }
+    }
+
+    /// Every family of every tier with a sample in it.
+    fn exercised(tiers: &[Tier]) -> Metrics {
+        let metrics = Metrics::for_tiers(tiers);
+        metrics.connections.get_or_create(&TransportLabel { transport: "ws" }).inc();
+        metrics.messages_admitted.get_or_create(&KindLabel { kind: "room" }).inc();
+        metrics.consumer_lag.get_or_create(&PartitionLabel { topic: "t".into(), partition: 0 }).set(3);
+        metrics.push_queue_depth.get_or_create(&NodeLabel { node: "connect-0".into() }).set(1);
+        metrics.http_request_duration.get_or_create(&RouteLabel { route: "/user/login".into() }).observe(0.01);
+        metrics.grpc_call("Send", "Ok", Instant::now());
+        metrics.error("test");
+        metrics
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_samples() {
+        let metrics = Metrics::for_tiers(&[Tier::Api]);
+        metrics.error("test");
+        let text = metrics.encode_classic();
+        assert!(text.contains("# HELP courier_errors_total Errors by reason."), "{text}");
+        assert!(
+            text.contains("# TYPE courier_errors_total counter\ncourier_errors_total{reason=\"test\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE courier_build_info gauge") && !text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn each_tier_exports_its_own_families_and_its_build_info() {
+        let connect = Metrics::for_tiers(&[Tier::Connect]).encode();
+        assert!(connect.contains("courier_build_info{version=\"0.1.0\",tier=\"connect\"} 1"), "{connect}");
+        assert!(connect.contains("# TYPE courier_delivery_latency_seconds histogram"), "{connect}");
+        for foreign in ["courier_produce_duration_seconds", "courier_consumer_lag", "courier_http_requests"] {
+            assert!(!connect.contains(foreign), "connect must not export {foreign}");
+        }
+        let task = Metrics::for_tiers(&[Tier::Task]).encode();
+        assert!(task.contains("# TYPE courier_history_batch_size histogram") && !task.contains("courier_connections"));
+        let everything = Metrics::new().encode();
+        for tier in Tier::ALL {
+            assert!(everything.contains(&format!("tier=\"{}\"", tier.as_str())), "standalone runs {tier:?}");
+        }
+    }
+
+    /// `promtool check metrics` (naming, HELP, units) passes on what every
+    /// tier exports.
+    #[test]
+    fn promtool_accepts_every_tiers_exposition() {
+        let Some(promtool) = courier_testkit::tool("promtool") else { return };
+        for tier in Tier::ALL {
+            let text = exercised(&[tier]).encode_classic();
+            let mut child = std::process::Command::new(&promtool)
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("promtool runs");
+            if let Some(mut stdin) = child.stdin.take() {
+                std::io::Write::write_all(&mut stdin, text.as_bytes()).expect("exposition written");
+            }
+            let out = child.wait_with_output().expect("promtool ends");
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && said.trim().is_empty(), "{tier:?}: {said}\n{text}");
         }
     }
 

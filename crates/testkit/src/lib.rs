@@ -4,6 +4,7 @@
 //!   test whose service is absent says so on stderr instead of passing silently,
 //!   and fails when `COURIER_REQUIRE_SERVICES=1` (as in CI), so a backend can
 //!   never skip its tests unnoticed.
+//! - [`tool`]: a program a test runs (`promtool`), found the same way.
 //! - [`eventually`]: waits for a condition that becomes true through asynchronous
 //!   work, polling it until a deadline, instead of sleeping a fixed time.
 //! - [`unique`]: a number unique to this test run, to namespace shared services.
@@ -12,6 +13,25 @@
 
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The program `name` from `PATH` (such as `promtool`), or `None` (announced)
+/// if it is not installed; like [`service`], a missing tool fails the run
+/// when `COURIER_REQUIRE_SERVICES=1`.
+pub fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("COURIER_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "{name} is not installed but COURIER_REQUIRE_SERVICES=1 (scripts/test installs it)"
+        );
+        eprintln!("SKIPPED: {name} is not installed");
+    }
+    found
+}
 
 /// The address in environment variable `var`, or `None` (announced) if unset.
 pub fn service(var: &str) -> Option<String> {
