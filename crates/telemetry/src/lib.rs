@@ -122,6 +122,8 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 struct Families<'a> {
     registry: &'a mut Registry,
     tiers: &'a [Tier],
+    /// The names registered, for [`Metrics::families`].
+    names: Vec<String>,
 }
 
 impl Families<'_> {
@@ -136,6 +138,7 @@ impl Families<'_> {
     ) -> M {
         if owners.iter().any(|owner| self.tiers.contains(owner)) {
             self.registry.register(name, help, metric.clone());
+            self.names.push(name.to_owned());
         }
         metric
     }
@@ -156,6 +159,9 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The families this process exports, as registered (counters without
+    /// `_total`, as in OpenMetrics).
+    families: Vec<String>,
     /// Open long connections by transport (`ws`, `tcp`).
     pub connections: Family<TransportLabel, Gauge>,
     /// Rooms with at least one local channel.
@@ -212,7 +218,7 @@ impl Metrics {
         }
         registry.register("courier_build_info", "The Courier version and tier a process runs (always 1)", build_info);
         use Tier::{Api, Connect, Logic, Task};
-        let mut families = Families { registry: &mut registry, tiers };
+        let mut families = Families { registry: &mut registry, tiers, names: vec!["courier_build_info".to_owned()] };
         let connections = families.add(&[Connect], "courier_connections", "Open long connections", Family::default());
         let rooms = families.add(&[Connect], "courier_rooms", "Rooms with a local channel", Gauge::default());
         let messages_admitted =
@@ -302,8 +308,10 @@ impl Metrics {
             "Push requests to a connect node that failed after every retry (their frames are dropped for it)",
             Family::default(),
         );
+        let families = families.names;
         Self {
             registry,
+            families,
             connections,
             rooms,
             messages_admitted,
@@ -325,6 +333,12 @@ impl Metrics {
             push_queue_depth,
             push_failures,
         }
+    }
+
+    /// The names of the families this process exports (counters without
+    /// `_total`), whether or not they have samples yet.
+    pub fn families(&self) -> &[String] {
+        &self.families
     }
 
     /// Counts an error by reason.
