@@ -149,6 +149,17 @@ fn batch_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 11))
 }
 
+/// Error reasons that `dashboards/alerts.yml` alerts on, by the tier that
+/// counts them.
+const WATCHED_ERRORS: [(Tier, &str); 6] = [
+    (Tier::Logic, "produce"),
+    (Tier::Logic, "node_lease_lapsed"),
+    (Tier::Logic, "store"),
+    (Tier::Task, "dead_letter"),
+    (Tier::Task, "history_write"),
+    (Tier::Connect, "gap_fill_failed"),
+];
+
 /// Latency buckets from 100 µs to about 13 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
@@ -290,6 +301,14 @@ impl Metrics {
         );
         let errors =
             families.add(&[Api, Logic, Connect, Task], "courier_errors", "Errors by reason", Family::default());
+        // The reasons alerts watch start at 0 where they can happen: a series
+        // born at 1 shows no increase, and its first occurrence would pass
+        // unseen.
+        for (owner, reason) in WATCHED_ERRORS {
+            if tiers.contains(&owner) {
+                errors.get_or_create(&ReasonLabel { reason });
+            }
+        }
         let history_batch_size = families.add(
             &[Task],
             "courier_history_batch_size",
@@ -549,6 +568,9 @@ mod tests {
         for foreign in ["courier_produce_duration_seconds", "courier_consumer_lag", "courier_http_requests"] {
             assert!(!connect.contains(foreign), "connect must not export {foreign}");
         }
+        let logic = Metrics::for_tiers(&[Tier::Logic]).encode();
+        assert!(logic.contains("courier_errors_total{reason=\"node_lease_lapsed\"} 0"), "alerts see the first one");
+        assert!(!connect.contains("reason=\"node_lease_lapsed\""), "only where it can happen");
         let task = Metrics::for_tiers(&[Tier::Task]).encode();
         assert!(task.contains("# TYPE courier_history_batch_size histogram") && !task.contains("courier_connections"));
         let everything = Metrics::new().encode();
