@@ -306,7 +306,7 @@ impl Metrics {
         // unseen.
         for (owner, reason) in WATCHED_ERRORS {
             if tiers.contains(&owner) {
-                errors.get_or_create(&ReasonLabel { reason });
+                drop(errors.get_or_create(&ReasonLabel { reason }));
             }
         }
         let history_batch_size = families.add(
