@@ -438,6 +438,19 @@ impl Logic {
         }
     }
 
+    /// Sets `courier_sessions` to the sessions live now.
+    pub(crate) async fn count_sessions(&self) {
+        match self.inner.backends.sessions.active().await {
+            Ok(count) => {
+                self.metrics().sessions.set(count as i64);
+            }
+            Err(e) => {
+                self.metrics().error("sessions");
+                tracing::warn!(error = %e, "could not count the live sessions");
+            }
+        }
+    }
+
     /// Removes the presence of connect nodes whose lease lapsed (they died without
     /// saying goodbye) and marks their rooms for an update.
     async fn reap_lapsed_nodes(&self) {

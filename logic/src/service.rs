@@ -213,8 +213,14 @@ impl LogicRpc for Logic {
     }
 }
 
+/// How often logic counts the live sessions.
+const SESSION_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Serves logic's gRPC interface on `listener` until `shutdown`, flushing presence
 /// updates in the background.
+///
+/// Also counts the live sessions every [`SESSION_COUNT_INTERVAL`] for the
+/// `courier_sessions` gauge.
 pub async fn serve(
     logic: Logic,
     listener: TcpListener,
@@ -225,9 +231,11 @@ pub async fn serve(
     let flush_stop = shutdown.clone();
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(flusher.inner.config.presence_flush_interval);
+        let mut sessions = tokio::time::interval(SESSION_COUNT_INTERVAL);
         loop {
             tokio::select! {
                 _ = flush_stop.cancelled() => break,
+                _ = sessions.tick() => flusher.count_sessions().await,
                 _ = ticker.tick() => {
                     flusher.reap_lapsed_nodes().await;
                     flusher.flush_dirty_rooms().await;

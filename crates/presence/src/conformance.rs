@@ -12,21 +12,26 @@ fn user(id: u64) -> SessionUser {
 /// tokens are unknown; revoking twice is harmless; tokens have gochat's shape.
 pub async fn device_cap_revokes_the_oldest_token(sessions: &dyn Sessions, base: u64) {
     let me = user(base + 1);
+    let active = || async { sessions.active().await.expect("active sessions") };
     let a = sessions.create(me.clone()).await.expect("create");
     let b = sessions.create(me.clone()).await.expect("create");
     assert!(a.revoked.is_empty() && b.revoked.is_empty());
+    assert_eq!(active().await, 2);
     let c = sessions.create(me.clone()).await.expect("create");
     assert_eq!(c.revoked, vec![a.token.clone()], "the oldest token goes");
+    assert_eq!(active().await, 2, "a revoked token is not active");
     assert_eq!(sessions.get(&a.token).await.expect("get"), None);
     assert_eq!(sessions.get(&b.token).await.expect("get"), Some(me.clone()));
     assert_eq!(c.token.len(), 44, "gochat's token shape");
     assert_eq!(sessions.revoke(&b.token).await.expect("revoke"), Some(me.clone()));
     assert_eq!(sessions.get(&b.token).await.expect("get"), None);
+    assert_eq!(active().await, 1, "logged out");
     assert_eq!(sessions.revoke(&b.token).await.expect("revoke"), None);
     assert_eq!(sessions.get("no-such-token").await.expect("get"), None);
     // Another user's logins do not count against this one's cap.
     let other = sessions.create(user(base + 2)).await.expect("create");
     assert!(other.revoked.is_empty());
+    assert_eq!(active().await, 2);
     assert_eq!(sessions.get(&c.token).await.expect("get"), Some(me));
 }
 

@@ -55,6 +55,8 @@ pub trait Sessions: Send + Sync + 'static {
     async fn get(&self, token: &str) -> Result<Option<SessionUser>>;
     /// Revokes a token; returns its user if it was live.
     async fn revoke(&self, token: &str) -> Result<Option<SessionUser>>;
+    /// Sessions live now: issued, not expired, not revoked.
+    async fn active(&self) -> Result<u64>;
 }
 
 /// Membership of live connections in rooms, and the routes to them.

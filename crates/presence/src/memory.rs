@@ -123,6 +123,11 @@ impl Sessions for MemorySessions {
         }
         Ok((expires > Instant::now()).then_some(user))
     }
+
+    async fn active(&self) -> Result<u64> {
+        let now = Instant::now();
+        Ok(self.lock().by_token.values().filter(|(_, expires)| *expires > now).count() as u64)
+    }
 }
 
 impl MemorySessions {

@@ -75,6 +75,7 @@ impl Sessions for RedisSessions {
         let revoked: Vec<String> = Script::new(CREATE_SESSION)
             .key(format!("{}session:{token}", self.prefix))
             .key(format!("{}user-sessions:{}", self.prefix, user.user_id))
+            .key(self.all_sessions())
             .arg(&token)
             .arg(format!("{}|{}", user.user_id, user.user_name))
             .arg(ttl)
@@ -104,14 +105,41 @@ impl Sessions for RedisSessions {
             .map_err(unavailable)?;
         let user = value.as_deref().and_then(parse_session);
         if let Some(user) = &user {
-            let _: i64 = redis::cmd("ZREM")
+            let _: (i64, i64) = redis::pipe()
+                .cmd("ZREM")
                 .arg(format!("{}user-sessions:{}", self.prefix, user.user_id))
+                .arg(token)
+                .cmd("ZREM")
+                .arg(self.all_sessions())
                 .arg(token)
                 .query_async(&mut self.redis.clone())
                 .await
                 .map_err(unavailable)?;
         }
         Ok(user)
+    }
+
+    async fn active(&self) -> Result<u64> {
+        // Tokens expire by TTL alone; their entries here go when counted.
+        let (_, count): (i64, u64) = redis::pipe()
+            .atomic()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.all_sessions())
+            .arg("-inf")
+            .arg(courier_ids::now_unix_ms())
+            .cmd("ZCARD")
+            .arg(self.all_sessions())
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(count)
+    }
+}
+
+impl RedisSessions {
+    /// Every live token, scored by its expiry (ms).
+    fn all_sessions(&self) -> String {
+        format!("{}sessions-by-expiry", self.prefix)
     }
 }
 

@@ -24,6 +24,7 @@ async fn expired_tokens_are_invalid() {
     .await
     .expect("create");
     assert_eq!(courier_presence::Sessions::get(&sessions, &s.token).await.expect("get"), None);
+    assert_eq!(courier_presence::Sessions::active(&sessions).await.expect("active"), 0, "expired is not active");
 }
 
 #[tokio::test]

@@ -75,3 +75,19 @@ async fn connections_per_user_are_capped() {
     let Some((redis, prefix)) = redis().await else { return };
     conformance::connections_per_user_are_capped(&RedisPresence::new(redis, &prefix), 0).await;
 }
+
+#[tokio::test]
+async fn expired_sessions_are_not_active() {
+    use courier_presence::Sessions as _;
+    let Some((redis, prefix)) = redis().await else { return };
+    let policy = SessionPolicy { ttl: std::time::Duration::from_millis(200), max_devices: 2 };
+    let sessions = RedisSessions::new(redis, policy, &prefix);
+    let me = courier_presence::SessionUser { user_id: 1, user_name: "a".into() };
+    let s = sessions.create(me).await.expect("create");
+    assert_eq!(sessions.active().await.expect("active"), 1);
+    courier_testkit::eventually("the token to expire", std::time::Duration::from_secs(10), || async {
+        sessions.get(&s.token).await.expect("get").is_none().then_some(())
+    })
+    .await;
+    assert_eq!(sessions.active().await.expect("active"), 0, "expired is not active");
+}

@@ -206,6 +206,8 @@ pub struct Metrics {
     pub push_queue_depth: Family<NodeLabel, Gauge>,
     /// Push requests to a connect node that failed after every retry.
     pub push_failures: Family<NodeLabel, Counter>,
+    /// Sessions live (logged in, not expired, not revoked), as logic last counted.
+    pub sessions: Gauge,
 }
 
 impl Default for Metrics {
@@ -309,6 +311,12 @@ impl Metrics {
                 drop(errors.get_or_create(&ReasonLabel { reason }));
             }
         }
+        let sessions = families.add(
+            &[Logic],
+            "courier_sessions",
+            "Sessions live: logged in, not expired, not revoked (counted every 15 s)",
+            Gauge::default(),
+        );
         let history_batch_size = families.add(
             &[Task],
             "courier_history_batch_size",
@@ -351,6 +359,7 @@ impl Metrics {
             history_batch_size,
             push_queue_depth,
             push_failures,
+            sessions,
         }
     }
 
