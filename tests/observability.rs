@@ -225,7 +225,6 @@ async fn every_panel_and_alert_query_runs_on_a_real_prometheus() {
             assert_eq!(api.post("/push/pushRoom", room).await["code"], 0);
             let private = json!({"authToken": bob_token, "msg": format!("p{round}"), "toUserId": ann, "roomId": 1});
             assert_eq!(api.post("/push/push", private).await["code"], 0);
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     };
     let (_, room_frames, _) = tokio::join!(traffic, bob_ws.take_op(3, 20), ann_ws.take_op(2, 20));

@@ -242,7 +242,8 @@ fn room_required(room: Option<u64>) -> Result<u64, Answer> {
 }
 
 impl CredentialsBody {
-    fn from(self, client: ClientAddr) -> Credentials {
+    /// The credentials, sent from `client`.
+    fn sent_from(self, client: ClientAddr) -> Credentials {
         Credentials { user_name: self.user_name, password: self.pass_word, client_addr: client.0.to_string() }
     }
 }
@@ -269,7 +270,7 @@ async fn register(
     Extension(from): Extension<ClientAddr>,
     JsonBody(c): JsonBody<CredentialsBody>,
 ) -> Answer {
-    let reply = state.logic.clone().register(c.from(from)).await;
+    let reply = state.logic.clone().register(c.sent_from(from)).await;
     session_answer(&state, reply, "register success", |s| match s.code() {
         Code::AlreadyExists => Some("this user name already have , please login !!!".into()),
         Code::InvalidArgument | Code::ResourceExhausted => Some(s.message().into()),
@@ -282,7 +283,7 @@ async fn login(
     Extension(from): Extension<ClientAddr>,
     JsonBody(c): JsonBody<CredentialsBody>,
 ) -> Answer {
-    let reply = state.logic.clone().login(c.from(from)).await;
+    let reply = state.logic.clone().login(c.sent_from(from)).await;
     session_answer(&state, reply, "login success", |s| match s.code() {
         Code::Unauthenticated => Some("no this user or password error!".into()),
         Code::ResourceExhausted => Some(s.message().into()),

@@ -50,6 +50,13 @@ impl Persister {
                 }
             }
         }
+        self.persist_decoded(decoded).await
+    }
+
+    /// [`Persister::persist`] for records already decoded (each with the
+    /// record it came from, for a dead letter): what `courier replay
+    /// rebuild`, which decoded them to select them, hands over.
+    pub async fn persist_decoded(&self, decoded: Vec<(&Record, Message)>) -> Option<Vec<(Message, Vec<Position>)>> {
         let (sources, messages): (Vec<&Record>, Vec<Message>) = decoded.into_iter().unzip();
         let stored: Vec<(Message, Vec<Position>)> = match self.append(&messages, BATCH_ATTEMPTS).await {
             Outcome::Stored(positions) => messages.into_iter().zip(positions).collect(),

@@ -6,13 +6,16 @@ use courier_queue::conformance;
 use courier_queue::sqlite::{SqliteQueue, SqliteQueueOptions, SqliteTopicReader};
 use courier_queue::{Bounds, TopicReader as _};
 
-async fn open(dir: &tempfile::TempDir) -> SqliteQueue {
-    let options = SqliteQueueOptions {
-        session_timeout: Duration::from_millis(1500),
-        heartbeat_interval: Duration::from_millis(100),
-        ..SqliteQueueOptions::default()
-    };
+/// The queue in `dir`, with `options`.
+async fn open_with(dir: &tempfile::TempDir, options: SqliteQueueOptions) -> SqliteQueue {
     SqliteQueue::open(&dir.path().join("queue.sqlite"), options).await.expect("open queue")
+}
+
+/// A queue whose group members come and go quickly.
+async fn open(dir: &tempfile::TempDir) -> SqliteQueue {
+    let fast = Duration::from_millis(100);
+    open_with(dir, SqliteQueueOptions { session_timeout: fast * 15, heartbeat_interval: fast, ..Default::default() })
+        .await
 }
 
 #[tokio::test]
@@ -81,14 +84,14 @@ async fn lag_counts_the_records_not_yet_handed_out() {
 }
 
 /// A queue whose retention is driven by the test (`enforce_retention`).
+/// A queue with a retention, applied only when a test asks.
 async fn open_with_retention(dir: &tempfile::TempDir, retention: Duration, bytes: u64) -> SqliteQueue {
-    let options = SqliteQueueOptions {
-        retention,
-        retention_bytes: bytes,
-        retention_interval: Duration::from_secs(3600),
-        ..SqliteQueueOptions::default()
-    };
-    SqliteQueue::open(&dir.path().join("queue.sqlite"), options).await.expect("open queue")
+    let hourly = Duration::from_secs(3600);
+    open_with(
+        dir,
+        SqliteQueueOptions { retention, retention_bytes: bytes, retention_interval: hourly, ..Default::default() },
+    )
+    .await
 }
 
 #[tokio::test]

@@ -52,6 +52,11 @@ struct Feed {
 }
 
 impl Feed {
+    /// Whether the buffer is empty and records are still due.
+    fn needs_records(&self) -> bool {
+        self.buffer.is_empty() && self.end.is_some_and(|end| self.next < end)
+    }
+
     /// Fetches the next batch if the buffer is empty and records are due,
     /// waiting for them up to [`STALL`].
     async fn fill(&mut self, progress: &Progress) -> Result<(), FeedError> {
@@ -129,10 +134,14 @@ impl Records {
                 record = live.recv() => record.transpose(),
             };
         }
-        // Every partition's next batch at once: a broker answers each
-        // cursor's first fetch after a round of its own.
+        // The partitions that ran dry fetch their next batch at once (a broker
+        // answers each cursor's first fetch after a round of its own); most
+        // calls find none.
         let progress = &self.progress;
-        futures_util::future::try_join_all(self.feeds.iter_mut().map(|feed| feed.fill(progress))).await?;
+        let dry: Vec<&mut Feed> = self.feeds.iter_mut().filter(|feed| feed.needs_records()).collect();
+        if !dry.is_empty() {
+            futures_util::future::try_join_all(dry.into_iter().map(|feed| feed.fill(progress))).await?;
+        }
         let oldest = self
             .feeds
             .iter()

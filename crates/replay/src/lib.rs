@@ -270,7 +270,8 @@ pub async fn plan(reader: &dyn TopicReader, selection: &Selection) -> Result<Pla
     {
         return Err(PlanError::SinceAfterUntil { since: time::rfc3339(since), until: time::rfc3339(until) });
     }
-    let mut wanted: Vec<(&str, Vec<u32>)> = Vec::new();
+    // Per topic: its partition count and the partitions to read.
+    let mut wanted: Vec<(&str, u32, Vec<u32>)> = Vec::new();
     if room_topic {
         let partitions = reader.partitions(&s.room_topic).await?;
         let chosen = match s.room {
@@ -278,19 +279,19 @@ pub async fn plan(reader: &dyn TopicReader, selection: &Selection) -> Result<Pla
             Some(room) => vec![courier_queue::partition_for(&StreamId::Room(room).to_string(), partitions)],
             None => (0..partitions).collect(),
         };
-        wanted.push((&s.room_topic, chosen));
+        wanted.push((&s.room_topic, partitions, chosen));
     }
     if private_topic {
         // A user's received messages are in one partition, but the ones they
         // sent are keyed by their recipients: every partition.
         let partitions = reader.partitions(&s.private_topic).await?;
-        wanted.push((&s.private_topic, (0..partitions).collect()));
+        wanted.push((&s.private_topic, partitions, (0..partitions).collect()));
     }
     let offsets: BTreeMap<u32, u64> = s.from_offset.iter().copied().collect();
-    if let Some((topic, chosen)) = wanted.first()
+    if let Some((topic, partitions, chosen)) = wanted.first()
         && !offsets.is_empty()
     {
-        let partitions = reader.partitions(topic).await?;
+        let partitions = *partitions;
         if let Some(&partition) = offsets.keys().find(|p| **p >= partitions) {
             return Err(PlanError::NoSuchPartition { topic: (*topic).to_owned(), partitions, partition });
         }
@@ -299,7 +300,7 @@ pub async fn plan(reader: &dyn TopicReader, selection: &Selection) -> Result<Pla
         }
     }
     let mut ranges = Vec::new();
-    for (topic, partitions) in wanted {
+    for (topic, _, partitions) in wanted {
         for partition in partitions {
             let held = reader.bounds(topic, partition).await?;
             let start = if !offsets.is_empty() {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use courier_queue::{Record, TopicReader};
-use courier_store::{HistoryStore, StreamId};
+use courier_store::{HistoryStore, Message, StreamId};
 use courier_task::Persister;
 use courier_telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -50,11 +50,12 @@ pub async fn rebuild(
     // Every stream touched: its last seq before the rebuild touched it.
     let mut before: HashMap<StreamId, u64> = HashMap::new();
     let mut new_epochs: Vec<String> = Vec::new();
-    let mut batch: Vec<(Record, u64)> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<(Record, Message)> = Vec::with_capacity(BATCH);
     loop {
         let next = records.next().await?;
-        if let Some(record) = next.as_ref() {
-            if let Some(message) = plan.select(record, &mut summary, true)? {
+        let done = next.is_none();
+        if let Some(record) = next {
+            if let Some(message) = plan.select(&record, &mut summary, true)? {
                 for stream in message.streams() {
                     if before.contains_key(&stream) {
                         continue;
@@ -65,29 +66,30 @@ pub async fn rebuild(
                     }
                     before.insert(stream, info.map_or(0, |i| i.last_seq));
                 }
-                batch.push((record.clone(), message.msg_id));
+                batch.push((record, message));
             }
             if batch.len() < BATCH {
                 continue;
             }
         }
         if !batch.is_empty() {
-            let records: Vec<Record> = batch.iter().map(|(record, _)| record.clone()).collect();
+            // Already decoded to be selected: handed over as they are.
+            let decoded = batch.iter().map(|(record, message)| (record, message.clone())).collect();
             let stored = persister
-                .persist(&records)
+                .persist_decoded(decoded)
                 .await
                 .context("interrupted; what was persisted stays, and running the same rebuild again finishes it")?;
             let kept: HashSet<u64> = stored.iter().map(|(message, _)| message.msg_id).collect();
-            for (record, msg_id) in batch.drain(..) {
+            for (record, message) in batch.drain(..) {
                 let counts = summary.topic(&record.topic);
-                if kept.contains(&msg_id) {
+                if kept.contains(&message.msg_id) {
                     counts.written += 1;
                 } else {
                     counts.set_aside += 1;
                 }
             }
         }
-        if next.is_none() {
+        if done {
             break;
         }
     }
