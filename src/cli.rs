@@ -14,6 +14,7 @@ use courier_discovery::ConnectNode;
 
 use courier_presence::memory::SessionPolicy;
 
+use crate::discovery::{Advertised, DiscoveryArgs};
 use crate::standalone::{Standalone, StandaloneConfig};
 use crate::tiers::Admin;
 use courier_telemetry::Tier;
@@ -53,7 +54,7 @@ pub enum Command {
     Replay(crate::replay::ReplayArgs),
 }
 
-/// The connect nodes logic and task push to (static discovery).
+/// The connect nodes logic and task push to (with `--discovery static`).
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
     /// Connect nodes as SERVER_ID=HOST:PORT (their push service); repeatable.
@@ -249,7 +250,7 @@ pub struct StandaloneArgs {
 pub struct ApiArgs {
     #[arg(long, env = "COURIER_API_ADDR", default_value = "0.0.0.0:7070")]
     pub listen: SocketAddr,
-    /// Logic's gRPC address.
+    /// Logic's gRPC address (with `--discovery static`).
     #[arg(long, env = "COURIER_LOGIC_ADDR", default_value = "127.0.0.1:7170")]
     pub logic_addr: String,
     #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9101")]
@@ -258,6 +259,8 @@ pub struct ApiArgs {
     pub http_limits: HttpLimitArgs,
     #[command(flatten)]
     pub internal: InternalArgs,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
 }
 
 /// Names of the queue's topics and group.
@@ -301,6 +304,8 @@ pub struct LogicArgs {
     pub admin_addr: SocketAddr,
     #[command(flatten)]
     pub internal: InternalArgs,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -316,6 +321,7 @@ pub struct ConnectArgs {
     /// Push service (gRPC) address.
     #[arg(long, env = "COURIER_PUSH_ADDR", default_value = "127.0.0.1:7270")]
     pub push_addr: SocketAddr,
+    /// Logic's gRPC address (with `--discovery static`).
     #[arg(long, env = "COURIER_LOGIC_ADDR", default_value = "127.0.0.1:7170")]
     pub logic_addr: String,
     /// Server heartbeat interval in seconds.
@@ -333,6 +339,8 @@ pub struct ConnectArgs {
     pub connect_limits: ConnectLimitArgs,
     #[command(flatten)]
     pub internal: InternalArgs,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -350,6 +358,8 @@ pub struct TaskArgs {
     pub admin_addr: SocketAddr,
     #[command(flatten)]
     pub internal: InternalArgs,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -368,6 +378,8 @@ pub struct SiteArgs {
     pub ws_port: u16,
     #[arg(long, env = "COURIER_ADMIN_ADDR", default_value = "127.0.0.1:9105")]
     pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -407,8 +419,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(addr = %args.listen, "api listening");
             let ready = admin.readiness.flag("api");
             let config = courier_api::ApiConfig { internal_auth: args.internal.secret()?, ..args.http_limits.config() };
-            courier_api::serve(config, listener, &args.logic_addr, admin.metrics.clone(), ready, admin.shutdown)
-                .await?;
+            let logic = crate::tiers::logic_client(&args.discovery, &args.logic_addr, &config.internal_auth, &admin)?;
+            let advertised = Advertised::new(courier_discovery::Tier::Api, args.listen, args.admin_addr);
+            let registered = args.discovery.register(advertised, &admin.shutdown).await?;
+            courier_api::serve(config, listener, logic, admin.metrics.clone(), ready, admin.shutdown).await?;
+            registered.finish().await;
             Ok(())
         }
         Command::Logic(args) => {
@@ -431,7 +446,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 nodes: args.nodes.connect_nodes,
                 demo_users: args.demo_users,
             };
-            crate::tiers::logic(tier, &args.backends, admin).await
+            crate::tiers::logic(tier, &args.backends, &args.discovery, admin).await
         }
         Command::Connect(args) => {
             let admin = Admin::start(args.admin_addr, Tier::Connect).await?;
@@ -456,8 +471,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             args.connect_limits.apply(&mut config);
             let ready = admin.readiness.flag("connect");
-            courier_connect::run(config, listeners, &args.logic_addr, admin.metrics.clone(), ready, admin.shutdown)
-                .await?;
+            let logic = crate::tiers::logic_client(&args.discovery, &args.logic_addr, &config.internal_auth, &admin)?;
+            let mut advertised = Advertised::new(courier_discovery::Tier::Connect, args.push_addr, args.admin_addr);
+            advertised.id = Some(config.server_id.clone());
+            advertised.meta.insert(courier_discovery::consul::SERVER_ID_META.into(), config.server_id.clone());
+            advertised.meta.insert("bootId".into(), config.boot_id.clone());
+            advertised.meta.insert("ws_port".into(), args.ws_addr.port().to_string());
+            if let Ok(tcp) = args.tcp_addr.parse::<SocketAddr>() {
+                advertised.meta.insert("tcp_port".into(), tcp.port().to_string());
+            }
+            let registered = args.discovery.register(advertised, &admin.shutdown).await?;
+            courier_connect::run(config, listeners, logic, admin.metrics.clone(), ready, admin.shutdown).await?;
+            registered.finish().await;
             Ok(())
         }
         Command::Task(args) => {
@@ -470,7 +495,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let secret = args.internal.secret()?;
-            crate::tiers::task(config, &args.backends, args.nodes.connect_nodes, secret, admin).await
+            let nodes = args.nodes.connect_nodes;
+            crate::tiers::task(config, &args.backends, &args.discovery, nodes, secret, admin).await
         }
         Command::Site(args) => {
             let admin = Admin::start(args.admin_addr, Tier::Site).await?;
@@ -482,7 +508,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 api_port: args.api_port,
                 ws_port: args.ws_port,
             };
+            let advertised = Advertised::new(courier_discovery::Tier::Site, args.listen, args.admin_addr);
+            let registered = args.discovery.register(advertised, &admin.shutdown).await?;
             crate::site::serve(config, listener, admin.shutdown).await?;
+            registered.finish().await;
             Ok(())
         }
         Command::Bench(args) => courier_bench::run(args).await,

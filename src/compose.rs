@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use courier_discovery::{ConnectNode, StaticDiscovery};
+use courier_discovery::Instances;
 use courier_logic::{Logic, LogicBackends, LogicConfig};
 use courier_presence::Presence;
 use courier_proto::InternalAuth;
 use courier_push::{Pusher, PusherOptions};
 use courier_telemetry::Metrics;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The demo accounts of a development install (gochat's own).
@@ -24,17 +25,18 @@ pub const DEMO_PASSWORD: &str = "111111";
 /// How long a client message id is remembered for retries.
 pub const CLIENT_MSG_ID_TTL: Duration = Duration::from_secs(15 * 60);
 
-/// A pusher to a fixed list of connect nodes, proving itself with `auth`, and
-/// routing with `routes` when given (a cluster's shared presence).
-pub async fn pusher(
-    nodes: Vec<ConnectNode>,
+/// A pusher to the connect nodes in `nodes` (a discovery watch), proving
+/// itself with `auth`, and routing with `routes` when given (a cluster's
+/// shared presence).
+pub fn pusher(
+    nodes: watch::Receiver<Instances>,
     routes: Option<Arc<dyn Presence>>,
     auth: InternalAuth,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Pusher {
     let options = PusherOptions { secret: auth, ..PusherOptions::default() };
-    let pusher = Pusher::start(Arc::new(StaticDiscovery::new(nodes)), metrics, options, shutdown).await;
+    let pusher = Pusher::start(nodes, metrics, options, shutdown);
     match routes {
         Some(presence) => pusher.with_routes(presence),
         None => pusher,

@@ -1,6 +1,7 @@
 //! The `courier` binary's wiring: how the tiers are assembled into processes.
 //!
 //! - [`compose`]: how a tier is built from its configuration, for both below.
+//! - [`discovery`]: how a tier process finds the others and registers itself.
 //! - [`standalone`]: every tier in one process on the embedded backends.
 //! - [`tiers`]: one tier per process, as a cluster runs them.
 //! - [`site`]: the browser chat and its runtime configuration.
@@ -14,6 +15,7 @@
 
 pub mod cli;
 pub mod compose;
+pub mod discovery;
 pub mod replay;
 pub mod site;
 pub mod standalone;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use courier_api::ApiConfig;
 use courier_connect::{ConnectConfig, ConnectListeners};
-use courier_discovery::ConnectNode;
+use courier_discovery::{ConnectNode, Discovery as _, StaticDiscovery};
 use courier_logic::{LogicBackends, LogicConfig};
 use courier_presence::memory::{MemoryClientMsgIds, MemoryPresence, MemorySessions, SessionPolicy};
 use courier_queue::sqlite::{SqliteQueue, SqliteQueueOptions};
@@ -149,8 +149,9 @@ impl Standalone {
         let mut front_tasks = JoinSet::new();
         let mut back_tasks = JoinSet::new();
 
-        let node = ConnectNode { server_id: config.connect.server_id.clone(), push_addr: addresses.push.to_string() };
-        let pusher = compose::pusher(vec![node], None, secret, metrics.clone(), back.clone()).await;
+        let node = ConnectNode::new(config.connect.server_id.clone(), addresses.push.to_string());
+        let nodes = StaticDiscovery::new(vec![node]).watch(courier_discovery::Tier::Connect);
+        let pusher = compose::pusher(nodes, None, secret, metrics.clone(), back.clone());
 
         let logic = compose::logic(
             config.logic.clone(),
@@ -191,17 +192,17 @@ impl Standalone {
             let listeners = ConnectListeners { ws: ws_listener, tcp: Some(tcp_listener), push: push_listener };
             let (ready, stop, connect_config, metrics) =
                 (readiness.flag("connect"), front.clone(), config.connect.clone(), metrics.clone());
-            let logic_addr = addresses.logic.to_string();
+            let logic = logic_client(addresses.logic, &connect_config.internal_auth)?;
             front_tasks.spawn(async move {
-                Ok(courier_connect::run(connect_config, listeners, &logic_addr, metrics, ready, stop).await?)
+                Ok(courier_connect::run(connect_config, listeners, logic, metrics, ready, stop).await?)
             });
         }
         {
             let (ready, stop, api_config, metrics) =
                 (readiness.flag("api"), front.clone(), config.api.clone(), metrics.clone());
-            let logic_addr = addresses.logic.to_string();
+            let logic = logic_client(addresses.logic, &api_config.internal_auth)?;
             front_tasks.spawn(async move {
-                Ok(courier_api::serve(api_config, api_listener, &logic_addr, metrics, ready, stop).await?)
+                Ok(courier_api::serve(api_config, api_listener, logic, metrics, ready, stop).await?)
             });
         }
         {
@@ -278,4 +279,9 @@ async fn drain(tasks: &mut JoinSet<anyhow::Result<()>>) {
         tracing::warn!("tiers did not stop in 20 s; aborting them");
         tasks.abort_all();
     }
+}
+
+/// The in-process logic's client (over loopback, as in a cluster).
+fn logic_client(addr: SocketAddr, auth: &courier_proto::InternalAuth) -> anyhow::Result<courier_proto::LogicClient> {
+    Ok(courier_proto::logic_at(&addr.to_string(), Duration::from_secs(30), auth)?)
 }

@@ -28,6 +28,7 @@ use courier_store::{HistoryStore, UserStore};
 use courier_telemetry::{Metrics, Readiness};
 use tokio_util::sync::CancellationToken;
 
+use crate::discovery::{Advertised, DiscoveryArgs};
 use crate::{bind, compose, shutdown_signal};
 
 /// Where a tier's state lives.
@@ -141,6 +142,8 @@ impl Backends {
 
 /// Metrics, readiness and the admin server of one tier process.
 pub struct Admin {
+    /// Where the admin endpoints listen.
+    pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
     pub shutdown: CancellationToken,
@@ -161,7 +164,7 @@ impl Admin {
             signal.cancel();
         });
         tracing::info!(%addr, "admin endpoints listening");
-        Ok(Self { metrics, readiness, shutdown })
+        Ok(Self { addr, metrics, readiness, shutdown })
     }
 }
 
@@ -180,10 +183,42 @@ pub struct LogicTier {
     pub demo_users: bool,
 }
 
+/// How long a call to logic may take, including waiting for an instance.
+const LOGIC_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of logic for api and connect: the instances discovery finds
+/// (`logic_addr` with static discovery), balanced.
+pub fn logic_client(
+    discovery: &DiscoveryArgs,
+    logic_addr: &str,
+    auth: &InternalAuth,
+    admin: &Admin,
+) -> anyhow::Result<courier_proto::LogicClient> {
+    let backend = discovery.discovery(logic_addr, &[])?;
+    let instances = discovery.follow(backend.as_ref(), courier_discovery::Tier::Logic, &admin.metrics);
+    Ok(courier_proto::logic_over(instances, LOGIC_CALL_TIMEOUT, auth))
+}
+
+/// The connect nodes for logic and task (`nodes` with static discovery).
+fn connect_nodes(
+    discovery: &DiscoveryArgs,
+    nodes: &[ConnectNode],
+    admin: &Admin,
+) -> anyhow::Result<tokio::sync::watch::Receiver<courier_discovery::Instances>> {
+    let backend = discovery.discovery("unused:0", nodes)?;
+    Ok(discovery.follow(backend.as_ref(), courier_discovery::Tier::Connect, &admin.metrics))
+}
+
 /// Runs logic. Without a fixed worker id, a cluster (Redis) leases one; the
 /// embedded set has a single logic and uses 0.
-pub async fn logic(tier: LogicTier, backends: &Backends, admin: Admin) -> anyhow::Result<()> {
+pub async fn logic(
+    tier: LogicTier,
+    backends: &Backends,
+    discovery: &DiscoveryArgs,
+    admin: Admin,
+) -> anyhow::Result<()> {
     let LogicTier { mut config, worker_id, policy, listen, nodes, demo_users } = tier;
+    let nodes = connect_nodes(discovery, &nodes, &admin)?;
     let (users, history) = backends.stores().await?;
     let queue = backends.queue().await?;
     let (sessions, presence, client_msg_ids) = backends.sessions(policy).await?;
@@ -205,7 +240,7 @@ pub async fn logic(tier: LogicTier, backends: &Backends, admin: Admin) -> anyhow
         (None, None) => None,
     };
     let (routes, auth, metrics) = (backends.routes(&presence), config.internal_auth.clone(), admin.metrics.clone());
-    let pusher = compose::pusher(nodes, routes, auth, metrics, admin.shutdown.clone()).await;
+    let pusher = compose::pusher(nodes, routes, auth, metrics, admin.shutdown.clone());
     let logic = compose::logic(
         config,
         courier_logic::LogicBackends {
@@ -226,7 +261,11 @@ pub async fn logic(tier: LogicTier, backends: &Backends, admin: Admin) -> anyhow
     }
     let listener = bind(listen, "logic's gRPC service").await?;
     tracing::info!(addr = %listener.local_addr()?, "logic listening");
+    let mut advertised = Advertised::new(courier_discovery::Tier::Logic, listen, admin.addr);
+    advertised.meta.insert("grpc_port".into(), listen.port().to_string());
+    let registered = discovery.register(advertised, &admin.shutdown).await?;
     courier_logic::serve(logic, listener, admin.readiness.flag("logic"), admin.shutdown.clone()).await?;
+    registered.finish().await;
     Ok(())
 }
 
@@ -234,17 +273,23 @@ pub async fn logic(tier: LogicTier, backends: &Backends, admin: Admin) -> anyhow
 pub async fn task(
     config: courier_task::TaskConfig,
     backends: &Backends,
+    discovery: &DiscoveryArgs,
     nodes: Vec<ConnectNode>,
     secret: InternalAuth,
     admin: Admin,
 ) -> anyhow::Result<()> {
+    let nodes = connect_nodes(discovery, &nodes, &admin)?;
     let (_, history) = backends.stores().await?;
     let queue = backends.queue().await?;
     let (_, presence, _) = backends.sessions(SessionPolicy::default()).await?;
     let routes = backends.routes(&presence);
-    let pusher = compose::pusher(nodes, routes, secret, admin.metrics.clone(), admin.shutdown.clone()).await;
+    let pusher = compose::pusher(nodes, routes, secret, admin.metrics.clone(), admin.shutdown.clone());
     let task_backends = courier_task::TaskBackends { queue, history, pusher, metrics: admin.metrics.clone() };
+    // task serves nothing but its admin endpoints: that is what it registers.
+    let advertised = Advertised::new(courier_discovery::Tier::Task, admin.addr, admin.addr);
+    let registered = discovery.register(advertised, &admin.shutdown).await?;
     courier_task::run(config, task_backends, admin.readiness.flag("task"), admin.shutdown.clone()).await;
+    registered.finish().await;
     Ok(())
 }
 

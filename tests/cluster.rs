@@ -191,7 +191,10 @@ async fn messages_cross_processes_once_and_in_order() {
     let plain =
         courier_proto::lazy_channel(&cluster.logic.to_string(), Duration::from_secs(5), &secret).expect("channel");
     let request = courier_proto::logic::TokenRequest { auth_token: "x".into() };
-    let refused = courier_proto::logic_client(plain, &secret).check_auth(request).await.expect_err("plain text");
+    let refused = courier_proto::logic_client(plain, Duration::from_secs(5), &secret)
+        .check_auth(request)
+        .await
+        .expect_err("plain text");
     // Refused by the transport, before any service (which would answer
     // UNAUTHENTICATED or OK) saw it.
     assert_ne!(refused.code(), tonic::Code::Unauthenticated, "{refused}");

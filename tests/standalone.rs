@@ -458,7 +458,7 @@ async fn internal_calls_without_the_secret_are_refused_and_counted() {
     let refused = bare.node_heartbeat(heartbeat()).await.expect_err("no secret");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let wrong = courier_proto::InternalAuth::new("not-the-cluster-secret").expect("valid");
-    let mut guessing = courier_proto::logic_client(channel(addrs.logic), &wrong);
+    let mut guessing = courier_proto::logic_client(channel(addrs.logic), std::time::Duration::from_secs(5), &wrong);
     assert_eq!(
         guessing.node_heartbeat(heartbeat()).await.expect_err("wrong secret").code(),
         tonic::Code::Unauthenticated

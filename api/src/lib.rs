@@ -557,8 +557,6 @@ pub fn router(config: ApiConfig, logic: LogicClient, metrics: Arc<Metrics>) -> R
 /// Why the api tier stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid logic address {0:?}")]
-    LogicAddress(String),
     #[error("http server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -567,13 +565,11 @@ pub enum Error {
 pub async fn serve(
     config: ApiConfig,
     listener: TcpListener,
-    logic_addr: &str,
+    logic: LogicClient,
     metrics: Arc<Metrics>,
     ready: ReadyFlag,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let logic = courier_proto::logic_at(logic_addr, Duration::from_secs(30), &config.internal_auth)
-        .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?;
     let app = router(config, logic, metrics);
     ready.set(true);
     let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())

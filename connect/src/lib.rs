@@ -26,8 +26,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_proto::InternalAuth;
 use courier_proto::logic::NodeHeartbeatRequest;
+use courier_proto::{InternalAuth, LogicClient};
 use courier_telemetry::{Metrics, ReadyFlag};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -87,6 +87,14 @@ pub struct ConnectConfig {
     /// pauses between them double from four times `gap_grace` (with the
     /// defaults about 0.2, 0.4, 0.8 and 1.6 s, plus jitter).
     pub gap_fill_attempts: u32,
+    /// This run of the node: logic cleans up a previous boot's presence when
+    /// it sees a new one (and discovery publishes it).
+    pub boot_id: String,
+}
+
+/// A boot id unique to this process and moment.
+pub fn new_boot_id() -> String {
+    format!("{:x}-{:x}", std::process::id(), courier_ids::now_unix_ms())
 }
 
 impl Default for ConnectConfig {
@@ -111,6 +119,7 @@ impl Default for ConnectConfig {
             max_connections_per_token: 10,
             gap_grace: Duration::from_millis(50),
             gap_fill_attempts: 5,
+            boot_id: new_boot_id(),
         }
     }
 }
@@ -136,8 +145,6 @@ pub(crate) struct ConnectState {
 /// Why connect stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid logic address {0:?}")]
-    LogicAddress(String),
     #[error("push service failed: {0}")]
     Push(#[from] tonic::transport::Error),
     #[error("websocket server failed: {0}")]
@@ -155,13 +162,11 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub async fn run(
     config: ConnectConfig,
     listeners: ConnectListeners,
-    logic_addr: &str,
+    logic: LogicClient,
     metrics: Arc<Metrics>,
     ready: ReadyFlag,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let logic = courier_proto::logic_at(logic_addr, Duration::from_secs(30), &config.internal_auth)
-        .map_err(|_| Error::LogicAddress(logic_addr.to_owned()))?;
     let hub = Arc::new(Hub::new(config.buckets, metrics));
     let gateway = Gateway {
         hub: hub.clone(),
@@ -176,7 +181,7 @@ pub async fn run(
 
     // Announce this boot before taking connections, so a restart's cleanup of the
     // previous boot's presence cannot remove new members; then keep the lease.
-    let boot_id = format!("{:x}-{:x}", std::process::id(), courier_ids::now_unix_ms());
+    let boot_id = state.gateway.config.boot_id.clone();
     heartbeat(&state.gateway, &boot_id).await;
     tokio::spawn({
         let (gateway, stop, boot_id) = (state.gateway.clone(), shutdown.clone(), boot_id.clone());

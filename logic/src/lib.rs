@@ -555,10 +555,9 @@ mod tests {
         let queue =
             courier_queue::sqlite::SqliteQueue::open(&dir.join("q.sqlite"), Default::default()).await.expect("queue");
         let metrics = Arc::new(Metrics::new());
-        let discovery = Arc::new(courier_discovery::StaticDiscovery::new(Vec::new()));
+        let nodes = courier_discovery::fixed(Vec::new());
         let pusher =
-            Pusher::start(discovery, metrics.clone(), Default::default(), tokio_util::sync::CancellationToken::new())
-                .await;
+            Pusher::start(nodes, metrics.clone(), Default::default(), tokio_util::sync::CancellationToken::new());
         let backends = LogicBackends {
             users: store.clone(),
             history: store,

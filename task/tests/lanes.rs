@@ -88,8 +88,8 @@ async fn start_task(
     shutdown: &CancellationToken,
 ) -> (tokio::task::JoinHandle<()>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    let discovery = Arc::new(courier_discovery::StaticDiscovery::new(Vec::new()));
-    let pusher = Pusher::start(discovery, metrics.clone(), PusherOptions::default(), shutdown.clone()).await;
+    let nodes = courier_discovery::fixed(Vec::new());
+    let pusher = Pusher::start(nodes, metrics.clone(), PusherOptions::default(), shutdown.clone());
     let backends = TaskBackends { queue: Arc::new(queue), history, pusher, metrics: metrics.clone() };
     let ready = Readiness::default().flag("task");
     (tokio::spawn(courier_task::run(config, backends, ready, shutdown.clone())), metrics)

@@ -1,66 +1,156 @@
-//! Finding the connect nodes that task and logic push to.
+//! How the tiers find each other.
 //!
-//! A [`Discovery`] answers "which connect nodes exist now, and where is their push
-//! service". [`StaticDiscovery`] answers from configuration (standalone and local
-//! clusters); Consul and DNS backends answer from a registry, behind the same trait.
+//! api and connect call logic; logic and task push to connect nodes. Which
+//! instances of a tier exist changes while Courier runs (a node is added,
+//! replaced or dies), so a [`Discovery`] does not answer once: it *follows* a
+//! tier, handing out a [`tokio::sync::watch`] receiver that always holds the last
+//! known set of healthy [`Instance`]s and wakes its holder when the set changes.
+//! Holders react to the change (start or stop pushing to a node, add or drop a
+//! logic from the balancer) instead of polling.
+//!
+//! Three backends, chosen by the operator:
+//!
+//! - [`StaticDiscovery`]: fixed lists from the command line (standalone, local
+//!   clusters, tests).
+//! - [`consul::Consul`]: each tier registers itself with the local Consul agent
+//!   (with an HTTP check on its `/readyz`) and follows the others with blocking
+//!   queries on the health endpoint.
+//! - [`dns::Dns`]: a Kubernetes headless service, resolved periodically: one
+//!   address per ready pod (logic), or one SRV record per pod (connect nodes,
+//!   whose `serverId` is their pod name).
+//!
+//! A registry outage never empties a set: the last known one stays until the
+//! registry answers again.
 
-use async_trait::async_trait;
+pub mod consul;
+pub mod dns;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 /// Errors from a discovery backend.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid connect node {0:?}: expected SERVER_ID=HOST:PORT")]
-    InvalidNode(String),
+    #[error("invalid instance {0:?}: expected ID=HOST:PORT")]
+    InvalidInstance(String),
     #[error("discovery unavailable: {0}")]
     Unavailable(String),
+    #[error("discovery misconfigured: {0}")]
+    Config(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A connect node: its `serverId` and the address of its push service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectNode {
-    pub server_id: String,
-    pub push_addr: String,
+/// The tiers, as discovery names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    Api,
+    Logic,
+    Connect,
+    Task,
+    Site,
 }
 
-impl std::str::FromStr for ConnectNode {
-    type Err = Error;
-
-    /// Parses `SERVER_ID=HOST:PORT`.
-    fn from_str(s: &str) -> Result<Self> {
-        let (id, addr) = s.split_once('=').ok_or_else(|| Error::InvalidNode(s.to_owned()))?;
-        let (id, addr) = (id.trim(), addr.trim());
-        if id.is_empty() || addr.is_empty() || !addr.contains(':') {
-            return Err(Error::InvalidNode(s.to_owned()));
+impl Tier {
+    /// The tier's name, as in `courier <tier>` (and, prefixed, its Consul service).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Logic => "logic",
+            Self::Connect => "connect",
+            Self::Task => "task",
+            Self::Site => "site",
         }
-        Ok(Self { server_id: id.to_owned(), push_addr: addr.to_owned() })
     }
 }
 
-/// Where the connect nodes are.
-#[async_trait]
-pub trait Discovery: Send + Sync + 'static {
-    /// The connect nodes known now.
-    async fn connect_nodes(&self) -> Result<Vec<ConnectNode>>;
+/// One running instance of a tier: a stable id and the address of its
+/// internal service (logic's gRPC service, a connect node's push service).
+///
+/// For connect nodes the id is the node's `serverId`, the name routes use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Instance {
+    pub id: String,
+    pub addr: String,
 }
 
-/// A fixed list of connect nodes.
+impl Instance {
+    pub fn new(id: impl Into<String>, addr: impl Into<String>) -> Self {
+        Self { id: id.into(), addr: addr.into() }
+    }
+}
+
+impl std::str::FromStr for Instance {
+    type Err = Error;
+
+    /// Parses `ID=HOST:PORT`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (id, addr) = s.split_once('=').ok_or_else(|| Error::InvalidInstance(s.to_owned()))?;
+        let (id, addr) = (id.trim(), addr.trim());
+        if id.is_empty() || addr.is_empty() || !addr.contains(':') {
+            return Err(Error::InvalidInstance(s.to_owned()));
+        }
+        Ok(Self::new(id, addr))
+    }
+}
+
+/// A connect node: its `serverId` and the address of its push service.
+pub type ConnectNode = Instance;
+
+/// A set of instances, sorted by id, shared by every holder of a watch.
+pub type Instances = Arc<[Instance]>;
+
+/// Sorts `instances` by id and keeps one address per id (the lowest).
+pub fn instances(mut list: Vec<Instance>) -> Instances {
+    list.sort();
+    list.dedup_by(|a, b| a.id == b.id);
+    list.into()
+}
+
+/// A watch of a set that never changes.
+pub fn fixed(list: Vec<Instance>) -> watch::Receiver<Instances> {
+    // The sender goes at once: holders keep the value and never see a change.
+    watch::channel(instances(list)).1
+}
+
+/// Where the instances of a tier are.
+pub trait Discovery: Send + Sync + 'static {
+    /// Follows the healthy instances of `tier`. The receiver holds the last
+    /// known set (empty until the backend first answers) and is marked changed
+    /// whenever the set changes; it keeps its last value if the backend stops.
+    fn watch(&self, tier: Tier) -> watch::Receiver<Instances>;
+}
+
+/// Fixed lists of instances.
 #[derive(Debug, Clone, Default)]
 pub struct StaticDiscovery {
-    nodes: Vec<ConnectNode>,
+    logic: Vec<Instance>,
+    connect: Vec<Instance>,
 }
 
 impl StaticDiscovery {
-    pub fn new(nodes: Vec<ConnectNode>) -> Self {
-        Self { nodes }
+    /// Connect nodes only (what logic and task need).
+    pub fn new(connect: Vec<ConnectNode>) -> Self {
+        Self { logic: Vec::new(), connect }
+    }
+
+    /// The logic instances (what api and connect need).
+    #[must_use]
+    pub fn with_logic(mut self, logic: Vec<Instance>) -> Self {
+        self.logic = logic;
+        self
     }
 }
 
-#[async_trait]
 impl Discovery for StaticDiscovery {
-    async fn connect_nodes(&self) -> Result<Vec<ConnectNode>> {
-        Ok(self.nodes.clone())
+    fn watch(&self, tier: Tier) -> watch::Receiver<Instances> {
+        let list = match tier {
+            Tier::Logic => self.logic.clone(),
+            Tier::Connect => self.connect.clone(),
+            _ => Vec::new(),
+        };
+        fixed(list)
     }
 }
 
@@ -69,12 +159,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_nodes_and_refuses_malformed_ones() {
+    fn parses_instances_and_refuses_malformed_ones() {
         let node: ConnectNode = "connect-0=127.0.0.1:7201".parse().expect("valid");
-        assert_eq!(node.server_id, "connect-0");
-        assert_eq!(node.push_addr, "127.0.0.1:7201");
+        assert_eq!(node, Instance::new("connect-0", "127.0.0.1:7201"));
         for bad in ["connect-0", "=127.0.0.1:1", "c=", "c=localhost"] {
             assert!(bad.parse::<ConnectNode>().is_err(), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn a_static_set_is_sorted_deduplicated_and_kept() {
+        let discovery =
+            StaticDiscovery::new(vec![Instance::new("b", "h:2"), Instance::new("a", "h:1"), Instance::new("b", "h:3")]);
+        let watch = discovery.watch(Tier::Connect);
+        let set = watch.borrow().clone();
+        let ids: Vec<&str> = set.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(discovery.watch(Tier::Logic).borrow().is_empty());
     }
 }

@@ -26,6 +26,8 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+pub mod balance;
+
 /// The record envelope written to the queue topics.
 pub mod record {
     tonic::include_proto!("courier.record.v1");
@@ -217,7 +219,7 @@ fn add_secret(secret: &InternalAuth) -> AddSecret {
 }
 
 /// A client of logic's service.
-pub type LogicClient = logic::logic_client::LogicClient<InterceptedService<Channel, AddSecret>>;
+pub type LogicClient = logic::logic_client::LogicClient<InterceptedService<balance::Bounded, AddSecret>>;
 /// A client of connect's push service.
 pub type ConnectClient = connect::connect_client::ConnectClient<InterceptedService<Channel, AddSecret>>;
 /// logic's service as served.
@@ -225,7 +227,10 @@ pub type LogicServer<T> = InterceptedService<logic::logic_server::LogicServer<T>
 /// connect's push service as served.
 pub type ConnectServer<T> = InterceptedService<connect::connect_server::ConnectServer<T>, CheckSecret>;
 
-pub fn logic_client(channel: Channel, secret: &InternalAuth) -> LogicClient {
+/// A client of logic over `channel`; `timeout` bounds each call, including
+/// the time it waits for an instance.
+pub fn logic_client(channel: Channel, timeout: std::time::Duration, secret: &InternalAuth) -> LogicClient {
+    let channel = balance::Bounded::new(channel, timeout);
     logic::logic_client::LogicClient::with_interceptor(channel, add_secret(secret))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
@@ -236,7 +241,17 @@ pub fn logic_client(channel: Channel, secret: &InternalAuth) -> LogicClient {
 /// now rather than at the first call.
 pub fn logic_at(addr: &str, timeout: std::time::Duration, secret: &InternalAuth) -> Result<LogicClient, BadAddress> {
     let channel = lazy_channel(addr, timeout, secret).map_err(|_| BadAddress(addr.to_owned()))?;
-    Ok(logic_client(channel, secret))
+    Ok(logic_client(channel, timeout, secret))
+}
+
+/// A client of every logic instance in `instances` (a discovery watch),
+/// balancing calls over them and following the set as it changes.
+pub fn logic_over(
+    instances: tokio::sync::watch::Receiver<courier_discovery::Instances>,
+    timeout: std::time::Duration,
+    secret: &InternalAuth,
+) -> LogicClient {
+    logic_client(balance::balanced_channel(instances, timeout, secret), timeout, secret)
 }
 
 /// An internal address that cannot be dialled.
@@ -272,6 +287,15 @@ pub fn lazy_channel(
     timeout: std::time::Duration,
     auth: &InternalAuth,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Ok(endpoint(addr, timeout, auth)?.connect_lazy())
+}
+
+/// How an internal service at `addr` is dialled (see [`lazy_channel`]).
+fn endpoint(
+    addr: &str,
+    timeout: std::time::Duration,
+    auth: &InternalAuth,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
     let scheme = if auth.tls.is_some() { "https" } else { "http" };
     let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
@@ -279,7 +303,7 @@ pub fn lazy_channel(
     if let Some(tls) = &auth.tls {
         endpoint = endpoint.tls_config(tls.client())?;
     }
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint)
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! drains its queue into batched `Push` calls. A full queue drops the frames for
 //! that node (counted as `courier_pushes_total{result="dropped"}`); the messages
 //! are already persisted, and clients recover them by resuming from their last
-//! seq. The node list is refreshed from discovery in the background.
+//! seq. The node list follows discovery: nodes that appear are pushed to at
+//! once, and a node that leaves takes its queue with it.
 //!
 //! With routes (a cluster's shared presence, [`Pusher::with_routes`]) a frame goes
 //! only to the nodes holding its user's connections or its room's members: one
@@ -24,12 +25,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use courier_discovery::{ConnectNode, Discovery};
+use courier_discovery::{ConnectNode, Instances};
 use courier_presence::{Presence, Routes};
 use courier_proto::connect::{Delivery, PushRequest, delivery::Target};
 use courier_proto::{ConnectClient, InternalAuth};
-use courier_telemetry::{Metrics, NodeLabel, ResultLabel};
-use tokio::sync::mpsc;
+use courier_telemetry::{Metrics, NodeLabel, ResultLabel, TierLabel};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Tuning of the push path.
@@ -40,8 +41,6 @@ pub struct PusherOptions {
     /// Most frames in one `Push` call (and at most
     /// [`courier_proto::BATCH_BYTES`] of them).
     pub max_batch: usize,
-    /// How often the node list is re-read from discovery.
-    pub refresh_interval: Duration,
     /// Deadline of one `Push` call.
     pub call_timeout: Duration,
     /// Attempts per batch before it is dropped (the node is likely gone).
@@ -55,7 +54,6 @@ impl Default for PusherOptions {
         Self {
             queue_capacity: 65_536,
             max_batch: 512,
-            refresh_interval: Duration::from_secs(5),
             call_timeout: Duration::from_secs(5),
             attempts: 3,
             secret: InternalAuth::open(),
@@ -94,22 +92,34 @@ impl std::fmt::Debug for Pusher {
 }
 
 impl Pusher {
-    /// Starts a pusher that follows `discovery` until `shutdown`.
-    pub async fn start(
-        discovery: Arc<dyn Discovery>,
+    /// Starts a pusher to the connect nodes in `nodes`, following its changes
+    /// until `shutdown`: a node that appears gets a queue and a worker at once;
+    /// one that leaves has its worker stopped and what was queued for it
+    /// dropped (counted as `dropped`: clients catch up from their last seq).
+    pub fn start(
+        mut nodes: watch::Receiver<Instances>,
         metrics: Arc<Metrics>,
         options: PusherOptions,
         shutdown: CancellationToken,
     ) -> Self {
         let pusher = Self { nodes: Arc::default(), routes: None, metrics, options };
-        pusher.refresh(discovery.as_ref(), &shutdown).await;
+        pusher.follow(&nodes.borrow_and_update(), &shutdown);
         let background = pusher.clone();
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(background.options.refresh_interval);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = ticker.tick() => background.refresh(discovery.as_ref(), &shutdown).await,
+                    changed = nodes.changed() => match changed {
+                        Ok(()) => {
+                            let set = nodes.borrow_and_update().clone();
+                            background.follow(&set, &shutdown);
+                        }
+                        // Discovery stopped (a fixed list): keep these nodes.
+                        Err(_) => {
+                            shutdown.cancelled().await;
+                            break;
+                        }
+                    },
                 }
             }
             for (_, queue) in background.lock().drain() {
@@ -123,37 +133,30 @@ impl Pusher {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Re-reads the node list: starts workers for new nodes, stops removed ones.
-    async fn refresh(&self, discovery: &dyn Discovery, shutdown: &CancellationToken) {
-        let nodes = match discovery.connect_nodes().await {
-            Ok(nodes) => nodes,
-            Err(e) => {
-                // Keep pushing to the nodes we know.
-                tracing::warn!(error = %e, "discovery failed; keeping the current connect nodes");
-                self.metrics.error("discovery");
-                return;
-            }
-        };
+    /// Makes the workers match `nodes`: starts workers for new nodes, stops
+    /// those of nodes that left (or moved to another address).
+    fn follow(&self, nodes: &[ConnectNode], shutdown: &CancellationToken) {
         let mut current = self.lock();
         current.retain(|id, queue| {
-            let keep = nodes.iter().any(|n| n.server_id == *id && n.push_addr == queue.node.push_addr);
+            let keep = nodes.iter().any(|n| n.id == *id && n.addr == queue.node.addr);
             if !keep {
                 queue.stop.cancel();
+                let queued = queue.tx.max_capacity() - queue.tx.capacity();
+                self.metrics.pushes.get_or_create(&ResultLabel { result: "dropped" }).inc_by(queued as u64);
+                self.metrics.push_queue_depth.remove(&NodeLabel { node: id.clone() });
+                tracing::info!(node = %id, addr = %queue.node.addr, dropped = queued, "connect node left; its queue is dropped");
             }
             keep
         });
         for node in nodes {
-            if current.contains_key(&node.server_id) {
+            if current.contains_key(&node.id) {
                 continue;
             }
-            let channel = match courier_proto::lazy_channel(
-                &node.push_addr,
-                self.options.call_timeout,
-                &self.options.secret,
-            ) {
+            let channel = match courier_proto::lazy_channel(&node.addr, self.options.call_timeout, &self.options.secret)
+            {
                 Ok(channel) => channel,
                 Err(e) => {
-                    tracing::error!(node = %node.server_id, addr = %node.push_addr, error = %e, "invalid connect node address");
+                    tracing::error!(node = %node.id, addr = %node.addr, error = %e, "invalid connect node address");
                     continue;
                 }
             };
@@ -167,9 +170,17 @@ impl Pusher {
                 self.options.clone(),
                 stop.clone(),
             ));
-            tracing::info!(node = %node.server_id, addr = %node.push_addr, "pushing to connect node");
-            current.insert(node.server_id.clone(), NodeQueue { node, tx, stop });
+            tracing::info!(node = %node.id, addr = %node.addr, "pushing to connect node");
+            current.insert(node.id.clone(), NodeQueue { node: node.clone(), tx, stop });
         }
+        self.metrics.discovered.get_or_create(&TierLabel { tier: "connect" }).set(current.len() as i64);
+    }
+
+    /// The serverIds of the connect nodes pushed to now.
+    pub fn nodes(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.lock().keys().cloned().collect();
+        ids.sort();
+        ids
     }
 
     /// Routes frames with `presence`, which must be the one the connect nodes
@@ -267,7 +278,7 @@ async fn node_worker(
     // the node is gone, since a revoked session must not stay open anywhere.
     let mut revoked: Vec<String> = Vec::new();
     let mut revocation_pause = courier_retry::Backoff::new(REVOCATION_RETRY, Duration::from_secs(30));
-    let label = NodeLabel { node: node.server_id.clone() };
+    let label = NodeLabel { node: node.id.clone() };
     let (depth, failures) =
         (metrics.push_queue_depth.get_or_create(&label).clone(), metrics.push_failures.get_or_create(&label).clone());
     loop {
@@ -301,7 +312,7 @@ async fn node_worker(
         if revoked.len() > MAX_PENDING_REVOCATIONS {
             let dropped = revoked.len() - MAX_PENDING_REVOCATIONS;
             revoked.drain(..dropped);
-            tracing::warn!(node = %node.server_id, dropped, "too many revocations waiting for this node; the oldest were dropped");
+            tracing::warn!(node = %node.id, dropped, "too many revocations waiting for this node; the oldest were dropped");
             metrics.pushes.get_or_create(&ResultLabel { result: "dropped" }).inc_by(dropped as u64);
         }
     }
@@ -360,11 +371,11 @@ async fn push_with_retries(
                 return Pushed::Ok;
             }
             Err(status) if attempt == options.attempts => {
-                tracing::warn!(node = %node.server_id, error = %status, frames = request.deliveries.len(), "push failed; frames dropped for this node");
+                tracing::warn!(node = %node.id, error = %status, frames = request.deliveries.len(), "push failed; frames dropped for this node");
                 metrics.pushes.get_or_create(&ResultLabel { result: "error" }).inc();
             }
             Err(status) => {
-                tracing::debug!(node = %node.server_id, error = %status, attempt, "push failed; retrying");
+                tracing::debug!(node = %node.id, error = %status, attempt, "push failed; retrying");
                 if !backoff.wait(stop).await {
                     return Pushed::Stopped;
                 }

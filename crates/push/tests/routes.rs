@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use courier_discovery::{ConnectNode, StaticDiscovery};
+use courier_discovery::{ConnectNode, Instances};
 use courier_presence::memory::MemoryPresence;
 use courier_presence::{Presence, Routes, SessionUser};
 use courier_proto::connect::connect_server::{Connect, ConnectServer};
@@ -46,7 +46,7 @@ async fn node(id: &str, stop: &CancellationToken) -> (ConnectNode, mpsc::Unbound
             stop.clone().cancelled_owned(),
         ),
     );
-    (ConnectNode { server_id: id.to_owned(), push_addr: addr.to_string() }, rx)
+    (ConnectNode::new(id, addr.to_string()), rx)
 }
 
 fn frame(target: Target, body: &str) -> Delivery {
@@ -70,8 +70,8 @@ async fn pusher_to_two_nodes(
 ) -> (Pusher, [mpsc::UnboundedReceiver<String>; 2]) {
     let (a, rx_a) = node("a", stop).await;
     let (b, rx_b) = node("b", stop).await;
-    let discovery = Arc::new(StaticDiscovery::new(vec![a, b]));
-    let pusher = Pusher::start(discovery, Arc::new(Metrics::new()), PusherOptions::default(), stop.clone()).await;
+    let nodes = courier_discovery::fixed(vec![a, b]);
+    let pusher = Pusher::start(nodes, Arc::new(Metrics::new()), PusherOptions::default(), stop.clone());
     (pusher.with_routes(routes), [rx_a, rx_b])
 }
 
@@ -161,11 +161,10 @@ async fn a_revocation_reaches_a_node_that_was_down_when_it_was_pushed() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
     drop(listener);
-    let node = ConnectNode { server_id: "late".into(), push_addr: addr.to_string() };
+    let node = ConnectNode::new("late", addr.to_string());
     let metrics = Arc::new(Metrics::new());
     let options = PusherOptions { attempts: 2, ..PusherOptions::default() };
-    let pusher =
-        Pusher::start(Arc::new(StaticDiscovery::new(vec![node])), metrics.clone(), options, stop.clone()).await;
+    let pusher = Pusher::start(courier_discovery::fixed(vec![node]), metrics.clone(), options, stop.clone());
     pusher.revoke(&["stolen-token".to_owned()]);
     courier_testkit::eventually("the first push fails", Duration::from_secs(20), || async {
         metrics.encode().contains(r#"courier_pushes_total{result="error"} 1"#).then_some(())
@@ -182,5 +181,40 @@ async fn a_revocation_reaches_a_node_that_was_down_when_it_was_pushed() {
         ),
     );
     assert_eq!(received_until(&mut rx, "revoked stolen-token").await, ["revoked stolen-token"]);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn nodes_follow_discovery_a_new_one_is_pushed_to_and_a_departed_ones_queue_is_dropped() {
+    let stop = CancellationToken::new();
+    let (a, mut rx_a) = node("a", &stop).await;
+    let (b, mut rx_b) = node("b", &stop).await;
+    let metrics = Arc::new(Metrics::new());
+    let (set, nodes) = tokio::sync::watch::channel(Instances::from(vec![a.clone()]));
+    let pusher = Pusher::start(nodes, metrics.clone(), PusherOptions::default(), stop.clone());
+    pusher.deliver(&[frame(Target::RoomId(1), "one")]).await;
+    assert_eq!(received_until(&mut rx_a, "one").await, ["one"]);
+
+    // b appears: frames go to both, without waiting for any refresh period.
+    set.send_replace(courier_discovery::instances(vec![a.clone(), b.clone()]));
+    courier_testkit::eventually("b is pushed to", Duration::from_secs(5), || async {
+        (pusher.nodes() == ["a", "b"]).then_some(())
+    })
+    .await;
+    pusher.deliver(&[frame(Target::RoomId(1), "two")]).await;
+    assert_eq!(received_until(&mut rx_a, "two").await, ["two"]);
+    assert_eq!(received_until(&mut rx_b, "two").await, ["two"]);
+    assert!(metrics.encode().contains(r#"courier_discovered_instances{tier="connect"} 2"#));
+
+    // a leaves: nothing is queued for it any more.
+    set.send_replace(courier_discovery::instances(vec![b.clone()]));
+    courier_testkit::eventually("a is dropped", Duration::from_secs(5), || async {
+        (pusher.nodes() == ["b"]).then_some(())
+    })
+    .await;
+    pusher.deliver(&[frame(Target::RoomId(1), "three")]).await;
+    assert_eq!(received_until(&mut rx_b, "three").await, ["three"]);
+    assert!(rx_a.try_recv().is_err(), "a departed node gets nothing");
+    assert!(metrics.encode().contains(r#"courier_discovered_instances{tier="connect"} 1"#));
     stop.cancel();
 }

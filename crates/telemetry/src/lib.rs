@@ -86,6 +86,11 @@ pub struct NodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabel {
+    pub tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabel {
     pub version: &'static str,
     pub tier: &'static str,
@@ -208,6 +213,8 @@ pub struct Metrics {
     pub push_failures: Family<NodeLabel, Counter>,
     /// Sessions live (logged in, not expired, not revoked), as logic last counted.
     pub sessions: Gauge,
+    /// Instances of another tier this process knows from discovery.
+    pub discovered: Family<TierLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -335,6 +342,12 @@ impl Metrics {
             "Push requests to a connect node that failed after every retry (their frames are dropped for it)",
             Family::default(),
         );
+        let discovered = families.add(
+            &[Api, Logic, Connect, Task],
+            "courier_discovered_instances",
+            "Healthy instances of a tier (logic for api and connect, connect for logic and task) known from discovery",
+            Family::default(),
+        );
         let families = families.names;
         Self {
             registry,
@@ -359,6 +372,7 @@ impl Metrics {
             history_batch_size,
             push_queue_depth,
             push_failures,
+            discovered,
             sessions,
         }
     }
