@@ -9,27 +9,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::tiers::{cluster_env, connect_args, free_port, local, metric, start};
 use common::{Api, Tcp, Ws};
 use serde_json::json;
 use tokio::process::{Child, Command};
-
-/// A free port below the kernel's ephemeral range (32768 and up here), so that no
-/// outgoing connection can take it between this check and the tier's bind.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let offset = (std::process::id() % 6_000) as u16;
-    loop {
-        let port = 20_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// One cluster at a time: two would share two cores with Kafka and starve.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -59,42 +42,8 @@ impl Cluster {
     /// A cluster on `kafka` (the shared broker when `None`), with `extra`
     /// environment for every tier.
     async fn start_with(data: &Path, kafka: Option<String>, extra: &[(&'static str, &str)]) -> Option<Self> {
-        let kafka = match kafka {
-            Some(kafka) => kafka,
-            None => courier_testkit::service("COURIER_KAFKA")?,
-        };
-        let postgres = courier_testkit::service("COURIER_POSTGRES")?;
-        let redis = courier_testkit::service("COURIER_REDIS")?;
         let run = courier_testkit::unique();
-        let mut env = vec![
-            ("COURIER_KAFKA", kafka),
-            ("COURIER_POSTGRES", postgres),
-            ("COURIER_REDIS", redis),
-            ("COURIER_REDIS_PREFIX", format!("courier-e2e-{run}:")),
-            ("COURIER_ROOM_TOPIC", format!("e2e-{run}-room")),
-            ("COURIER_PRIVATE_TOPIC", format!("e2e-{run}-private")),
-            ("COURIER_TASK_GROUP", format!("e2e-{run}")),
-            ("COURIER_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
-            ("COURIER_DATA_DIR", data.display().to_string()),
-            ("COURIER_SENDS_PER_SECOND", "0".into()),
-            // A short node lease, so a killed connect node is reaped quickly.
-            ("COURIER_NODE_LEASE_MS", "2000".into()),
-            ("COURIER_HEARTBEAT_MS", "500".into()),
-            ("COURIER_REQUESTS_PER_SECOND_PER_IP", "0".into()),
-            // Internal calls authenticated and over mutual TLS, as a
-            // production cluster runs.
-            ("COURIER_INTERNAL_SECRET", format!("e2e-secret-{run:016x}")),
-        ];
-        let pki = courier_testkit::Pki::new("courier-internal");
-        for (var, file, pem) in [
-            ("COURIER_INTERNAL_TLS_CERT", "internal.crt", &pki.cert),
-            ("COURIER_INTERNAL_TLS_KEY", "internal.key", &pki.key),
-            ("COURIER_INTERNAL_TLS_CA", "internal-ca.crt", &pki.ca),
-        ] {
-            let path = data.join(file);
-            std::fs::write(&path, pem).expect("certificate file");
-            env.push((var, path.display().to_string()));
-        }
+        let mut env = cluster_env(data, kafka, run)?;
         env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let (logic, push) = (free_port(), [free_port(), free_port()]);
         let ws = [local(free_port()), local(free_port())];
@@ -106,65 +55,19 @@ impl Cluster {
             vec!["logic".into(), "--listen".into(), logic_addr.clone(), "--connect-node".into(), nodes.clone()],
             vec!["task".into(), "--connect-node".into(), nodes.clone()],
             vec!["task".into(), "--connect-node".into(), nodes.clone()],
-            vec![
-                "connect".into(),
-                "--server-id".into(),
-                "connect-0".into(),
-                "--ws-addr".into(),
-                ws[0].to_string(),
-                "--tcp-addr".into(),
-                tcp[0].to_string(),
-                "--push-addr".into(),
-                format!("127.0.0.1:{}", push[0]),
-                "--logic-addr".into(),
-                logic_addr.clone(),
-            ],
-            vec![
-                "connect".into(),
-                "--server-id".into(),
-                "connect-1".into(),
-                "--ws-addr".into(),
-                ws[1].to_string(),
-                "--tcp-addr".into(),
-                tcp[1].to_string(),
-                "--push-addr".into(),
-                format!("127.0.0.1:{}", push[1]),
-                "--logic-addr".into(),
-                logic_addr.clone(),
-            ],
-            vec!["api".into(), "--listen".into(), api.to_string(), "--logic-addr".into(), logic_addr],
+            connect_args("connect-0", ws[0], tcp[0], local(push[0])),
+            connect_args("connect-1", ws[1], tcp[1], local(push[1])),
+            vec!["api".into(), "--listen".into(), api.to_string(), "--logic-addr".into(), logic_addr.clone()],
         ];
-        let http = reqwest::Client::new();
         let mut children = Vec::new();
         let mut admins = Vec::new();
-        // COURIER_TEST_LOG_DIR keeps each tier's log (to see why a test failed).
-        let log_dir = std::env::var_os("COURIER_TEST_LOG_DIR").map(std::path::PathBuf::from);
-        for (n, args) in tiers.into_iter().enumerate() {
-            let admin = local(free_port());
-            admins.push(admin);
-            let stderr = match &log_dir {
-                Some(dir) => {
-                    let path = dir.join(format!("{}-{n}-{}.log", run, args[0]));
-                    Stdio::from(std::fs::File::create(&path).expect("tier log file"))
-                }
-                None => Stdio::null(),
-            };
-            let child = Command::new(env!("CARGO_BIN_EXE_courier"))
-                .args(&args)
-                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-                .env("COURIER_ADMIN_ADDR", admin.to_string())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .kill_on_drop(true)
-                .spawn()
-                .expect("tier starts");
+        for (n, mut args) in tiers.into_iter().enumerate() {
+            if args[0] == "connect" {
+                args.extend(["--logic-addr".to_owned(), logic_addr.clone()]);
+            }
+            let (child, admin) = start(&format!("{run}-{n}-{}", args[0]), &args, &env).await;
             children.push(child);
-            let url = format!("http://{admin}/readyz");
-            courier_testkit::eventually(&format!("{} ready", args[0]), Duration::from_secs(60), || async {
-                let response = http.get(&url).send().await.ok()?;
-                response.status().is_success().then_some(())
-            })
-            .await;
+            admins.push(admin);
         }
         Some(Self {
             children,
@@ -448,17 +351,6 @@ async fn a_crashed_connect_node_is_reaped_from_presence() {
     };
     assert!(update["roomUserInfo"].get(alice.to_string()).is_none(), "alice is no longer counted: {update}");
     assert_eq!(update["roomUserInfo"][bob.to_string()], format!("nb{run}"));
-}
-
-/// A sample of the tier's Prometheus metrics (0 when not exported yet).
-async fn metric(admin: SocketAddr, sample: &str) -> f64 {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .expect("metrics endpoint answers")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
 }
 
 #[tokio::test]

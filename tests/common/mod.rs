@@ -6,6 +6,7 @@
 
 pub mod recovery;
 pub mod replay;
+pub mod tiers;
 
 use std::net::SocketAddr;
 use std::time::Duration;
