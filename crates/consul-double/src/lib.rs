@@ -29,8 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde::Deserialize;
@@ -134,6 +135,7 @@ impl ConsulDouble {
             .route("/v1/agent/service/deregister/{id}", put(deregister))
             .route("/v1/agent/service/{id}", get(agent_service))
             .route("/v1/health/service/{name}", get(health))
+            .layer(axum::middleware::from_fn_with_state(shared.clone(), acl))
             .with_state(shared.clone());
         let stop = shared.stop.clone();
         let server = tokio::spawn(async move {
@@ -198,16 +200,17 @@ fn consul_error(status: StatusCode, text: impl Into<String>) -> Response {
     (status, text.into()).into_response()
 }
 
-/// Checks the ACL token, as an agent with `default_policy = "deny"` does.
-fn authorized(shared: &Shared, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<(), Box<Response>> {
-    let Some(required) = &shared.token else { return Ok(()) };
-    let given = headers.get("x-consul-token").and_then(|v| v.to_str().ok()).or(query.get("token").map(String::as_str));
-    match given {
-        Some(token) if token == required => Ok(()),
-        Some(_) => Err(Box::new(consul_error(StatusCode::FORBIDDEN, "ACL not found"))),
-        None => {
-            Err(Box::new(consul_error(StatusCode::FORBIDDEN, "Permission denied: anonymous token lacks permission")))
-        }
+/// Checks the ACL token of every request, as an agent with
+/// `default_policy = "deny"` does.
+async fn acl(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let Some(required) = &shared.token else { return next.run(request).await };
+    let header = request.headers().get("x-consul-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let query = request.uri().query().unwrap_or_default();
+    let param = query.split('&').find_map(|pair| pair.strip_prefix("token=")).map(str::to_owned);
+    match header.or(param) {
+        Some(token) if token == *required => next.run(request).await,
+        Some(_) => consul_error(StatusCode::FORBIDDEN, "ACL not found"),
+        None => consul_error(StatusCode::FORBIDDEN, "Permission denied: anonymous token lacks permission"),
     }
 }
 
@@ -275,15 +278,7 @@ pub fn go_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
-async fn register(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err(refused) = authorized(&shared, &headers, &query) {
-        return *refused;
-    }
+async fn register(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let Ok(definition) = serde_json::from_slice::<Value>(&body) else {
         return consul_error(StatusCode::BAD_REQUEST, "Request decode failed: invalid JSON");
     };
@@ -359,15 +354,7 @@ async fn run_check(shared: Arc<Shared>, id: String, check: Check, stop: Cancella
     }
 }
 
-async fn deregister(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(refused) = authorized(&shared, &headers, &query) {
-        return *refused;
-    }
+async fn deregister(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let removed = shared.lock().services.remove(&id);
     match removed {
         Some(service) => {
@@ -382,15 +369,7 @@ async fn deregister(
     }
 }
 
-async fn agent_service(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(refused) = authorized(&shared, &headers, &query) {
-        return *refused;
-    }
+async fn agent_service(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let catalog = shared.lock();
     match catalog.services.get(&id) {
         Some(service) => axum::Json(service_json(&id, service)).into_response(),
@@ -413,13 +392,9 @@ fn service_json(id: &str, service: &Service) -> Value {
 
 async fn health(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(refused) = authorized(&shared, &headers, &query) {
-        return *refused;
-    }
     if let Some(dc) = query.get("dc")
         && dc != DATACENTER
     {

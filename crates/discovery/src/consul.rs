@@ -252,15 +252,7 @@ impl Consul {
                 Ok((list, next)) => {
                     backoff.reset();
                     index = next_index(index, next);
-                    let set = crate::instances(list);
-                    tx.send_if_modified(|current| {
-                        let changed = *current != set;
-                        if changed {
-                            tracing::info!(tier = tier.name(), instances = set.len(), "Consul: instances changed");
-                            *current = set;
-                        }
-                        changed
-                    });
+                    crate::publish(&tx, list, tier, "Consul");
                     let spacing = self.config.min_query_interval.saturating_sub(started.elapsed());
                     tokio::time::sleep(spacing).await;
                 }

@@ -140,15 +140,7 @@ impl Dns {
         loop {
             match self.resolve(tier).await {
                 Ok(Some(list)) => {
-                    let set = crate::instances(list);
-                    tx.send_if_modified(|current| {
-                        let changed = *current != set;
-                        if changed {
-                            tracing::info!(tier = tier.name(), instances = set.len(), "DNS: instances changed");
-                            *current = set;
-                        }
-                        changed
-                    });
+                    crate::publish(&tx, list, tier, "DNS");
                 }
                 Ok(None) => {
                     tracing::warn!(tier = tier.name(), "no DNS name configured for this tier; it has no instances");

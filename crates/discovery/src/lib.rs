@@ -53,6 +53,9 @@ pub enum Tier {
 }
 
 impl Tier {
+    /// Every tier, as `courier standalone` runs them.
+    pub const ALL: [Tier; 5] = [Tier::Api, Tier::Logic, Tier::Connect, Tier::Task, Tier::Site];
+
     /// The tier's name, as in `courier <tier>` (and, prefixed, its Consul service).
     pub fn name(self) -> &'static str {
         match self {
@@ -112,6 +115,20 @@ pub fn instances(mut list: Vec<Instance>) -> Instances {
 pub fn fixed(list: Vec<Instance>) -> watch::Receiver<Instances> {
     // The sender goes at once: holders keep the value and never see a change.
     watch::channel(instances(list)).1
+}
+
+/// Puts `list` in `tx` if it differs from what is there (`source` names the
+/// backend in the log).
+fn publish(tx: &watch::Sender<Instances>, list: Vec<Instance>, tier: Tier, source: &str) {
+    let set = instances(list);
+    tx.send_if_modified(|current| {
+        let changed = *current != set;
+        if changed {
+            tracing::info!(tier = tier.name(), instances = set.len(), "{source}: instances changed");
+            *current = set;
+        }
+        changed
+    });
 }
 
 /// Where the instances of a tier are.

@@ -96,30 +96,8 @@ pub struct BuildLabel {
     pub tier: &'static str,
 }
 
-/// A tier, for the families it exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Tier {
-    Api,
-    Logic,
-    Connect,
-    Task,
-    Site,
-}
-
-impl Tier {
-    /// Every tier, as `courier standalone` runs them.
-    pub const ALL: [Tier; 5] = [Tier::Api, Tier::Logic, Tier::Connect, Tier::Task, Tier::Site];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Api => "api",
-            Tier::Logic => "logic",
-            Tier::Connect => "connect",
-            Tier::Task => "task",
-            Tier::Site => "site",
-        }
-    }
-}
+/// A tier, for the families it exports (the tiers as discovery names them).
+pub use courier_discovery::Tier;
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -234,7 +212,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let build_info: Family<BuildLabel, Gauge> = Family::default();
         for tier in tiers {
-            build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION"), tier: tier.as_str() }).set(1);
+            build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION"), tier: tier.name() }).set(1);
         }
         registry.register("courier_build_info", "The Courier version and tier a process runs (always 1)", build_info);
         use Tier::{Api, Connect, Logic, Task};
@@ -598,7 +576,7 @@ mod tests {
         assert!(task.contains("# TYPE courier_history_batch_size histogram") && !task.contains("courier_connections"));
         let everything = Metrics::new().encode();
         for tier in Tier::ALL {
-            assert!(everything.contains(&format!("tier=\"{}\"", tier.as_str())), "standalone runs {tier:?}");
+            assert!(everything.contains(&format!("tier=\"{}\"", tier.name())), "standalone runs {tier:?}");
         }
     }
 
