@@ -43,6 +43,10 @@ pub struct Backends {
     /// Replication factor of the topics Courier creates in Kafka.
     #[arg(long, env = "COURIER_KAFKA_REPLICATION", default_value_t = 1)]
     pub kafka_replication: i32,
+    /// min.insync.replicas of the topics Courier creates (2 with replication
+    /// 3); the broker's default when absent.
+    #[arg(long, env = "COURIER_KAFKA_MIN_INSYNC_REPLICAS")]
+    pub kafka_min_insync_replicas: Option<i32>,
     /// Milliseconds after which a silent task worker loses its partitions.
     #[arg(long, env = "COURIER_KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_session_timeout_ms: u64,
@@ -80,6 +84,7 @@ impl Backends {
             Some(brokers) => {
                 let mut options = KafkaOptions::new(brokers.clone());
                 options.replication = self.kafka_replication;
+                options.min_insync_replicas = self.kafka_min_insync_replicas;
                 options.session_timeout = Duration::from_millis(self.kafka_session_timeout_ms);
                 options.heartbeat_interval = (options.session_timeout / 6).max(Duration::from_millis(100));
                 options.delivery_timeout = Duration::from_millis(self.kafka_delivery_timeout_ms);

@@ -38,6 +38,10 @@ pub struct KafkaOptions {
     pub brokers: String,
     /// Replication factor of topics Courier creates (3 in production).
     pub replication: i32,
+    /// `min.insync.replicas` of topics Courier creates (with `acks=all`, a
+    /// send is acknowledged once this many replicas have it); the broker's
+    /// default when `None`.
+    pub min_insync_replicas: Option<i32>,
     /// How long topics keep records (replay reaches back this far).
     pub retention: Duration,
     /// A consumer silent this long loses its partitions.
@@ -63,6 +67,7 @@ impl KafkaOptions {
         Self {
             brokers: brokers.into(),
             replication: 1,
+            min_insync_replicas: None,
             retention: Duration::from_secs(7 * 24 * 3600),
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
@@ -148,9 +153,13 @@ impl Queue for KafkaQueue {
             Err(e) => return Err(e),
         }
         let retention = ms(self.options.retention);
-        let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(self.options.replication))
+        let min_insync = self.options.min_insync_replicas.map(|n| n.to_string());
+        let mut new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(self.options.replication))
             .set("cleanup.policy", "delete")
             .set("retention.ms", &retention);
+        if let Some(min_insync) = &min_insync {
+            new = new.set("min.insync.replicas", min_insync);
+        }
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = self.admin.create_topics([&new], &options).await.map_err(unavailable)?;
         for result in results {
