@@ -37,7 +37,9 @@ fn values_files() -> Vec<PathBuf> {
 /// manifests, or helm's error.
 fn render(helm: &Path, values: &[&Path], set: &[String]) -> Result<String, String> {
     let mut command = Command::new(helm);
-    command.args(["template", "courier", CHART, "--namespace", "chat"]);
+    // The Kubernetes version the chart is rendered for (helm built from source
+    // assumes an old one otherwise).
+    command.args(["template", "courier", CHART, "--namespace", "chat", "--kube-version", KUBERNETES[1]]);
     for file in values {
         command.arg("-f").arg(file);
     }

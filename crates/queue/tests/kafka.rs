@@ -54,3 +54,34 @@ async fn a_reader_reads_without_disturbing_groups() {
     let reader = courier_queue::kafka::KafkaTopicReader::connect(&brokers).expect("reader");
     conformance::a_reader_reads_without_disturbing_groups(&queue, &reader, &prefix).await;
 }
+
+#[tokio::test]
+async fn topics_are_created_with_the_configured_durability() {
+    use courier_queue::Queue as _;
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let Some(brokers) = courier_testkit::service("COURIER_KAFKA") else { return };
+    let mut options = KafkaOptions::new(brokers.clone());
+    // One broker here: replication 1, and min.insync.replicas 1 set
+    // explicitly (the broker's default is also 1, so read back the source).
+    options.min_insync_replicas = Some(1);
+    options.retention = Duration::from_secs(3_600);
+    let queue = KafkaQueue::connect(options).expect("kafka client");
+    let topic = format!("t{}-durable", courier_testkit::unique());
+    queue.ensure_topic(&topic, 3).await.expect("topic");
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("admin");
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
+        .await
+        .expect("describe")
+        .pop()
+        .expect("one resource")
+        .expect("the topic's configuration");
+    let entry = |name: &str| described.get(name).unwrap_or_else(|| panic!("{name} is described"));
+    let min_insync = entry("min.insync.replicas");
+    assert_eq!(min_insync.value.as_deref(), Some("1"));
+    assert!(!min_insync.is_default, "set on the topic, not inherited: {:?}", min_insync.source);
+    assert_eq!(entry("retention.ms").value.as_deref(), Some("3600000"));
+    assert_eq!(queue.partitions(&topic).await.expect("partitions"), 3);
+}
