@@ -128,14 +128,19 @@ impl DiscoveryArgs {
         Consul::new(config).context("--consul-addr")
     }
 
-    /// The backend, with the command line's static addresses for `static`.
-    pub fn discovery(&self, logic: &str, connect: &[Instance]) -> anyhow::Result<Arc<dyn Discovery>> {
+    /// The backend, with the command line's static addresses (`--logic-addr`
+    /// where the tier calls logic, `--connect-node`s where it pushes) for `static`.
+    pub fn discovery(&self, logic: Option<&str>, connect: &[Instance]) -> anyhow::Result<Arc<dyn Discovery>> {
         Ok(match self.discovery {
             Mode::Static => {
-                if !logic.contains(':') {
-                    anyhow::bail!("--logic-addr {logic:?} is not HOST:PORT");
+                let mut logic_instances = Vec::new();
+                if let Some(logic) = logic {
+                    if !logic.contains(':') {
+                        anyhow::bail!("--logic-addr {logic:?} is not HOST:PORT");
+                    }
+                    logic_instances.push(Instance::new(logic, logic));
                 }
-                Arc::new(StaticDiscovery::new(connect.to_vec()).with_logic(vec![Instance::new(logic, logic)]))
+                Arc::new(StaticDiscovery::new(connect.to_vec()).with_logic(logic_instances))
             }
             Mode::Consul => {
                 let consul = self.consul()?;

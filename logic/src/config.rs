@@ -21,7 +21,7 @@ pub struct LogicConfig {
     pub private_topic: String,
     /// Partitions of each topic when logic creates them.
     pub partitions: u32,
-    /// Concurrent password hashes (0: one per core).
+    /// Password hashing workers, each with its own argon2 memory (0: one per core).
     pub hash_concurrency: usize,
     /// argon2id cost of new password hashes.
     pub password_cost: password::PasswordCost,
@@ -50,7 +50,7 @@ pub struct LogicConfig {
     /// bursts of `address_login_burst`.
     pub logins_per_minute_per_address: u32,
     pub address_login_burst: u32,
-    /// Password checks waiting for a core beyond those running; more are
+    /// Password checks waiting for a worker beyond those running; more are
     /// refused as busy.
     pub hash_queue: usize,
     /// Callers of logic's service must present it (see `courier_proto::InternalAuth`).

@@ -14,8 +14,12 @@
 //! - `connections`: N idle authenticated connections of distinct users, spread
 //!   over worker processes when N exceeds one process's file limit; reports the
 //!   servers' resident memory per connection.
+//! - `logins`: a burst of registrations then logins; reports the servers'
+//!   resident memory idle, at the peak and once settled (password hashing's
+//!   memory is the cost being watched).
 
 mod clients;
+mod logins;
 mod measure;
 
 use std::io::IsTerminal as _;
@@ -106,6 +110,18 @@ pub enum Scenario {
         #[arg(long, default_value_t = 4242)]
         room: u64,
     },
+    /// Register users, then log them in again, many at once, and report the
+    /// servers' resident memory idle, at the peak and once settled.
+    Logins {
+        #[arg(long, default_value_t = 400)]
+        users: usize,
+        /// Registrations (then logins) in flight at once.
+        #[arg(long, default_value_t = 40)]
+        parallel: usize,
+        /// Seconds to wait after the burst before reading the settled memory.
+        #[arg(long, default_value_t = 5.0)]
+        settle: f64,
+    },
     /// Hold idle authenticated connections and report server memory per connection.
     Connections {
         #[arg(long, default_value_t = 1000)]
@@ -190,6 +206,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 bail!("--senders ({senders}) cannot exceed --members ({members})");
             }
             traffic(&args, &target, Shape::Room { members: *members, senders: *senders, room: *room }).await?
+        }
+        Scenario::Logins { users, parallel, settle } => {
+            let pids = if args.pids.is_empty() { measure::find_server_pids() } else { args.pids.clone() };
+            let settle = Duration::from_secs_f64(settle.max(0.0));
+            let report = logins::run(&target, &args.prefix, *users, *parallel, settle, pids).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                logins::print(&report);
+            }
+            return Ok(());
         }
         Scenario::Connections { count, per_process, sources, rooms, worker_offset, worker_source } => {
             let rooms = (*rooms).max(1);
