@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use courier_discovery::consul::{Consul, ConsulConfig, Registration};
 use courier_discovery::dns::{Dns, DnsConfig};
-use courier_discovery::{Discovery, Instance, Instances, StaticDiscovery, Tier};
+use courier_discovery::{Discovery, Instance, Instances, OnFailure, StaticDiscovery, Tier};
 use courier_telemetry::{Metrics, TierLabel};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,10 @@ pub struct DiscoveryArgs {
 #[derive(Debug, Clone)]
 pub struct Advertised {
     pub tier: Tier,
-    /// Unique id; `None`: made from the tier, host and port.
+    /// A name unique among the tier's instances (a connect node's serverId);
+    /// `None`: the registered host and port. The Consul service id is
+    /// `<prefix><tier>-<name>`, so clusters sharing an agent (other prefixes)
+    /// never take each other's ids.
     pub id: Option<String>,
     /// The address its main port listens on.
     pub listen: SocketAddr,
@@ -114,7 +117,7 @@ impl Registered {
 }
 
 impl DiscoveryArgs {
-    fn consul(&self) -> anyhow::Result<Consul> {
+    fn consul(&self, on_failure: OnFailure) -> anyhow::Result<Consul> {
         let config = ConsulConfig {
             addr: self.consul_addr.clone(),
             token: self.consul_token.clone().filter(|t| !t.is_empty()),
@@ -123,14 +126,24 @@ impl DiscoveryArgs {
             check_interval: Duration::from_millis(self.consul_check_interval_ms.max(100)),
             check_timeout: Duration::from_millis(self.consul_check_interval_ms.clamp(100, 2_000)),
             deregister_critical_after: Duration::from_secs(self.consul_deregister_after_secs.max(1)),
+            on_failure,
             ..ConsulConfig::default()
         };
         Consul::new(config).context("--consul-addr")
     }
 
     /// The backend, with the command line's static addresses (`--logic-addr`
-    /// where the tier calls logic, `--connect-node`s where it pushes) for `static`.
-    pub fn discovery(&self, logic: Option<&str>, connect: &[Instance]) -> anyhow::Result<Arc<dyn Discovery>> {
+    /// where the tier calls logic, `--connect-node`s where it pushes) for
+    /// `static`. Failed registry queries count as
+    /// `courier_errors_total{reason="discovery"}`.
+    pub fn discovery(
+        &self,
+        logic: Option<&str>,
+        connect: &[Instance],
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<Arc<dyn Discovery>> {
+        let counted = metrics.clone();
+        let on_failure = OnFailure::new(move |_| counted.error("discovery"));
         Ok(match self.discovery {
             Mode::Static => {
                 let mut logic_instances = Vec::new();
@@ -143,7 +156,7 @@ impl DiscoveryArgs {
                 Arc::new(StaticDiscovery::new(connect.to_vec()).with_logic(logic_instances))
             }
             Mode::Consul => {
-                let consul = self.consul()?;
+                let consul = self.consul(on_failure)?;
                 tracing::info!(agent = consul.base_url(), "discovery: Consul");
                 Arc::new(consul)
             }
@@ -153,6 +166,7 @@ impl DiscoveryArgs {
                     connect: self.connect_dns.clone(),
                     refresh: Duration::from_millis(self.dns_refresh_ms.max(100)),
                     server: None,
+                    on_failure,
                 };
                 Arc::new(Dns::new(config).context("dns discovery")?)
             }
@@ -183,7 +197,7 @@ impl DiscoveryArgs {
         if self.discovery != Mode::Consul {
             return Ok(Registered::default());
         }
-        let consul = self.consul()?;
+        let consul = self.consul(OnFailure::default())?;
         let host = match &self.advertise_host {
             Some(host) => host.clone(),
             None if !advertised.listen.ip().is_unspecified() => advertised.listen.ip().to_string(),
@@ -192,8 +206,8 @@ impl DiscoveryArgs {
         let admin_host =
             if advertised.admin.ip().is_unspecified() { host.clone() } else { advertised.admin.ip().to_string() };
         let port = advertised.listen.port();
-        let id =
-            advertised.id.unwrap_or_else(|| format!("{}{}-{host}-{port}", self.consul_prefix, advertised.tier.name()));
+        let name = advertised.id.unwrap_or_else(|| format!("{host}-{port}"));
+        let id = format!("{}{}-{name}", self.consul_prefix, advertised.tier.name());
         let mut meta = advertised.meta;
         meta.insert("version".into(), env!("CARGO_PKG_VERSION").into());
         meta.insert("admin_port".into(), advertised.admin.port().to_string());

@@ -199,7 +199,7 @@ pub fn logic_client(
     auth: &InternalAuth,
     admin: &Admin,
 ) -> anyhow::Result<courier_proto::LogicClient> {
-    let backend = discovery.discovery(Some(logic_addr), &[])?;
+    let backend = discovery.discovery(Some(logic_addr), &[], &admin.metrics)?;
     let instances = discovery.follow(backend.as_ref(), courier_discovery::Tier::Logic, &admin.metrics);
     Ok(courier_proto::logic_over(instances, LOGIC_CALL_TIMEOUT, auth))
 }
@@ -210,7 +210,7 @@ fn connect_nodes(
     nodes: &[ConnectNode],
     admin: &Admin,
 ) -> anyhow::Result<tokio::sync::watch::Receiver<courier_discovery::Instances>> {
-    let backend = discovery.discovery(None, nodes)?;
+    let backend = discovery.discovery(None, nodes, &admin.metrics)?;
     Ok(discovery.follow(backend.as_ref(), courier_discovery::Tier::Connect, &admin.metrics))
 }
 

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Discovery, Error, Instance, Instances, Result, Tier};
+use crate::{Discovery, Error, Instance, Instances, OnFailure, Result, Tier};
 
 /// The header that carries the ACL token.
 const TOKEN_HEADER: &str = "X-Consul-Token";
@@ -57,6 +57,8 @@ pub struct ConsulConfig {
     pub deregister_critical_after: Duration,
     /// How often a registered instance makes sure the agent still has it.
     pub recheck: Duration,
+    /// Told of every failed health query.
+    pub on_failure: OnFailure,
 }
 
 impl Default for ConsulConfig {
@@ -72,6 +74,7 @@ impl Default for ConsulConfig {
             check_timeout: Duration::from_secs(2),
             deregister_critical_after: Duration::from_secs(60),
             recheck: Duration::from_secs(30),
+            on_failure: OnFailure::default(),
         }
     }
 }
@@ -80,7 +83,8 @@ impl Default for ConsulConfig {
 #[derive(Debug, Clone)]
 pub struct Registration {
     pub tier: Tier,
-    /// Unique among every instance of every tier (for connect, the serverId).
+    /// Unique among every instance of every tier on the agent (connect nodes
+    /// carry their serverId in meta `serverId`, which is what followers see).
     pub id: String,
     /// Where others reach it.
     pub address: String,
@@ -258,6 +262,7 @@ impl Consul {
                 }
                 Err(e) => {
                     tracing::warn!(tier = tier.name(), error = %e, "Consul query failed; keeping the last known instances");
+                    self.config.on_failure.call(&e);
                     let pause = backoff.next_delay();
                     tokio::select! {
                         _ = tx.closed() => return,

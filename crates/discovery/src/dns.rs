@@ -22,7 +22,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use tokio::sync::watch;
 
-use crate::{Discovery, Error, Instance, Instances, Result, Tier};
+use crate::{Discovery, Error, Instance, Instances, OnFailure, Result, Tier};
 
 /// Which names to resolve.
 #[derive(Debug, Clone)]
@@ -35,11 +35,19 @@ pub struct DnsConfig {
     pub refresh: Duration,
     /// The name server to ask; the system's (`/etc/resolv.conf`) when `None`.
     pub server: Option<SocketAddr>,
+    /// Told of every failed lookup.
+    pub on_failure: OnFailure,
 }
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        Self { logic: None, connect: None, refresh: Duration::from_secs(5), server: None }
+        Self {
+            logic: None,
+            connect: None,
+            refresh: Duration::from_secs(5),
+            server: None,
+            on_failure: OnFailure::default(),
+        }
     }
 }
 
@@ -147,7 +155,8 @@ impl Dns {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(tier = tier.name(), error = %e, "DNS lookup failed; keeping the last known instances")
+                    tracing::warn!(tier = tier.name(), error = %e, "DNS lookup failed; keeping the last known instances");
+                    self.config.on_failure.call(&e);
                 }
             }
             tokio::select! {

@@ -42,6 +42,31 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Called on every failed registry query (after it is logged), so the caller
+/// can count them; the last known set is kept either way.
+#[derive(Clone, Default)]
+pub struct OnFailure(Option<Arc<FailureHook>>);
+
+type FailureHook = dyn Fn(&Error) + Send + Sync;
+
+impl OnFailure {
+    pub fn new(hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(hook)))
+    }
+
+    fn call(&self, error: &Error) {
+        if let Some(hook) = &self.0 {
+            hook(error);
+        }
+    }
+}
+
+impl std::fmt::Debug for OnFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "OnFailure(set)" } else { "OnFailure(none)" })
+    }
+}
+
 /// The tiers, as discovery names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Tier {
