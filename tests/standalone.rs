@@ -117,6 +117,11 @@ async fn bad_input_gets_clear_errors_and_nothing_is_queued() {
     assert_eq!(answer["code"], 1, "roomId 0 is refused: {answer}");
     let answer = api.post("/push/pushRoom", json!({"authToken": "forged", "msg": "x", "roomId": 2})).await;
     assert_eq!(answer, json!({"code": 40000, "message": "Session error", "data": null}));
+    // A forged token outranks a bad field, as in gochat.
+    for bad in [json!({"authToken": "forged", "msg": "x", "roomId": 0}), json!({"authToken": "forged", "msg": 5})] {
+        assert_eq!(api.post("/push/pushRoom", bad.clone()).await["code"], 40000, "{bad}");
+        assert_eq!(api.post("/push/push", bad.clone()).await["code"], 40000, "{bad}");
+    }
     let answer = api.post_raw("/push/pushRoom", "{not json".into()).await;
     assert_eq!(answer["code"], 40000, "gochat checks the session first: {answer}");
     let answer = api.post("/push/pushRoom", json!({"authToken": token, "msg": 5, "roomId": 2})).await;
@@ -195,11 +200,19 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     let (token, _) = api.register("erin").await;
     let mut ws = Ws::connect(addrs.ws, &token, 3).await;
     ws.await_members(&[]).await;
-    assert_eq!(api.post("/push/pushRoom", json!({"authToken": token, "msg": "m", "roomId": 3})).await["code"], 0);
-    ws.next_op(3).await;
-
     let http = reqwest::Client::new();
     let get = |path: &str| http.get(format!("http://{}{path}", addrs.admin)).send();
+    let check_auth_calls = || async {
+        let metrics = get("/metrics").await.expect("metrics").text().await.expect("text");
+        let sample = "courier_grpc_requests_total{method=\"CheckAuth\",code=\"Ok\"} ";
+        metrics.lines().find_map(|l| l.strip_prefix(sample)?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let before = check_auth_calls().await;
+    assert_eq!(api.post("/push/pushRoom", json!({"authToken": token, "msg": "m", "roomId": 3})).await["code"], 0);
+    ws.next_op(3).await;
+    // A send over HTTP is one call to logic: Send checks the session itself.
+    assert_eq!(check_auth_calls().await, before, "no CheckAuth call for a send");
+
     assert_eq!(get("/healthz").await.expect("healthz").status(), 200);
     let ready = get("/readyz").await.expect("readyz");
     assert_eq!(ready.status(), 200, "every tier is ready");

@@ -157,6 +157,38 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for SessionBody<T> {
     }
 }
 
+/// The body of a send route. logic's Send checks the session itself, so a
+/// send is one call to logic; only a body that is wrong has its session asked
+/// for first ([`session_first`]), so a bad token still outranks a bad field,
+/// as in gochat.
+struct SendBody<T> {
+    token: String,
+    fields: Result<T, Answer>,
+}
+
+impl<T: DeserializeOwned> FromRequest<ApiState> for SendBody<T> {
+    type Rejection = Answer;
+
+    async fn from_request(request: Request, state: &ApiState) -> Result<Self, Answer> {
+        let bytes = axum::body::to_bytes(request.into_body(), state.config.body_limit)
+            .await
+            .map_err(|_| Answer::fail(format!("request body is larger than {} bytes", state.config.body_limit)))?;
+        let token: TokenBody = serde_json::from_slice(&bytes).map_err(|_| Answer::session_error())?;
+        let token = token.auth_token.filter(|t| !t.is_empty()).ok_or_else(Answer::session_error)?;
+        let fields = serde_json::from_slice(&bytes).map_err(|e| Answer::fail(format!("invalid request body: {e}")));
+        Ok(Self { token, fields })
+    }
+}
+
+/// `answer` for a request that cannot be sent, unless its session is not
+/// valid: then the session error, as gochat orders them.
+async fn session_first(state: &ApiState, token: &str, answer: Answer) -> Answer {
+    match session(state, Some(token)).await {
+        Ok(_) => answer,
+        Err(session_answer) => session_answer,
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct CredentialsBody {
@@ -330,39 +362,35 @@ async fn send(state: &ApiState, request: SendRequest, data: Value, fallback: &st
     }
 }
 
-async fn push(State(state): State<ApiState>, SessionBody { token, fields: b, .. }: SessionBody<PushBody>) -> Answer {
-    either(
-        async {
-            let room = room_required(b.room_id)?;
-            let to_user = b.to_user_id.filter(|u| *u != 0).ok_or_else(|| Answer::fail("toUserId is required"))?;
-            let body = b.msg.unwrap_or_default();
-            let request = SendRequest {
-                auth_token: token,
-                room_id: room,
-                to_user_id: to_user,
-                body,
-                client_msg_id: String::new(),
-            };
-            Ok(send(&state, request, Value::Null, "rpc fail get friend userName").await)
-        }
-        .await,
-    )
+async fn push(State(state): State<ApiState>, SendBody { token, fields }: SendBody<PushBody>) -> Answer {
+    let request = fields.and_then(|b| {
+        let room = room_required(b.room_id)?;
+        let to_user = b.to_user_id.filter(|u| *u != 0).ok_or_else(|| Answer::fail("toUserId is required"))?;
+        let body = b.msg.unwrap_or_default();
+        Ok(SendRequest {
+            auth_token: token.clone(),
+            room_id: room,
+            to_user_id: to_user,
+            body,
+            client_msg_id: String::new(),
+        })
+    });
+    match request {
+        Ok(request) => send(&state, request, Value::Null, "rpc fail get friend userName").await,
+        Err(answer) => session_first(&state, &token, answer).await,
+    }
 }
 
-async fn push_room(
-    State(state): State<ApiState>,
-    SessionBody { token, fields: b, .. }: SessionBody<PushBody>,
-) -> Answer {
-    either(
-        async {
-            let room = room_required(b.room_id)?;
-            let body = b.msg.unwrap_or_default();
-            let request =
-                SendRequest { auth_token: token, room_id: room, to_user_id: 0, body, client_msg_id: String::new() };
-            Ok(send(&state, request, "".into(), "rpc push room msg fail!").await)
-        }
-        .await,
-    )
+async fn push_room(State(state): State<ApiState>, SendBody { token, fields }: SendBody<PushBody>) -> Answer {
+    let request = fields.and_then(|b| {
+        let room = room_required(b.room_id)?;
+        let body = b.msg.unwrap_or_default();
+        Ok(SendRequest { auth_token: token.clone(), room_id: room, to_user_id: 0, body, client_msg_id: String::new() })
+    });
+    match request {
+        Ok(request) => send(&state, request, "".into(), "rpc push room msg fail!").await,
+        Err(answer) => session_first(&state, &token, answer).await,
+    }
 }
 
 /// Which room update `/push/count` and `/push/getRoomInfo` ask logic to push.
