@@ -186,11 +186,16 @@ pub async fn history_pages_are_complete_and_ordered(target: &Target) {
     assert_eq!(answer["code"], 40000);
 
     // A private conversation is the inbox filtered to one other party.
+    let mut bob_ws = Ws::connect(target.ws, &bob_token, target.room(9)).await;
+    bob_ws.await_members(&[alice, bob]).await;
     for (to, text) in [(bob, "to bob 1"), (carol, "to carol"), (bob, "to bob 2")] {
         let body = json!({"authToken": t, "msg": text, "toUserId": to, "roomId": target.room(9)});
         assert_eq!(api.post("/push/push", body).await["code"], 0);
     }
-    ws.take_op(2, 3).await; // alice's copies: all three are persisted
+    // Pushed means persisted: alice's copies (her inbox) and bob's messages
+    // (his, written by another partition) are all in history.
+    ws.take_op(2, 3).await;
+    bob_ws.take_op(2, 2).await;
     let answer = api.post("/history/private", json!({"authToken": bob_token, "userId": alice, "afterSeq": 0})).await;
     assert_eq!(bodies(answer["data"]["messages"].as_array().expect("messages")), vec!["to bob 1", "to bob 2"]);
     let answer = api.post("/history/private", json!({"authToken": t, "userId": bob, "afterSeq": 0})).await;
