@@ -147,14 +147,25 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for SessionBody<T> {
     type Rejection = Answer;
 
     async fn from_request(request: Request, state: &ApiState) -> Result<Self, Answer> {
-        let bytes = axum::body::to_bytes(request.into_body(), state.config.body_limit)
-            .await
-            .map_err(|_| Answer::fail(format!("request body is larger than {} bytes", state.config.body_limit)))?;
-        let token: TokenBody = serde_json::from_slice(&bytes).map_err(|_| Answer::session_error())?;
-        let user = session(state, token.auth_token.as_deref()).await?;
-        let fields = serde_json::from_slice(&bytes).map_err(|e| Answer::fail(format!("invalid request body: {e}")))?;
-        Ok(Self { user, token: token.auth_token.unwrap_or_default(), fields })
+        let (token, bytes) = token_body(request, state).await?;
+        let user = session(state, token.as_deref()).await?;
+        Ok(Self { user, token: token.unwrap_or_default(), fields: fields(&bytes)? })
     }
+}
+
+/// A body within the limit and the `authToken` it carries (a body that is
+/// not a JSON object is a session error, as in gochat).
+async fn token_body(request: Request, state: &ApiState) -> Result<(Option<String>, axum::body::Bytes), Answer> {
+    let bytes = axum::body::to_bytes(request.into_body(), state.config.body_limit)
+        .await
+        .map_err(|_| Answer::fail(format!("request body is larger than {} bytes", state.config.body_limit)))?;
+    let token: TokenBody = serde_json::from_slice(&bytes).map_err(|_| Answer::session_error())?;
+    Ok((token.auth_token, bytes))
+}
+
+/// A route's own fields from its body.
+fn fields<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Answer> {
+    serde_json::from_slice(bytes).map_err(|e| Answer::fail(format!("invalid request body: {e}")))
 }
 
 /// The body of a send route. logic's Send checks the session itself, so a
@@ -170,13 +181,9 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for SendBody<T> {
     type Rejection = Answer;
 
     async fn from_request(request: Request, state: &ApiState) -> Result<Self, Answer> {
-        let bytes = axum::body::to_bytes(request.into_body(), state.config.body_limit)
-            .await
-            .map_err(|_| Answer::fail(format!("request body is larger than {} bytes", state.config.body_limit)))?;
-        let token: TokenBody = serde_json::from_slice(&bytes).map_err(|_| Answer::session_error())?;
-        let token = token.auth_token.filter(|t| !t.is_empty()).ok_or_else(Answer::session_error)?;
-        let fields = serde_json::from_slice(&bytes).map_err(|e| Answer::fail(format!("invalid request body: {e}")));
-        Ok(Self { token, fields })
+        let (token, bytes) = token_body(request, state).await?;
+        let token = token.filter(|t| !t.is_empty()).ok_or_else(Answer::session_error)?;
+        Ok(Self { token, fields: fields(&bytes) })
     }
 }
 
