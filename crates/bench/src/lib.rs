@@ -76,8 +76,8 @@ pub struct BenchArgs {
     /// Prefix of the bench users' names.
     #[arg(long, global = true, default_value = "bench")]
     pub prefix: String,
-    /// Server processes to measure (default: every courier and java process);
-    /// repeatable or comma-separated.
+    /// Server processes to measure (default: every courier, java, postgres and
+    /// redis-server process); repeatable or comma-separated.
     #[arg(long = "pid", global = true, value_delimiter = ',')]
     pub pids: Vec<u32>,
     /// Print the result as JSON.

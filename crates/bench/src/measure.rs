@@ -93,8 +93,11 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// The server processes on this machine: every `courier` other than this one and
-/// every `java` (Kafka's broker).
+/// The server processes on this machine: every `courier` other than a bench,
+/// every `java` (Kafka's broker), and every `postgres` and `redis-server`
+/// process (PostgreSQL's backends are one process per connection; the pools
+/// open theirs before a run starts). Whatever runs on this machine counts: run
+/// benches where nothing else does.
 pub fn find_server_pids() -> Vec<u32> {
     let me = std::process::id();
     let mut pids = Vec::new();
@@ -109,7 +112,10 @@ pub fn find_server_pids() -> Vec<u32> {
         let program = args.first().map(|a| String::from_utf8_lossy(a).to_string()).unwrap_or_default();
         let name = program.rsplit('/').next().unwrap_or_default();
         let is_bench = args.iter().any(|a| *a == b"bench");
-        if (name == "courier" && !is_bench) || name == "java" {
+        // PostgreSQL rewrites its backends' command lines; their comm stays.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let backend = matches!(comm.trim(), "postgres" | "redis-server");
+        if (name == "courier" && !is_bench) || name == "java" || backend {
             pids.push(pid);
         }
     }
