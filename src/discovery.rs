@@ -136,7 +136,7 @@ impl DiscoveryArgs {
     /// where the tier calls logic, `--connect-node`s where it pushes) for
     /// `static`. Failed registry queries count as
     /// `courier_errors_total{reason="discovery"}`.
-    pub fn discovery(
+    fn backend(
         &self,
         logic: Option<&str>,
         connect: &[Instance],
@@ -173,10 +173,11 @@ impl DiscoveryArgs {
         })
     }
 
-    /// Follows `tier` and keeps `courier_discovered_instances{tier}` current.
-    pub fn follow(&self, discovery: &dyn Discovery, tier: Tier, metrics: &Arc<Metrics>) -> watch::Receiver<Instances> {
-        let watch = discovery.watch(tier);
-        let gauge = metrics.discovered.get_or_create(&TierLabel { tier: tier.name() }).clone();
+    /// Follows the logic instances (`logic_addr` with static discovery),
+    /// keeping `courier_discovered_instances{tier="logic"}` current.
+    pub fn logic(&self, logic_addr: &str, metrics: &Arc<Metrics>) -> anyhow::Result<watch::Receiver<Instances>> {
+        let watch = self.backend(Some(logic_addr), &[], metrics)?.watch(Tier::Logic);
+        let gauge = metrics.discovered.get_or_create(&TierLabel { tier: Tier::Logic.name() }).clone();
         let mut counted = watch.clone();
         tokio::spawn(async move {
             loop {
@@ -186,7 +187,17 @@ impl DiscoveryArgs {
                 }
             }
         });
-        watch
+        Ok(watch)
+    }
+
+    /// Follows the connect nodes (`nodes` with static discovery); the pusher
+    /// that uses them counts them.
+    pub fn connect_nodes(
+        &self,
+        nodes: &[Instance],
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<watch::Receiver<Instances>> {
+        Ok(self.backend(None, nodes, metrics)?.watch(Tier::Connect))
     }
 
     /// Registers this process with Consul (when that is the backend) until
@@ -220,7 +231,8 @@ impl DiscoveryArgs {
             meta,
             check_url: format!("http://{}/readyz", host_port(&admin_host, advertised.admin.port())),
         };
-        if advertised.admin.ip().is_loopback() && !registration.address.starts_with("127.") {
+        let advertised_loopback = registration.address.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if advertised.admin.ip().is_loopback() && !advertised_loopback {
             tracing::warn!(
                 admin = %advertised.admin,
                 "the admin endpoints listen on loopback: a Consul agent on another host cannot run this tier's check"

@@ -199,19 +199,8 @@ pub fn logic_client(
     auth: &InternalAuth,
     admin: &Admin,
 ) -> anyhow::Result<courier_proto::LogicClient> {
-    let backend = discovery.discovery(Some(logic_addr), &[], &admin.metrics)?;
-    let instances = discovery.follow(backend.as_ref(), courier_discovery::Tier::Logic, &admin.metrics);
+    let instances = discovery.logic(logic_addr, &admin.metrics)?;
     Ok(courier_proto::logic_over(instances, LOGIC_CALL_TIMEOUT, auth))
-}
-
-/// The connect nodes for logic and task (`nodes` with static discovery).
-fn connect_nodes(
-    discovery: &DiscoveryArgs,
-    nodes: &[ConnectNode],
-    admin: &Admin,
-) -> anyhow::Result<tokio::sync::watch::Receiver<courier_discovery::Instances>> {
-    let backend = discovery.discovery(None, nodes, &admin.metrics)?;
-    Ok(discovery.follow(backend.as_ref(), courier_discovery::Tier::Connect, &admin.metrics))
 }
 
 /// Runs logic. Without a fixed worker id, a cluster (Redis) leases one; the
@@ -223,7 +212,7 @@ pub async fn logic(
     admin: Admin,
 ) -> anyhow::Result<()> {
     let LogicTier { mut config, worker_id, policy, listen, nodes, demo_users } = tier;
-    let nodes = connect_nodes(discovery, &nodes, &admin)?;
+    let nodes = discovery.connect_nodes(&nodes, &admin.metrics)?;
     let (users, history) = backends.stores().await?;
     let queue = backends.queue().await?;
     let (sessions, presence, client_msg_ids) = backends.sessions(policy).await?;
@@ -283,7 +272,7 @@ pub async fn task(
     secret: InternalAuth,
     admin: Admin,
 ) -> anyhow::Result<()> {
-    let nodes = connect_nodes(discovery, &nodes, &admin)?;
+    let nodes = discovery.connect_nodes(&nodes, &admin.metrics)?;
     let (_, history) = backends.stores().await?;
     let queue = backends.queue().await?;
     let (_, presence, _) = backends.sessions(SessionPolicy::default()).await?;

@@ -119,6 +119,8 @@ async fn a_cluster_given_only_consul_finds_itself_and_follows_its_changes() {
             failed += 1;
             succeeded_in_a_row = 0;
             assert!(failed < 200, "sends still fail long after logic-a died");
+            // A client's pause before it retries (a refused call returns in
+            // about a millisecond): 200 failures are 10 s of this.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

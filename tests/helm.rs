@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::Api;
-use common::tiers::{free_port, local};
+use common::tiers::{free_port, local, until_ready};
 use serde_json::{Value, json};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/courier");
@@ -349,11 +349,7 @@ async fn the_rendered_chart_runs_as_local_processes() {
             .spawn()
             .expect("tier starts");
         children.push(child);
-        let url = format!("http://{admin}/readyz");
-        courier_testkit::eventually(&format!("{name} ready"), std::time::Duration::from_secs(60), || async {
-            reqwest::get(&url).await.ok()?.status().is_success().then_some(())
-        })
-        .await;
+        until_ready(name, admin).await;
     }
 
     // A login, a room message and a private message through them.

@@ -237,16 +237,13 @@ fn verify_with(password: &str, stored: &str, blocks: &mut Vec<Block>) -> bool {
     if params.m_cost() > MAX_STORED_MEMORY_KIB {
         return false;
     }
-    let mut out = vec![0u8; expected.len()];
+    let mut buffer = [0u8; Output::MAX_LENGTH];
+    let Some(out) = buffer.get_mut(..expected.len()) else { return false };
     let argon2 = Argon2::new(algorithm, version, params.clone());
-    let computed = argon2.hash_password_into_with_memory(
-        password.as_bytes(),
-        salt,
-        &mut out,
-        memory(blocks, params.block_count()),
-    );
+    let computed =
+        argon2.hash_password_into_with_memory(password.as_bytes(), salt, out, memory(blocks, params.block_count()));
     // Output's comparison takes the same time wherever the bytes differ.
-    computed.is_ok() && Output::new(&out).is_ok_and(|computed| computed == *expected)
+    computed.is_ok() && Output::new(out).is_ok_and(|computed| computed == *expected)
 }
 
 #[cfg(test)]

@@ -99,6 +99,12 @@ pub async fn start(name: &str, args: &[String], env: &[(&'static str, String)]) 
         .kill_on_drop(true)
         .spawn()
         .expect("tier starts");
+    until_ready(name, admin).await;
+    (child, admin)
+}
+
+/// Waits until the tier whose admin endpoints are at `admin` is ready.
+pub async fn until_ready(name: &str, admin: SocketAddr) {
     let http = reqwest::Client::new();
     let url = format!("http://{admin}/readyz");
     courier_testkit::eventually(&format!("{name} ready"), Duration::from_secs(60), || async {
@@ -106,7 +112,6 @@ pub async fn start(name: &str, args: &[String], env: &[(&'static str, String)]) 
         response.status().is_success().then_some(())
     })
     .await;
-    (child, admin)
 }
 
 /// A sample of the tier's Prometheus metrics (0 when not exported yet).

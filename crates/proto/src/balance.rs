@@ -49,10 +49,8 @@ impl Service<http::Request<Body>> for Bounded {
         Box::pin(async move {
             match tokio::time::timeout(timeout, call).await {
                 Ok(answer) => answer.map_err(Into::into),
-                Err(_) => {
-                    Err(Box::new(tonic::Status::unavailable(format!("no logic instance answered within {timeout:?}")))
-                        as StdError)
-                }
+                Err(_) => Err(Box::new(tonic::Status::unavailable(format!("logic did not answer within {timeout:?}")))
+                    as StdError),
             }
         })
     }

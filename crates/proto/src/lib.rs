@@ -240,8 +240,9 @@ pub fn logic_client(channel: Channel, timeout: std::time::Duration, secret: &Int
 /// use; `timeout` bounds each call. An address that is not one is an error
 /// now rather than at the first call.
 pub fn logic_at(addr: &str, timeout: std::time::Duration, secret: &InternalAuth) -> Result<LogicClient, BadAddress> {
-    let channel = lazy_channel(addr, timeout, secret).map_err(|_| BadAddress(addr.to_owned()))?;
-    Ok(logic_client(channel, timeout, secret))
+    // Each call's deadline is the client's (see `logic_client`), not the channel's.
+    let endpoint = endpoint(addr, timeout, secret).map_err(|_| BadAddress(addr.to_owned()))?;
+    Ok(logic_client(endpoint.connect_lazy(), timeout, secret))
 }
 
 /// A client of every logic instance in `instances` (a discovery watch),
@@ -287,10 +288,11 @@ pub fn lazy_channel(
     timeout: std::time::Duration,
     auth: &InternalAuth,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    Ok(endpoint(addr, timeout, auth)?.connect_lazy())
+    Ok(endpoint(addr, timeout, auth)?.timeout(timeout).connect_lazy())
 }
 
-/// How an internal service at `addr` is dialled (see [`lazy_channel`]).
+/// How an internal service at `addr` is dialled: over TLS when `auth` has
+/// it, connecting within `timeout` (at most 5 s); calls are not bounded here.
 fn endpoint(
     addr: &str,
     timeout: std::time::Duration,
@@ -298,8 +300,7 @@ fn endpoint(
 ) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
     let scheme = if auth.tls.is_some() { "https" } else { "http" };
     let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
-        .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
-        .timeout(timeout);
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(5)));
     if let Some(tls) = &auth.tls {
         endpoint = endpoint.tls_config(tls.client())?;
     }

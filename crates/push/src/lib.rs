@@ -173,7 +173,10 @@ impl Pusher {
             tracing::info!(node = %node.id, addr = %node.addr, "pushing to connect node");
             current.insert(node.id.clone(), NodeQueue { node: node.clone(), tx, stop });
         }
-        self.metrics.discovered.get_or_create(&TierLabel { tier: "connect" }).set(current.len() as i64);
+        self.metrics
+            .discovered
+            .get_or_create(&TierLabel { tier: courier_discovery::Tier::Connect.name() })
+            .set(current.len() as i64);
     }
 
     /// The serverIds of the connect nodes pushed to now.
