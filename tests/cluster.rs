@@ -294,7 +294,7 @@ async fn a_record_the_store_cannot_keep_is_set_aside_and_its_partition_moves_on(
         from_user_id: alice,
         from_user_name: format!("da{run}"),
         body: "PostgreSQL cannot store \0 in text".into(),
-        admitted_ms: 1,
+        admitted_us: 1_000,
         ..MessageRecord::default()
     }
     .encode_to_vec();

@@ -129,7 +129,7 @@ fn record(msg_id: u64, room: u64, body: &str) -> Vec<u8> {
         to_user_id: 0,
         to_user_name: String::new(),
         body: body.into(),
-        admitted_ms: courier_ids::now_unix_ms(),
+        admitted_us: courier_ids::now_unix_us(),
         client_msg_id: String::new(),
         inboxes: courier_model::Inboxes::Recipient,
     }

@@ -231,6 +231,12 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     ] {
         assert!(metrics.contains(expected), "missing {expected:?} in\n{metrics}");
     }
+    // The message's way, timed stage by stage from its admission: each tier
+    // counted it once (the write is counted just after the client has it).
+    for stage in courier_telemetry::Stage::ALL {
+        let sample = format!("courier_message_stage_seconds_count{{stage=\"{}\"}}", stage.name());
+        common::tiers::until_metric(addrs.admin, &sample, 1.0).await;
+    }
     courier.stop().await;
 }
 

@@ -153,11 +153,11 @@ impl Channel {
         stream: Option<StreamId>,
         seq: u64,
         text: &Utf8Bytes,
-        admitted_ms: i64,
+        admitted_us: i64,
         metrics: &Metrics,
     ) -> bool {
         let Some(stream) = stream else {
-            return self.queue(Outbound::Frame { text: text.clone(), admitted_ms }, metrics);
+            return self.queue(Outbound::Frame { text: text.clone(), admitted_us }, metrics);
         };
         let mut streams = lock(&self.streams);
         let state = streams.entry(stream);
@@ -170,7 +170,7 @@ impl Channel {
                 );
                 return false;
             }
-            held.push((seq, text.clone(), admitted_ms));
+            held.push((seq, text.clone(), admitted_us));
             return true;
         }
         if state.known && seq > state.last.saturating_add(1) {
@@ -180,13 +180,14 @@ impl Channel {
             // partition) or were lost on the way. Hold this one back until the gap is filled (see
             // `Gateway::fill_gap`): sending it would make the missing ones
             // look stale, and they would never reach the client.
-            state.held_back = Some(vec![(seq, text.clone(), admitted_ms)]);
+            state.held_back = Some(vec![(seq, text.clone(), admitted_us)]);
             let after = state.last;
             drop(streams);
+            metrics.error("push_gap");
             self.report_gap(stream, after);
             return true;
         }
-        self.queue_in_order(state, seq, text.clone(), admitted_ms, metrics)
+        self.queue_in_order(state, seq, text.clone(), admitted_us, metrics)
     }
 
     /// Starts recovering `stream` for a client that has it up to `after`.
@@ -249,13 +250,13 @@ impl Channel {
         state: &mut StreamState,
         seq: u64,
         text: Utf8Bytes,
-        admitted_ms: i64,
+        admitted_us: i64,
         metrics: &Metrics,
     ) -> bool {
         if !state.advance(seq) {
             return false;
         }
-        self.queue(Outbound::Frame { text, admitted_ms }, metrics)
+        self.queue(Outbound::Frame { text, admitted_us }, metrics)
     }
 
     /// Starts recovering `stream`: live frames are held back from now on.
@@ -287,7 +288,7 @@ impl Channel {
             let mut held = held;
             held.sort_by_key(|(seq, _, _)| *seq);
             let mut rest = held.into_iter();
-            while let Some((seq, text, admitted_ms)) = rest.next() {
+            while let Some((seq, text, admitted_us)) = rest.next() {
                 if let Some(last) = self.position(stream)
                     && seq > last.saturating_add(1)
                 {
@@ -295,13 +296,13 @@ impl Channel {
                     let mut streams = lock(&self.streams);
                     let state = streams.entry(stream);
                     let held = state.held_back.get_or_insert_with(Vec::new);
-                    held.push((seq, text, admitted_ms));
+                    held.push((seq, text, admitted_us));
                     held.extend(rest);
                     drop(streams);
                     self.report_gap(stream, last);
                     return;
                 }
-                self.send_in_order(stream, seq, text, admitted_ms).await;
+                self.send_in_order(stream, seq, text, admitted_us).await;
             }
         }
     }
@@ -331,7 +332,7 @@ impl Channel {
     }
 
     /// Queues one recovered frame if newer than the last, waiting for room.
-    async fn send_in_order(&self, stream: StreamId, seq: u64, text: Utf8Bytes, admitted_ms: i64) {
+    async fn send_in_order(&self, stream: StreamId, seq: u64, text: Utf8Bytes, admitted_us: i64) {
         {
             let mut streams = lock(&self.streams);
             if !streams.entry(stream).advance(seq) {
@@ -340,13 +341,13 @@ impl Channel {
         }
         tokio::select! {
             _ = self.closing() => {}
-            _ = self.outbox.offer_waiting(Outbound::Frame { text, admitted_ms }) => {}
+            _ = self.outbox.offer_waiting(Outbound::Frame { text, admitted_us }) => {}
         }
     }
 
     /// Queues a reply (ack, error) to this connection.
     pub fn reply(&self, text: String, metrics: &Metrics) -> bool {
-        self.queue(Outbound::Frame { text: text.into(), admitted_ms: 0 }, metrics)
+        self.queue(Outbound::Frame { text: text.into(), admitted_us: 0 }, metrics)
     }
 
     fn queue(&self, outbound: Outbound, metrics: &Metrics) -> bool {

@@ -148,12 +148,10 @@ where
                 };
                 match tokio::time::timeout(config.write_timeout, write).await {
                     Ok(Ok(())) => {
-                        let now = courier_ids::now_unix_ms();
-                        for Outbound::Frame { admitted_ms, .. } in &batch.frames {
+                        let now = courier_ids::now_unix_us();
+                        for Outbound::Frame { admitted_us, .. } in &batch.frames {
                             deliveries.inc();
-                            if *admitted_ms > 0 {
-                                metrics.delivery_latency.observe((now - admitted_ms).max(0) as f64 / 1000.0);
-                            }
+                            metrics.delivered(*admitted_us, now);
                         }
                         if batch.emptied {
                             (framing.idle)(&mut socket);

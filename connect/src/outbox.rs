@@ -15,8 +15,8 @@ use crate::lock;
 /// What a connection's writer sends next.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A JSON frame; `admitted_ms` is the message's admission time (0 if none).
-    Frame { text: Utf8Bytes, admitted_ms: i64 },
+    /// A JSON frame; `admitted_us` is the message's admission time (0 if none).
+    Frame { text: Utf8Bytes, admitted_us: i64 },
 }
 
 /// A connection's queue of frames to write: bounded, first in first out, and

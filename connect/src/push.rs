@@ -8,7 +8,7 @@ use std::sync::Arc;
 use courier_model::StreamId;
 use courier_proto::connect::connect_server::Connect;
 use courier_proto::connect::{PushReply, PushRequest, delivery::Target};
-use courier_telemetry::ResultLabel;
+use courier_telemetry::{ResultLabel, Stage};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tonic::{Request, Response, Status};
 
@@ -29,6 +29,7 @@ impl Connect for PushService {
         // A batch often holds several frames for one room: look its channels up once.
         let mut rooms: HashMap<u64, Vec<Arc<Channel>>> = HashMap::new();
         let request = request.into_inner();
+        let received = courier_ids::now_unix_us();
         let mut closed = 0u64;
         if !request.revoked_tokens.is_empty() {
             for channel in self.hub.all() {
@@ -43,6 +44,7 @@ impl Connect for PushService {
         let unmatched = metrics.pushed_frames.get_or_create(&ResultLabel { result: "unmatched" }).clone();
         let mut user_channels: Vec<Arc<Channel>>;
         for delivery in request.deliveries {
+            metrics.reached(Stage::Received, delivery.admitted_us, received);
             // Only message frames name a stream; a name this build cannot read
             // is a sender's bug, and its frame cannot be sequenced: drop it.
             let stream = match delivery.stream.as_str() {
@@ -67,7 +69,7 @@ impl Connect for PushService {
             };
             if channels.is_empty() { &unmatched } else { &matched }.inc();
             for channel in channels {
-                if channel.offer(stream, delivery.seq, &text, delivery.admitted_ms, &metrics) {
+                if channel.offer(stream, delivery.seq, &text, delivery.admitted_us, &metrics) {
                     queued += 1;
                 }
             }

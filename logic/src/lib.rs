@@ -43,7 +43,7 @@ use courier_proto::logic::{
 use courier_push::Pusher;
 use courier_queue::Queue;
 use courier_store::{Error as StoreError, HistoryStore, Page, UserStore};
-use courier_telemetry::{KindLabel, Metrics};
+use courier_telemetry::{KindLabel, Metrics, Stage};
 use courier_wire::frame::{CountFrame, MessageFrame, RoomInfoFrame, to_text};
 use futures_util::StreamExt as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -256,6 +256,9 @@ impl Logic {
 
     /// Admits one message: answered once the queue has it.
     pub async fn send(&self, request: SendRequest) -> Result<SendReply, Status> {
+        // Admission is when the send arrived: the stage latencies count the
+        // session check and the client message id claim too.
+        let arrived_us = courier_ids::now_unix_us();
         let sender = self.session(&request.auth_token).await?;
         if let Some(limiter) = &self.inner.send_limiter
             && limiter.check_key(&sender.user_id).is_err()
@@ -312,11 +315,11 @@ impl Logic {
             from_user_id: sender.user_id,
             from_user_name: sender.user_name,
             body: request.body,
-            admitted_ms: courier_ids::now_unix_ms(),
+            admitted_us: arrived_us,
             client_msg_id: request.client_msg_id,
             inboxes: Inboxes::Recipient,
         };
-        let started = Instant::now();
+        let (started, admitted_us) = (Instant::now(), message.admitted_us);
         // A private message is two records, the recipient's and the sender's
         // copy, each keyed by the inbox it writes (one writer per stream); it
         // is accepted once the queue has both. A retry produces both again:
@@ -332,6 +335,7 @@ impl Logic {
             return Err(Status::unavailable("message not accepted; try again"));
         }
         self.metrics().produce_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics().reached(Stage::Produced, admitted_us, courier_ids::now_unix_us());
         self.metrics().messages_admitted.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
         Ok(SendReply { msg_id })
     }
@@ -532,7 +536,7 @@ const RECIPIENT_NAMES: usize = 100_000;
 const FLUSH_READS: usize = 32;
 
 fn room_delivery(room: u64, body: String) -> Delivery {
-    Delivery { target: Some(Target::RoomId(room)), stream: String::new(), seq: 0, body, admitted_ms: 0 }
+    Delivery { target: Some(Target::RoomId(room)), stream: String::new(), seq: 0, body, admitted_us: 0 }
 }
 
 /// What a client sees when a backend failed; the failure itself is logged.

@@ -43,7 +43,7 @@ use courier_push::Pusher;
 use courier_queue::{Consumer, Queue, Record};
 use courier_retry::Backoff;
 use courier_store::HistoryStore;
-use courier_telemetry::{Metrics, PartitionLabel, ReadyFlag, TopicLabel};
+use courier_telemetry::{Metrics, PartitionLabel, ReadyFlag, Stage, TopicLabel};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -238,6 +238,7 @@ impl Dispatcher {
                 self.shutdown.clone(),
             ),
             pusher: self.backends.pusher.clone(),
+            metrics: self.backends.metrics.clone(),
             max_batch: self.config.max_batch,
             partition,
             finished: self.finished_tx.clone(),
@@ -305,6 +306,7 @@ fn by_partition(records: Vec<Record>) -> BTreeMap<u32, Vec<Record>> {
 struct Lane {
     persister: Persister,
     pusher: Pusher,
+    metrics: Arc<Metrics>,
     max_batch: usize,
     partition: u32,
     finished: mpsc::UnboundedSender<(u32, u64)>,
@@ -329,16 +331,24 @@ impl Lane {
         }
     }
 
-    /// Persists the records and pushes their frames. False if shutdown
-    /// interrupted it: nothing is committed then, so the records will be
-    /// redelivered.
+    /// Persists the records and pushes their frames, timing each message's
+    /// stages (see [`Stage`]). False if shutdown interrupted it: nothing is
+    /// committed then, so the records will be redelivered.
     async fn persist_and_push(&self, records: &[Record]) -> bool {
+        let consumed = courier_ids::now_unix_us();
         let Some(stored) = self.persister.persist(records).await else { return false };
-        let mut deliveries = Vec::with_capacity(stored.len() * 2);
+        let persisted = courier_ids::now_unix_us();
+        let mut deliveries = Vec::with_capacity(stored.len());
         for (message, positions) in &stored {
+            self.metrics.reached(Stage::Consumed, message.admitted_us, consumed);
+            self.metrics.reached(Stage::Persisted, message.admitted_us, persisted);
             deliveries.extend(courier_push::frames::frames_for(message, positions));
         }
         self.pusher.deliver(&deliveries).await;
+        let pushed = courier_ids::now_unix_us();
+        for (message, _) in &stored {
+            self.metrics.reached(Stage::Pushed, message.admitted_us, pushed);
+        }
         true
     }
 }

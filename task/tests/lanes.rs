@@ -74,7 +74,7 @@ fn record_with_body(msg_id: u64, room_id: u64, body: &str) -> Vec<u8> {
         from_user_id: 1,
         from_user_name: "alice".into(),
         body: body.into(),
-        admitted_ms: 1,
+        admitted_us: 1_000,
         ..MessageRecord::default()
     }
     .encode_to_vec()

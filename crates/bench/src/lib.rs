@@ -17,10 +17,14 @@
 //! - `logins`: a burst of registrations then logins; reports the servers'
 //!   resident memory idle, at the peak and once settled (password hashing's
 //!   memory is the cost being watched).
+//!
+//! `private` and `room` also report the servers' own breakdown of the run's
+//! latency by stage, scraped from their `/metrics` (see [`stages`]).
 
 mod clients;
 mod logins;
 mod measure;
+mod stages;
 
 use std::io::IsTerminal as _;
 use std::net::IpAddr;
@@ -80,6 +84,11 @@ pub struct BenchArgs {
     /// redis-server process); repeatable or comma-separated.
     #[arg(long = "pid", global = true, value_delimiter = ',')]
     pub pids: Vec<u32>,
+    /// Admin endpoints (`host:port`) whose `/metrics` give the per-stage
+    /// breakdown; default: every admin port 9100–9199 on loopback that
+    /// answers (the standalone's and the local cluster's).
+    #[arg(long = "metrics", global = true, value_delimiter = ',')]
+    pub metrics: Vec<String>,
     /// Print the result as JSON.
     #[arg(long, global = true)]
     pub json: bool,
@@ -173,6 +182,9 @@ pub struct Report {
     pub server_cpu_us_per_delivery: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_rss_bytes_per_connection: Option<f64>,
+    /// The servers' latency by stage, when their metrics could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<stages::Breakdown>,
 }
 
 /// Counters the progress line reads while the run goes.
@@ -271,6 +283,8 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
     }
 
     let pids = if args.pids.is_empty() { measure::find_server_pids() } else { args.pids.clone() };
+    let admin = stages::endpoints(&args.metrics).await;
+    let counted_before = stages::scrape(&target.http, &admin).await;
     let progress = Arc::new(Progress::default());
     let stop_sending = Arc::new(AtomicBool::new(false));
     let stop_reading = CancellationToken::new();
@@ -364,6 +378,8 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
     // Deliveries per second over the time until the last one arrived.
     let delivering = last_progress.1.duration_since(start).as_secs_f64().max(1e-9);
     let cpu = (measure::total_cpu(&pids) - cpu_before).max(0.0);
+    let counted = stages::scrape(&target.http, &admin).await;
+    let breakdown = (counted.endpoints > 0).then(|| counted.since(&counted_before));
     for writer in &writers {
         writer.abort();
     }
@@ -407,6 +423,7 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
         server_cpu_us_per_message: cpu * 1e6 / acknowledged.max(1) as f64,
         server_cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
         server_rss_bytes_per_connection: None,
+        stages: breakdown,
     })
 }
 
@@ -632,6 +649,7 @@ async fn connections(
         server_cpu_us_per_message: 0.0,
         server_cpu_us_per_delivery: 0.0,
         server_rss_bytes_per_connection: Some(per_connection),
+        stages: None,
     })
 }
 
@@ -723,4 +741,17 @@ fn print_table(r: &Report) {
         "server CPU            {:.2} s in {:?}: {:.1} µs/message, {:.2} µs/delivery",
         r.server_cpu_s, r.server_pids, r.server_cpu_us_per_message, r.server_cpu_us_per_delivery
     );
+    match &r.stages {
+        Some(b) if !b.stages.is_empty() => {
+            println!("since admission, as the servers timed it (ms):");
+            for s in &b.stages {
+                println!(
+                    "  {:<12}{:>10} × p50 {:>8.2}  p99 {:>8.2}  p99.9 {:>8.2}",
+                    s.stage, s.count, s.p50_ms, s.p99_ms, s.p999_ms
+                );
+            }
+            println!("push gaps held back   {} ({} filled from history)", b.push_gaps, b.gaps_filled_from_history);
+        }
+        _ => println!("no per-stage breakdown: no server /metrics answered (see --metrics)"),
+    }
 }

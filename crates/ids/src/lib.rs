@@ -105,6 +105,12 @@ pub fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Microseconds since the Unix epoch: a message's admission time, which its
+/// stage latencies are measured from (milliseconds are too coarse for them).
+pub fn now_unix_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
 fn system_ms() -> u64 {
     now_unix_ms() as u64
 }

@@ -147,8 +147,9 @@ pub struct Message {
     pub to_user_id: u64,
     pub to_user_name: String,
     pub body: String,
-    /// Admission time, milliseconds since the Unix epoch.
-    pub admitted_ms: i64,
+    /// Admission time, microseconds since the Unix epoch (history keeps
+    /// milliseconds: see [`Message::admitted_ms`]).
+    pub admitted_us: i64,
     pub client_msg_id: String,
     /// Which inbox this record of a private message writes.
     pub inboxes: Inboxes,
@@ -202,10 +203,16 @@ impl Message {
         vec![Message { inboxes: Inboxes::Recipient, ..self }, copy]
     }
 
+    /// Admission time in milliseconds since the Unix epoch, as history keeps it.
+    pub fn admitted_ms(&self) -> i64 {
+        self.admitted_us.div_euclid(1000)
+    }
+
     /// The queue record of this message, at [`RECORD_VERSION`] (a version 1
     /// message, which writes both inboxes, keeps its version); it takes the
     /// message, so admission encodes without copying the body.
     pub fn into_record(self) -> Vec<u8> {
+        let admitted_ms = self.admitted_ms();
         MessageRecord {
             version: if self.inboxes == Inboxes::Both { 1 } else { RECORD_VERSION },
             msg_id: self.msg_id,
@@ -219,7 +226,8 @@ impl Message {
             from_user_id: self.from_user_id,
             from_user_name: self.from_user_name,
             body: self.body,
-            admitted_ms: self.admitted_ms,
+            admitted_ms,
+            admitted_us: self.admitted_us,
             client_msg_id: self.client_msg_id,
             sender_copy: self.inboxes == Inboxes::Sender,
         }
@@ -256,7 +264,10 @@ impl Message {
             to_user_id: r.to_user_id,
             to_user_name: r.to_user_name,
             body: r.body,
-            admitted_ms: r.admitted_ms,
+            admitted_us: match r.admitted_us {
+                0 => r.admitted_ms.saturating_mul(1000),
+                us => us,
+            },
             client_msg_id: r.client_msg_id,
             inboxes: match (r.version, r.sender_copy) {
                 (1, _) => Inboxes::Both,
@@ -306,7 +317,7 @@ mod tests {
             to_user_id: to,
             to_user_name: "bob".into(),
             body: "hi \u{1F600}".into(),
-            admitted_ms: 1_700_000_000_000,
+            admitted_us: 1_700_000_000_000_123,
             client_msg_id: "c1".into(),
             inboxes: Inboxes::Recipient,
         }
@@ -329,6 +340,16 @@ mod tests {
         let room = Message { kind: MessageKind::Room, room_id: 9, to_user_id: 0, ..message };
         assert_eq!(room.clone().records(), vec![room.clone()], "a room message is one record");
         assert_eq!((room.key(), room.streams()), (StreamId::Room(9), vec![StreamId::Room(9)]));
+    }
+
+    #[test]
+    fn admission_time_keeps_microseconds_and_reads_older_records_in_milliseconds() {
+        let record = MessageRecord::decode(private(1, 2).into_record().as_slice()).expect("decodes");
+        assert_eq!((record.admitted_us, record.admitted_ms), (1_700_000_000_000_123, 1_700_000_000_000));
+        let older = MessageRecord { admitted_us: 0, ..record }.encode_to_vec();
+        let read = Message::from_record(&older).expect("an older writer's record reads");
+        assert_eq!(read.admitted_us, 1_700_000_000_000_000);
+        assert_eq!(read.admitted_ms(), 1_700_000_000_000);
     }
 
     #[test]

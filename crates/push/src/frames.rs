@@ -20,7 +20,7 @@ pub fn frames_for(message: &Message, positions: &[Position]) -> Vec<Delivery> {
             stream: position.stream.to_string(),
             seq: position.seq,
             body: to_text(&MessageFrame::new(message, position)),
-            admitted_ms: message.admitted_ms,
+            admitted_us: message.admitted_us,
         })
         .collect()
 }
@@ -41,7 +41,7 @@ mod tests {
             to_user_id: 9,
             to_user_name: "bob".into(),
             body: "hi".into(),
-            admitted_ms: 0,
+            admitted_us: 0,
             client_msg_id: String::new(),
             inboxes: courier_model::Inboxes::Recipient,
         };

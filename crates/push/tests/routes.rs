@@ -50,7 +50,7 @@ async fn node(id: &str, stop: &CancellationToken) -> (ConnectNode, mpsc::Unbound
 }
 
 fn frame(target: Target, body: &str) -> Delivery {
-    Delivery { target: Some(target), stream: String::new(), seq: 0, body: body.to_owned(), admitted_ms: 0 }
+    Delivery { target: Some(target), stream: String::new(), seq: 0, body: body.to_owned(), admitted_us: 0 }
 }
 
 /// The frames a node receives up to and including `last` (frames reach a node in

@@ -47,7 +47,7 @@ impl<'a> Line<'a> {
             to_user_id: message.to_user_id,
             to_user_name: &message.to_user_name,
             body: &message.body,
-            admitted_at: time::rfc3339(message.admitted_ms),
+            admitted_at: time::rfc3339(message.admitted_ms()),
             client_msg_id: &message.client_msg_id,
             topic: &record.topic,
             partition: record.partition,

@@ -354,7 +354,7 @@ mod tests {
             to_user_id: to,
             to_user_name: "b".into(),
             body: "hi".into(),
-            admitted_ms: 0,
+            admitted_us: 0,
             client_msg_id: String::new(),
             inboxes: courier_model::Inboxes::Recipient,
         }

@@ -136,7 +136,7 @@ mod tests {
             to_user_id: to,
             to_user_name: format!("u{to}"),
             body: "hi".into(),
-            admitted_ms: 0,
+            admitted_us: 0,
             client_msg_id: String::new(),
             // One record writing both inboxes: a batch that moves several streams.
             inboxes: crate::Inboxes::Both,

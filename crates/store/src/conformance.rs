@@ -15,7 +15,7 @@ pub fn room_message(msg_id: u64, room_id: u64, body: &str) -> Message {
         to_user_id: 0,
         to_user_name: String::new(),
         body: body.into(),
-        admitted_ms: 1_700_000_000_000 + msg_id as i64,
+        admitted_us: (1_700_000_000_000 + msg_id as i64) * 1000,
         client_msg_id: String::new(),
         inboxes: Inboxes::Recipient,
     }

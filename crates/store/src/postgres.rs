@@ -116,7 +116,7 @@ impl HistoryStore for PgStore {
         .bind(sorted.iter().map(|m| m.to_user_id as i64).collect::<Vec<_>>())
         .bind(sorted.iter().map(|m| m.to_user_name.as_str()).collect::<Vec<_>>())
         .bind(sorted.iter().map(|m| m.body.as_str()).collect::<Vec<_>>())
-        .bind(sorted.iter().map(|m| m.admitted_ms).collect::<Vec<_>>())
+        .bind(sorted.iter().map(|m| m.admitted_ms()).collect::<Vec<_>>())
         .bind(sorted.iter().map(|m| m.client_msg_id.as_str()).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;

@@ -113,7 +113,8 @@ pub(crate) fn stored_from_row(row: &impl Columns) -> Result<StoredMessage> {
             to_user_id,
             to_user_name: row.text("to_user_name")?,
             body: row.text("body")?,
-            admitted_ms: row.int("admitted_ms")?,
+            // History keeps milliseconds.
+            admitted_us: row.int("admitted_ms")?.saturating_mul(1000),
             client_msg_id: row.text("client_msg_id")?,
             // Read from the sender's inbox, a message is the sender's copy.
             inboxes: if stream == StreamId::Inbox(from_user_id) && from_user_id != to_user_id {

@@ -118,7 +118,7 @@ impl HistoryStore for SqliteStore {
                     m.to_user_id as i64,
                     m.to_user_name,
                     m.body,
-                    m.admitted_ms,
+                    m.admitted_ms(),
                     m.client_msg_id,
                 ])
             })

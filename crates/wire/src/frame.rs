@@ -152,7 +152,7 @@ impl MessageFrame {
                 MessageKind::Room => op::ROOM,
                 MessageKind::Private => op::PRIVATE,
             },
-            create_time: crate::time::create_time(message.admitted_ms),
+            create_time: crate::time::create_time(message.admitted_ms()),
             msg_id: message.msg_id.to_string(),
             stream: position.stream.to_string(),
             seq: position.seq,
@@ -301,7 +301,7 @@ mod tests {
             to_user_id: 0,
             to_user_name: String::new(),
             body: "hi".into(),
-            admitted_ms: 1_704_067_200_000,
+            admitted_us: 1_704_067_200_000_000,
             client_msg_id: "c1".into(),
             inboxes: courier_model::Inboxes::Recipient,
         };
