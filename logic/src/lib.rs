@@ -88,6 +88,10 @@ struct Inner {
     /// Names of recipients seen lately: a user's name never changes, and a
     /// private send would otherwise read it from the store every time.
     recipient_names: quick_cache::sync::Cache<u64, Arc<str>>,
+    /// Whose session each token lately seen sending with a client message id
+    /// is (a token never changes hands). Whether the session is still live is
+    /// asked with the id's claim, in one step (see [`Logic::send`]).
+    senders: quick_cache::sync::Cache<String, SessionUser>,
     send_limiter: Option<DefaultKeyedRateLimiter<u64>>,
     /// Logins per (user name, client address): guessing one account's
     /// password is slowed, yet nobody elsewhere can lock its owner out.
@@ -137,6 +141,7 @@ impl Logic {
                 hasher,
                 dirty_rooms: Mutex::default(),
                 recipient_names: quick_cache::sync::Cache::new(RECIPIENT_NAMES),
+                senders: quick_cache::sync::Cache::new(SENDERS),
                 send_limiter,
                 login_limiter,
                 address_limiter,
@@ -259,7 +264,15 @@ impl Logic {
         // Admission is when the send arrived: the stage latencies count the
         // session check and the client message id claim too.
         let arrived_us = courier_ids::now_unix_us();
-        let sender = self.session(&request.auth_token).await?;
+        // A sender known by its token has the liveness of its session checked
+        // with the claim of its client message id, in one step (one Redis
+        // round trip per send); otherwise the session is read first.
+        let claiming = !request.client_msg_id.is_empty();
+        let known = if claiming { self.inner.senders.get(&request.auth_token) } else { None };
+        let sender = match &known {
+            Some(user) => user.clone(),
+            None => self.session(&request.auth_token).await?,
+        };
         if let Some(limiter) = &self.inner.send_limiter
             && limiter.check_key(&sender.user_id).is_err()
         {
@@ -281,7 +294,7 @@ impl Logic {
             return Err(Status::invalid_argument("roomId or toUserId is required"));
         };
         let mut msg_id = self.inner.ids.next_id();
-        if !request.client_msg_id.is_empty() {
+        if claiming {
             // A retry re-sends the first attempt's record under its id: if that one
             // reached the queue, the store keeps a single copy of the two.
             let mut print = Vec::with_capacity(request.body.len() + 16);
@@ -289,13 +302,25 @@ impl Logic {
             print.extend_from_slice(&request.to_user_id.to_le_bytes());
             print.extend_from_slice(request.body.as_bytes());
             let fingerprint = courier_queue::murmur2(&print) as u32;
-            let claim = self
-                .inner
-                .backends
-                .client_msg_ids
-                .claim(sender.user_id, &request.client_msg_id, msg_id, fingerprint)
-                .await
-                .map_err(|e| self.presence_unavailable(e))?;
+            let (claims, token) = (&self.inner.backends.client_msg_ids, &request.auth_token);
+            let claim = if known.is_some() {
+                let sessions = self.inner.backends.sessions.as_ref();
+                let claimed = claims
+                    .claim_in_session(sessions, token, &sender, &request.client_msg_id, msg_id, fingerprint)
+                    .await
+                    .map_err(|e| self.presence_unavailable(e))?;
+                claimed.ok_or_else(|| {
+                    self.inner.senders.remove(token);
+                    Status::unauthenticated("Session error")
+                })?
+            } else {
+                let claimed = claims
+                    .claim(sender.user_id, &request.client_msg_id, msg_id, fingerprint)
+                    .await
+                    .map_err(|e| self.presence_unavailable(e))?;
+                self.inner.senders.insert(token.clone(), sender.clone());
+                claimed
+            };
             match claim {
                 Claim::New => {}
                 Claim::Retry(first) => msg_id = first,
@@ -531,6 +556,8 @@ impl From<Status> for RegisterError {
 
 /// Recipient names remembered by one logic instance.
 const RECIPIENT_NAMES: usize = 100_000;
+/// Senders' tokens remembered (about 100 bytes each).
+const SENDERS: usize = 100_000;
 
 /// Rooms whose presence is read at once when flushing updates.
 const FLUSH_READS: usize = 32;

@@ -76,6 +76,7 @@ impl LogicRpc for Logic {
         self.observed("Logout", async {
             match self.inner.backends.sessions.revoke(&token).await {
                 Ok(Some(_)) => {
+                    self.inner.senders.remove(&token);
                     self.inner.backends.pusher.revoke(std::slice::from_ref(&token));
                     Ok(Empty {})
                 }

@@ -79,6 +79,25 @@ pub async fn client_msg_ids_return_the_first_claim(ids: &dyn ClientMsgIds, base:
     assert_eq!(ids.claim(base + 2, "c-1", 500, 8).await.expect("claim"), Claim::New, "another user's id is their own");
 }
 
+/// A claim made in a session is made only while that session is live and
+/// its user's: a revoked token, an unknown one, or a token presented for
+/// another user claims nothing (and leaves the id free).
+pub async fn claims_in_a_session_need_it_live(sessions: &dyn Sessions, ids: &dyn ClientMsgIds, base: u64) {
+    let (me, other) = (user(base + 1), user(base + 2));
+    let session = sessions.create(me.clone()).await.expect("create");
+    let claim = |token: String, who: SessionUser, id: &'static str, msg_id: u64| async move {
+        ids.claim_in_session(sessions, &token, &who, id, msg_id, 7).await.expect("claim")
+    };
+    assert_eq!(claim(session.token.clone(), me.clone(), "s-1", 100).await, Some(Claim::New));
+    assert_eq!(claim(session.token.clone(), me.clone(), "s-1", 200).await, Some(Claim::Retry(100)), "a retry");
+    assert_eq!(claim(session.token.clone(), other.clone(), "s-2", 300).await, None, "not the other user's token");
+    assert_eq!(claim("no-such-token".into(), me.clone(), "s-2", 300).await, None, "an unknown token");
+    sessions.revoke(&session.token).await.expect("revoke");
+    assert_eq!(claim(session.token.clone(), me.clone(), "s-2", 300).await, None, "a revoked token");
+    let again = sessions.create(me.clone()).await.expect("create");
+    assert_eq!(claim(again.token, me.clone(), "s-2", 400).await, Some(Claim::New), "nothing was claimed before");
+}
+
 /// Node leases: renewing reports the previous boot id; a lease that ends is
 /// reported once as lapsed, a renewed one is not.
 pub async fn node_leases_lapse_once(presence: &dyn Presence, base: u64) {

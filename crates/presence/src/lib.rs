@@ -141,6 +141,28 @@ pub trait ClientMsgIds: Send + Sync + 'static {
     /// Claims (`user_id`, `client_msg_id`) for `msg_id` with the message's
     /// `fingerprint`, or reports what it was claimed for (within the TTL).
     async fn claim(&self, user_id: u64, client_msg_id: &str, msg_id: u64, fingerprint: u32) -> Result<Claim>;
+
+    /// [`ClientMsgIds::claim`] for `user`, only while `token` is a live
+    /// session of that user; `None` if it is not (ended, expired, revoked).
+    /// Here two steps, the session read from `sessions`; a backend that
+    /// keeps sessions beside its claims does both in one (Redis: one round
+    /// trip, on the send path of every message with a client id).
+    async fn claim_in_session(
+        &self,
+        sessions: &dyn Sessions,
+        token: &str,
+        user: &SessionUser,
+        client_msg_id: &str,
+        msg_id: u64,
+        fingerprint: u32,
+    ) -> Result<Option<Claim>> {
+        match sessions.get(token).await? {
+            Some(live) if live == *user => {
+                Ok(Some(self.claim(user.user_id, client_msg_id, msg_id, fingerprint).await?))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 /// A snowflake worker id held by one logic instance.

@@ -62,6 +62,11 @@ impl RedisSessions {
 /// Stores a token, trims the user's tokens to the cap, returns the revoked ones.
 const CREATE_SESSION: &str = include_str!("lua/create_session.lua");
 
+/// A session's value: `<userId>|<userName>`.
+fn session_value(user: &SessionUser) -> String {
+    format!("{}|{}", user.user_id, user.user_name)
+}
+
 fn parse_session(value: &str) -> Option<SessionUser> {
     let (id, name) = value.split_once('|')?;
     Some(SessionUser { user_id: id.parse().ok()?, user_name: name.to_owned() })
@@ -77,7 +82,7 @@ impl Sessions for RedisSessions {
             .key(format!("{}user-sessions:{}", self.prefix, user.user_id))
             .key(self.all_sessions())
             .arg(&token)
-            .arg(format!("{}|{}", user.user_id, user.user_name))
+            .arg(session_value(&user))
             .arg(ttl)
             .arg(courier_ids::now_unix_ms())
             .arg(self.policy.max_devices.max(1))
@@ -351,6 +356,10 @@ impl Presence for RedisPresence {
 }
 
 /// Client message ids in Redis (`client-msg:<userId>:<clientMsgId>`), with a TTL.
+///
+/// Built on the connection and prefix [`RedisSessions`] uses (logic builds
+/// both from one): [`crate::ClientMsgIds::claim_in_session`] reads the
+/// session in the same script as the claim, from this Redis.
 #[derive(Clone)]
 pub struct RedisClientMsgIds {
     redis: ConnectionManager,
@@ -372,6 +381,19 @@ impl RedisClientMsgIds {
 
 /// Sets the key if absent and returns its value either way.
 const CLAIM: &str = include_str!("lua/claim.lua");
+/// The same, only while a session is live.
+const CLAIM_IN_SESSION: &str = include_str!("lua/claim_in_session.lua");
+
+/// What a claim's stored value says of a claim that proposed `proposed`.
+fn claim_outcome(value: &str, proposed: &str, fingerprint: u32) -> Result<crate::Claim> {
+    if value == proposed {
+        return Ok(crate::Claim::New);
+    }
+    let corrupt = || Error::Unavailable(format!("corrupt client message id entry {value:?}"));
+    let (first, print) = value.split_once(':').ok_or_else(corrupt)?;
+    let first: u64 = first.parse().map_err(|_| corrupt())?;
+    Ok(if print == fingerprint.to_string() { crate::Claim::Retry(first) } else { crate::Claim::Conflict })
+}
 
 #[async_trait]
 impl crate::ClientMsgIds for RedisClientMsgIds {
@@ -384,13 +406,29 @@ impl crate::ClientMsgIds for RedisClientMsgIds {
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
-        if value == proposed {
-            return Ok(crate::Claim::New);
-        }
-        let corrupt = || Error::Unavailable(format!("corrupt client message id entry {value:?}"));
-        let (first, print) = value.split_once(':').ok_or_else(corrupt)?;
-        let first: u64 = first.parse().map_err(|_| corrupt())?;
-        Ok(if print == fingerprint.to_string() { crate::Claim::Retry(first) } else { crate::Claim::Conflict })
+        claim_outcome(&value, &proposed, fingerprint)
+    }
+
+    async fn claim_in_session(
+        &self,
+        _sessions: &dyn crate::Sessions,
+        token: &str,
+        user: &SessionUser,
+        client_msg_id: &str,
+        msg_id: u64,
+        fingerprint: u32,
+    ) -> Result<Option<crate::Claim>> {
+        let proposed = format!("{msg_id}:{fingerprint}");
+        let value: Option<String> = Script::new(CLAIM_IN_SESSION)
+            .key(format!("{}session:{token}", self.prefix))
+            .key(format!("{}client-msg:{}:{client_msg_id}", self.prefix, user.user_id))
+            .arg(session_value(user))
+            .arg(&proposed)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        value.map(|value| claim_outcome(&value, &proposed, fingerprint)).transpose()
     }
 }
 

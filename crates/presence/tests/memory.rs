@@ -28,6 +28,13 @@ async fn expired_tokens_are_invalid() {
 }
 
 #[tokio::test]
+async fn claims_in_a_session_need_it_live() {
+    let sessions = MemorySessions::new(SessionPolicy::default());
+    let ids = courier_presence::memory::MemoryClientMsgIds::new(std::time::Duration::from_secs(600));
+    conformance::claims_in_a_session_need_it_live(&sessions, &ids, 0).await;
+}
+
+#[tokio::test]
 async fn client_msg_ids_return_the_first_claim() {
     let ids = courier_presence::memory::MemoryClientMsgIds::new(std::time::Duration::from_secs(600));
     conformance::client_msg_ids_return_the_first_claim(&ids, 0).await;

@@ -37,6 +37,14 @@ async fn a_big_node_is_dropped_whole() {
 }
 
 #[tokio::test]
+async fn claims_in_a_session_need_it_live() {
+    let Some((redis, prefix)) = redis().await else { return };
+    let sessions = RedisSessions::new(redis.clone(), SessionPolicy::default(), &prefix);
+    let ids = courier_presence::redis::RedisClientMsgIds::new(redis, &prefix, std::time::Duration::from_secs(600));
+    conformance::claims_in_a_session_need_it_live(&sessions, &ids, 0).await;
+}
+
+#[tokio::test]
 async fn client_msg_ids_return_the_first_claim() {
     let Some((redis, prefix)) = redis().await else { return };
     let ids = courier_presence::redis::RedisClientMsgIds::new(redis, &prefix, std::time::Duration::from_secs(600));
