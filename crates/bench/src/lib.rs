@@ -180,6 +180,9 @@ pub struct Report {
     pub server_cpu_s: f64,
     pub server_cpu_us_per_message: f64,
     pub server_cpu_us_per_delivery: f64,
+    /// Server CPU seconds during the run by kind of process (`courier
+    /// logic`, `java`, `postgres`, …), busiest first.
+    pub server_cpu_by_process: Vec<(String, f64)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_rss_bytes_per_connection: Option<f64>,
     /// The servers' latency by stage, when their metrics could be read.
@@ -292,6 +295,7 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
     let send_for = Duration::from_secs_f64(args.duration);
     let per_sender_rate = if args.rate > 0.0 { args.rate / senders as f64 } else { 0.0 };
     let cpu_before = measure::total_cpu(&pids);
+    let kinds_before = measure::cpu_by_kind(&pids);
 
     let mut readers = Vec::with_capacity(connections);
     let mut writers = Vec::with_capacity(senders);
@@ -378,6 +382,7 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
     // Deliveries per second over the time until the last one arrived.
     let delivering = last_progress.1.duration_since(start).as_secs_f64().max(1e-9);
     let cpu = (measure::total_cpu(&pids) - cpu_before).max(0.0);
+    let by_process = measure::cpu_spent(&kinds_before, &measure::cpu_by_kind(&pids));
     let counted = stages::scrape(&target.http, &admin).await;
     let breakdown = (counted.endpoints > 0).then(|| counted.since(&counted_before));
     for writer in &writers {
@@ -422,6 +427,7 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
         server_cpu_s: cpu,
         server_cpu_us_per_message: cpu * 1e6 / acknowledged.max(1) as f64,
         server_cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
+        server_cpu_by_process: by_process,
         server_rss_bytes_per_connection: None,
         stages: breakdown,
     })
@@ -648,6 +654,7 @@ async fn connections(
         server_cpu_s: cpu,
         server_cpu_us_per_message: 0.0,
         server_cpu_us_per_delivery: 0.0,
+        server_cpu_by_process: Vec::new(),
         server_rss_bytes_per_connection: Some(per_connection),
         stages: None,
     })
@@ -741,6 +748,8 @@ fn print_table(r: &Report) {
         "server CPU            {:.2} s in {:?}: {:.1} µs/message, {:.2} µs/delivery",
         r.server_cpu_s, r.server_pids, r.server_cpu_us_per_message, r.server_cpu_us_per_delivery
     );
+    let shares: Vec<String> = r.server_cpu_by_process.iter().map(|(kind, s)| format!("{kind} {s:.2} s")).collect();
+    println!("server CPU by process {}", shares.join(" · "));
     match &r.stages {
         Some(b) if !b.stages.is_empty() => {
             println!("since admission, as the servers timed it (ms):");

@@ -2,7 +2,7 @@
 //! latency histogram, and the CPU time and memory of the server processes read
 //! from `/proc`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -128,6 +128,40 @@ pub fn total_cpu(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
 }
 
+/// What a server process is, for the CPU table: `courier <tier>` for a
+/// Courier process (its subcommand), otherwise its command name (`java` is
+/// Kafka, `postgres`, `redis-server`).
+pub fn process_kind(pid: u32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
+    let program = args.next().unwrap_or_default();
+    if program.rsplit('/').next() == Some("courier") {
+        return format!("courier {}", args.next().unwrap_or_default());
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    comm.trim().to_owned()
+}
+
+/// CPU seconds used so far by each kind of process among `pids` (see
+/// [`process_kind`]).
+pub fn cpu_by_kind(pids: &[u32]) -> BTreeMap<String, f64> {
+    let mut kinds = BTreeMap::new();
+    for pid in pids {
+        if let Some(cpu) = cpu_seconds(*pid) {
+            *kinds.entry(process_kind(*pid)).or_default() += cpu;
+        }
+    }
+    kinds
+}
+
+/// CPU seconds per kind between two [`cpu_by_kind`] readings, busiest first.
+pub fn cpu_spent(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> Vec<(String, f64)> {
+    let mut spent: Vec<(String, f64)> =
+        after.iter().map(|(kind, cpu)| (kind.clone(), (cpu - before.get(kind).unwrap_or(&0.0)).max(0.0))).collect();
+    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+    spent
+}
+
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
@@ -178,5 +212,22 @@ mod tests {
         let me = std::process::id();
         assert!(cpu_seconds(me).is_some());
         assert!(rss_bytes(me).is_some_and(|b| b > 0));
+        let comm = std::fs::read_to_string("/proc/self/comm").expect("comm");
+        let kinds = cpu_by_kind(&[me]);
+        assert_eq!(kinds.keys().collect::<Vec<_>>(), [comm.trim()], "not a courier binary: its command name");
+    }
+
+    #[test]
+    fn cpu_spent_is_per_kind_and_busiest_first() {
+        let before = BTreeMap::from([("java".to_owned(), 10.0), ("courier logic".to_owned(), 1.0)]);
+        let after = BTreeMap::from([
+            ("java".to_owned(), 11.5),
+            ("courier logic".to_owned(), 4.0),
+            ("postgres".to_owned(), 0.5),
+        ]);
+        assert_eq!(
+            cpu_spent(&before, &after),
+            [("courier logic".to_owned(), 3.0), ("java".to_owned(), 1.5), ("postgres".to_owned(), 0.5)]
+        );
     }
 }
