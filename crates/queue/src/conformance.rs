@@ -50,6 +50,43 @@ pub async fn keyed_records_keep_order(queue: &dyn Queue, prefix: &str) {
     assert_eq!(offsets.len(), 200, "no record may be handed out twice");
 }
 
+/// Records produced at once, many in flight (they share commits), each get
+/// their own offset: consecutive per partition, each value read back whole and
+/// exactly once.
+pub async fn concurrent_producers_get_their_own_offsets(queue: &dyn Queue, prefix: &str) {
+    let topic = format!("{prefix}-concurrent");
+    queue.ensure_topic(&topic, 2).await.expect("create topic");
+    let sends = (0..120u32).map(|i| {
+        let topic = topic.clone();
+        async move {
+            // Binary values, zero bytes and all.
+            let value = [i.to_le_bytes().as_slice(), &[0, 255, 0]].concat();
+            let position = queue.produce(&topic, &format!("user:{}", i % 5), &value).await.expect("produce");
+            (position, value)
+        }
+    });
+    let produced = futures_util::future::join_all(sends).await;
+    let mut per_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for (position, _) in &produced {
+        per_partition.entry(position.partition).or_default().push(position.offset);
+    }
+    let base: BTreeMap<u32, u64> =
+        per_partition.iter().map(|(p, o)| (*p, o.iter().copied().min().unwrap_or(0))).collect();
+    for (partition, offsets) in &mut per_partition {
+        offsets.sort_unstable();
+        let first = base[partition];
+        assert_eq!(*offsets, (first..first + offsets.len() as u64).collect::<Vec<_>>(), "partition {partition}");
+    }
+    let mut consumer = queue.subscribe(&format!("{prefix}-cg"), std::slice::from_ref(&topic)).await.expect("subscribe");
+    let records = drain(consumer.as_mut(), produced.len()).await;
+    let read: BTreeMap<(u32, u64), &[u8]> =
+        records.iter().map(|r| ((r.partition, r.offset), r.value.as_slice())).collect();
+    assert_eq!(read.len(), produced.len(), "each record once");
+    for (position, value) in &produced {
+        assert_eq!(read.get(&(position.partition, position.offset)), Some(&value.as_slice()), "{position:?}");
+    }
+}
+
 /// A new member of a group resumes after the last committed offset.
 pub async fn group_resumes_after_commit(queue: &dyn Queue, prefix: &str) {
     let topic = format!("{prefix}-resume");

@@ -3,7 +3,9 @@
 //!
 //! - Records live in `records(topic, partition, offset)`. One writer task appends
 //!   them, taking every send waiting at that moment into a single `BEGIN
-//!   IMMEDIATE` transaction (group commit), and answers each sender only after the
+//!   IMMEDIATE` transaction (group commit) of two statements whatever its size
+//!   (where the partitions stand, then every record, as JSON rows: each
+//!   statement costs sqlx a thread hop), and answers each sender only after the
 //!   commit: an acknowledged record survives `kill -9` (WAL; `synchronous=NORMAL`
 //!   keeps it across a process crash, `FULL` is an option for power loss).
 //! - Offsets are computed inside that write transaction, so they are gap-free and
@@ -401,6 +403,7 @@ async fn write_loop(
     options: SqliteQueueOptions,
 ) {
     let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
+    let mut partitions: HashMap<String, u32> = HashMap::new();
     let mut retention = tokio::time::interval(options.retention_interval.max(Duration::from_millis(10)));
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -416,7 +419,6 @@ async fn write_loop(
         if received == 0 {
             break;
         }
-        let mut partitions: HashMap<String, u32> = HashMap::new();
         let result = append_batch(&pool, &batch, &mut partitions).await;
         match result {
             Ok(positions) => {
@@ -442,8 +444,8 @@ async fn append_batch(
     partitions: &mut HashMap<String, u32>,
 ) -> Result<Vec<Position>> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let mut positions = Vec::with_capacity(batch.len());
-    let now = courier_ids::now_unix_ms();
+    // Each record's partition (a topic's count is read once: it never changes).
+    let mut placed = Vec::with_capacity(batch.len());
     for append in batch {
         let count = match partitions.get(&append.topic) {
             Some(n) => *n,
@@ -457,24 +459,64 @@ async fn append_batch(
                 n as u32
             }
         };
-        let partition = partition_for(&append.key, count);
-        let offset: i64 = sqlx::query_scalar(
-            "INSERT INTO queue_records (topic, partition, offset, key, value, timestamp_ms)
-             SELECT ?1, ?2, COALESCE(MAX(offset) + 1, 0), ?3, ?4, ?5
-             FROM queue_records WHERE topic = ?1 AND partition = ?2
-             RETURNING offset",
-        )
-        .bind(&append.topic)
-        .bind(i64::from(partition))
-        .bind(&append.key)
-        .bind(&append.value)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        positions.push(Position { partition, offset: offset as u64 });
+        placed.push(partition_for(&append.key, count));
     }
+    // Where each partition the group writes stands, read in one statement (the
+    // write lock is held: nobody appends meanwhile)…
+    let touched: Vec<(&str, u32)> = {
+        let mut touched: Vec<(&str, u32)> = batch.iter().zip(&placed).map(|(a, p)| (a.topic.as_str(), *p)).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        touched
+    };
+    let heads: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT t.value->>0, t.value->>1,
+            (SELECT MAX(offset) FROM queue_records WHERE topic = t.value->>0 AND partition = t.value->>1)
+         FROM json_each(?) AS t",
+    )
+    .bind(json(&touched)?)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut next: HashMap<(String, u32), u64> =
+        heads.into_iter().map(|(topic, p, last)| ((topic, p as u32), last.map_or(0, |o| o as u64 + 1))).collect();
+    // …then the records, in one statement (values hex-encoded: JSON has no
+    // bytes), with offsets following on in each partition.
+    let now = courier_ids::now_unix_ms();
+    let mut positions = Vec::with_capacity(batch.len());
+    let mut rows = Vec::with_capacity(batch.len());
+    for (append, partition) in batch.iter().zip(placed) {
+        let slot = next.entry((append.topic.clone(), partition)).or_insert(0);
+        let offset = *slot;
+        *slot += 1;
+        positions.push(Position { partition, offset });
+        rows.push((append.topic.as_str(), partition, offset, append.key.as_str(), hex(&append.value)));
+    }
+    sqlx::query(
+        "INSERT INTO queue_records (topic, partition, offset, key, value, timestamp_ms)
+         SELECT value->>0, value->>1, value->>2, value->>3, unhex(value->>4), ?2 FROM json_each(?1)",
+    )
+    .bind(json(&rows)?)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(positions)
+}
+
+/// One statement parameter holding `rows` as a JSON array, for `json_each`.
+fn json<T: serde::Serialize>(rows: &T) -> Result<String> {
+    serde_json::to_string(rows).map_err(|e| Error::Unavailable(format!("encoding a group of records: {e}")))
+}
+
+/// `bytes` in lowercase hexadecimal, for SQLite's `unhex`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(DIGITS[usize::from(byte >> 4)] as char);
+        text.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+    text
 }
 
 async fn read_partition(

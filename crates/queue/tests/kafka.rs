@@ -85,3 +85,9 @@ async fn topics_are_created_with_the_configured_durability() {
     assert_eq!(entry("retention.ms").value.as_deref(), Some("3600000"));
     assert_eq!(queue.partitions(&topic).await.expect("partitions"), 3);
 }
+
+#[tokio::test]
+async fn concurrent_producers_get_their_own_offsets() {
+    let Some((queue, prefix)) = queue() else { return };
+    conformance::concurrent_producers_get_their_own_offsets(&queue, &prefix).await;
+}

@@ -167,3 +167,9 @@ async fn a_reader_reads_without_disturbing_groups() {
     let missing = SqliteTopicReader::open(&dir.path().join("nothing-here.sqlite")).await;
     assert!(missing.is_err(), "a reader never creates a queue");
 }
+
+#[tokio::test]
+async fn concurrent_producers_get_their_own_offsets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance::concurrent_producers_get_their_own_offsets(&open(&dir).await, "t").await;
+}
