@@ -15,7 +15,7 @@ pub fn room_message(msg_id: u64, room_id: u64, body: &str) -> Message {
         to_user_id: 0,
         to_user_name: String::new(),
         body: body.into(),
-        admitted_us: (1_700_000_000_000 + msg_id as i64) * 1000,
+        admitted_us: 1_700_000_000_000_000 + (msg_id % 1_000_000_000) as i64 * 1000,
         client_msg_id: String::new(),
         inboxes: Inboxes::Recipient,
     }
@@ -151,6 +151,35 @@ pub async fn concurrent_writers_stay_gap_free(store: &dyn HistoryStore, prefix: 
         assert_eq!(seqs, (1..=80).collect::<Vec<_>>(), "{inbox} is gap-free");
         let ids: std::collections::BTreeSet<u64> = stored.iter().map(|m| m.message.msg_id).collect();
         assert_eq!(ids.len(), 80, "{inbox} holds each message once");
+    }
+}
+
+/// Lanes append at once, each to its own room (one writer per stream); a
+/// group-committing store ([`crate::group::GroupCommit`]) combines them, and
+/// each lane still gets exactly its own positions, gap-free and in its order.
+pub async fn grouped_lanes_each_get_their_own_positions(store: &dyn HistoryStore, prefix: u64) {
+    let lane = |lane: u64| async move {
+        let room = prefix * 100 + lane;
+        let mut seqs = Vec::new();
+        for batch in 0..10 {
+            let messages: Vec<Message> = (0..3)
+                .map(|i| room_message(prefix * 1_000_000 + lane * 1_000 + batch * 3 + i + 1, room, "lane"))
+                .collect();
+            for positions in store.append(&messages).await.expect("append") {
+                assert_eq!(positions.iter().map(|p| p.stream).collect::<Vec<_>>(), [StreamId::Room(room)]);
+                seqs.push(positions[0].seq);
+            }
+        }
+        seqs
+    };
+    let lanes = futures_util::future::join_all((0..16).map(lane)).await;
+    for (lane, seqs) in (0..16u64).zip(lanes) {
+        let room = prefix * 100 + lane;
+        assert_eq!(seqs, (1..=30).collect::<Vec<u64>>(), "room {room}'s positions");
+        let stored = store.read_after(StreamId::Room(room), 0, 100).await.expect("read");
+        let ids: Vec<u64> = stored.iter().map(|m| m.message.msg_id).collect();
+        let expected: Vec<u64> = (1..=30).map(|i| prefix * 1_000_000 + lane * 1_000 + i).collect();
+        assert_eq!(ids, expected, "room {room} in order");
     }
 }
 

@@ -57,3 +57,10 @@ async fn dead_letters_keep_the_raw_record() {
     let Some(store) = store().await else { return };
     conformance::dead_letters_keep_the_raw_record(&store, courier_testkit::unique() + 6).await;
 }
+
+#[tokio::test]
+async fn grouped_lanes_each_get_their_own_positions() {
+    let Some(store) = store().await else { return };
+    let grouped = courier_store::group::GroupCommit::new(std::sync::Arc::new(store));
+    conformance::grouped_lanes_each_get_their_own_positions(&grouped, courier_testkit::unique() + 7).await;
+}

@@ -70,35 +70,9 @@ async fn dead_letters_keep_the_raw_record() {
     conformance::dead_letters_keep_the_raw_record(&open(&dir).await, 1).await;
 }
 
-/// Task's lanes append at once; their appends are committed together (one
-/// writer, group commit), and each lane still gets exactly its own positions,
-/// gap-free and in its order.
 #[tokio::test]
-async fn parallel_lanes_each_get_their_own_positions() {
-    use courier_store::HistoryStore as _;
+async fn grouped_lanes_each_get_their_own_positions() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(&dir).await;
-    let lane = |room: u64| {
-        let store = store.clone();
-        async move {
-            let mut seqs = Vec::new();
-            for batch in 0..10 {
-                let messages: Vec<_> =
-                    (0..3).map(|i| conformance::room_message(room * 1_000 + batch * 3 + i + 1, room, "lane")).collect();
-                for positions in store.append(&messages).await.expect("append") {
-                    assert_eq!(positions.len(), 1, "a room message is one stream's");
-                    assert_eq!(positions[0].stream, courier_store::StreamId::Room(room));
-                    seqs.push(positions[0].seq);
-                }
-            }
-            seqs
-        }
-    };
-    let lanes = futures_util::future::join_all((100..116).map(lane)).await;
-    for (room, seqs) in (100..116).zip(lanes) {
-        assert_eq!(seqs, (1..=30).collect::<Vec<u64>>(), "room {room}'s positions");
-        let stored = store.read_after(courier_store::StreamId::Room(room), 0, 100).await.expect("read");
-        let ids: Vec<u64> = stored.iter().map(|m| m.message.msg_id).collect();
-        assert_eq!(ids, (1..=30).map(|i| room * 1_000 + i).collect::<Vec<_>>(), "room {room} in order");
-    }
+    let grouped = courier_store::group::GroupCommit::new(std::sync::Arc::new(open(&dir).await));
+    conformance::grouped_lanes_each_get_their_own_positions(&grouped, 1).await;
 }
