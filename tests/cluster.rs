@@ -32,6 +32,8 @@ struct Cluster {
     task_group: String,
     /// logic's gRPC address.
     logic: SocketAddr,
+    /// How logic was started (`children[0]`), to start it again.
+    logic_start: (String, Vec<String>, Vec<(&'static str, String)>),
 }
 
 impl Cluster {
@@ -59,6 +61,7 @@ impl Cluster {
             connect_args("connect-1", ws[1], tcp[1], local(push[1])),
             vec!["api".into(), "--listen".into(), api.to_string(), "--logic-addr".into(), logic_addr.clone()],
         ];
+        let logic_start = (format!("{run}-logic-again"), tiers[0].clone(), env.clone());
         let mut children = Vec::new();
         let mut admins = Vec::new();
         for (n, mut args) in tiers.into_iter().enumerate() {
@@ -79,7 +82,15 @@ impl Cluster {
             private_topic: format!("e2e-{run}-private"),
             task_group: format!("e2e-{run}"),
             logic: local(logic),
+            logic_start,
         })
+    }
+
+    /// Starts logic again (after a test killed it), on the same address.
+    async fn restart_logic(&mut self) {
+        let (name, args, env) = &self.logic_start;
+        let (child, admin) = start(name, args, env).await;
+        (self.children[0], self.admins[0]) = (child, admin);
     }
 }
 
@@ -325,6 +336,44 @@ async fn a_record_the_store_cannot_keep_is_set_aside_and_its_partition_moves_on(
     let counted = metric(task_admins[0], r#"courier_errors_total{reason="dead_letter"}"#).await
         + metric(task_admins[1], r#"courier_errors_total{reason="dead_letter"}"#).await;
     assert_eq!(counted, 1.0, "counted once, by the worker owning the partition");
+}
+
+/// While logic is away, a closing connection closes at once: its presence is
+/// released in the background, retried until logic answers, so once logic is
+/// back the room counts only who is still in it.
+#[tokio::test]
+async fn connections_close_while_logic_is_away_and_presence_catches_up() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut cluster) = Cluster::start(dir.path()).await else { return };
+    let api = Api::new(cluster.api);
+    let run = courier_testkit::unique() % 1_000_000_000;
+    let room = 6_000_000_000 + run;
+    let (stay_token, stay) = api.register(&format!("ls{run}")).await;
+    let mut staying = Ws::connect(cluster.ws[1], &stay_token, room).await;
+    let mut leaving = Vec::new();
+    let mut everyone = vec![stay];
+    for i in 0..5 {
+        let (token, id) = api.register(&format!("lg{run}x{i}")).await;
+        leaving.push(Ws::connect(cluster.ws[0], &token, room).await);
+        everyone.push(id);
+    }
+    staying.await_members(&everyone).await;
+
+    cluster.children[0].kill().await.expect("kill logic");
+    for ws in leaving {
+        ws.close().await;
+    }
+    cluster.restart_logic().await;
+    // The five releases reach the new logic; the member list pushed to who
+    // stayed ends up naming them alone.
+    loop {
+        let members = staying.next_op(5).await;
+        let names = members["roomUserInfo"].as_object().map(|m| m.len()).unwrap_or_default();
+        if names == 1 && members["roomUserInfo"].get(stay.to_string()).is_some() {
+            break;
+        }
+    }
 }
 
 #[tokio::test]

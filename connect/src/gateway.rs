@@ -24,6 +24,7 @@ use courier_telemetry::Metrics;
 use courier_wire::frame::{AckFrame, ErrorFrame, Since, to_text};
 use courier_wire::request::{Auth, ClientRequest};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::ConnectConfig;
@@ -32,8 +33,6 @@ use crate::hub::Hub;
 
 /// Messages read per history request while recovering.
 const RECOVERY_PAGE: u32 = 500;
-/// Attempts to release a connection's presence (pauses doubling from 200 ms).
-const LEAVE_ATTEMPTS: u32 = 4;
 
 /// Shared by every connection of this node.
 #[derive(Debug, Clone)]
@@ -46,6 +45,9 @@ pub struct Gateway {
     /// of streams hitting one HTTP/2 connection, which failed them (14,000 of
     /// 15,000 measured) and left their users counted as present.
     pub presence_calls: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when the node shuts down: releases stop retrying then (the
+    /// node's lease lapses and logic's reaper drops what it held).
+    pub stopping: CancellationToken,
 }
 
 /// Most presence calls in flight from one connect node.
@@ -359,28 +361,44 @@ impl Gateway {
         }
     }
 
-    /// Releases presence (a room left, a connection closed); retried, since a
-    /// lost release leaves the user counted and routed here for as long as this
-    /// node lives. Presence calls name the connection, so a retry of a call
-    /// that did happen changes nothing.
+    /// Releases presence (a room left, a connection closed), retrying until
+    /// logic takes it or the node stops: a lost release leaves the user counted
+    /// and routed here for as long as this node lives, and logic may be away
+    /// for a while (a restart, an outage). Presence calls name the connection,
+    /// so a retry of a call that did happen changes nothing. A refusal that
+    /// retrying cannot change (bad input, internal auth) is not retried.
     async fn release<F, Fut>(&self, what: &'static str, user_id: u64, call: F)
     where
         F: Fn(LogicClient) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Empty>, tonic::Status>>,
     {
         let mut backoff = Backoff::new(std::time::Duration::from_millis(200), std::time::Duration::from_secs(5));
-        for attempt in 1..=LEAVE_ATTEMPTS {
+        let mut reported = false;
+        loop {
             let result = {
                 let _permit = self.presence_calls.acquire().await;
                 call(self.logic.clone()).await
             };
-            match result {
+            let status = match result {
                 Ok(_) => return,
-                Err(status) if attempt == LEAVE_ATTEMPTS => {
-                    self.metrics().error(what);
-                    tracing::warn!(user_id, error = %status, "could not release presence ({what})");
-                }
-                Err(_) => backoff.sleep().await,
+                Err(status) => status,
+            };
+            let lasting = matches!(
+                status.code(),
+                Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented
+            );
+            if !reported || lasting {
+                // Counted once per release, not per retry.
+                self.metrics().error(what);
+                tracing::warn!(user_id, error = %status, "could not release presence ({what}); retrying until logic answers");
+                reported = true;
+            }
+            if lasting || self.stopping.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = self.stopping.cancelled() => {}
+                _ = backoff.sleep() => {}
             }
         }
     }
@@ -453,6 +471,7 @@ pub(crate) mod tests {
             logic,
             config: Arc::new(config),
             presence_calls: Arc::new(tokio::sync::Semaphore::new(PRESENCE_CALLS)),
+            stopping: CancellationToken::new(),
         }
     }
 

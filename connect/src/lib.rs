@@ -173,6 +173,7 @@ pub async fn run(
         logic,
         config: Arc::new(config),
         presence_calls: Arc::new(tokio::sync::Semaphore::new(gateway::PRESENCE_CALLS)),
+        stopping: shutdown.clone(),
     };
     let tracker = TaskTracker::new();
     // Shared by pointer: every connection's task holds it, so its size counts

@@ -66,6 +66,9 @@ pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
         SinkExt::<Bytes>::close(&mut socket).await
     };
     let _ = tokio::time::timeout(conn::CLOSE_DEADLINE, goodbye).await;
+    // Let the client go before releasing its presence, which waits for logic
+    // (retried until logic answers, however long it is away).
+    drop(socket);
     Box::pin(gateway.close(&channel)).await;
 }
 

@@ -101,6 +101,9 @@ pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
     // Say goodbye with the reason.
     let reason = channel.close_reason().unwrap_or(CloseReason { code: close_code::NORMAL, text: String::new() });
     let _ = tokio::time::timeout(conn::CLOSE_DEADLINE, socket.send(close(reason.code, &reason.text))).await;
+    // Let the client go before releasing its presence, which waits for logic
+    // (retried until logic answers, however long it is away).
+    drop(socket);
     Box::pin(gateway.close(&channel)).await;
 }
 

@@ -141,6 +141,14 @@ impl Ws {
         }
     }
 
+    /// Closes from the client's side and waits for the server to finish the
+    /// handshake (its close frame, then the end of the connection).
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+        let finished = tokio::time::timeout(PATIENCE, async { while let Some(Ok(_)) = self.socket.next().await {} });
+        finished.await.expect("the server finishes closing in time");
+    }
+
     /// The close frame's code and reason after the server closes.
     pub async fn closed(&mut self) -> Option<(u16, String)> {
         loop {
