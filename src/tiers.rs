@@ -175,6 +175,9 @@ impl Admin {
 
 /// How long a worker-id lease lasts without renewal; renewed every third of it.
 const WORKER_LEASE_TTL: Duration = Duration::from_secs(30);
+/// How long before its lease could lapse logic stops giving ids while it
+/// cannot renew it.
+const LEASE_SAFETY: Duration = Duration::from_secs(5);
 
 /// What the logic command runs with, besides its backends.
 #[derive(Debug)]
@@ -287,31 +290,97 @@ pub async fn task(
     Ok(())
 }
 
-/// Renews the worker-id lease, recording the last millisecond used. A lease lost
-/// to another instance stops this one (its ids could collide); a Redis outage is
-/// retried, as the lease outlives a few failed renewals.
+/// Keeps the worker-id lease, recording the last millisecond used, and never
+/// ends logic (before, a lost lease stopped it, and every send failed until
+/// someone restarted it):
+///
+/// - Redis out of reach: renewals are retried; once nothing has renewed the
+///   lease for its time to live less [`LEASE_SAFETY`], sends are paused (the
+///   lease may lapse and another instance take the id), and they resume when a
+///   renewal finds the lease still this instance's.
+/// - The lease lost (Redis came back empty, or another instance holds the id):
+///   sends pause at once, and a worker id is leased again. Sends resume only a
+///   renewal interval and the margin later, once the new lease still holds:
+///   by then any instance that was still using that id has tried to renew it,
+///   found it gone and paused. Ids resume after the last millisecond this
+///   instance used, so its own earlier ids are never repeated either.
 async fn keep_worker_lease(
     leases: courier_presence::redis::RedisWorkerIds,
-    worker_id: u32,
+    mut worker_id: u32,
     holder: String,
     logic: courier_logic::Logic,
     shutdown: CancellationToken,
 ) {
     use courier_presence::WorkerIds as _;
-    let mut ticker = tokio::time::interval(WORKER_LEASE_TTL / 3);
+    let renew_every = WORKER_LEASE_TTL / 3;
+    let mut ticker = tokio::time::interval(renew_every);
+    let mut renewed = tokio::time::Instant::now();
+    let mut held = true;
+    let mut last_used = 0u64;
     loop {
+        let pause_at = renewed + WORKER_LEASE_TTL - LEASE_SAFETY;
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(pause_at), if held && logic.admitting() => {
+                if let Some(last) = logic.pause_ids() {
+                    last_used = last_used.max(last);
+                    tracing::warn!(worker_id, "worker id lease not renewed for too long; sends paused until it is");
+                }
+                continue;
+            }
             _ = ticker.tick() => {}
         }
-        match leases.renew(worker_id, &holder, logic.last_id_unix_ms()).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::error!(worker_id, "worker id lease lost to another instance; stopping logic");
-                shutdown.cancel();
-                return;
+        last_used = last_used.max(logic.last_id_unix_ms());
+        if held {
+            match tokio::time::timeout(renew_every / 2, leases.renew(worker_id, &holder, last_used)).await {
+                Ok(Ok(true)) => {
+                    renewed = tokio::time::Instant::now();
+                    if !logic.admitting() && resume(&logic, worker_id, last_used) {
+                        tracing::info!(worker_id, "worker id lease renewed; sends admitted again");
+                    }
+                }
+                Ok(Ok(false)) => {
+                    if let Some(last) = logic.pause_ids() {
+                        last_used = last_used.max(last);
+                    }
+                    held = false;
+                    tracing::error!(worker_id, "worker id lease lost; sends paused while a worker id is leased again");
+                }
+                Ok(Err(e)) => tracing::warn!(worker_id, error = %e, "could not renew the worker id lease; retrying"),
+                Err(_) => tracing::warn!(worker_id, "renewing the worker id lease timed out; retrying"),
             }
-            Err(e) => tracing::warn!(worker_id, error = %e, "could not renew the worker id lease; retrying"),
+            continue;
+        }
+        let lease = match leases.acquire(&holder).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not lease a worker id; retrying");
+                continue;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(renew_every + LEASE_SAFETY) => {}
+        }
+        let not_before = last_used.max(lease.not_before_unix_ms);
+        if let Ok(Ok(true)) =
+            tokio::time::timeout(renew_every / 2, leases.renew(lease.worker_id, &holder, not_before)).await
+        {
+            (worker_id, held, renewed) = (lease.worker_id, true, tokio::time::Instant::now());
+            if resume(&logic, worker_id, not_before) {
+                tracing::info!(worker_id, "leased a worker id again; sends admitted again");
+            }
+        }
+    }
+}
+
+/// Resumes giving ids as `worker_id` after `not_before`; false if it cannot.
+fn resume(logic: &courier_logic::Logic, worker_id: u32, not_before: u64) -> bool {
+    match logic.resume_ids(worker_id, not_before) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot give ids as this worker id");
+            false
         }
     }
 }

@@ -376,6 +376,58 @@ async fn connections_close_while_logic_is_away_and_presence_catches_up() {
     }
 }
 
+/// logic's worker-id lease lost (here: deleted from Redis, as a Redis that
+/// restarts empty loses it): sends pause with a clear error instead of logic
+/// stopping, logic leases a worker id again and, after waiting out anyone who
+/// might still use that id, admits sends again — by itself.
+#[tokio::test]
+async fn a_lost_worker_id_lease_pauses_sends_until_logic_leases_one_again() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(mut cluster) = Cluster::start(dir.path()).await else { return };
+    let api = Api::new(cluster.api);
+    let run = courier_testkit::unique() % 1_000_000_000;
+    let room = 7_000_000_000 + run;
+    let (token, me) = api.register(&format!("wl{run}")).await;
+    let mut ws = Ws::connect(cluster.ws[0], &token, room).await;
+    ws.await_members(&[me]).await;
+    let send = |msg: String| {
+        let (api, token) = (&api, &token);
+        async move { api.post("/push/pushRoom", json!({"authToken": token, "msg": msg, "roomId": room})).await }
+    };
+    assert_eq!(send("before".into()).await["code"], 0);
+
+    let env = &cluster.logic_start.2;
+    let value = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()).expect("in the env");
+    let (redis_url, prefix) = (value("COURIER_REDIS"), value("COURIER_REDIS_PREFIX"));
+    let mut redis =
+        redis::Client::open(redis_url).expect("redis url").get_multiplexed_async_connection().await.expect("redis");
+    let leases: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}worker:*")).query_async(&mut redis).await.expect("keys");
+    assert_eq!(leases.len(), 1, "logic holds one worker id: {leases:?}");
+    let _: i64 = redis::cmd("DEL").arg(&leases).query_async(&mut redis).await.expect("del");
+
+    let mut n = 0;
+    let refusal = courier_testkit::eventually("sends to be paused", Duration::from_secs(30), || {
+        n += 1;
+        let sent = send(format!("during-{n}"));
+        async move {
+            let reply = sent.await;
+            (reply["code"] != 0).then_some(reply)
+        }
+    })
+    .await;
+    assert!(refusal["message"].as_str().is_some_and(|m| !m.is_empty()), "a clear error: {refusal}");
+    courier_testkit::eventually("sends to be admitted again", Duration::from_secs(60), || async {
+        (send("after".into()).await["code"] == 0).then_some(())
+    })
+    .await;
+    assert!(cluster.children[0].try_wait().expect("logic's status").is_none(), "logic kept running");
+    while ws.next_op(3).await["msg"] != "after" {}
+    let paused = metric(cluster.admins[0], "courier_errors_total{reason=\"ids_paused\"}").await;
+    assert_eq!(paused, 1.0, "paused once");
+}
+
 #[tokio::test]
 async fn a_crashed_connect_node_is_reaped_from_presence() {
     let _serial = ONE_AT_A_TIME.lock().await;

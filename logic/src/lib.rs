@@ -82,7 +82,9 @@ pub struct Logic {
 struct Inner {
     config: LogicConfig,
     backends: LogicBackends,
-    ids: Snowflake,
+    /// Message ids; `None` while admission is paused because the worker id's
+    /// lease is in doubt (see [`Logic::pause_ids`]).
+    ids: std::sync::RwLock<Option<Arc<Snowflake>>>,
     hasher: PasswordHasher,
     dirty_rooms: Mutex<HashSet<u64>>,
     /// Names of recipients seen lately: a user's name never changes, and a
@@ -137,7 +139,7 @@ impl Logic {
             inner: Arc::new(Inner {
                 config,
                 backends,
-                ids,
+                ids: std::sync::RwLock::new(Some(Arc::new(ids))),
                 hasher,
                 dirty_rooms: Mutex::default(),
                 recipient_names: quick_cache::sync::Cache::new(RECIPIENT_NAMES),
@@ -151,7 +153,36 @@ impl Logic {
 
     /// The last millisecond used in a message id (recorded with the worker lease).
     pub fn last_id_unix_ms(&self) -> u64 {
-        self.inner.ids.last_unix_ms()
+        self.id_generator().map_or(0, |ids| ids.last_unix_ms())
+    }
+
+    /// Stops giving message ids: sends are refused with a clear "try again"
+    /// until [`Logic::resume_ids`]. Called when this instance can no longer be
+    /// sure it alone holds its worker id (its lease lost, or not renewed for
+    /// nearly its whole time to live).
+    /// Returns the last millisecond an id was given in, if it was giving ids.
+    pub fn pause_ids(&self) -> Option<u64> {
+        let paused = self.inner.ids.write().unwrap_or_else(|p| p.into_inner()).take();
+        if paused.is_some() {
+            self.metrics().error("ids_paused");
+        }
+        paused.map(|ids| ids.last_unix_ms())
+    }
+
+    /// Gives message ids again, as `worker_id`, each after `not_before_unix_ms`.
+    pub fn resume_ids(&self, worker_id: u32, not_before_unix_ms: u64) -> Result<(), courier_ids::WorkerIdError> {
+        let ids = Snowflake::starting_after(worker_id, not_before_unix_ms)?;
+        *self.inner.ids.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(ids));
+        Ok(())
+    }
+
+    /// Whether sends are admitted (message ids are being given).
+    pub fn admitting(&self) -> bool {
+        self.id_generator().is_some()
+    }
+
+    fn id_generator(&self) -> Option<Arc<Snowflake>> {
+        self.inner.ids.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Creates the topics if they do not exist (and checks their partition count).
@@ -293,7 +324,12 @@ impl Logic {
         } else {
             return Err(Status::invalid_argument("roomId or toUserId is required"));
         };
-        let mut msg_id = self.inner.ids.next_id();
+        let Some(ids) = self.id_generator() else {
+            return Err(Status::unavailable(
+                "message ids are paused while this server renews its lease on them; try again in a few seconds",
+            ));
+        };
+        let mut msg_id = ids.next_id();
         if claiming {
             // A retry re-sends the first attempt's record under its id: if that one
             // reached the queue, the store keeps a single copy of the two.
