@@ -13,9 +13,9 @@
 //!   only its own partition; when a lane's queue is full the dispatcher waits,
 //!   which is the backpressure on the consumer.
 //! - **Inside a lane the order is fixed**: persist the records (merging what is
-//!   queued, up to `max_batch`, into one append; the appends of lanes
-//!   persisting at the same moment share one transaction, see
-//!   `courier_store::group`) → report the last offset to
+//!   queued, up to `max_batch`, into one transaction; the embedded store
+//!   also commits the lanes appending at the same moment together, as SQLite
+//!   has one writer anyway) → report the last offset to
 //!   the dispatcher, which owns the consumer and commits it → push. A crash before
 //!   the commit redelivers the records, and the store's idempotence by message id
 //!   gives them their original seqs, which connect then drops as already sent.
@@ -45,7 +45,6 @@ use courier_push::Pusher;
 use courier_queue::{Consumer, Queue, Record};
 use courier_retry::Backoff;
 use courier_store::HistoryStore;
-use courier_store::group::GroupCommit;
 use courier_telemetry::{Metrics, PartitionLabel, ReadyFlag, Stage, TopicLabel};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -107,9 +106,6 @@ const PRUNE_EVERY: Duration = Duration::from_secs(2);
 /// Consumes until `shutdown`; never returns early because a backend failed (it
 /// retries, with backoff, and reports).
 pub async fn run(config: TaskConfig, backends: TaskBackends, ready: ReadyFlag, shutdown: CancellationToken) {
-    // The lanes' appends are combined (see `courier_store::group`).
-    let history: Arc<dyn HistoryStore> = Arc::new(GroupCommit::new(backends.history.clone()));
-    let backends = TaskBackends { history, ..backends };
     let mut consumers = Vec::new();
     for topic in [&config.room_topic, &config.private_topic] {
         let Some(consumer) = subscribe(&config, &backends, topic, &shutdown).await else { return };

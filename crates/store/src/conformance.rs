@@ -154,10 +154,11 @@ pub async fn concurrent_writers_stay_gap_free(store: &dyn HistoryStore, prefix: 
     }
 }
 
-/// Lanes append at once, each to its own room (one writer per stream); a
-/// group-committing store ([`crate::group::GroupCommit`]) combines them, and
-/// each lane still gets exactly its own positions, gap-free and in its order.
-pub async fn grouped_lanes_each_get_their_own_positions(store: &dyn HistoryStore, prefix: u64) {
+/// Lanes append at once, each to its own room (one writer per stream), as
+/// task's lanes do; whatever the store does with concurrent appends (the
+/// embedded one commits them together), each lane gets exactly its own
+/// positions, gap-free and in its order.
+pub async fn parallel_lanes_each_get_their_own_positions(store: &dyn HistoryStore, prefix: u64) {
     let lane = |lane: u64| async move {
         let room = prefix * 100 + lane;
         let mut seqs = Vec::new();

@@ -16,7 +16,6 @@ use async_trait::async_trait;
 
 mod append;
 pub mod conformance;
-pub mod group;
 pub mod postgres;
 mod rows;
 pub mod sqlite;

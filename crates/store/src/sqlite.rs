@@ -7,18 +7,25 @@
 //! batch is a fixed handful of set-based statements (see [`crate::append`]); the
 //! rows travel as one JSON array per statement, unpacked by `json_each`, because
 //! SQLite has no array parameters and each statement costs sqlx a thread hop.
-//! Task combines its lanes' appends (see [`crate::group`]), so a transaction
-//! usually carries several lanes' records.
+//!
+//! **Group commit.** A database has one writer, and task runs a lane per
+//! partition, each appending small batches. So appends go to one writer task,
+//! which takes every append waiting at that moment into a single transaction
+//! (their streams are disjoint: one writer per stream) and answers each with
+//! its own positions. The statements and the commit are paid once per group
+//! rather than once per lane. If the group's transaction fails, each append is
+//! tried alone, so a batch the store refuses fails only its own caller (whose
+//! persister then finds the poison record) and never an innocent lane's.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::rows::{
     DEAD_LETTER_COLUMNS, dead_letter_from_row, page_query, storable_text, stored_from_row, user_from_row,
@@ -32,12 +39,22 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// Appends take turns here rather than in SQLite: a database has one writer,
-    /// and writers waiting on its lock poll it with sleeps of up to 100 ms (the
-    /// busy handler), which at a few hundred appends a second from parallel
-    /// writers cost more time than the appends (100 ms per append measured).
-    appending: Arc<tokio::sync::Mutex<()>>,
+    /// The group-committing writer (see the module docs). Appends queue here
+    /// rather than on SQLite's lock, whose waiters poll it with sleeps of up to
+    /// 100 ms (the busy handler): at a few hundred appends a second from
+    /// parallel lanes that cost more than the appends (100 ms each measured).
+    appends: mpsc::Sender<AppendRequest>,
 }
+
+/// One caller's batch, and where its positions go.
+#[derive(Debug)]
+struct AppendRequest {
+    batch: Vec<Message>,
+    reply: oneshot::Sender<Result<Vec<Vec<Position>>>>,
+}
+
+/// Most appends committed in one group.
+const MAX_GROUP: usize = 64;
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in the file `path` and applies any
@@ -51,7 +68,9 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(connect).await?;
-        let store = Self { pool, appending: Arc::default() };
+        let (appends, queued) = mpsc::channel(MAX_GROUP * 4);
+        tokio::spawn(write_loop(pool.clone(), queued));
+        let store = Self { pool, appends };
         store.migrate().await?;
         Ok(store)
     }
@@ -96,6 +115,40 @@ impl UserStore for SqliteStore {
             .await?;
         row.as_ref().map(user_from_row).transpose()
     }
+}
+
+/// Commits the appends waiting, a group at a time, until every store handle
+/// is gone.
+async fn write_loop(pool: SqlitePool, mut queued: mpsc::Receiver<AppendRequest>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while queued.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let results = append_group(&pool, &mut group).await;
+        for (request, result) in group.drain(..).zip(results) {
+            // A caller that went away (shutdown) no longer needs its answer.
+            let _ = request.reply.send(result);
+        }
+    }
+}
+
+/// Appends every request's batch in one transaction, or, if that fails, each
+/// in its own; returns each request's outcome, in order. Takes the batches.
+async fn append_group(pool: &SqlitePool, group: &mut [AppendRequest]) -> Vec<Result<Vec<Vec<Position>>>> {
+    let lengths: Vec<usize> = group.iter().map(|r| r.batch.len()).collect();
+    let mut all: Vec<Message> = group.iter_mut().flat_map(|r| std::mem::take(&mut r.batch)).collect();
+    if group.len() > 1 {
+        match append_tx(pool, &all).await {
+            Ok(mut positions) => {
+                return lengths.iter().map(|n| Ok(positions.drain(..*n).collect())).collect();
+            }
+            Err(e) => tracing::debug!(error = %e, appends = group.len(), "a group append failed; appending one by one"),
+        }
+    }
+    let mut results = Vec::with_capacity(group.len());
+    for n in lengths {
+        let batch: Vec<Message> = all.drain(..n).collect();
+        results.push(append_tx(pool, &batch).await);
+    }
+    results
 }
 
 /// Appends `batch` in one `BEGIN IMMEDIATE` transaction.
@@ -197,8 +250,10 @@ impl HistoryStore for SqliteStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let _turn = self.appending.lock().await;
-        append_tx(&self.pool, batch).await
+        let (reply, answer) = oneshot::channel();
+        let gone = || Error::Database(sqlx::Error::WorkerCrashed);
+        self.appends.send(AppendRequest { batch: batch.to_vec(), reply }).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     async fn read(&self, stream: StreamId, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {

@@ -59,8 +59,7 @@ async fn dead_letters_keep_the_raw_record() {
 }
 
 #[tokio::test]
-async fn grouped_lanes_each_get_their_own_positions() {
+async fn parallel_lanes_each_get_their_own_positions() {
     let Some(store) = store().await else { return };
-    let grouped = courier_store::group::GroupCommit::new(std::sync::Arc::new(store));
-    conformance::grouped_lanes_each_get_their_own_positions(&grouped, courier_testkit::unique() + 7).await;
+    conformance::parallel_lanes_each_get_their_own_positions(&store, courier_testkit::unique() + 7).await;
 }

@@ -71,8 +71,7 @@ async fn dead_letters_keep_the_raw_record() {
 }
 
 #[tokio::test]
-async fn grouped_lanes_each_get_their_own_positions() {
+async fn parallel_lanes_each_get_their_own_positions() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let grouped = courier_store::group::GroupCommit::new(std::sync::Arc::new(open(&dir).await));
-    conformance::grouped_lanes_each_get_their_own_positions(&grouped, 1).await;
+    conformance::parallel_lanes_each_get_their_own_positions(&open(&dir).await, 1).await;
 }
