@@ -254,7 +254,10 @@ pub async fn logic(
     )
     .await?;
     if let Some((leases, worker_id, holder)) = lease {
-        tokio::spawn(keep_worker_lease(leases, worker_id, holder, logic.clone(), admin.shutdown.clone()));
+        // Not ready while sends are paused over the lease.
+        let leased = admin.readiness.flag("worker id lease");
+        leased.set(true);
+        tokio::spawn(keep_worker_lease(leases, worker_id, holder, logic.clone(), leased, admin.shutdown.clone()));
     }
     let listener = bind(listen, "logic's gRPC service").await?;
     tracing::info!(addr = %listener.local_addr()?, "logic listening");
@@ -292,7 +295,8 @@ pub async fn task(
 
 /// Keeps the worker-id lease, recording the last millisecond used, and never
 /// ends logic (before, a lost lease stopped it, and every send failed until
-/// someone restarted it):
+/// someone restarted it). While sends are paused, `leased` reports logic not
+/// ready (`/readyz`), so balancers and discovery send traffic elsewhere:
 ///
 /// - Redis out of reach: renewals are retried; once nothing has renewed the
 ///   lease for its time to live less [`LEASE_SAFETY`], sends are paused (the
@@ -309,6 +313,7 @@ async fn keep_worker_lease(
     mut worker_id: u32,
     holder: String,
     logic: courier_logic::Logic,
+    leased: courier_telemetry::ReadyFlag,
     shutdown: CancellationToken,
 ) {
     use courier_presence::WorkerIds as _;
@@ -324,6 +329,7 @@ async fn keep_worker_lease(
             _ = tokio::time::sleep_until(pause_at), if held && logic.admitting() => {
                 if let Some(last) = logic.pause_ids() {
                     last_used = last_used.max(last);
+                    leased.set(false);
                     tracing::warn!(worker_id, "worker id lease not renewed for too long; sends paused until it is");
                 }
                 continue;
@@ -336,6 +342,7 @@ async fn keep_worker_lease(
                 Ok(Ok(true)) => {
                     renewed = tokio::time::Instant::now();
                     if !logic.admitting() && resume(&logic, worker_id, last_used) {
+                        leased.set(true);
                         tracing::info!(worker_id, "worker id lease renewed; sends admitted again");
                     }
                 }
@@ -343,6 +350,7 @@ async fn keep_worker_lease(
                     if let Some(last) = logic.pause_ids() {
                         last_used = last_used.max(last);
                     }
+                    leased.set(false);
                     held = false;
                     tracing::error!(worker_id, "worker id lease lost; sends paused while a worker id is leased again");
                 }
@@ -368,6 +376,7 @@ async fn keep_worker_lease(
         {
             (worker_id, held, renewed) = (lease.worker_id, true, tokio::time::Instant::now());
             if resume(&logic, worker_id, not_before) {
+                leased.set(true);
                 tracing::info!(worker_id, "leased a worker id again; sends admitted again");
             }
         }

@@ -418,11 +418,18 @@ async fn a_lost_worker_id_lease_pauses_sends_until_logic_leases_one_again() {
     })
     .await;
     assert!(refusal["message"].as_str().is_some_and(|m| !m.is_empty()), "a clear error: {refusal}");
+    let readyz = format!("http://{}/readyz", cluster.admins[0]);
+    let ready = || async { reqwest::get(&readyz).await.expect("readyz answers").status().is_success() };
+    courier_testkit::eventually("logic to say it is not ready while paused", Duration::from_secs(30), || async {
+        (!ready().await).then_some(())
+    })
+    .await;
     courier_testkit::eventually("sends to be admitted again", Duration::from_secs(60), || async {
         (send("after".into()).await["code"] == 0).then_some(())
     })
     .await;
     assert!(cluster.children[0].try_wait().expect("logic's status").is_none(), "logic kept running");
+    assert!(ready().await, "ready again once it admits sends");
     while ws.next_op(3).await["msg"] != "after" {}
     let paused = metric(cluster.admins[0], "courier_errors_total{reason=\"ids_paused\"}").await;
     assert_eq!(paused, 1.0, "paused once");
