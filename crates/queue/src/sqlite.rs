@@ -489,7 +489,7 @@ async fn append_batch(
         let offset = *slot;
         *slot += 1;
         positions.push(Position { partition, offset });
-        rows.push((append.topic.as_str(), partition, offset, append.key.as_str(), hex(&append.value)));
+        rows.push((append.topic.as_str(), partition, offset, append.key.as_str(), hex::encode(&append.value)));
     }
     sqlx::query(
         "INSERT INTO queue_records (topic, partition, offset, key, value, timestamp_ms)
@@ -506,17 +506,6 @@ async fn append_batch(
 /// One statement parameter holding `rows` as a JSON array, for `json_each`.
 fn json<T: serde::Serialize>(rows: &T) -> Result<String> {
     serde_json::to_string(rows).map_err(|e| Error::Unavailable(format!("encoding a group of records: {e}")))
-}
-
-/// `bytes` in lowercase hexadecimal, for SQLite's `unhex`.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(DIGITS[usize::from(byte >> 4)] as char);
-        text.push(DIGITS[usize::from(byte & 0xf)] as char);
-    }
-    text
 }
 
 async fn read_partition(

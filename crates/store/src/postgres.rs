@@ -17,7 +17,8 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::rows::{
-    DEAD_LETTER_COLUMNS, dead_letter_from_row, page_query, storable_text, stored_from_row, user_from_row,
+    DEAD_LETTER_COLUMNS, dead_letter_from_row, heads_from_rows, page_query, positions_from_rows, storable_text,
+    stored_from_row, user_from_row,
 };
 use crate::{
     DeadLetter, Error, HistoryStore, Message, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
@@ -134,11 +135,7 @@ impl HistoryStore for PgStore {
         .bind(&epochs)
         .fetch_all(&mut *tx)
         .await?;
-        let mut heads = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let info = StreamInfo { last_seq: row.try_get::<i64, _>(1)? as u64, epoch: row.try_get(2)? };
-            heads.insert(row.try_get::<String, _>(0)?, info);
-        }
+        let heads = heads_from_rows(&rows)?;
 
         // 3. Positions of messages stored before (a redelivered record).
         let mut existing = HashMap::new();
@@ -151,10 +148,7 @@ impl HistoryStore for PgStore {
             .bind(known.iter().map(|id| *id as i64).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
-            for row in &rows {
-                let key = (row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)? as u64);
-                existing.insert(key, row.try_get::<i64, _>(2)? as u64);
-            }
+            existing = positions_from_rows(&rows)?;
         }
 
         // 4. New entries and heads.

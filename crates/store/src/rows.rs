@@ -4,7 +4,11 @@
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::{DeadLetter, Error, Inboxes, Message, MessageKind, Page, Position, Result, StoredMessage, StreamId, User};
+use std::collections::HashMap;
+
+use crate::{
+    DeadLetter, Error, Inboxes, Message, MessageKind, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
+};
 
 /// The columns [`stored_from_row`] reads, for `stream_entries e JOIN streams s JOIN messages m`.
 pub(crate) const MESSAGE_COLUMNS: &str = "e.stream, e.seq, s.epoch, m.msg_id, CAST(m.kind AS BIGINT) AS kind,
@@ -92,6 +96,27 @@ where
     fn bytes(&self, column: &'static str) -> Result<Vec<u8>> {
         Ok(self.try_get(column)?)
     }
+}
+
+/// Where each stream stands, from the rows an append's upsert of its streams
+/// returned (`stream`, `last_seq`, `epoch`).
+pub(crate) fn heads_from_rows(rows: &[impl Columns]) -> Result<HashMap<String, StreamInfo>> {
+    let mut heads = HashMap::with_capacity(rows.len());
+    for row in rows {
+        heads
+            .insert(row.text("stream")?, StreamInfo { last_seq: row.unsigned("last_seq")?, epoch: row.text("epoch")? });
+    }
+    Ok(heads)
+}
+
+/// The seqs messages already hold, by (stream, message id), from rows of
+/// `stream`, `msg_id`, `seq` (a redelivered record keeps its positions).
+pub(crate) fn positions_from_rows(rows: &[impl Columns]) -> Result<HashMap<(String, u64), u64>> {
+    let mut existing = HashMap::with_capacity(rows.len());
+    for row in rows {
+        existing.insert((row.text("stream")?, row.unsigned("msg_id")?), row.unsigned("seq")?);
+    }
+    Ok(existing)
 }
 
 pub(crate) fn user_from_row(row: &impl Columns) -> Result<User> {

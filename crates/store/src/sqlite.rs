@@ -28,7 +28,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tokio::sync::{mpsc, oneshot};
 
 use crate::rows::{
-    DEAD_LETTER_COLUMNS, dead_letter_from_row, page_query, storable_text, stored_from_row, user_from_row,
+    DEAD_LETTER_COLUMNS, dead_letter_from_row, heads_from_rows, page_query, positions_from_rows, storable_text,
+    stored_from_row, user_from_row,
 };
 use crate::{
     DeadLetter, Error, HistoryStore, Message, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
@@ -197,11 +198,7 @@ async fn append_tx(pool: &SqlitePool, batch: &[Message]) -> Result<Vec<Vec<Posit
     .bind(json(&new_streams)?)
     .fetch_all(&mut *tx)
     .await?;
-    let mut heads = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let info = StreamInfo { last_seq: row.try_get::<i64, _>(1)? as u64, epoch: row.try_get(2)? };
-        heads.insert(row.try_get::<String, _>(0)?, info);
-    }
+    let heads = heads_from_rows(&rows)?;
 
     // 3. Positions of messages stored before (a redelivered record).
     let mut existing = HashMap::new();
@@ -215,10 +212,7 @@ async fn append_tx(pool: &SqlitePool, batch: &[Message]) -> Result<Vec<Vec<Posit
         .bind(json(&known.iter().map(|id| *id as i64).collect::<Vec<_>>())?)
         .fetch_all(&mut *tx)
         .await?;
-        for row in &rows {
-            let key = (row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)? as u64);
-            existing.insert(key, row.try_get::<i64, _>(2)? as u64);
-        }
+        existing = positions_from_rows(&rows)?;
     }
 
     // 4. New entries and heads.

@@ -231,8 +231,12 @@ pub struct Metrics {
     pub deliveries: Family<TransportLabel, Counter>,
     /// From admission to the socket write.
     pub delivery_latency: Histogram,
-    /// From admission to each earlier stage (see [`Stage`]).
+    /// From admission to each stage (see [`Stage`]).
     pub message_stages: HistogramFamily<StageLabel>,
+    /// Each stage's series, taken from `message_stages` on first use (so a
+    /// tier exports only the stages it reaches) and kept: every message
+    /// observes several, and the family's lookup is a lock and a hash.
+    stage_series: [std::sync::OnceLock<Histogram>; Stage::ALL.len()],
     pub slow_consumer_closes: Counter,
     pub http_requests: Family<RouteCodeLabel, Counter>,
     pub http_request_duration: HistogramFamily<RouteLabel>,
@@ -405,6 +409,7 @@ impl Metrics {
             deliveries,
             delivery_latency,
             message_stages,
+            stage_series: Default::default(),
             slow_consumer_closes,
             http_requests,
             http_request_duration,
@@ -435,9 +440,9 @@ impl Metrics {
     /// reached `stage` at `now_us`.
     pub fn reached(&self, stage: Stage, admitted_us: i64, now_us: i64) {
         if admitted_us > 0 {
-            self.message_stages
-                .get_or_create(&StageLabel { stage: stage.name() })
-                .observe(seconds_between(admitted_us, now_us));
+            let series = self.stage_series[stage as usize]
+                .get_or_init(|| self.message_stages.get_or_create(&StageLabel { stage: stage.name() }).clone());
+            series.observe(seconds_between(admitted_us, now_us));
         }
     }
 
