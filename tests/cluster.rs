@@ -92,6 +92,21 @@ impl Cluster {
         let (child, admin) = start(name, args, env).await;
         (self.children[0], self.admins[0]) = (child, admin);
     }
+
+    /// A connection to the cluster's Redis, and the prefix of its keys.
+    async fn redis(&self) -> (redis::aio::MultiplexedConnection, String) {
+        let env = &self.logic_start.2;
+        let value = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()).expect("in the env");
+        let client = redis::Client::open(value("COURIER_REDIS")).expect("redis url");
+        (client.get_multiplexed_async_connection().await.expect("redis"), value("COURIER_REDIS_PREFIX"))
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to tier `n`.
+    async fn signal(&self, n: usize, signal: &str) {
+        let pid = self.children[n].id().expect("the tier runs").to_string();
+        let status = Command::new("kill").args([format!("-{signal}"), pid]).status().await.expect("kill runs");
+        assert!(status.success(), "kill -{signal}");
+    }
 }
 
 #[tokio::test]
@@ -397,11 +412,7 @@ async fn a_lost_worker_id_lease_pauses_sends_until_logic_leases_one_again() {
     };
     assert_eq!(send("before".into()).await["code"], 0);
 
-    let env = &cluster.logic_start.2;
-    let value = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()).expect("in the env");
-    let (redis_url, prefix) = (value("COURIER_REDIS"), value("COURIER_REDIS_PREFIX"));
-    let mut redis =
-        redis::Client::open(redis_url).expect("redis url").get_multiplexed_async_connection().await.expect("redis");
+    let (mut redis, prefix) = cluster.redis().await;
     let leases: Vec<String> =
         redis::cmd("KEYS").arg(format!("{prefix}worker:*")).query_async(&mut redis).await.expect("keys");
     assert_eq!(leases.len(), 1, "logic holds one worker id: {leases:?}");
@@ -433,6 +444,107 @@ async fn a_lost_worker_id_lease_pauses_sends_until_logic_leases_one_again() {
     while ws.next_op(3).await["msg"] != "after" {}
     let paused = metric(cluster.admins[0], "courier_errors_total{reason=\"ids_paused\"}").await;
     assert_eq!(paused, 1.0, "paused once");
+}
+
+/// A connect node that stalls past its lease (here: stopped with SIGSTOP; a
+/// long pause or a partition from logic does the same) is reaped, and once it
+/// runs again it registers the connections it still holds: its users count
+/// and are reached again, without reconnecting.
+#[tokio::test]
+async fn a_connect_node_reaped_while_stalled_registers_its_connections_again() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = Cluster::start(dir.path()).await else { return };
+    let api = Api::new(cluster.api);
+    let run = courier_testkit::unique() % 1_000_000_000;
+    let (room, other_room) = (8_000_000_000 + run, 8_500_000_000 + run);
+    let (alice_token, alice) = api.register(&format!("sa{run}")).await;
+    let (bob_token, bob) = api.register(&format!("sb{run}")).await;
+    let mut alice_ws = Ws::connect(cluster.ws[0], &alice_token, room).await;
+    alice_ws.send(json!({"op": 10, "roomId": other_room})).await;
+    let mut bob_ws = Ws::connect(cluster.ws[1], &bob_token, room).await;
+    bob_ws.await_members(&[alice, bob]).await;
+    alice_ws.await_members(&[alice, bob]).await;
+
+    cluster.signal(3, "STOP").await; // connect-0, holding alice
+    let reaped = loop {
+        let frame = bob_ws.next_op(5).await;
+        if frame["count"] == 1 {
+            break frame;
+        }
+    };
+    assert!(reaped["roomUserInfo"].get(alice.to_string()).is_none(), "alice was reaped: {reaped}");
+    cluster.signal(3, "CONT").await;
+    bob_ws.await_members(&[alice, bob]).await;
+
+    // Routes are back too: her private messages and both rooms reach her.
+    let sends = [
+        ("/push/push", json!({"authToken": bob_token, "msg": "to alice", "toUserId": alice, "roomId": room})),
+        ("/push/pushRoom", json!({"authToken": bob_token, "msg": "to the room", "roomId": room})),
+        ("/push/pushRoom", json!({"authToken": bob_token, "msg": "to the other room", "roomId": other_room})),
+    ];
+    for (path, body) in sends {
+        let answer = api.post(path, body).await;
+        assert_eq!(answer["code"], 0, "{answer}");
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let frame = alice_ws.next().await.expect("alice stays connected");
+        if matches!(frame["op"].as_i64(), Some(2 | 3)) {
+            got.push(frame["msg"].as_str().expect("msg").to_owned());
+        }
+    }
+    got.sort();
+    assert_eq!(got, ["to alice", "to the other room", "to the room"]);
+    assert_eq!(metric(cluster.admins[3], "courier_errors_total{reason=\"presence_lost\"}").await, 1.0);
+}
+
+/// Redis comes back empty (a restart without persistence): every session,
+/// presence entry and lease is gone. Connected clients are told to log in
+/// again; once they do, the cluster works again by itself (logic leases a
+/// worker id again and admits sends).
+#[tokio::test]
+async fn a_redis_that_comes_back_empty_sends_clients_to_log_in_and_recovers() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = Cluster::start(dir.path()).await else { return };
+    let api = Api::new(cluster.api);
+    let run = courier_testkit::unique() % 1_000_000_000;
+    let room = 9_000_000_000 + run;
+    let (alice_name, bob_name) = (format!("ea{run}"), format!("eb{run}"));
+    let (alice_token, alice) = api.register(&alice_name).await;
+    let (bob_token, bob) = api.register(&bob_name).await;
+    let mut alice_ws = Ws::connect(cluster.ws[0], &alice_token, room).await;
+    let mut bob_ws = Ws::connect(cluster.ws[1], &bob_token, room).await;
+    bob_ws.await_members(&[alice, bob]).await;
+
+    let (mut redis, prefix) = cluster.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.expect("keys");
+    let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.expect("del");
+
+    for ws in [&mut alice_ws, &mut bob_ws] {
+        let (code, reason) = ws.closed().await.expect("a close frame");
+        assert_eq!(code, 1008, "{reason}");
+        assert!(reason.contains("log in again"), "{reason}");
+    }
+    let log_in = |name: String| {
+        let api = &api;
+        async move {
+            let answer = api.post("/user/login", json!({"userName": name, "passWord": "secret-pw"})).await;
+            assert_eq!(answer["code"], 0, "{answer}");
+            answer["data"].as_str().expect("token").to_owned()
+        }
+    };
+    let (alice_token, bob_token) = (log_in(alice_name).await, log_in(bob_name).await);
+    let mut alice_ws = Ws::connect(cluster.ws[0], &alice_token, room).await;
+    let mut bob_ws = Ws::connect(cluster.ws[1], &bob_token, room).await;
+    bob_ws.await_members(&[alice, bob]).await;
+    courier_testkit::eventually("sends to be admitted again", Duration::from_secs(60), || async {
+        let sent = api.post("/push/pushRoom", json!({"authToken": bob_token, "msg": "back", "roomId": room})).await;
+        (sent["code"] == 0).then_some(())
+    })
+    .await;
+    while alice_ws.next_op(3).await["msg"] != "back" {}
 }
 
 #[tokio::test]

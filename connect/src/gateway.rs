@@ -23,6 +23,7 @@ use courier_retry::Backoff;
 use courier_telemetry::Metrics;
 use courier_wire::frame::{AckFrame, ErrorFrame, Since, to_text};
 use courier_wire::request::{Auth, ClientRequest};
+use futures_util::StreamExt as _;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -52,6 +53,19 @@ pub struct Gateway {
 
 /// Most presence calls in flight from one connect node.
 pub const PRESENCE_CALLS: usize = 256;
+
+/// What registering a connection again came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Registered {
+    Yes,
+    /// Its session is gone (presence came back empty, or it expired): closed,
+    /// and the client told to log in again.
+    SessionGone,
+    /// Logic refused it (a connection cap): closed, the client to reconnect.
+    Refused,
+    /// It closed meanwhile, or the node is stopping.
+    Closed,
+}
 
 impl Gateway {
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -414,13 +428,114 @@ impl Gateway {
         }
     }
 
+    /// Registers every connection this node holds with presence again: the
+    /// node's lease was granted afresh (it was reaped while away, or presence
+    /// came back empty), so presence may hold none of them and pushes to
+    /// their users would go nowhere. Each connection is attached and joined to
+    /// its rooms again (presence calls name the connection, so what is still
+    /// there is not counted twice). One whose session is gone is closed and
+    /// told to log in again; a failure behind logic is retried until the
+    /// connection is registered or closed, or the node stops.
+    pub async fn register_again(&self) {
+        let channels = self.hub.all();
+        if channels.is_empty() {
+            return;
+        }
+        self.metrics().error("presence_lost");
+        tracing::warn!(connections = channels.len(), "presence lost this node's connections; registering them again");
+        let outcomes: Vec<Registered> = futures_util::stream::iter(channels)
+            .map(|channel| async move { self.register_channel(&channel).await })
+            .buffer_unordered(PRESENCE_CALLS)
+            .collect()
+            .await;
+        let count = |which| outcomes.iter().filter(|o| **o == which).count();
+        tracing::info!(
+            registered = count(Registered::Yes),
+            session_gone = count(Registered::SessionGone),
+            refused = count(Registered::Refused),
+            closed = count(Registered::Closed),
+            "connections registered again"
+        );
+    }
+
+    async fn register_channel(&self, channel: &Arc<Channel>) -> Registered {
+        let mut backoff = Backoff::new(std::time::Duration::from_millis(200), std::time::Duration::from_secs(5));
+        loop {
+            if channel.is_closing() || self.stopping.is_cancelled() {
+                return Registered::Closed;
+            }
+            let rooms = channel.rooms();
+            let status = match self.register_once(channel, &rooms).await {
+                Ok(()) => {
+                    if channel.is_closing() {
+                        // Its close may have released it before this
+                        // registered it: release again (harmless if not).
+                        self.release_all(channel, rooms).await;
+                        return Registered::Closed;
+                    }
+                    return Registered::Yes;
+                }
+                Err(status) => status,
+            };
+            match status.code() {
+                Code::Unauthenticated => {
+                    channel.close(close_code::POLICY, "session expired or revoked; log in again");
+                    return Registered::SessionGone;
+                }
+                Code::InvalidArgument | Code::ResourceExhausted | Code::PermissionDenied | Code::Unimplemented => {
+                    tracing::warn!(user_id = channel.user_id, error = %status, "could not register a connection again");
+                    channel.close(close_code::TRY_AGAIN_LATER, &status_text(&status));
+                    return Registered::Refused;
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = self.stopping.cancelled() => {}
+                _ = channel.closing() => {}
+                _ = backoff.sleep() => {}
+            }
+        }
+    }
+
+    /// Attaches `channel` and joins it to `rooms`, once.
+    async fn register_once(&self, channel: &Channel, rooms: &[u64]) -> Result<(), tonic::Status> {
+        let _permit = self.presence_calls.acquire().await;
+        let (first, rest) = rooms.split_first().map_or((0, &[][..]), |(first, rest)| (*first, rest));
+        let attach = AttachRequest {
+            auth_token: channel.auth_token.clone(),
+            server_id: self.config.server_id.clone(),
+            conn_id: channel.id,
+            room_id: first,
+        };
+        self.logic.clone().attach(attach).await?;
+        for room in rest {
+            let join = JoinRoomRequest {
+                auth_token: channel.auth_token.clone(),
+                room_id: *room,
+                server_id: self.config.server_id.clone(),
+                conn_id: channel.id,
+            };
+            self.logic.clone().join_room(join).await?;
+        }
+        Ok(())
+    }
+
     /// Unregisters a finished connection and releases its presence and route.
     pub async fn close(&self, channel: &Arc<Channel>) {
+        // Marked closing first, so a registration running now releases what
+        // it registers after this release.
+        channel.close(close_code::NORMAL, "");
+        let rooms = self.hub.remove(channel);
+        self.release_all(channel, rooms).await;
+    }
+
+    /// Releases a connection's rooms and route.
+    async fn release_all(&self, channel: &Channel, room_ids: Vec<u64>) {
         let request = DetachRequest {
             user_id: channel.user_id,
             server_id: self.config.server_id.clone(),
             conn_id: channel.id,
-            room_ids: self.hub.remove(channel),
+            room_ids,
         };
         self.release("detach", channel.user_id, |mut logic| {
             let request = request.clone();

@@ -182,16 +182,16 @@ pub async fn run(
 
     // Announce this boot before taking connections, so a restart's cleanup of the
     // previous boot's presence cannot remove new members; then keep the lease.
-    let boot_id = state.gateway.config.boot_id.clone();
-    heartbeat(&state.gateway, &boot_id).await;
+    let mut lease = Lease { boot_id: state.gateway.config.boot_id.clone(), epoch: None, registering: None };
+    lease.heartbeat(&state.gateway).await;
     tokio::spawn({
-        let (gateway, stop, boot_id) = (state.gateway.clone(), shutdown.clone(), boot_id.clone());
+        let (gateway, stop) = (state.gateway.clone(), shutdown.clone());
         async move {
             let mut ticker = tokio::time::interval(gateway.config.heartbeat_interval);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = ticker.tick() => heartbeat(&gateway, &boot_id).await,
+                    _ = ticker.tick() => lease.heartbeat(&gateway).await,
                 }
             }
         }
@@ -269,12 +269,40 @@ async fn accept_loop<F>(
     }
 }
 
-/// Renews this node's presence lease; a failure is reported and retried on the
-/// next tick (the lease outlives a few).
-async fn heartbeat(gateway: &Gateway, boot_id: &str) {
-    let request = NodeHeartbeatRequest { server_id: gateway.config.server_id.clone(), boot_id: boot_id.to_owned() };
-    if let Err(status) = gateway.logic.clone().node_heartbeat(request).await {
-        gateway.metrics().error("node_heartbeat");
-        tracing::warn!(error = %status, "presence heartbeat failed");
+/// This node's presence lease, renewed by heartbeats.
+struct Lease {
+    boot_id: String,
+    /// The lease epoch this node's connections were registered under.
+    epoch: Option<i64>,
+    /// The registration running for the latest epoch.
+    registering: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Lease {
+    /// Renews the lease; a failure is reported and retried on the next tick
+    /// (the lease outlives a few). When the lease's epoch changed (granted
+    /// afresh: presence may have lost every connection here), the connections
+    /// are registered again in the background, replacing a registration still
+    /// running for an older epoch.
+    async fn heartbeat(&mut self, gateway: &Gateway) {
+        let request =
+            NodeHeartbeatRequest { server_id: gateway.config.server_id.clone(), boot_id: self.boot_id.clone() };
+        let epoch = match gateway.logic.clone().node_heartbeat(request).await {
+            Ok(reply) => reply.into_inner().lease_epoch,
+            Err(status) => {
+                gateway.metrics().error("node_heartbeat");
+                tracing::warn!(error = %status, "presence heartbeat failed");
+                return;
+            }
+        };
+        if self.epoch == Some(epoch) {
+            return;
+        }
+        self.epoch = Some(epoch);
+        if let Some(earlier) = self.registering.take() {
+            earlier.abort();
+        }
+        let gateway = gateway.clone();
+        self.registering = Some(tokio::spawn(async move { gateway.register_again().await }));
     }
 }

@@ -528,13 +528,14 @@ impl Logic {
             }
         };
         for server in lapsed {
-            match presence.drop_server(&server).await {
+            match presence.reap_node(&server).await {
                 Ok(rooms) => {
                     tracing::warn!(%server, rooms = rooms.len(), "connect node lease lapsed; its presence was removed");
                     self.metrics().error("node_lease_lapsed");
                     rooms.into_iter().for_each(|room| self.mark_dirty(room));
                 }
-                Err(e) => tracing::warn!(%server, error = %e, "could not remove a lapsed node's presence"),
+                // Still due: tried again on the next pass.
+                Err(e) => tracing::warn!(%server, error = %e, "could not remove a lapsed node's presence; retrying"),
             }
         }
     }

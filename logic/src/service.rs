@@ -3,11 +3,12 @@
 //! (with the presence flusher and reaper beside it).
 
 use courier_model::StreamId;
-use courier_presence::SessionUser;
+use courier_presence::{NodeLease, SessionUser};
 use courier_proto::logic::logic_server::Logic as LogicRpc;
 use courier_proto::logic::{
     AttachReply, AttachRequest, Credentials, DetachRequest, Empty, HistoryReply, HistoryRequest, JoinRoomRequest,
-    LeaveRoomRequest, NodeHeartbeatRequest, RoomRequest, SendReply, SendRequest, SessionReply, TokenRequest, UserReply,
+    LeaveRoomRequest, NodeHeartbeatReply, NodeHeartbeatRequest, RoomRequest, SendReply, SendRequest, SessionReply,
+    TokenRequest, UserReply,
 };
 use courier_telemetry::ReadyFlag;
 use tokio::net::TcpListener;
@@ -174,21 +175,38 @@ impl LogicRpc for Logic {
         .await
     }
 
-    async fn node_heartbeat(&self, request: Request<NodeHeartbeatRequest>) -> Result<Response<Empty>, Status> {
+    async fn node_heartbeat(
+        &self,
+        request: Request<NodeHeartbeatRequest>,
+    ) -> Result<Response<NodeHeartbeatReply>, Status> {
         let r = request.into_inner();
         self.observed("NodeHeartbeat", async {
+            if r.server_id.is_empty() || r.boot_id.is_empty() {
+                return Err(Status::invalid_argument("serverId and bootId are required"));
+            }
             let presence = &self.inner.backends.presence;
             let expires = self.inner.config.lease_clock.now_unix_ms() + self.inner.config.node_lease.as_millis() as i64;
-            let before = presence
-                .renew_node(&r.server_id, &r.boot_id, expires)
-                .await
-                .map_err(|e| self.presence_unavailable(e))?;
-            if before.is_some_and(|boot| boot != r.boot_id) {
-                // The node restarted: what its previous boot held is gone.
-                let rooms = presence.drop_server(&r.server_id).await.map_err(|e| self.presence_unavailable(e))?;
-                rooms.into_iter().for_each(|room| self.mark_dirty(room));
+            let renew = || async {
+                presence.renew_node(&r.server_id, &r.boot_id, expires).await.map_err(|e| self.presence_unavailable(e))
+            };
+            let lease = match renew().await? {
+                NodeLease::Restarted => {
+                    // The node restarted: what its previous boot held is gone.
+                    // Dropped before this boot is leased, so a drop that fails
+                    // is tried again on the next heartbeat.
+                    let rooms = presence.drop_server(&r.server_id).await.map_err(|e| self.presence_unavailable(e))?;
+                    rooms.into_iter().for_each(|room| self.mark_dirty(room));
+                    renew().await?
+                }
+                held => held,
+            };
+            match lease {
+                NodeLease::Held { epoch } => Ok(NodeHeartbeatReply { lease_epoch: epoch }),
+                NodeLease::Restarted => Err(Status::failed_precondition(format!(
+                    "another boot of connect node {} is running: give each node its own server id",
+                    r.server_id
+                ))),
             }
-            Ok(Empty {})
         })
         .await
     }

@@ -2,7 +2,7 @@
 //! the in-process and the Redis implementations. `base` namespaces user and room
 //! ids so runs can share one Redis.
 
-use crate::{Claim, ClientMsgIds, Presence, SessionUser, Sessions};
+use crate::{Claim, ClientMsgIds, NodeLease, Presence, SessionUser, Sessions};
 
 fn user(id: u64) -> SessionUser {
     SessionUser { user_id: id, user_name: format!("u{id}") }
@@ -98,16 +98,57 @@ pub async fn claims_in_a_session_need_it_live(sessions: &dyn Sessions, ids: &dyn
     assert_eq!(claim(again.token, me.clone(), "s-2", 400).await, Some(Claim::New), "nothing was claimed before");
 }
 
-/// Node leases: renewing reports the previous boot id; a lease that ends is
-/// reported once as lapsed, a renewed one is not.
-pub async fn node_leases_lapse_once(presence: &dyn Presence, base: u64) {
+/// Node leases: renewals keep a lease's epoch and a lapsed node leases under
+/// a new one; another boot of a server is told of the restart and changes
+/// nothing; a lapsed node stays due until its reap finishes.
+pub async fn node_leases_lapse_until_reaped(presence: &dyn Presence, base: u64) {
     let (a, b) = (format!("node-a-{base}"), format!("node-b-{base}"));
-    assert_eq!(presence.renew_node(&a, "boot-1", 1_000).await.expect("renew"), None);
-    assert_eq!(presence.renew_node(&b, "boot-9", 1_000).await.expect("renew"), None);
-    assert_eq!(presence.renew_node(&a, "boot-2", 5_000).await.expect("renew"), Some("boot-1".into()), "a restart");
+    assert_eq!(presence.renew_node(&a, "boot-1", 1_000).await.expect("renew"), NodeLease::Held { epoch: 1_000 });
+    assert_eq!(presence.renew_node(&b, "boot-9", 1_000).await.expect("renew"), NodeLease::Held { epoch: 1_000 });
+    assert_eq!(presence.renew_node(&a, "boot-1", 5_000).await.expect("renew"), NodeLease::Held { epoch: 1_000 });
+    assert_eq!(presence.renew_node(&a, "boot-2", 9_000).await.expect("renew"), NodeLease::Restarted, "a restart");
     let lapsed = presence.take_lapsed_nodes(2_000).await.expect("lapsed");
-    assert!(lapsed.contains(&b) && !lapsed.contains(&a), "{lapsed:?}");
-    assert!(!presence.take_lapsed_nodes(2_000).await.expect("lapsed").contains(&b), "reported once");
+    assert!(lapsed.contains(&b) && !lapsed.contains(&a), "boot-1's lease still runs to 5 s: {lapsed:?}");
+    assert!(presence.take_lapsed_nodes(2_000).await.expect("lapsed").contains(&b), "due until reaped");
+    presence.reap_node(&b).await.expect("reap");
+    assert!(!presence.take_lapsed_nodes(2_000).await.expect("lapsed").contains(&b), "reaped");
+    assert_eq!(
+        presence.renew_node(&b, "boot-9", 7_000).await.expect("renew"),
+        NodeLease::Held { epoch: 7_000 },
+        "back after its lease lapsed: a new epoch"
+    );
+}
+
+/// A node that leases again before its reap keeps what it registered; one
+/// that does not is reaped whole; a restarted one is dropped and then leased
+/// afresh.
+pub async fn reaps_spare_nodes_that_came_back(presence: &dyn Presence, base: u64) {
+    let (back, gone, restarted) = (format!("back-{base}"), format!("gone-{base}"), format!("again-{base}"));
+    let room = base + 1;
+    for (i, node) in [&back, &gone, &restarted].into_iter().enumerate() {
+        let member = user(base + 10 + i as u64);
+        let expires = if *node == restarted { 5_000 } else { 1_000 };
+        presence.renew_node(node, "boot-1", expires).await.expect("renew");
+        presence.attach(member.user_id, node, 1, 0).await.expect("attach");
+        presence.join(room, &member, node, 1).await.expect("join");
+    }
+    let due = presence.take_lapsed_nodes(2_000).await.expect("lapsed");
+    assert!(due.contains(&back) && due.contains(&gone), "{due:?}");
+    assert_eq!(presence.renew_node(&back, "boot-1", 9_000).await.expect("renew"), NodeLease::Held { epoch: 9_000 });
+    assert_eq!(presence.reap_node(&back).await.expect("reap"), Vec::<u64>::new(), "it came back: nothing removed");
+    assert_eq!(presence.reap_node(&gone).await.expect("reap"), vec![room]);
+    let routes = presence.routes(&[base + 10, base + 11], &[room]).await.expect("routes");
+    assert_eq!(routes.user(base + 10), std::slice::from_ref(&back), "the node that came back keeps its route");
+    assert!(routes.user(base + 11).is_empty(), "the reaped node's route is gone");
+    assert!(!presence.take_lapsed_nodes(2_000).await.expect("lapsed").contains(&back), "no longer due");
+
+    assert_eq!(presence.renew_node(&restarted, "boot-2", 9_000).await.expect("renew"), NodeLease::Restarted);
+    assert_eq!(presence.drop_server(&restarted).await.expect("drop"), vec![room]);
+    assert_eq!(
+        presence.renew_node(&restarted, "boot-2", 9_500).await.expect("renew"),
+        NodeLease::Held { epoch: 9_500 }
+    );
+    assert_eq!(presence.count(room).await.expect("count"), 1, "only the node that came back holds a member");
 }
 
 /// Routes follow connections: a user is routed to every node holding one of

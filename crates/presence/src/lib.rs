@@ -77,16 +77,28 @@ pub trait Presence: Send + Sync + 'static {
     async fn count(&self, room: u64) -> Result<u64>;
     /// Up to `cap` members of the room (id, name), lowest ids first.
     async fn members(&self, room: u64, cap: usize) -> Result<Vec<(u64, String)>>;
-    /// Forgets every connection on `server` (a node that stopped or died); returns
-    /// the rooms whose membership changed.
+    /// Forgets every connection on `server` and its lease (a node that
+    /// restarted under the same id); returns the rooms whose membership changed.
     async fn drop_server(&self, server: &str) -> Result<Vec<u64>>;
 
-    /// Renews `server`'s lease until `expires_unix_ms`; returns the boot id it had
-    /// before (so a restarted node's old connections can be dropped).
-    async fn renew_node(&self, server: &str, boot_id: &str, expires_unix_ms: i64) -> Result<Option<String>>;
+    /// Renews boot `boot_id` of `server`'s lease until `expires_unix_ms`. A
+    /// server with no lease (new, or reaped or lost while it was away) is
+    /// leased afresh under a new epoch; a lease held by another boot of the
+    /// server is left alone (see [`NodeLease::Restarted`]).
+    async fn renew_node(&self, server: &str, boot_id: &str, expires_unix_ms: i64) -> Result<NodeLease>;
 
-    /// Servers whose lease ended before `now_unix_ms`; forgets their leases.
+    /// Servers whose lease ended before `now_unix_ms`, with those whose reap
+    /// has not finished yet: their leases are forgotten, and each stays due
+    /// until [`Presence::reap_node`] finishes it (so a reap that failed half
+    /// way is tried again).
     async fn take_lapsed_nodes(&self, now_unix_ms: i64) -> Result<Vec<String>>;
+
+    /// Removes a lapsed server's connections, unless the server leases again
+    /// meanwhile: a node that was only away keeps its entries and registers
+    /// what it holds under its new epoch (what was removed before it came back
+    /// is among that). Either way the server is no longer due. Returns the rooms
+    /// whose membership changed.
+    async fn reap_node(&self, server: &str) -> Result<Vec<u64>>;
 
     /// Connection `conn` of `user_id` opened on `server`, whatever rooms it
     /// joins: the user's inbox pushes are routed there. With `cap` > 0, a user
@@ -118,6 +130,20 @@ impl Routes {
     pub fn room(&self, room: u64) -> &[String] {
         self.rooms.get(&room).map_or(&[], Vec::as_slice)
     }
+}
+
+/// What renewing a connect node's lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeLease {
+    /// The lease is held until the expiry asked for. `epoch` names the lease
+    /// since it was last granted afresh: it changes whenever presence may have
+    /// lost what the node holds (the node was reaped, or the backend came back
+    /// empty), and then the node must register its connections again.
+    Held { epoch: i64 },
+    /// Another boot of the server holds the lease: the server restarted, and
+    /// what its earlier boot registered must be dropped
+    /// ([`Presence::drop_server`]) before this boot is leased. Nothing changed.
+    Restarted,
 }
 
 /// What a client message id stands for.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 
-use crate::{NewSession, Presence, Result, Routes, SessionUser, Sessions, new_token};
+use crate::{NewSession, NodeLease, Presence, Result, Routes, SessionUser, Sessions, new_token};
 
 /// Session rules.
 #[derive(Debug, Clone)]
@@ -188,13 +188,62 @@ fn sorted(servers: impl Iterator<Item = String>) -> Vec<String> {
 #[derive(Debug, Default)]
 pub struct MemoryPresence {
     tables: Mutex<Tables>,
-    /// Node leases: server id → (boot id, expiry ms).
-    nodes: Mutex<HashMap<String, (String, i64)>>,
+    nodes: Mutex<Nodes>,
+}
+
+/// Connect nodes' leases.
+#[derive(Debug, Default)]
+struct Nodes {
+    /// Server id → its lease.
+    leases: HashMap<String, NodeEntry>,
+    /// Lapsed servers whose presence is still to be removed.
+    due: HashSet<String>,
+}
+
+#[derive(Debug)]
+struct NodeEntry {
+    boot: String,
+    expires: i64,
+    epoch: i64,
 }
 
 impl MemoryPresence {
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn nodes(&self) -> std::sync::MutexGuard<'_, Nodes> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Tables {
+    /// Forgets every connection on `server`; returns the rooms whose
+    /// membership changed.
+    fn drop_server(&mut self, server: &str) -> Vec<u64> {
+        let Tables { rooms, room_nodes, attached } = self;
+        let mut changed = Vec::new();
+        for (room, members) in rooms.iter_mut() {
+            let before = members.len();
+            for member in members.values_mut() {
+                member.connections.retain(|(s, _)| s != server);
+            }
+            members.retain(|_, m| !m.connections.is_empty());
+            if members.len() != before {
+                changed.push(*room);
+            }
+        }
+        rooms.retain(|_, m| !m.is_empty());
+        room_nodes.retain(|_, servers| {
+            servers.remove(server);
+            !servers.is_empty()
+        });
+        attached.retain(|_, conns| {
+            conns.retain(|(s, _)| s != server);
+            !conns.is_empty()
+        });
+        changed.sort_unstable();
+        changed
     }
 }
 
@@ -245,47 +294,50 @@ impl Presence for MemoryPresence {
     }
 
     async fn drop_server(&self, server: &str) -> Result<Vec<u64>> {
-        let mut tables = self.lock();
-        let Tables { rooms, room_nodes, attached } = &mut *tables;
-        let mut changed = Vec::new();
-        for (room, members) in rooms.iter_mut() {
-            let before = members.len();
-            for member in members.values_mut() {
-                member.connections.retain(|(s, _)| s != server);
-            }
-            members.retain(|_, m| !m.connections.is_empty());
-            if members.len() != before {
-                changed.push(*room);
-            }
-        }
-        rooms.retain(|_, m| !m.is_empty());
-        room_nodes.retain(|_, servers| {
-            servers.remove(server);
-            !servers.is_empty()
-        });
-        attached.retain(|_, conns| {
-            conns.retain(|(s, _)| s != server);
-            !conns.is_empty()
-        });
-        changed.sort_unstable();
-        Ok(changed)
+        let mut nodes = self.nodes();
+        nodes.leases.remove(server);
+        nodes.due.remove(server);
+        Ok(self.lock().drop_server(server))
     }
 
-    async fn renew_node(&self, server: &str, boot_id: &str, expires_unix_ms: i64) -> Result<Option<String>> {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        let before = nodes.insert(server.to_owned(), (boot_id.to_owned(), expires_unix_ms));
-        Ok(before.map(|(boot, _)| boot))
+    async fn renew_node(&self, server: &str, boot_id: &str, expires_unix_ms: i64) -> Result<NodeLease> {
+        let mut nodes = self.nodes();
+        match nodes.leases.get_mut(server) {
+            Some(lease) if lease.boot != boot_id => Ok(NodeLease::Restarted),
+            Some(lease) => {
+                lease.expires = expires_unix_ms;
+                Ok(NodeLease::Held { epoch: lease.epoch })
+            }
+            None => {
+                let lease = NodeEntry { boot: boot_id.to_owned(), expires: expires_unix_ms, epoch: expires_unix_ms };
+                nodes.leases.insert(server.to_owned(), lease);
+                Ok(NodeLease::Held { epoch: expires_unix_ms })
+            }
+        }
     }
 
     async fn take_lapsed_nodes(&self, now_unix_ms: i64) -> Result<Vec<String>> {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut lapsed: Vec<String> =
-            nodes.iter().filter(|(_, (_, expires))| *expires < now_unix_ms).map(|(id, _)| id.clone()).collect();
-        lapsed.sort();
-        for id in &lapsed {
-            nodes.remove(id);
+        let mut nodes = self.nodes();
+        let Nodes { leases, due } = &mut *nodes;
+        leases.retain(|server, lease| {
+            let lapsed = lease.expires < now_unix_ms;
+            if lapsed {
+                due.insert(server.clone());
+            }
+            !lapsed
+        });
+        let mut due: Vec<String> = due.iter().cloned().collect();
+        due.sort();
+        Ok(due)
+    }
+
+    async fn reap_node(&self, server: &str) -> Result<Vec<u64>> {
+        let mut nodes = self.nodes();
+        nodes.due.remove(server);
+        if nodes.leases.contains_key(server) {
+            return Ok(Vec::new()); // back before it was reaped
         }
-        Ok(lapsed)
+        Ok(self.lock().drop_server(server))
     }
 
     async fn attach(&self, user_id: u64, server: &str, conn: u64, cap: usize) -> Result<bool> {

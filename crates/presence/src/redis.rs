@@ -12,6 +12,10 @@
 //!   (membership) and `@<userId>|<conn>` (attachment), so an update repeated
 //!   is a no-op and a node's departure removes exactly its own connections and
 //!   routes.
+//! - `node-leases` → sorted set of connect nodes by lease expiry (unix ms);
+//!   `node-boots` and `node-epochs` → hashes serverId → the boot holding the
+//!   lease and the lease's epoch; `node-due` → set of lapsed nodes whose
+//!   entries are still to be removed.
 //!
 //! Every compound update is a Lua script (in `src/lua/`, one file each), so
 //! concurrent joins and leaves from many nodes never leave the counts
@@ -26,7 +30,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use crate::memory::SessionPolicy;
-use crate::{Error, NewSession, Presence, Result, Routes, SessionUser, Sessions, new_token};
+use crate::{Error, NewSession, NodeLease, Presence, Result, Routes, SessionUser, Sessions, new_token};
 
 fn unavailable(e: redis::RedisError) -> Error {
     Error::Unavailable(e.to_string())
@@ -187,6 +191,37 @@ impl RedisPresence {
     fn room_keys(&self, room: u64) -> (String, String) {
         (format!("{}room:{room}:users", self.prefix), format!("{}room:{room}:names", self.prefix))
     }
+
+    /// The node lease keys: leases, boots, epochs, due reaps.
+    fn node_keys(&self) -> [String; 4] {
+        ["node-leases", "node-boots", "node-epochs", "node-due"].map(|key| format!("{}{key}", self.prefix))
+    }
+
+    /// Removes `server`'s entries slice by slice; with `only_lapsed`, stops as
+    /// soon as the server holds a lease again.
+    async fn drop_entries(&self, server: &str, only_lapsed: bool) -> Result<Vec<u64>> {
+        let leases = &self.node_keys()[0];
+        let mut rooms = std::collections::BTreeSet::new();
+        let mut cursor = "0".to_owned();
+        loop {
+            let (next, changed): (String, Vec<String>) = Script::new(DROP_SERVER_SLICE)
+                .key(self.server_key(server))
+                .key(leases)
+                .arg(&self.prefix)
+                .arg(server)
+                .arg(DROP_SLICE)
+                .arg(&cursor)
+                .arg(if only_lapsed { "lapsed" } else { "always" })
+                .invoke_async(&mut self.redis.clone())
+                .await
+                .map_err(unavailable)?;
+            rooms.extend(changed.iter().filter_map(|r| r.parse::<u64>().ok()));
+            cursor = next;
+            if cursor == "0" {
+                return Ok(rooms.into_iter().collect());
+            }
+        }
+    }
 }
 
 /// Returns the user's connections in the room, 0 if this one was in already.
@@ -212,8 +247,14 @@ pub const DROP_SLICE: usize = 500;
 /// from start to end is returned once.
 const DROP_SERVER_SLICE: &str = include_str!("lua/drop_server_slice.lua");
 
-/// Removes and returns the servers whose lease ended (only one reaper gets each).
+/// Moves the servers whose lease ended to the due set; returns that set.
 const TAKE_LAPSED: &str = include_str!("lua/take_lapsed.lua");
+
+/// Renews a boot's lease; `{epoch}`, or `{}` when another boot holds it.
+const RENEW_NODE: &str = include_str!("lua/renew_node.lua");
+
+/// Forgets a server's lease, boot, epoch and due reap.
+const FORGET_NODE: &str = include_str!("lua/forget_node.lua");
 
 #[async_trait]
 impl Presence for RedisPresence {
@@ -266,56 +307,53 @@ impl Presence for RedisPresence {
         Ok(members)
     }
 
-    async fn renew_node(&self, server: &str, boot_id: &str, expires_unix_ms: i64) -> Result<Option<String>> {
-        let (before, _, _): (Option<String>, i64, i64) = redis::pipe()
-            .atomic()
-            .cmd("HGET")
-            .arg(format!("{}node-boots", self.prefix))
-            .arg(server)
-            .cmd("HSET")
-            .arg(format!("{}node-boots", self.prefix))
+    async fn renew_node(&self, server: &str, boot_id: &str, expires_unix_ms: i64) -> Result<NodeLease> {
+        let [leases, boots, epochs, _] = self.node_keys();
+        let held: Vec<i64> = Script::new(RENEW_NODE)
+            .key(leases)
+            .key(boots)
+            .key(epochs)
             .arg(server)
             .arg(boot_id)
-            .cmd("ZADD")
-            .arg(format!("{}node-leases", self.prefix))
             .arg(expires_unix_ms)
-            .arg(server)
-            .query_async(&mut self.redis.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(before)
-    }
-
-    async fn take_lapsed_nodes(&self, now_unix_ms: i64) -> Result<Vec<String>> {
-        let lapsed: Vec<String> = Script::new(TAKE_LAPSED)
-            .key(format!("{}node-leases", self.prefix))
-            .key(format!("{}node-boots", self.prefix))
-            .arg(now_unix_ms)
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
-        Ok(lapsed)
+        Ok(match held.first() {
+            Some(&epoch) => NodeLease::Held { epoch },
+            None => NodeLease::Restarted,
+        })
+    }
+
+    async fn take_lapsed_nodes(&self, now_unix_ms: i64) -> Result<Vec<String>> {
+        let script = Script::new(TAKE_LAPSED);
+        let mut invocation = script.prepare_invoke();
+        for key in self.node_keys() {
+            invocation.key(key);
+        }
+        let mut due: Vec<String> =
+            invocation.arg(now_unix_ms).invoke_async(&mut self.redis.clone()).await.map_err(unavailable)?;
+        due.sort();
+        Ok(due)
+    }
+
+    async fn reap_node(&self, server: &str) -> Result<Vec<u64>> {
+        let rooms = self.drop_entries(server, true).await?;
+        let due = &self.node_keys()[3];
+        let () =
+            redis::cmd("SREM").arg(due).arg(server).query_async(&mut self.redis.clone()).await.map_err(unavailable)?;
+        Ok(rooms)
     }
 
     async fn drop_server(&self, server: &str) -> Result<Vec<u64>> {
-        let mut rooms = std::collections::BTreeSet::new();
-        let mut cursor = "0".to_owned();
-        loop {
-            let (next, changed): (String, Vec<String>) = Script::new(DROP_SERVER_SLICE)
-                .key(self.server_key(server))
-                .arg(&self.prefix)
-                .arg(server)
-                .arg(DROP_SLICE)
-                .arg(&cursor)
-                .invoke_async(&mut self.redis.clone())
-                .await
-                .map_err(unavailable)?;
-            rooms.extend(changed.iter().filter_map(|r| r.parse::<u64>().ok()));
-            cursor = next;
-            if cursor == "0" {
-                return Ok(rooms.into_iter().collect());
-            }
+        let rooms = self.drop_entries(server, false).await?;
+        let script = Script::new(FORGET_NODE);
+        let mut invocation = script.prepare_invoke();
+        for key in self.node_keys() {
+            invocation.key(key);
         }
+        let _: i64 = invocation.arg(server).invoke_async(&mut self.redis.clone()).await.map_err(unavailable)?;
+        Ok(rooms)
     }
 
     async fn attach(&self, user_id: u64, server: &str, conn: u64, cap: usize) -> Result<bool> {

@@ -41,8 +41,13 @@ async fn client_msg_ids_return_the_first_claim() {
 }
 
 #[tokio::test]
-async fn node_leases_lapse_once() {
-    conformance::node_leases_lapse_once(&MemoryPresence::default(), 0).await;
+async fn node_leases_lapse_until_reaped() {
+    conformance::node_leases_lapse_until_reaped(&MemoryPresence::default(), 0).await;
+}
+
+#[tokio::test]
+async fn reaps_spare_nodes_that_came_back() {
+    conformance::reaps_spare_nodes_that_came_back(&MemoryPresence::default(), 0).await;
 }
 
 #[tokio::test]

@@ -73,9 +73,15 @@ async fn worker_ids_are_leased_once_and_remember_the_last_millisecond() {
 }
 
 #[tokio::test]
-async fn node_leases_lapse_once() {
+async fn node_leases_lapse_until_reaped() {
     let Some((redis, prefix)) = redis().await else { return };
-    conformance::node_leases_lapse_once(&RedisPresence::new(redis, &prefix), 0).await;
+    conformance::node_leases_lapse_until_reaped(&RedisPresence::new(redis, &prefix), 0).await;
+}
+
+#[tokio::test]
+async fn reaps_spare_nodes_that_came_back() {
+    let Some((redis, prefix)) = redis().await else { return };
+    conformance::reaps_spare_nodes_that_came_back(&RedisPresence::new(redis, &prefix), 0).await;
 }
 
 #[tokio::test]

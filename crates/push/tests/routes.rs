@@ -122,10 +122,13 @@ impl Presence for Unavailable {
     async fn drop_server(&self, _: &str) -> courier_presence::Result<Vec<u64>> {
         Err(down())
     }
-    async fn renew_node(&self, _: &str, _: &str, _: i64) -> courier_presence::Result<Option<String>> {
+    async fn renew_node(&self, _: &str, _: &str, _: i64) -> courier_presence::Result<courier_presence::NodeLease> {
         Err(down())
     }
     async fn take_lapsed_nodes(&self, _: i64) -> courier_presence::Result<Vec<String>> {
+        Err(down())
+    }
+    async fn reap_node(&self, _: &str) -> courier_presence::Result<Vec<u64>> {
         Err(down())
     }
     async fn attach(&self, _: u64, _: &str, _: u64, _: usize) -> courier_presence::Result<bool> {

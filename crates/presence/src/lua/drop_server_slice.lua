@@ -3,7 +3,12 @@
 -- Returns {next cursor, rooms whose membership changed}; cursor "0" ends it.
 -- Entries deleted behind the cursor do not upset the scan: every entry present
 -- from start to end is returned once.
+-- With ARGV[5] = "lapsed" it removes nothing once the server holds a lease in
+-- KEYS[2] again (it came back and registers what it holds): cursor "0".
 local server, prefix, server_id, slice, cursor = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if ARGV[5] == 'lapsed' and redis.call('ZSCORE', KEYS[2], server_id) then
+  return {'0', {}}
+end
 local scanned = redis.call('HSCAN', server, cursor, 'COUNT', slice)
 local entries = scanned[2]
 local changed = {}
