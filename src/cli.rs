@@ -292,6 +292,10 @@ pub struct LogicArgs {
     /// default leased from Redis (or 0 on the embedded backends).
     #[arg(long, env = "COURIER_WORKER_ID")]
     pub worker_id: Option<u32>,
+    /// Milliseconds a leased worker id lasts without renewal (renewed every
+    /// third; sends pause a sixth before it could lapse).
+    #[arg(long, env = "COURIER_WORKER_LEASE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(600..))]
+    pub worker_lease_ms: u64,
     /// Create the demo users (development only).
     #[arg(long, env = "COURIER_DEMO_USERS")]
     pub demo_users: bool,
@@ -441,6 +445,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let tier = crate::tiers::LogicTier {
                 config,
                 worker_id: args.worker_id,
+                worker_lease: Duration::from_millis(args.worker_lease_ms),
                 policy,
                 listen: args.listen,
                 nodes: args.nodes.connect_nodes,

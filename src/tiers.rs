@@ -173,11 +173,31 @@ impl Admin {
     }
 }
 
-/// How long a worker-id lease lasts without renewal; renewed every third of it.
-const WORKER_LEASE_TTL: Duration = Duration::from_secs(30);
-/// How long before its lease could lapse logic stops giving ids while it
-/// cannot renew it.
-const LEASE_SAFETY: Duration = Duration::from_secs(5);
+/// The timing of a worker-id lease, all derived from its time to live.
+#[derive(Debug, Clone, Copy)]
+struct LeaseTimes {
+    /// How long the lease lasts without renewal.
+    ttl: Duration,
+}
+
+impl LeaseTimes {
+    /// Renewed every third of the lease.
+    fn renew_every(self) -> Duration {
+        self.ttl / 3
+    }
+
+    /// How long before its lease could lapse logic stops giving ids while it
+    /// cannot renew it (5 s of the default 30).
+    fn safety(self) -> Duration {
+        self.ttl / 6
+    }
+
+    /// How long a newly leased id waits when another instance might still use
+    /// it: until that one has tried to renew and found its lease gone.
+    fn confirm_after(self) -> Duration {
+        self.renew_every() + self.safety()
+    }
+}
 
 /// What the logic command runs with, besides its backends.
 #[derive(Debug)]
@@ -185,6 +205,8 @@ pub struct LogicTier {
     pub config: courier_logic::LogicConfig,
     /// A fixed worker id; `None` leases one (Redis) or uses 0 (embedded).
     pub worker_id: Option<u32>,
+    /// How long a leased worker id lasts without renewal.
+    pub worker_lease: Duration,
     pub policy: SessionPolicy,
     pub listen: SocketAddr,
     pub nodes: Vec<ConnectNode>,
@@ -214,7 +236,8 @@ pub async fn logic(
     discovery: &DiscoveryArgs,
     admin: Admin,
 ) -> anyhow::Result<()> {
-    let LogicTier { mut config, worker_id, policy, listen, nodes, demo_users } = tier;
+    let LogicTier { mut config, worker_id, worker_lease, policy, listen, nodes, demo_users } = tier;
+    let times = LeaseTimes { ttl: worker_lease };
     let nodes = discovery.connect_nodes(&nodes, &admin.metrics)?;
     let (users, history) = backends.stores().await?;
     let queue = backends.queue().await?;
@@ -226,13 +249,13 @@ pub async fn logic(
         }
         (None, Some(url)) => {
             let redis = courier_presence::redis::connect(url).await.context("connecting to Redis")?;
-            let leases = courier_presence::redis::RedisWorkerIds::new(redis, &backends.redis_prefix, WORKER_LEASE_TTL);
+            let leases = courier_presence::redis::RedisWorkerIds::new(redis, &backends.redis_prefix, times.ttl);
             let holder = format!("logic-{}-{:x}", std::process::id(), rand::random::<u32>());
             let lease = courier_presence::WorkerIds::acquire(&leases, &holder).await.context("leasing a worker id")?;
-            tracing::info!(worker_id = lease.worker_id, "leased snowflake worker id");
+            tracing::info!(worker_id = lease.worker_id, fresh = lease.fresh_registry, "leased snowflake worker id");
             config.worker_id = lease.worker_id;
             config.worker_not_before_unix_ms = lease.not_before_unix_ms;
-            Some((leases, lease.worker_id, holder))
+            Some((leases, lease, holder))
         }
         (None, None) => None,
     };
@@ -253,11 +276,24 @@ pub async fn logic(
         demo_users,
     )
     .await?;
-    if let Some((leases, worker_id, holder)) = lease {
+    if let Some((leases, lease, holder)) = lease {
         // Not ready while sends are paused over the lease.
         let leased = admin.readiness.flag("worker id lease");
-        leased.set(true);
-        tokio::spawn(keep_worker_lease(leases, worker_id, holder, logic.clone(), leased, admin.shutdown.clone()));
+        let state = if lease.fresh_registry {
+            // Redis is new or came back empty: wait out whoever may still use this id.
+            logic.pause_ids();
+            tracing::warn!(
+                worker_id = lease.worker_id,
+                wait = ?times.confirm_after(),
+                "Redis holds no record of earlier worker id leases; sends wait until no other instance can be using this id"
+            );
+            LeaseState::Confirming { after: tokio::time::Instant::now() + times.confirm_after() }
+        } else {
+            LeaseState::Held
+        };
+        leased.set(state == LeaseState::Held);
+        let keeper = WorkerLeaseKeeper { leases, holder, times, logic: logic.clone(), leased };
+        tokio::spawn(keeper.run(lease.worker_id, state, admin.shutdown.clone()));
     }
     let listener = bind(listen, "logic's gRPC service").await?;
     tracing::info!(addr = %listener.local_addr()?, "logic listening");
@@ -293,13 +329,26 @@ pub async fn task(
     Ok(())
 }
 
+/// Where logic stands with its worker-id lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseState {
+    /// Held and renewed; sends admitted unless renewals failed for too long.
+    Held,
+    /// Lost: sends paused, a worker id to be leased again.
+    Lost,
+    /// A worker id leased that another instance may still be using: sends
+    /// paused until `after`, and admitted once a renewal after it finds the
+    /// lease still this instance's.
+    Confirming { after: tokio::time::Instant },
+}
+
 /// Keeps the worker-id lease, recording the last millisecond used, and never
 /// ends logic (before, a lost lease stopped it, and every send failed until
 /// someone restarted it). While sends are paused, `leased` reports logic not
 /// ready (`/readyz`), so balancers and discovery send traffic elsewhere:
 ///
 /// - Redis out of reach: renewals are retried; once nothing has renewed the
-///   lease for its time to live less [`LEASE_SAFETY`], sends are paused (the
+///   lease for its time to live less its safety margin, sends are paused (the
 ///   lease may lapse and another instance take the id), and they resume when a
 ///   renewal finds the lease still this instance's.
 /// - The lease lost (Redis came back empty, or another instance holds the id):
@@ -308,78 +357,86 @@ pub async fn task(
 ///   by then any instance that was still using that id has tried to renew it,
 ///   found it gone and paused. Ids resume after the last millisecond this
 ///   instance used, so its own earlier ids are never repeated either.
-async fn keep_worker_lease(
+/// - Started on a Redis with no record of earlier leases (new, or emptied):
+///   the same wait before the first send, for the same reason.
+struct WorkerLeaseKeeper {
     leases: courier_presence::redis::RedisWorkerIds,
-    mut worker_id: u32,
     holder: String,
+    times: LeaseTimes,
     logic: courier_logic::Logic,
     leased: courier_telemetry::ReadyFlag,
-    shutdown: CancellationToken,
-) {
-    use courier_presence::WorkerIds as _;
-    let renew_every = WORKER_LEASE_TTL / 3;
-    let mut ticker = tokio::time::interval(renew_every);
-    let mut renewed = tokio::time::Instant::now();
-    let mut held = true;
-    let mut last_used = 0u64;
-    loop {
-        let pause_at = renewed + WORKER_LEASE_TTL - LEASE_SAFETY;
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(pause_at), if held && logic.admitting() => {
-                if let Some(last) = logic.pause_ids() {
-                    last_used = last_used.max(last);
-                    leased.set(false);
+}
+
+impl WorkerLeaseKeeper {
+    async fn run(self, mut worker_id: u32, mut state: LeaseState, shutdown: CancellationToken) {
+        use courier_presence::WorkerIds as _;
+        let renew_every = self.times.renew_every();
+        let mut ticker = tokio::time::interval(renew_every);
+        let mut renewed = tokio::time::Instant::now();
+        let mut last_used = 0u64;
+        loop {
+            let pause_at = renewed + self.times.ttl - self.times.safety();
+            let confirm_at = match state {
+                LeaseState::Confirming { after } => after,
+                _ => pause_at,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(pause_at), if state == LeaseState::Held && self.logic.admitting() => {
+                    self.pause(&mut last_used);
                     tracing::warn!(worker_id, "worker id lease not renewed for too long; sends paused until it is");
+                    continue;
+                }
+                _ = tokio::time::sleep_until(confirm_at), if matches!(state, LeaseState::Confirming { .. }) => {}
+                _ = ticker.tick() => {}
+            }
+            last_used = last_used.max(self.logic.last_id_unix_ms());
+            if state == LeaseState::Lost {
+                match self.leases.acquire(&self.holder).await {
+                    Ok(lease) => {
+                        worker_id = lease.worker_id;
+                        last_used = last_used.max(lease.not_before_unix_ms);
+                        state =
+                            LeaseState::Confirming { after: tokio::time::Instant::now() + self.times.confirm_after() };
+                        tracing::info!(
+                            worker_id,
+                            "leased a worker id again; sends wait until no other instance can be using it"
+                        );
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not lease a worker id; retrying"),
                 }
                 continue;
             }
-            _ = ticker.tick() => {}
-        }
-        last_used = last_used.max(logic.last_id_unix_ms());
-        if held {
-            match tokio::time::timeout(renew_every / 2, leases.renew(worker_id, &holder, last_used)).await {
+            match tokio::time::timeout(renew_every / 2, self.leases.renew(worker_id, &self.holder, last_used)).await {
                 Ok(Ok(true)) => {
                     renewed = tokio::time::Instant::now();
-                    if !logic.admitting() && resume(&logic, worker_id, last_used) {
-                        leased.set(true);
-                        tracing::info!(worker_id, "worker id lease renewed; sends admitted again");
+                    let confirmed = match state {
+                        LeaseState::Confirming { after } => renewed >= after,
+                        _ => !self.logic.admitting(),
+                    };
+                    if confirmed && resume(&self.logic, worker_id, last_used) {
+                        state = LeaseState::Held;
+                        self.leased.set(true);
+                        tracing::info!(worker_id, "worker id lease holds; sends admitted");
                     }
                 }
                 Ok(Ok(false)) => {
-                    if let Some(last) = logic.pause_ids() {
-                        last_used = last_used.max(last);
-                    }
-                    leased.set(false);
-                    held = false;
+                    self.pause(&mut last_used);
+                    state = LeaseState::Lost;
                     tracing::error!(worker_id, "worker id lease lost; sends paused while a worker id is leased again");
                 }
                 Ok(Err(e)) => tracing::warn!(worker_id, error = %e, "could not renew the worker id lease; retrying"),
                 Err(_) => tracing::warn!(worker_id, "renewing the worker id lease timed out; retrying"),
             }
-            continue;
         }
-        let lease = match leases.acquire(&holder).await {
-            Ok(lease) => lease,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not lease a worker id; retrying");
-                continue;
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(renew_every + LEASE_SAFETY) => {}
+    }
+
+    /// Pauses sends (if admitted) and reports logic not ready.
+    fn pause(&self, last_used: &mut u64) {
+        if let Some(last) = self.logic.pause_ids() {
+            *last_used = (*last_used).max(last);
         }
-        let not_before = last_used.max(lease.not_before_unix_ms);
-        if let Ok(Ok(true)) =
-            tokio::time::timeout(renew_every / 2, leases.renew(lease.worker_id, &holder, not_before)).await
-        {
-            (worker_id, held, renewed) = (lease.worker_id, true, tokio::time::Instant::now());
-            if resume(&logic, worker_id, not_before) {
-                leased.set(true);
-                tracing::info!(worker_id, "leased a worker id again; sends admitted again");
-            }
-        }
+        self.leased.set(false);
     }
 }
 

@@ -399,7 +399,10 @@ async fn connections_close_while_logic_is_away_and_presence_catches_up() {
 async fn a_lost_worker_id_lease_pauses_sends_until_logic_leases_one_again() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(mut cluster) = Cluster::start(dir.path()).await else { return };
+    // A lease long enough that the pause is seen (sends are refused for at
+    // least two fifths of it).
+    let lease = [("COURIER_WORKER_LEASE_MS", "12000")];
+    let Some(mut cluster) = Cluster::start_with(dir.path(), None, &lease).await else { return };
     let api = Api::new(cluster.api);
     let run = courier_testkit::unique() % 1_000_000_000;
     let room = 7_000_000_000 + run;
@@ -412,6 +415,10 @@ async fn a_lost_worker_id_lease_pauses_sends_until_logic_leases_one_again() {
     };
     assert_eq!(send("before".into()).await["code"], 0);
 
+    let logic_admin = cluster.admins[0];
+    let paused = || metric(logic_admin, "courier_errors_total{reason=\"ids_paused\"}");
+    let paused_before = paused().await;
+    assert_eq!(paused_before, 1.0, "started on a Redis with no lease records, logic waited before its first send");
     let (mut redis, prefix) = cluster.redis().await;
     let leases: Vec<String> =
         redis::cmd("KEYS").arg(format!("{prefix}worker:*")).query_async(&mut redis).await.expect("keys");
@@ -442,8 +449,7 @@ async fn a_lost_worker_id_lease_pauses_sends_until_logic_leases_one_again() {
     assert!(cluster.children[0].try_wait().expect("logic's status").is_none(), "logic kept running");
     assert!(ready().await, "ready again once it admits sends");
     while ws.next_op(3).await["msg"] != "after" {}
-    let paused = metric(cluster.admins[0], "courier_errors_total{reason=\"ids_paused\"}").await;
-    assert_eq!(paused, 1.0, "paused once");
+    assert_eq!(paused().await - paused_before, 1.0, "paused once");
 }
 
 /// A connect node that stalls past its lease (here: stopped with SIGSTOP; a

@@ -63,6 +63,9 @@ pub fn cluster_env(data: &Path, kafka: Option<String>, run: u64) -> Option<Vec<(
         // A short node lease, so a killed connect node is reaped quickly.
         ("COURIER_NODE_LEASE_MS", "2000".into()),
         ("COURIER_HEARTBEAT_MS", "500".into()),
+        // A short worker-id lease: a fresh Redis prefix makes logic wait out
+        // a renewal interval and a margin before its first send.
+        ("COURIER_WORKER_LEASE_MS", "3000".into()),
         ("COURIER_REQUESTS_PER_SECOND_PER_IP", "0".into()),
         ("COURIER_INTERNAL_SECRET", format!("e2e-secret-{run:016x}")),
     ];

@@ -198,6 +198,10 @@ pub struct WorkerLease {
     /// The last millisecond an earlier holder of this id recorded using; ids must
     /// start after it.
     pub not_before_unix_ms: u64,
+    /// The backend held no record of earlier leases (it is new, or came back
+    /// empty): a live instance may still use this id until its next renewal
+    /// finds its lease gone, so the id must not be used before that.
+    pub fresh_registry: bool,
 }
 
 /// Leases of snowflake worker ids, so no two live logic instances share one.

@@ -471,7 +471,9 @@ impl crate::ClientMsgIds for RedisClientMsgIds {
 }
 
 /// Snowflake worker-id leases in Redis: `worker:<id>` holds the holder's name with
-/// a TTL, `worker-last:<id>` (no TTL) the last millisecond any holder used.
+/// a TTL, `worker-last:<id>` (no TTL) the last millisecond any holder used, and
+/// `worker-registry` (no TTL) says the records are whole since Redis last
+/// started empty.
 #[derive(Clone)]
 pub struct RedisWorkerIds {
     redis: ConnectionManager,
@@ -500,7 +502,7 @@ const RENEW_WORKER: &str = include_str!("lua/renew_worker.lua");
 #[async_trait]
 impl crate::WorkerIds for RedisWorkerIds {
     async fn acquire(&self, holder: &str) -> Result<crate::WorkerLease> {
-        let (id, last): (i64, String) = Script::new(ACQUIRE_WORKER)
+        let (id, last, fresh): (i64, String, i64) = Script::new(ACQUIRE_WORKER)
             .arg(&self.prefix)
             .arg(holder)
             .arg(self.ttl.as_millis() as u64)
@@ -508,7 +510,7 @@ impl crate::WorkerIds for RedisWorkerIds {
             .await
             .map_err(unavailable)?;
         let worker_id = u32::try_from(id).map_err(|_| Error::Unavailable("all 1,024 worker ids are leased".into()))?;
-        Ok(crate::WorkerLease { worker_id, not_before_unix_ms: last.parse().unwrap_or(0) })
+        Ok(crate::WorkerLease { worker_id, not_before_unix_ms: last.parse().unwrap_or(0), fresh_registry: fresh == 1 })
     }
 
     async fn renew(&self, worker_id: u32, holder: &str, last_unix_ms: u64) -> Result<bool> {
