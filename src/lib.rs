@@ -2,6 +2,7 @@
 //!
 //! - [`compose`]: how a tier is built from its configuration, for both below.
 //! - [`discovery`]: how a tier process finds the others and registers itself.
+//! - [`health`]: waiting for backends at start and following their health.
 //! - [`standalone`]: every tier in one process on the embedded backends.
 //! - [`tiers`]: one tier per process, as a cluster runs them.
 //! - [`site`]: the browser chat and its runtime configuration.
@@ -16,6 +17,7 @@
 pub mod cli;
 pub mod compose;
 pub mod discovery;
+pub mod health;
 pub mod replay;
 pub mod site;
 pub mod standalone;

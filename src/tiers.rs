@@ -7,6 +7,9 @@
 //! embedded set, logic and task share the SQLite files of one directory (the
 //! embedded queue supports consumers in other processes) and sessions and presence
 //! live in the logic process, so run exactly one logic.
+//!
+//! logic and task wait for PostgreSQL and Redis when they start, and follow
+//! every external backend's health in `/readyz` while they run ([`health`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,7 +32,7 @@ use courier_telemetry::{Metrics, Readiness};
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{Advertised, DiscoveryArgs};
-use crate::{bind, compose, shutdown_signal};
+use crate::{bind, compose, health, shutdown_signal};
 
 /// Where a tier's state lives.
 #[derive(Debug, Clone, Args)]
@@ -136,6 +139,27 @@ impl Backends {
 }
 
 impl Backends {
+    /// [`Backends::stores`], waiting for PostgreSQL until it answers (see
+    /// [`health::until_up`]); the embedded store opens at once or fails.
+    pub async fn stores_when_up(&self, shutdown: &CancellationToken) -> anyhow::Result<Stores> {
+        match self.postgres {
+            Some(_) => health::until_up("PostgreSQL", shutdown, || self.stores()).await,
+            None => self.stores().await,
+        }
+    }
+
+    /// [`Backends::sessions`], waiting for Redis until it answers.
+    pub async fn sessions_when_up(
+        &self,
+        policy: SessionPolicy,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<SessionBackends> {
+        match self.redis {
+            Some(_) => health::until_up("Redis", shutdown, || self.sessions(policy.clone())).await,
+            None => self.sessions(policy).await,
+        }
+    }
+
     /// The presence that routes pushes, given this process's `presence`: only a
     /// cluster's shared one (Redis). With presence in process, a separate task
     /// process cannot see the connections logic registered, so its pushes go to
@@ -239,19 +263,25 @@ pub async fn logic(
     let LogicTier { mut config, worker_id, worker_lease, policy, listen, nodes, demo_users } = tier;
     let times = LeaseTimes { ttl: worker_lease };
     let nodes = discovery.connect_nodes(&nodes, &admin.metrics)?;
-    let (users, history) = backends.stores().await?;
+    health::follow(backends, &admin.readiness, &admin.metrics, &admin.shutdown);
+    let (users, history) = backends.stores_when_up(&admin.shutdown).await?;
     let queue = backends.queue().await?;
-    let (sessions, presence, client_msg_ids) = backends.sessions(policy).await?;
+    let (sessions, presence, client_msg_ids) = backends.sessions_when_up(policy, &admin.shutdown).await?;
     let lease = match (worker_id, &backends.redis) {
         (Some(id), _) => {
             config.worker_id = id;
             None
         }
         (None, Some(url)) => {
-            let redis = courier_presence::redis::connect(url).await.context("connecting to Redis")?;
-            let leases = courier_presence::redis::RedisWorkerIds::new(redis, &backends.redis_prefix, times.ttl);
             let holder = format!("logic-{}-{:x}", std::process::id(), rand::random::<u32>());
-            let lease = courier_presence::WorkerIds::acquire(&leases, &holder).await.context("leasing a worker id")?;
+            let (leases, lease) = health::until_up("Redis (a worker id lease)", &admin.shutdown, || async {
+                let redis = courier_presence::redis::connect(url).await.context("connecting to Redis")?;
+                let leases = courier_presence::redis::RedisWorkerIds::new(redis, &backends.redis_prefix, times.ttl);
+                let lease =
+                    courier_presence::WorkerIds::acquire(&leases, &holder).await.context("leasing a worker id")?;
+                Ok((leases, lease))
+            })
+            .await?;
             tracing::info!(worker_id = lease.worker_id, fresh = lease.fresh_registry, "leased snowflake worker id");
             config.worker_id = lease.worker_id;
             config.worker_not_before_unix_ms = lease.not_before_unix_ms;
@@ -315,9 +345,10 @@ pub async fn task(
     admin: Admin,
 ) -> anyhow::Result<()> {
     let nodes = discovery.connect_nodes(&nodes, &admin.metrics)?;
-    let (_, history) = backends.stores().await?;
+    health::follow(backends, &admin.readiness, &admin.metrics, &admin.shutdown);
+    let (_, history) = backends.stores_when_up(&admin.shutdown).await?;
     let queue = backends.queue().await?;
-    let (_, presence, _) = backends.sessions(SessionPolicy::default()).await?;
+    let (_, presence, _) = backends.sessions_when_up(SessionPolicy::default(), &admin.shutdown).await?;
     let routes = backends.routes(&presence);
     let pusher = compose::pusher(nodes, routes, secret, admin.metrics.clone(), admin.shutdown.clone());
     let task_backends = courier_task::TaskBackends { queue, history, pusher, metrics: admin.metrics.clone() };

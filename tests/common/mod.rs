@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod recovery;
 pub mod replay;
 pub mod tiers;

@@ -86,6 +86,13 @@ pub fn cluster_env(data: &Path, kafka: Option<String>, run: u64) -> Option<Vec<(
 /// waits until it is ready. Its log goes to `$COURIER_TEST_LOG_DIR/<name>.log`
 /// when that is set (to see why a test failed).
 pub async fn start(name: &str, args: &[String], env: &[(&'static str, String)]) -> (Child, SocketAddr) {
+    let (child, admin) = spawn(name, args, env);
+    until_ready(name, admin).await;
+    (child, admin)
+}
+
+/// Starts `courier <args>` as [`start`] does, without waiting for it.
+pub fn spawn(name: &str, args: &[String], env: &[(&'static str, String)]) -> (Child, SocketAddr) {
     let admin = local(free_port());
     let stderr = match std::env::var_os("COURIER_TEST_LOG_DIR") {
         Some(dir) => {
@@ -102,8 +109,15 @@ pub async fn start(name: &str, args: &[String], env: &[(&'static str, String)]) 
         .kill_on_drop(true)
         .spawn()
         .expect("tier starts");
-    until_ready(name, admin).await;
     (child, admin)
+}
+
+/// What `/readyz` of the tier at `admin` says: (ready, body), `None` while
+/// it does not answer.
+pub async fn readyz(admin: SocketAddr) -> Option<(bool, String)> {
+    let response = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
+    let ready = response.status().is_success();
+    Some((ready, response.text().await.ok()?))
 }
 
 /// Waits until the tier whose admin endpoints are at `admin` is ready.
