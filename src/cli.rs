@@ -238,12 +238,28 @@ pub struct StandaloneArgs {
     /// (Kafka's retention.bytes; default 64 MiB, 0 for no size limit).
     #[arg(long, env = "COURIER_QUEUE_RETENTION_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub queue_retention_bytes: u64,
+    /// When an acknowledged message is safe: `power-loss` (the queue syncs
+    /// every commit to disk before a sender is answered) or `crash` (it
+    /// survives the process being killed; a power cut may take back the last
+    /// second or so of acknowledged messages). History is synced on every
+    /// commit either way, so the two files never disagree after a power cut.
+    #[arg(long, env = "COURIER_DURABILITY", value_enum, default_value_t = Durability::PowerLoss)]
+    pub durability: Durability,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
     pub http_limits: HttpLimitArgs,
     #[command(flatten)]
     pub connect_limits: ConnectLimitArgs,
+}
+
+/// What the embedded queue's acknowledgement survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// A power cut: every commit is synced to disk.
+    PowerLoss,
+    /// The process being killed: the OS writes the commit out later.
+    Crash,
 }
 
 #[derive(Debug, Args)]
@@ -405,6 +421,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.demo_users = !args.no_demo_users;
             config.queue.retention = Duration::from_secs(args.queue_retention_secs);
             config.queue.retention_bytes = args.queue_retention_bytes;
+            config.queue.sync_full = args.durability == Durability::PowerLoss;
             config.sessions.max_devices = args.limits.max_devices.max(1);
             args.limits.apply(&mut config.logic);
             args.connect_limits.apply(&mut config.connect);

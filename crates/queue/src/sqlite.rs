@@ -6,8 +6,10 @@
 //!   IMMEDIATE` transaction (group commit) of two statements whatever its size
 //!   (where the partitions stand, then every record, as JSON rows: each
 //!   statement costs sqlx a thread hop), and answers each sender only after the
-//!   commit: an acknowledged record survives `kill -9` (WAL; `synchronous=NORMAL`
-//!   keeps it across a process crash, `FULL` is an option for power loss).
+//!   commit: an acknowledged record survives `kill -9`, and by default a power
+//!   cut too (WAL with `synchronous=FULL`: the commit is on disk before the
+//!   sender is answered; `sync_full: false` gives `NORMAL`, which survives a
+//!   process crash and may lose the last commits to a power cut).
 //! - Offsets are computed inside that write transaction, so they are gap-free and
 //!   stay correct even if another process appends to the same file.
 //! - A consumer group is a table of members with expiry times. Each member renews
@@ -68,7 +70,7 @@ impl Default for SqliteQueueOptions {
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(100),
-            sync_full: false,
+            sync_full: true,
             retention: Duration::from_secs(7 * 24 * 3600),
             retention_bytes: 64 * 1024 * 1024,
             retention_interval: Duration::from_secs(60),

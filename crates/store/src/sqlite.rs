@@ -65,7 +65,11 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // Every commit on disk before it returns: task commits the queue
+            // offset after the store's commit, so a power cut can never keep
+            // an offset that covers history it took back (the queue is
+            // another file, synced on its own terms).
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(connect).await?;
