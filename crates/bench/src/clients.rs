@@ -39,12 +39,31 @@ pub struct Target {
     pub http: reqwest::Client,
 }
 
-/// A logged-in bench user.
+/// A logged-in bench user. Clones share the session, so when one logs in
+/// again (its session was lost: Redis came back empty) every task of the user
+/// uses the new token.
 #[derive(Debug, Clone)]
 pub struct User {
     pub id: u64,
-    pub token: String,
+    pub name: String,
+    token: Arc<std::sync::Mutex<String>>,
 }
+
+impl User {
+    pub fn token(&self) -> String {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Logs in again, replacing the session every clone uses.
+    pub async fn log_in_again(&self, target: &Target) -> anyhow::Result<()> {
+        let fresh = target.user(&self.name, PASSWORD).await?;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = fresh.token();
+        Ok(())
+    }
+}
+
+/// Every bench user's password.
+const PASSWORD: &str = "bench-password";
 
 impl Target {
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
@@ -65,7 +84,7 @@ impl Target {
         let token = answer["data"].as_str().context("token")?.to_owned();
         let me = self.post("/user/checkAuth", json!({"authToken": token})).await?;
         let id = me["data"]["userId"].as_u64().with_context(|| format!("checkAuth: {me}"))?;
-        Ok(User { id, token })
+        Ok(User { id, name: name.to_owned(), token: Arc::new(std::sync::Mutex::new(token)) })
     }
 
     /// Logs in `count` users named `<prefix>-<offset + i>`, `parallel` at a time.
@@ -78,7 +97,7 @@ impl Target {
             let name = format!("{prefix}-{i}");
             tasks.push(tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await?;
-                let user = target.user(&name, "bench-password").await;
+                let user = target.user(&name, PASSWORD).await;
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if n % 1000 == 0 {
                     eprintln!("  {n} of {count} users logged in");
@@ -93,16 +112,21 @@ impl Target {
         Ok(users)
     }
 
-    /// Sends one message over HTTP; true when the server acknowledged it.
-    pub async fn http_send(&self, user: &User, room: u64, to_user: Option<u64>, body: &str) -> anyhow::Result<bool> {
-        let answer = match to_user {
+    /// Sends one message over HTTP: `Ok` when the server acknowledged it,
+    /// otherwise the server's refusal (or the request's failure) as text.
+    pub async fn http_send(&self, user: &User, room: u64, to_user: Option<u64>, body: &str) -> Result<(), String> {
+        let token = user.token();
+        let sent = match to_user {
             Some(to) => {
-                self.post("/push/push", json!({"authToken": user.token, "msg": body, "toUserId": to, "roomId": room}))
-                    .await?
+                self.post("/push/push", json!({"authToken": token, "msg": body, "toUserId": to, "roomId": room})).await
             }
-            None => self.post("/push/pushRoom", json!({"authToken": user.token, "msg": body, "roomId": room})).await?,
+            None => self.post("/push/pushRoom", json!({"authToken": token, "msg": body, "roomId": room})).await,
         };
-        Ok(answer["code"] == 0)
+        match sent {
+            Ok(answer) if answer["code"] == 0 => Ok(()),
+            Ok(answer) => Err(answer["message"].as_str().unwrap_or("refused").to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
@@ -125,6 +149,29 @@ pub async fn open(
     source: Option<IpAddr>,
     user: &User,
     room: u64,
+) -> anyhow::Result<(FrameSink, FrameStream)> {
+    open_with(target, transport, source, user, room, &json!({})).await
+}
+
+/// [`open`] for a client coming back: `resume` adds the auth message's
+/// `since` and `inboxSince`, so the server sends what was missed first.
+pub async fn open_resuming(
+    target: &Target,
+    transport: Transport,
+    user: &User,
+    room: u64,
+    resume: &Value,
+) -> anyhow::Result<(FrameSink, FrameStream)> {
+    open_with(target, transport, None, user, room, resume).await
+}
+
+async fn open_with(
+    target: &Target,
+    transport: Transport,
+    source: Option<IpAddr>,
+    user: &User,
+    room: u64,
+    extra: &Value,
 ) -> anyhow::Result<(FrameSink, FrameStream)> {
     let (mut sink, mut stream): (FrameSink, FrameStream) = match transport {
         Transport::Ws => {
@@ -159,10 +206,13 @@ pub async fn open(
             (Box::pin(sink), Box::pin(stream))
         }
     };
-    let auth = match transport {
-        Transport::Ws => json!({"authToken": user.token, "roomId": room}),
-        Transport::Tcp => json!({"op": 6, "authToken": user.token, "roomId": room}),
+    let mut auth = match transport {
+        Transport::Ws => json!({"authToken": user.token(), "roomId": room}),
+        Transport::Tcp => json!({"op": 6, "authToken": user.token(), "roomId": room}),
     };
+    if let (Some(auth), Some(extra)) = (auth.as_object_mut(), extra.as_object()) {
+        auth.extend(extra.clone());
+    }
     sink.send(auth.to_string()).await?;
     sink.send(json!({"op": 10, "roomId": 0}).to_string()).await?;
     while let Some(frame) = stream.next().await {

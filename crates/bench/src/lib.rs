@@ -43,7 +43,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use clients::{FrameSink, FrameStream, Target, Transport, User};
-use measure::{Latency, Receiver};
+use measure::{Latency, Ledger, Receiver};
 
 /// Options shared by every scenario.
 #[derive(Debug, Args)]
@@ -170,7 +170,14 @@ pub struct Report {
     pub failed: u64,
     pub expected_deliveries: u64,
     pub delivered: u64,
+    /// Acknowledged messages some recipient never received, counted one by one.
     pub lost: u64,
+    /// Deliveries of sends whose acknowledgement never reached the bench (a
+    /// tier killed mid-request): neither promised nor a loss.
+    pub unacknowledged_delivered: u64,
+    /// Connections the server closed that reconnected (to the next node) and
+    /// resumed.
+    pub reconnects: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
     pub messages_per_s: f64,
@@ -197,6 +204,7 @@ struct Progress {
     acked: AtomicU64,
     failed: AtomicU64,
     delivered: AtomicU64,
+    reconnects: AtomicU64,
 }
 
 /// What each connection's reader hands back at the end.
@@ -274,12 +282,13 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
     eprintln!("opening {connections} {:?} connections…", args.transport);
     // Several connect nodes (`--ws a,b,…`, `--tcp a,b,…`): users take them in
     // turn, so partners (users 2k and 2k+1) sit on different nodes.
-    let nodes: Vec<Target> = args
-        .ws
-        .split(',')
-        .zip(args.tcp.split(',').cycle())
-        .map(|(ws, tcp)| Target { ws: ws.to_owned(), tcp: tcp.to_owned(), ..target.clone() })
-        .collect();
+    let nodes: Arc<Vec<Target>> = Arc::new(
+        args.ws
+            .split(',')
+            .zip(args.tcp.split(',').cycle())
+            .map(|(ws, tcp)| Target { ws: ws.to_owned(), tcp: tcp.to_owned(), ..target.clone() })
+            .collect(),
+    );
     let mut sockets = Vec::with_capacity(connections);
     for (i, user) in users.iter().enumerate() {
         sockets.push(clients::open(&nodes[i % nodes.len()], args.transport, None, user, room).await?);
@@ -289,6 +298,7 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
     let admin = stages::endpoints(&args.metrics).await;
     let counted_before = stages::scrape(&target.http, &admin).await;
     let progress = Arc::new(Progress::default());
+    let ledger = Arc::new(Ledger::new(senders));
     let stop_sending = Arc::new(AtomicBool::new(false));
     let stop_reading = CancellationToken::new();
     let start = Instant::now();
@@ -302,16 +312,21 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
     for (index, (sink, stream)) in sockets.into_iter().enumerate() {
         let window = Arc::new(Semaphore::new(args.window.max(1)));
         let op = if matches!(shape, Shape::Private { .. }) { 2 } else { 3 };
-        readers.push(tokio::spawn(read_loop(
-            stream,
-            run.clone(),
+        let reader = Reader {
+            run: run.clone(),
             op,
-            users[index].id,
+            me: users[index].clone(),
+            index,
+            room,
             start,
-            progress.clone(),
-            window.clone(),
-            stop_reading.clone(),
-        )));
+            progress: progress.clone(),
+            ledger: ledger.clone(),
+            window: window.clone(),
+            stop: stop_reading.clone(),
+            nodes: nodes.clone(),
+            transport: args.transport,
+        };
+        readers.push(tokio::spawn(reader.run(stream)));
         if index < senders {
             let to_user = match shape {
                 Shape::Private { .. } => Some(user_ids[index ^ 1]),
@@ -333,7 +348,8 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
                     tokio::spawn(socket_send_loop(sink, plan, window, progress.clone(), stop_sending.clone()))
                 }
                 SendVia::Http => {
-                    tokio::spawn(http_send_loop(target.clone(), user, plan, progress.clone(), stop_sending.clone()))
+                    let (progress, ledger, stop) = (progress.clone(), ledger.clone(), stop_sending.clone());
+                    tokio::spawn(http_send_loop(target.clone(), user, plan, progress, ledger, stop))
                 }
             });
         } else {
@@ -391,13 +407,21 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
     stop_reading.cancel();
     let mut histogram = measure::new_histogram();
     let (mut delivered, mut duplicated, mut out_of_order) = (0, 0, 0);
-    for reader in readers {
-        if let Ok(result) = reader.await {
-            let _ = histogram.add(&result.histogram);
-            delivered += result.receiver.unique;
-            duplicated += result.receiver.duplicated;
-            out_of_order += result.receiver.out_of_order;
-        }
+    let (mut lost, mut unacknowledged_delivered) = (0, 0);
+    for (index, reader) in readers.into_iter().enumerate() {
+        let Ok(result) = reader.await else { continue };
+        let _ = histogram.add(&result.histogram);
+        // Whose messages this connection receives.
+        let from = match shape {
+            Shape::Private { .. } => index ^ 1..(index ^ 1) + 1,
+            Shape::Room { .. } => 0..senders,
+        };
+        let (acked_delivered, acked_lost) = ledger.check(&result.receiver, from);
+        lost += acked_lost;
+        unacknowledged_delivered += result.receiver.unique.saturating_sub(acked_delivered);
+        delivered += result.receiver.unique;
+        duplicated += result.receiver.duplicated;
+        out_of_order += result.receiver.out_of_order;
     }
     let acknowledged = progress.acked.load(Ordering::Relaxed);
     let expected = acknowledged * fanout;
@@ -417,7 +441,9 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
         failed: progress.failed.load(Ordering::Relaxed),
         expected_deliveries: expected,
         delivered,
-        lost: expected.saturating_sub(delivered),
+        lost,
+        unacknowledged_delivered,
+        reconnects: progress.reconnects.load(Ordering::Relaxed),
         duplicated,
         out_of_order,
         messages_per_s: acknowledged as f64 / active.max(1e-9),
@@ -499,6 +525,7 @@ async fn http_send_loop(
     user: User,
     plan: SendPlan,
     progress: Arc<Progress>,
+    ledger: Arc<Ledger>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     for seq in 1.. {
@@ -507,63 +534,157 @@ async fn http_send_loop(
         // One request at a time per sender: concurrent HTTP requests could be
         // admitted out of order.
         match target.http_send(&user, plan.room, plan.to_user, &body).await {
-            Ok(true) => progress.acked.fetch_add(1, Ordering::Relaxed),
-            _ => progress.failed.fetch_add(1, Ordering::Relaxed),
-        };
+            Ok(()) => {
+                ledger.ack(plan.index, seq);
+                progress.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(refusal) => {
+                progress.failed.fetch_add(1, Ordering::Relaxed);
+                if refusal.contains("Session error") {
+                    // The session is gone (Redis came back empty): log in again.
+                    let _ = user.log_in_again(&target).await;
+                }
+            }
+        }
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn read_loop(
-    mut stream: FrameStream,
+/// One connection's reader: counts acknowledgements and deliveries, and
+/// when the server closes the connection (a connect node killed or stopping)
+/// reconnects to the next node and resumes every stream after the last
+/// message it saw, as a real client does, until the run ends.
+struct Reader {
     run: String,
+    /// The message op this scenario delivers (2 private, 3 room).
     op: i64,
-    me: u64,
+    me: User,
+    /// This connection's place among the clients (its node is `index`).
+    index: usize,
+    room: u64,
     start: Instant,
     progress: Arc<Progress>,
+    ledger: Arc<Ledger>,
     window: Arc<Semaphore>,
     stop: CancellationToken,
-) -> ReaderResult {
-    let mut result = ReaderResult { receiver: Receiver::default(), histogram: measure::new_histogram() };
-    loop {
-        let text = tokio::select! {
-            _ = stop.cancelled() => break,
-            next = stream.next() => match next {
-                Some(Ok(text)) => text,
-                _ => break,
-            },
+    nodes: Arc<Vec<Target>>,
+    transport: Transport,
+}
+
+impl Reader {
+    async fn run(self, mut stream: FrameStream) -> ReaderResult {
+        let mut result = ReaderResult { receiver: Receiver::default(), histogram: measure::new_histogram() };
+        // The last position seen per stream (`room:…`, `user:…`): epoch, seq.
+        let mut positions: std::collections::HashMap<String, (String, u64)> = std::collections::HashMap::new();
+        let mut held = Vec::new(); // sinks of reconnections, kept open
+        let mut attempt = 0;
+        loop {
+            let text = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                next = stream.next() => match next {
+                    Some(Ok(text)) => text,
+                    _ => {
+                        match self.reconnect(&positions, &mut attempt).await {
+                            Some((sink, again)) => {
+                                held.push(sink);
+                                stream = again;
+                                continue;
+                            }
+                            None => break,
+                        }
+                    }
+                },
+            };
+            let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+            if let (Some(name), Some(seq)) = (frame["stream"].as_str(), frame["seq"].as_u64()) {
+                let epoch = frame["epoch"].as_str().unwrap_or_default().to_owned();
+                let known = positions.entry(name.to_owned()).or_insert((epoch.clone(), 0));
+                if seq > known.1 {
+                    *known = (epoch, seq);
+                }
+            }
+            match frame["op"].as_i64() {
+                Some(8) => {
+                    if let Some((sender, seq)) = frame["clientMsgId"].as_str().and_then(|id| self.client_msg_seq(id)) {
+                        self.ledger.ack(sender, seq);
+                    }
+                    self.progress.acked.fetch_add(1, Ordering::Relaxed);
+                    self.window.add_permits(1);
+                }
+                Some(9) if frame.get("clientMsgId").is_some() => {
+                    self.progress.failed.fetch_add(1, Ordering::Relaxed);
+                    self.window.add_permits(1);
+                }
+                Some(o) if o == self.op => {
+                    // A private message's copy to the sender's own inbox is not a delivery.
+                    if self.op == 2 && frame["fromUserId"].as_u64() == Some(self.me.id) {
+                        continue;
+                    }
+                    let Some((sender, seq, due)) =
+                        frame["msg"].as_str().and_then(|m| measure::decode_body(&self.run, m))
+                    else {
+                        continue;
+                    };
+                    let before = result.receiver.unique;
+                    result.receiver.record(sender, seq);
+                    if result.receiver.unique > before {
+                        self.progress.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let latency = self.start.elapsed().saturating_sub(due);
+                    let _ = result.histogram.record(latency.as_micros().max(1) as u64);
+                }
+                _ => {}
+            }
+        }
+        drop(held);
+        result
+    }
+
+    /// (sender, seq) of one of this run's client message ids.
+    fn client_msg_seq(&self, id: &str) -> Option<(usize, u64)> {
+        let mut parts = id.strip_prefix(self.run.as_str())?.strip_prefix('-')?.split('-');
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    }
+
+    /// Connects again, to the next node each attempt, resuming every stream
+    /// after its last position; `None` once the run is over.
+    async fn reconnect(
+        &self,
+        positions: &std::collections::HashMap<String, (String, u64)>,
+        attempt: &mut usize,
+    ) -> Option<(FrameSink, FrameStream)> {
+        let since = |stream: String| {
+            let (epoch, seq) = positions.get(&stream).cloned().unwrap_or_default();
+            json!({"epoch": epoch, "seq": seq})
         };
-        let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
-        match frame["op"].as_i64() {
-            Some(8) => {
-                progress.acked.fetch_add(1, Ordering::Relaxed);
-                window.add_permits(1);
+        let resume = json!({
+            "since": since(format!("room:{}", self.room)),
+            "inboxSince": since(format!("user:{}", self.me.id)),
+        });
+        let mut backoff = courier_retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            if self.stop.is_cancelled() {
+                return None;
             }
-            Some(9) if frame.get("clientMsgId").is_some() => {
-                progress.failed.fetch_add(1, Ordering::Relaxed);
-                window.add_permits(1);
-            }
-            Some(o) if o == op => {
-                // A private message's copy to the sender's own inbox is not a delivery.
-                if op == 2 && frame["fromUserId"].as_u64() == Some(me) {
-                    continue;
+            *attempt += 1;
+            let node = &self.nodes[(self.index + *attempt) % self.nodes.len()];
+            match clients::open_resuming(node, self.transport, &self.me, self.room, &resume).await {
+                Ok(connection) => {
+                    self.progress.reconnects.fetch_add(1, Ordering::Relaxed);
+                    return Some(connection);
                 }
-                let Some((sender, seq, due)) = frame["msg"].as_str().and_then(|m| measure::decode_body(&run, m)) else {
-                    continue;
-                };
-                let before = result.receiver.unique;
-                result.receiver.record(sender, seq);
-                if result.receiver.unique > before {
-                    progress.delivered.fetch_add(1, Ordering::Relaxed);
+                Err(e) => {
+                    if format!("{e:#}").contains("log in again") || format!("{e:#}").contains("Session error") {
+                        // The session is gone (Redis came back empty): log in again.
+                        let _ = self.me.log_in_again(node).await;
+                    }
+                    if !backoff.wait(&self.stop).await {
+                        return None;
+                    }
                 }
-                let latency = start.elapsed().saturating_sub(due);
-                let _ = result.histogram.record(latency.as_micros().max(1) as u64);
             }
-            _ => {}
         }
     }
-    result
 }
 
 /// The `connections` scenario: hold `count` idle connections, measure the servers.
@@ -645,6 +766,8 @@ async fn connections(
         expected_deliveries: 0,
         delivered: 0,
         lost: 0,
+        unacknowledged_delivered: 0,
+        reconnects: 0,
         duplicated: 0,
         out_of_order: 0,
         messages_per_s: 0.0,
@@ -735,6 +858,12 @@ fn print_table(r: &Report) {
     println!("{:<22}{:>12}", "failed", r.failed);
     println!("{:<22}{:>12}", "delivered", r.delivered);
     println!("{:<22}{:>12}", "lost", r.lost);
+    if r.unacknowledged_delivered > 0 {
+        println!("{:<22}{:>12}", "delivered, not acked", r.unacknowledged_delivered);
+    }
+    if r.reconnects > 0 {
+        println!("{:<22}{:>12}", "reconnects", r.reconnects);
+    }
     println!("{:<22}{:>12}", "duplicated", r.duplicated);
     println!("{:<22}{:>12}", "out of order", r.out_of_order);
     println!("{:<22}{:>12.0}", "messages/s", r.messages_per_s);

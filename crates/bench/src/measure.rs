@@ -60,6 +60,49 @@ impl Receiver {
             *highest = seq;
         }
     }
+
+    /// Whether `seq` from `sender` arrived.
+    pub fn has(&self, sender: usize, seq: u64) -> bool {
+        self.seen.get(&sender).is_some_and(|(bits, _)| bits.get(seq as usize).copied().unwrap_or(false))
+    }
+}
+
+/// Which sends the server acknowledged, per sender: the promise is about
+/// these, so loss is counted against them, one by one. A send whose answer
+/// never came (a tier killed mid-request) may or may not be delivered; it is
+/// neither expected nor counted lost.
+#[derive(Debug)]
+pub struct Ledger {
+    acked: Vec<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Ledger {
+    pub fn new(senders: usize) -> Self {
+        Self { acked: (0..senders).map(|_| std::sync::Mutex::new(Vec::new())).collect() }
+    }
+
+    /// Records that the server acknowledged `seq` from `sender`.
+    pub fn ack(&self, sender: usize, seq: u64) {
+        if let Some(acked) = self.acked.get(sender) {
+            acked.lock().unwrap_or_else(|p| p.into_inner()).push(seq);
+        }
+    }
+
+    /// Of the acknowledged sends of `senders`, (delivered to `receiver`, lost).
+    pub fn check(&self, receiver: &Receiver, senders: impl Iterator<Item = usize>) -> (u64, u64) {
+        let (mut delivered, mut lost) = (0, 0);
+        for sender in senders {
+            let Some(acked) = self.acked.get(sender) else { continue };
+            for &seq in acked.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                if receiver.has(sender, seq) {
+                    delivered += 1;
+                } else {
+                    lost += 1;
+                }
+            }
+        }
+        (delivered, lost)
+    }
 }
 
 /// Latency from when a send was due to when it was delivered, in microseconds.
@@ -188,6 +231,25 @@ impl Latency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loss is counted against what was acknowledged, one message at a time:
+    /// an unacknowledged send that arrived is not a loss, and one that did not
+    /// is not expected.
+    #[test]
+    fn loss_is_what_was_acknowledged_and_never_arrived() {
+        let ledger = Ledger::new(2);
+        let mut receiver = Receiver::default();
+        for seq in [1, 2, 3] {
+            ledger.ack(0, seq);
+        }
+        ledger.ack(1, 1);
+        receiver.record(0, 1);
+        receiver.record(0, 3);
+        receiver.record(0, 4); // never acknowledged (its answer was lost)
+        assert_eq!(ledger.check(&receiver, 0..1), (2, 1), "seq 2 acknowledged and missing");
+        assert_eq!(ledger.check(&receiver, 0..2), (2, 2), "sender 1's acknowledged seq 1 missing too");
+        assert!(receiver.has(0, 4) && !receiver.has(0, 2) && !receiver.has(5, 1));
+    }
 
     #[test]
     fn bodies_round_trip_and_foreign_ones_are_ignored() {
