@@ -1,7 +1,8 @@
 // The browser chat in a real browser: Debian's headless Chromium driven by
 // playwright-core, against `courier standalone` on loopback ports. Two users in
 // two browser contexts register, chat in a room and privately, reload, and lose
-// their connection; screenshots land in artifacts/browser/.
+// their connection, and one is sent back to log in when the session ends
+// elsewhere; screenshots land in artifacts/browser/.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -140,4 +141,19 @@ test("two users chat in a room and privately, reload, and recover after a droppe
   await alice.getByLabel("Message").fill("é".repeat(2001));
   await alice.getByLabel("Message").press("Enter");
   await alice.locator("#chat-error", { hasText: "longer than 4,000 bytes" }).waitFor();
+});
+
+test("a session that ends elsewhere sends the user back to the login form", async () => {
+  // The server closes the connection saying the session ended, as it does
+  // after a logout elsewhere, a revocation, or a Redis that came back empty.
+  const carol = await signUp(`carol${run}`);
+  await carol.evaluate(async () => {
+    const token = sessionStorage.getItem("courier.token");
+    const config = await (await fetch("/config.json")).json();
+    const api = config.apiUrl || `${location.protocol}//${location.hostname}:${config.apiPort}`;
+    await fetch(`${api}/user/logout`, { method: "POST", body: JSON.stringify({ authToken: token }) });
+  });
+  await carol.locator("#login-error", { hasText: "Your session ended. Please log in again." }).waitFor();
+  assert.equal(await carol.locator("#login-view").isVisible(), true);
+  await carol.screenshot({ path: join(artifacts, "5-session-ended.png") });
 });

@@ -215,11 +215,17 @@ async fn open_with(
     }
     sink.send(auth.to_string()).await?;
     sink.send(json!({"op": 10, "roomId": 0}).to_string()).await?;
-    while let Some(frame) = stream.next().await {
-        let frame: Value = serde_json::from_str(&frame?)?;
-        if frame["op"] == 9 {
+    // Frames before the barrier's answer (a resumed stream's history, live
+    // traffic) are the caller's: handed back ahead of the rest.
+    let mut early = Vec::new();
+    while let Some(text) = stream.next().await {
+        let text = text?;
+        let frame: Value = serde_json::from_str(&text)?;
+        if frame["op"] == 9 && frame.get("clientMsgId").is_none() {
+            let stream: FrameStream = Box::pin(futures_util::stream::iter(early.into_iter().map(Ok)).chain(stream));
             return Ok((sink, stream));
         }
+        early.push(text);
     }
     bail!("connection closed during authentication")
 }

@@ -178,6 +178,9 @@ pub struct Report {
     /// Connections the server closed that reconnected (to the next node) and
     /// resumed.
     pub reconnects: u64,
+    /// Why sends were refused (the server's words, or the request's failure),
+    /// with how often; the first 20 reasons.
+    pub refusals: std::collections::BTreeMap<String, u64>,
     pub duplicated: u64,
     pub out_of_order: u64,
     pub messages_per_s: f64,
@@ -205,6 +208,20 @@ struct Progress {
     failed: AtomicU64,
     delivered: AtomicU64,
     reconnects: AtomicU64,
+    /// Why sends were refused, and how often.
+    refusals: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Progress {
+    fn refused(&self, reason: &str) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = refusals.get_mut(reason) {
+            *count += 1;
+        } else if refusals.len() < 20 {
+            refusals.insert(reason.to_owned(), 1);
+        }
+    }
 }
 
 /// What each connection's reader hands back at the end.
@@ -444,6 +461,7 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
         lost,
         unacknowledged_delivered,
         reconnects: progress.reconnects.load(Ordering::Relaxed),
+        refusals: std::mem::take(&mut *progress.refusals.lock().unwrap_or_else(|p| p.into_inner())),
         duplicated,
         out_of_order,
         messages_per_s: acknowledged as f64 / active.max(1e-9),
@@ -539,7 +557,7 @@ async fn http_send_loop(
                 progress.acked.fetch_add(1, Ordering::Relaxed);
             }
             Err(refusal) => {
-                progress.failed.fetch_add(1, Ordering::Relaxed);
+                progress.refused(&refusal);
                 if refusal.contains("Session error") {
                     // The session is gone (Redis came back empty): log in again.
                     let _ = user.log_in_again(&target).await;
@@ -612,7 +630,7 @@ impl Reader {
                     self.window.add_permits(1);
                 }
                 Some(9) if frame.get("clientMsgId").is_some() => {
-                    self.progress.failed.fetch_add(1, Ordering::Relaxed);
+                    self.progress.refused(frame["msg"].as_str().unwrap_or("refused"));
                     self.window.add_permits(1);
                 }
                 Some(o) if o == self.op => {
@@ -768,6 +786,7 @@ async fn connections(
         lost: 0,
         unacknowledged_delivered: 0,
         reconnects: 0,
+        refusals: Default::default(),
         duplicated: 0,
         out_of_order: 0,
         messages_per_s: 0.0,
