@@ -66,9 +66,8 @@ impl User {
 const PASSWORD: &str = "bench-password";
 
 impl Target {
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let response = self.http.post(format!("{}{path}", self.api)).json(&body).send().await?;
-        Ok(response.json().await?)
+    async fn post(&self, path: &str, body: Value) -> Result<Value, reqwest::Error> {
+        self.http.post(format!("{}{path}", self.api)).json(&body).send().await?.json().await
     }
 
     /// Logs `name` in, registering it first if it does not exist.
@@ -125,7 +124,9 @@ impl Target {
         match sent {
             Ok(answer) if answer["code"] == 0 => Ok(()),
             Ok(answer) => Err(answer["message"].as_str().unwrap_or("refused").to_owned()),
-            Err(e) => Err(e.to_string()),
+            Err(e) if e.is_connect() => Err("could not connect to the API".to_owned()),
+            Err(e) if e.is_timeout() => Err("no answer from the API in time".to_owned()),
+            Err(e) => Err(format!("request failed: {}", e.without_url())),
         }
     }
 }
