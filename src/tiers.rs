@@ -263,6 +263,9 @@ pub async fn logic(
     let LogicTier { mut config, worker_id, worker_lease, policy, listen, nodes, demo_users } = tier;
     let times = LeaseTimes { ttl: worker_lease };
     let nodes = discovery.connect_nodes(&nodes, &admin.metrics)?;
+    // The tier's own condition first: until it serves, the backends' answers
+    // alone must not make it ready.
+    let serving = admin.readiness.flag("logic");
     health::follow(backends, &admin.readiness, &admin.metrics, &admin.shutdown);
     let (users, history) = backends.stores_when_up(&admin.shutdown).await?;
     let queue = backends.queue().await?;
@@ -330,7 +333,7 @@ pub async fn logic(
     let mut advertised = Advertised::new(courier_discovery::Tier::Logic, listen, admin.addr);
     advertised.meta.insert("grpc_port".into(), listen.port().to_string());
     let registered = discovery.register(advertised, &admin.shutdown).await?;
-    courier_logic::serve(logic, listener, admin.readiness.flag("logic"), admin.shutdown.clone()).await?;
+    courier_logic::serve(logic, listener, serving, admin.shutdown.clone()).await?;
     registered.finish().await;
     Ok(())
 }
@@ -345,6 +348,7 @@ pub async fn task(
     admin: Admin,
 ) -> anyhow::Result<()> {
     let nodes = discovery.connect_nodes(&nodes, &admin.metrics)?;
+    let consuming = admin.readiness.flag("task");
     health::follow(backends, &admin.readiness, &admin.metrics, &admin.shutdown);
     let (_, history) = backends.stores_when_up(&admin.shutdown).await?;
     let queue = backends.queue().await?;
@@ -355,7 +359,7 @@ pub async fn task(
     // task serves nothing but its admin endpoints: that is what it registers.
     let advertised = Advertised::new(courier_discovery::Tier::Task, admin.addr, admin.addr);
     let registered = discovery.register(advertised, &admin.shutdown).await?;
-    courier_task::run(config, task_backends, admin.readiness.flag("task"), admin.shutdown.clone()).await;
+    courier_task::run(config, task_backends, consuming, admin.shutdown.clone()).await;
     registered.finish().await;
     Ok(())
 }
