@@ -86,6 +86,8 @@ async function authenticate(path) {
   }
   state.token = answer.data;
   sessionStorage.setItem("courier.token", state.token);
+  // Not left in the page for whoever sits down next once the session ends.
+  $("password").value = "";
   await enterChat();
 }
 

@@ -493,6 +493,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             args.connect_limits.apply(&mut config);
             let ready = admin.readiness.flag("connect");
+            let reaching_logic = admin.readiness.flag("logic heartbeat");
             let logic = crate::tiers::logic_client(&args.discovery, &args.logic_addr, &config.internal_auth, &admin)?;
             let mut advertised = Advertised::new(courier_discovery::Tier::Connect, args.push_addr, args.admin_addr);
             advertised.id = Some(config.server_id.clone());
@@ -503,7 +504,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 advertised.meta.insert("tcp_port".into(), tcp.port().to_string());
             }
             let registered = args.discovery.register(advertised, &admin.shutdown).await?;
-            courier_connect::run(config, listeners, logic, admin.metrics.clone(), ready, admin.shutdown).await?;
+            courier_connect::run(
+                config,
+                listeners,
+                logic,
+                admin.metrics.clone(),
+                ready,
+                reaching_logic,
+                admin.shutdown,
+            )
+            .await?;
             registered.finish().await;
             Ok(())
         }

@@ -192,9 +192,10 @@ impl Standalone {
             let listeners = ConnectListeners { ws: ws_listener, tcp: Some(tcp_listener), push: push_listener };
             let (ready, stop, connect_config, metrics) =
                 (readiness.flag("connect"), front.clone(), config.connect.clone(), metrics.clone());
+            let reaching_logic = readiness.flag("logic heartbeat");
             let logic = logic_client(addresses.logic, &connect_config.internal_auth)?;
             front_tasks.spawn(async move {
-                Ok(courier_connect::run(connect_config, listeners, logic, metrics, ready, stop).await?)
+                Ok(courier_connect::run(connect_config, listeners, logic, metrics, ready, reaching_logic, stop).await?)
             });
         }
         {

@@ -379,7 +379,19 @@ async fn connections_close_while_logic_is_away_and_presence_catches_up() {
     for ws in leaving {
         ws.close().await;
     }
+    // connect-0 says it cannot serve while its heartbeats do not reach logic.
+    let connect_admin = cluster.admins[3];
+    let connect_ready = || async { common::tiers::readyz(connect_admin).await.expect("connect answers") };
+    courier_testkit::eventually("connect to say logic is away", Duration::from_secs(30), || async {
+        let (ready, body) = connect_ready().await;
+        (!ready && body.contains("logic heartbeat")).then_some(())
+    })
+    .await;
     cluster.restart_logic().await;
+    courier_testkit::eventually("connect to be ready again", Duration::from_secs(30), || async {
+        connect_ready().await.0.then_some(())
+    })
+    .await;
     // The five releases reach the new logic; the member list pushed to who
     // stayed ends up naming them alone.
     loop {

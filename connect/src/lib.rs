@@ -165,6 +165,7 @@ pub async fn run(
     logic: LogicClient,
     metrics: Arc<Metrics>,
     ready: ReadyFlag,
+    reaching_logic: ReadyFlag,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let hub = Arc::new(Hub::new(config.buckets, metrics));
@@ -182,16 +183,23 @@ pub async fn run(
 
     // Announce this boot before taking connections, so a restart's cleanup of the
     // previous boot's presence cannot remove new members; then keep the lease.
-    let mut lease = Lease { boot_id: state.gateway.config.boot_id.clone(), epoch: None, registering: None };
+    let mut lease = Lease {
+        boot_id: state.gateway.config.boot_id.clone(),
+        epoch: None,
+        registering: None,
+        reaching_logic,
+        failures: 0,
+    };
     lease.heartbeat(&state.gateway).await;
     tokio::spawn({
         let (gateway, stop) = (state.gateway.clone(), shutdown.clone());
         async move {
-            let mut ticker = tokio::time::interval(gateway.config.heartbeat_interval);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = ticker.tick() => lease.heartbeat(&gateway).await,
+                    _ = tokio::time::sleep(lease.next_in(gateway.config.heartbeat_interval)) => {
+                        lease.heartbeat(&gateway).await;
+                    }
                 }
             }
         }
@@ -276,9 +284,28 @@ struct Lease {
     epoch: Option<i64>,
     /// The registration running for the latest epoch.
     registering: Option<tokio::task::JoinHandle<()>>,
+    /// Ready while heartbeats reach logic: a node that cannot reach logic
+    /// can neither authenticate a new client nor keep its presence.
+    reaching_logic: ReadyFlag,
+    /// Heartbeats failed in a row.
+    failures: u32,
 }
 
+/// Heartbeats that may fail in a row before the node says it is not ready (one
+/// failure is a blip; the lease outlives a few).
+const FAILURES_BEFORE_NOT_READY: u32 = 3;
+
+/// How soon a node that has not reached logic yet (or any more) tries again.
+const RETRY_WHILE_AWAY: Duration = Duration::from_millis(250);
+
 impl Lease {
+    /// When to send the next heartbeat: every `interval`, and sooner while
+    /// logic has not answered (so a node starting before logic, or one whose
+    /// logic came back, is ready again within moments).
+    fn next_in(&self, interval: Duration) -> Duration {
+        if self.failures > 0 { RETRY_WHILE_AWAY.min(interval) } else { interval }
+    }
+
     /// Renews the lease; a failure is reported and retried on the next tick
     /// (the lease outlives a few). When the lease's epoch changed (granted
     /// afresh: presence may have lost every connection here), the connections
@@ -292,9 +319,15 @@ impl Lease {
             Err(status) => {
                 gateway.metrics().error("node_heartbeat");
                 tracing::warn!(error = %status, "presence heartbeat failed");
+                self.failures += 1;
+                if self.failures == FAILURES_BEFORE_NOT_READY || self.epoch.is_none() {
+                    self.reaching_logic.set(false);
+                }
                 return;
             }
         };
+        self.failures = 0;
+        self.reaching_logic.set(true);
         if self.epoch == Some(epoch) {
             return;
         }

@@ -155,5 +155,6 @@ test("a session that ends elsewhere sends the user back to the login form", asyn
   });
   await carol.locator("#login-error", { hasText: "Your session ended. Please log in again." }).waitFor();
   assert.equal(await carol.locator("#login-view").isVisible(), true);
+  assert.equal(await carol.getByLabel("Password").inputValue(), "", "the password is not kept in the page");
   await carol.screenshot({ path: join(artifacts, "5-session-ended.png") });
 });
