@@ -530,7 +530,11 @@ impl Logic {
         for server in lapsed {
             match presence.reap_node(&server).await {
                 Ok(rooms) => {
-                    tracing::warn!(%server, rooms = rooms.len(), "connect node lease lapsed; its presence was removed");
+                    tracing::warn!(
+                        %server,
+                        rooms = rooms.len(),
+                        "connect node lease lapsed; its presence was reaped (kept if it leased again first)"
+                    );
                     self.metrics().error("node_lease_lapsed");
                     rooms.into_iter().for_each(|room| self.mark_dirty(room));
                 }

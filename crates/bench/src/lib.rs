@@ -92,6 +92,11 @@ pub struct BenchArgs {
     /// Print the result as JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Once sending is over, seconds without a delivery after which what has
+    /// not arrived counts as lost (a fault run gives the cluster time to
+    /// recover).
+    #[arg(long, global = true, default_value_t = 5.0)]
+    pub patience: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -385,7 +390,7 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
     };
     // Send for the duration, then let deliveries drain for as long as they keep
     // coming (a backlog is latency, not loss): stop once everything is in, or
-    // nothing arrived for 5 s, or after 5 minutes.
+    // nothing arrived for `--patience` seconds, or after 5 minutes.
     let mut last_progress = (0u64, Instant::now());
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -403,7 +408,7 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
         }
         let answered = acked + progress.failed.load(Ordering::Relaxed);
         let settled = answered >= progress.sent.load(Ordering::Relaxed) && delivered >= acked * fanout;
-        let stalled = last_progress.1.elapsed() > Duration::from_secs(5);
+        let stalled = last_progress.1.elapsed() > Duration::from_secs_f64(args.patience);
         if elapsed >= send_for && (settled || stalled) || elapsed >= send_for + Duration::from_secs(300) {
             break;
         }
