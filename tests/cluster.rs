@@ -37,10 +37,6 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(data: &Path) -> Option<Self> {
-        Self::start_with(data, None, &[]).await
-    }
-
     /// A cluster on `kafka` (the shared broker when `None`), with `extra`
     /// environment for every tier.
     async fn start_with(data: &Path, kafka: Option<String>, extra: &[(&'static str, &str)]) -> Option<Self> {
@@ -109,11 +105,35 @@ impl Cluster {
     }
 }
 
+/// One test's turn: the clusters run one at a time, each in a data directory
+/// of its own, with an API client and a number unique to the test for names.
+/// `None` when the services are not configured. Fields drop in order: the
+/// cluster's processes stop before their directory goes and the next test
+/// gets its turn.
+struct Turn {
+    cluster: Cluster,
+    api: Api,
+    /// Below 10⁹, so names built from it stay within 20 characters.
+    run: u64,
+    _dir: tempfile::TempDir,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Turn {
+    /// Waits for the turn and starts a cluster with `extra` environment.
+    async fn take(extra: &[(&'static str, &str)]) -> Option<Self> {
+        let serial = ONE_AT_A_TIME.lock().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cluster = Cluster::start_with(dir.path(), None, extra).await?;
+        let api = Api::new(cluster.api);
+        let run = courier_testkit::unique() % 1_000_000_000;
+        Some(Self { cluster, api, run, _dir: dir, _serial: serial })
+    }
+}
+
 #[tokio::test]
 async fn messages_cross_processes_once_and_in_order() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(mut cluster) = Cluster::start(dir.path()).await else { return };
+    let Some(Turn { mut cluster, _dir, _serial, .. }) = Turn::take(&[]).await else { return };
     // The tiers speak mutual TLS with each other: plain text, even with the
     // secret, gets nowhere.
     let secret = courier_proto::InternalAuth::new("a-secret-but-no-certificate").expect("secret");
@@ -205,13 +225,9 @@ async fn messages_cross_processes_once_and_in_order() {
 
 #[tokio::test]
 async fn a_task_worker_killed_mid_stream_loses_nothing() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(mut cluster) = Cluster::start(dir.path()).await else { return };
-    let api = Api::new(cluster.api);
-    let run = courier_testkit::unique();
-    let (alice_token, alice) = api.register(&format!("ka{}", run % 1_000_000_000)).await;
-    let (bob_token, bob) = api.register(&format!("kb{}", run % 1_000_000_000)).await;
+    let Some(Turn { mut cluster, api, run, _dir, _serial }) = Turn::take(&[]).await else { return };
+    let (alice_token, alice) = api.register(&format!("ka{run}")).await;
+    let (bob_token, bob) = api.register(&format!("kb{run}")).await;
     // Several rooms, so both workers own some of their partitions.
     let rooms: Vec<u64> = (0..6).map(|i| 2_000_000_000 + (run % 1_000_000) * 10 + i).collect();
     let mut alice_ws = Ws::connect(cluster.ws[0], &alice_token, rooms[0]).await;
@@ -275,10 +291,7 @@ async fn a_task_worker_killed_mid_stream_loses_nothing() {
 
 #[tokio::test]
 async fn recovery_offline_messages_and_history_on_the_production_backends() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(cluster) = Cluster::start(dir.path()).await else { return };
-    let run = courier_testkit::unique() % 1_000_000_000;
+    let Some(Turn { cluster, run, _dir, _serial, .. }) = Turn::take(&[]).await else { return };
     // The same bodies as tests/recovery.rs, clients on connect-1.
     let target = |n: u64| common::recovery::Target {
         api: cluster.api,
@@ -297,11 +310,7 @@ async fn a_record_the_store_cannot_keep_is_set_aside_and_its_partition_moves_on(
     use courier_proto::record::{MessageKind, MessageRecord};
     use prost::Message as _;
 
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(cluster) = Cluster::start(dir.path()).await else { return };
-    let api = Api::new(cluster.api);
-    let run = courier_testkit::unique() % 1_000_000_000;
+    let Some(Turn { cluster, api, run, _dir, _serial }) = Turn::take(&[]).await else { return };
     let room = 5_000_000_000 + run;
     let (alice_token, alice) = api.register(&format!("da{run}")).await;
     let mut alice_ws = Ws::connect(cluster.ws[0], &alice_token, room).await;
@@ -358,11 +367,7 @@ async fn a_record_the_store_cannot_keep_is_set_aside_and_its_partition_moves_on(
 /// back the room counts only who is still in it.
 #[tokio::test]
 async fn connections_close_while_logic_is_away_and_presence_catches_up() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(mut cluster) = Cluster::start(dir.path()).await else { return };
-    let api = Api::new(cluster.api);
-    let run = courier_testkit::unique() % 1_000_000_000;
+    let Some(Turn { mut cluster, api, run, _dir, _serial }) = Turn::take(&[]).await else { return };
     let room = 6_000_000_000 + run;
     let (stay_token, stay) = api.register(&format!("ls{run}")).await;
     let mut staying = Ws::connect(cluster.ws[1], &stay_token, room).await;
@@ -409,14 +414,10 @@ async fn connections_close_while_logic_is_away_and_presence_catches_up() {
 /// might still use that id, admits sends again — by itself.
 #[tokio::test]
 async fn a_lost_worker_id_lease_pauses_sends_until_logic_leases_one_again() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
     // A lease long enough that the pause is seen (sends are refused for at
     // least two fifths of it).
     let lease = [("COURIER_WORKER_LEASE_MS", "12000")];
-    let Some(mut cluster) = Cluster::start_with(dir.path(), None, &lease).await else { return };
-    let api = Api::new(cluster.api);
-    let run = courier_testkit::unique() % 1_000_000_000;
+    let Some(Turn { mut cluster, api, run, _dir, _serial }) = Turn::take(&lease).await else { return };
     let room = 7_000_000_000 + run;
     let (token, me) = api.register(&format!("wl{run}")).await;
     let mut ws = Ws::connect(cluster.ws[0], &token, room).await;
@@ -470,11 +471,7 @@ async fn a_lost_worker_id_lease_pauses_sends_until_logic_leases_one_again() {
 /// and are reached again, without reconnecting.
 #[tokio::test]
 async fn a_connect_node_reaped_while_stalled_registers_its_connections_again() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(cluster) = Cluster::start(dir.path()).await else { return };
-    let api = Api::new(cluster.api);
-    let run = courier_testkit::unique() % 1_000_000_000;
+    let Some(Turn { cluster, api, run, _dir, _serial }) = Turn::take(&[]).await else { return };
     let (room, other_room) = (8_000_000_000 + run, 8_500_000_000 + run);
     let (alice_token, alice) = api.register(&format!("sa{run}")).await;
     let (bob_token, bob) = api.register(&format!("sb{run}")).await;
@@ -523,11 +520,7 @@ async fn a_connect_node_reaped_while_stalled_registers_its_connections_again() {
 /// worker id again and admits sends).
 #[tokio::test]
 async fn a_redis_that_comes_back_empty_sends_clients_to_log_in_and_recovers() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(cluster) = Cluster::start(dir.path()).await else { return };
-    let api = Api::new(cluster.api);
-    let run = courier_testkit::unique() % 1_000_000_000;
+    let Some(Turn { cluster, api, run, _dir, _serial }) = Turn::take(&[]).await else { return };
     let room = 9_000_000_000 + run;
     let (alice_name, bob_name) = (format!("ea{run}"), format!("eb{run}"));
     let (alice_token, alice) = api.register(&alice_name).await;
@@ -567,11 +560,7 @@ async fn a_redis_that_comes_back_empty_sends_clients_to_log_in_and_recovers() {
 
 #[tokio::test]
 async fn a_crashed_connect_node_is_reaped_from_presence() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(mut cluster) = Cluster::start(dir.path()).await else { return };
-    let api = Api::new(cluster.api);
-    let run = courier_testkit::unique() % 1_000_000_000;
+    let Some(Turn { mut cluster, api, run, _dir, _serial }) = Turn::take(&[]).await else { return };
     let room = 4_000_000_000 + run;
     let (alice_token, alice) = api.register(&format!("na{run}")).await;
     let (bob_token, bob) = api.register(&format!("nb{run}")).await;
@@ -593,11 +582,7 @@ async fn a_crashed_connect_node_is_reaped_from_presence() {
 
 #[tokio::test]
 async fn pushes_reach_only_the_nodes_holding_their_users_and_rooms() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(cluster) = Cluster::start(dir.path()).await else { return };
-    let api = Api::new(cluster.api);
-    let run = courier_testkit::unique() % 1_000_000_000;
+    let Some(Turn { cluster, api, run, _dir, _serial }) = Turn::take(&[]).await else { return };
     let (room_0, room_1) = (5_000_000_000 + run, 6_000_000_000 + run);
     let (alice_token, alice) = api.register(&format!("ra{run}")).await;
     let (bob_token, bob) = api.register(&format!("rb{run}")).await;
@@ -817,12 +802,9 @@ async fn replay_exports_and_rebuilds_from_kafka_without_disturbing_the_cluster()
     use courier_store::HistoryStore as _;
     use courier_store::postgres::PgStore;
 
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(cluster) = Cluster::start(dir.path()).await else { return };
+    let Some(Turn { cluster, run, _dir, _serial, .. }) = Turn::take(&[]).await else { return };
     let brokers = courier_testkit::service("COURIER_KAFKA").expect("brokers");
     let postgres = courier_testkit::service("COURIER_POSTGRES").expect("PostgreSQL");
-    let run = courier_testkit::unique() % 1_000_000_000;
     let rooms = [4_000_000_000 + run * 10, 4_000_000_000 + run * 10 + 1];
     let traffic = replay::send_traffic(cluster.api, &format!("k{}", run % 1_000_000), rooms).await;
     replay::await_persisted(cluster.api, &traffic).await;

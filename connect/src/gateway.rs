@@ -397,10 +397,7 @@ impl Gateway {
                 Ok(_) => return,
                 Err(status) => status,
             };
-            let lasting = matches!(
-                status.code(),
-                Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented
-            );
+            let lasting = retrying_cannot_help(status.code());
             if !reported || lasting {
                 // Counted once per release, not per retry.
                 self.metrics().error(what);
@@ -482,7 +479,7 @@ impl Gateway {
                     channel.close(close_code::POLICY, "session expired or revoked; log in again");
                     return Registered::SessionGone;
                 }
-                Code::InvalidArgument | Code::ResourceExhausted | Code::PermissionDenied | Code::Unimplemented => {
+                code if code == Code::ResourceExhausted || retrying_cannot_help(code) => {
                     tracing::warn!(user_id = channel.user_id, error = %status, "could not register a connection again");
                     channel.close(close_code::TRY_AGAIN_LATER, &status_text(&status));
                     return Registered::Refused;
@@ -543,6 +540,12 @@ impl Gateway {
         })
         .await;
     }
+}
+
+/// Refusals that the same call retried cannot turn into a success: bad input,
+/// a dead session, internal authentication, an RPC the peer lacks.
+fn retrying_cannot_help(code: Code) -> bool {
+    matches!(code, Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented)
 }
 
 /// A status as text for a client: the reason logic gave for a refusal meant

@@ -697,7 +697,8 @@ impl Reader {
                     return Some(connection);
                 }
                 Err(e) => {
-                    if format!("{e:#}").contains("log in again") || format!("{e:#}").contains("Session error") {
+                    let why = format!("{e:#}");
+                    if why.contains("log in again") || why.contains("Session error") {
                         // The session is gone (Redis came back empty): log in again.
                         let _ = self.me.log_in_again(node).await;
                     }
