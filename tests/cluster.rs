@@ -893,3 +893,65 @@ async fn replay_exports_and_rebuilds_from_kafka_without_disturbing_the_cluster()
         assert_eq!(rebuilt, was, "{stream}: same epoch, seqs, ids and bodies");
     }
 }
+
+/// `courier bench connections` over several worker processes: the path a
+/// million connections take, at three thousand. Every user is registered and
+/// its connection opened from its worker's own source address; room and
+/// private messages reach every receiver while all are held; when a connect
+/// node is killed, its users come back on the other one and messages reach
+/// them there.
+#[tokio::test]
+async fn the_bench_holds_connections_over_several_processes_and_through_a_node_kill() {
+    // Three thousand registrations from one address, in a debug build: no
+    // login limits, and a cheap password hash.
+    let env = [
+        ("COURIER_PASSWORD_MEMORY_KIB", "64"),
+        ("COURIER_PASSWORD_ITERATIONS", "1"),
+        ("COURIER_LOGINS_PER_MINUTE", "0"),
+        ("COURIER_LOGINS_PER_MINUTE_PER_IP", "0"),
+    ];
+    let Some(Turn { cluster, run, _dir, _serial, .. }) = Turn::take(&env).await else { return };
+    let pids: Vec<String> = cluster.children.iter().filter_map(|c| c.id()).map(|p| p.to_string()).collect();
+    let redis = cluster.logic_start.2.iter().find(|(k, _)| *k == "COURIER_REDIS").map(|(_, v)| v.clone());
+    let ws = format!("ws://{}/ws,ws://{}/ws", cluster.ws[0], cluster.ws[1]);
+    let output = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["bench", "--json", "--api", &format!("http://{}", cluster.api), "--ws", &ws])
+        .args(["--prefix", &format!("h{run}"), "--pid", &pids.join(",")])
+        .args(["connections", "--count", "3000", "--per-process", "750", "--rooms", "300", "--probe", "20"])
+        .args(["--kill-node", "1", "--redis", &redis.expect("the cluster's Redis"), "--reap-wait", "3"])
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .expect("courier bench runs");
+    assert!(output.status.success(), "bench failed: {}", String::from_utf8_lossy(&output.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+
+    assert_eq!(report["workers"], 4);
+    assert_eq!(report["connections_held"], 3000, "errors: {}", report["errors"]);
+    let phases = report["phases"].as_array().expect("phases");
+    let named = |name: &str| phases.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("phase {name}"));
+    for phase in ["log in", "open"] {
+        assert_eq!(named(phase)["done"], 3000, "{phase}: {}", named(phase));
+        assert_eq!(named(phase)["failed"], 0, "{phase}: {}", named(phase));
+    }
+    // Workers took the nodes in turn: two workers, 1500 connections each.
+    let processes = report["connect_processes"].as_array().expect("connect processes");
+    assert_eq!(processes.len(), 2);
+    assert!(processes.iter().all(|p| p["connections"] == 1500), "{processes:?}");
+    assert!(processes.iter().all(|p| p["held_bytes"].as_u64() > p["logged_in_bytes"].as_u64()), "{processes:?}");
+
+    // Ten members a room: a room message reaches ten connections, a private
+    // message its recipient and its sender's own copy.
+    let probes = report["probes"].as_array().expect("probes");
+    assert_eq!(probes.len(), 2, "{probes:?}");
+    for probe in probes {
+        assert_eq!(probe["send_failures"], 0, "{probe}");
+        assert_eq!(probe["expected_deliveries"], 20 * 10 + 20 * 2, "{probe}");
+        assert_eq!(probe["delivered"], probe["expected_deliveries"], "{probe}");
+    }
+    let kill = &report["kill"];
+    assert_eq!(kill["connections_on_node"], 1500, "{kill}");
+    assert_eq!(kill["reconnected"], 1500, "{kill}");
+    assert!(kill["redis_pings"].as_u64() > Some(0), "{kill}");
+    assert!(report["timeline"].as_array().is_some_and(|t| !t.is_empty()));
+}

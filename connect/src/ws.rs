@@ -5,10 +5,11 @@
 //! connection from there; a client that sends nothing (pongs included) for
 //! `pong_timeout` is dropped.
 //!
-//! The listener speaks WebSocket only, so connections are accepted and upgraded
-//! by tokio-tungstenite itself rather than through an HTTP router: a connection
-//! then costs the socket and tungstenite's state, with no HTTP server's upgrade
-//! machinery kept beside it. tungstenite keeps its write buffer at the size of
+//! The listener speaks WebSocket only, so connections are upgraded by
+//! `courier_wire::upgrade` and served by tokio-tungstenite rather than through
+//! an HTTP router: a connection then costs the socket and tungstenite's state,
+//! with no HTTP server's upgrade machinery kept beside it (and not the 4 KiB
+//! head buffer tungstenite's own handshake would leave it). tungstenite keeps its write buffer at the size of
 //! the largest frame it ever wrote, so a frame longer than [`FRAGMENT`] (an op 5
 //! member list of a big room is ~6 KB) is sent as a fragmented message (RFC
 //! 6455 §5.4: clients see one message), keeping an idle connection's buffer at
@@ -21,7 +22,6 @@ use courier_wire::request::Auth;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
@@ -48,7 +48,7 @@ pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
         .max_write_buffer_size(config.ws_max_write_buffer)
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, only_ws_path, Some(ws_config));
+    let handshake = courier_wire::upgrade::accept(stream, "/ws", ws_config);
     // One allocation of its own, so futures taking it hold a pointer (see `conn`).
     let mut socket: Socket = match tokio::time::timeout(config.auth_timeout, Box::pin(handshake)).await {
         Ok(Ok(socket)) => Box::new(socket),
@@ -105,17 +105,6 @@ pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
     // (retried until logic answers, however long it is away).
     drop(socket);
     Box::pin(gateway.close(&channel)).await;
-}
-
-/// The handshake's check: only `/ws` upgrades.
-#[expect(clippy::result_large_err, reason = "the signature tungstenite's handshake callback takes")]
-fn only_ws_path(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
-    if request.uri().path() == "/ws" {
-        return Ok(response);
-    }
-    let mut refused = ErrorResponse::new(Some("not found: connect WebSocket clients to /ws\n".to_owned()));
-    *refused.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
-    Err(refused)
 }
 
 /// A frame as WebSocket messages: whole, or fragments of at most [`FRAGMENT`]

@@ -22,6 +22,7 @@
 //! latency by stage, scraped from their `/metrics` (see [`stages`]).
 
 mod clients;
+mod hold;
 mod logins;
 mod measure;
 mod stages;
@@ -32,13 +33,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -136,27 +136,57 @@ pub enum Scenario {
         #[arg(long, default_value_t = 5.0)]
         settle: f64,
     },
-    /// Hold idle authenticated connections and report server memory per connection.
+    /// Hold idle authenticated connections, over as many worker processes
+    /// as needed, and report per phase the time, failures and CPU, and the
+    /// servers' memory per connection by kind of process.
     Connections {
         #[arg(long, default_value_t = 1000)]
         count: usize,
         /// Most connections one bench process holds (the open-file limit is per process).
         #[arg(long, default_value_t = 15_000)]
         per_process: usize,
-        /// Source addresses to spread connections over (127.0.0.x), one per worker.
-        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+        /// Source addresses, one per worker in turn (a source address has about
+        /// 28,000 ephemeral ports); default: 127.0.0.(w+1) for worker w when
+        /// the servers are on loopback.
+        #[arg(long, value_delimiter = ',')]
         sources: Vec<IpAddr>,
         /// Rooms the users are spread over (user i joins room 1 + i % rooms). One
         /// room of every user is the worst case: each join pushes the member list
         /// to everyone.
         #[arg(long, default_value_t = 1)]
         rooms: u64,
+        /// Registrations or logins in flight per worker.
+        #[arg(long, default_value_t = 8)]
+        login_parallel: usize,
+        /// Connection opens in flight per worker.
+        #[arg(long, default_value_t = 32)]
+        open_parallel: usize,
+        /// Room messages, and as many private messages, sent over HTTP once
+        /// everything is held (and again after --kill-node); their latency is
+        /// timed at the receivers.
+        #[arg(long, default_value_t = 0)]
+        probe: usize,
+        /// Kill this connect node (its index in --ws) with SIGKILL once
+        /// everything is held, and time its users' reconnection to the next node.
+        #[arg(long)]
+        kill_node: Option<usize>,
+        /// Redis to time PINGs on while the killed node's entries are reaped
+        /// (`redis://host:port` or `host:port`).
+        #[arg(long)]
+        redis: Option<String>,
+        /// Seconds to keep timing Redis after the killed node's users are back
+        /// (the node's lease has to lapse and the reaper to run meanwhile).
+        #[arg(long, default_value_t = 30.0)]
+        reap_wait: f64,
         /// Internal: run as a worker holding users offset..offset+count.
         #[arg(long, hide = true)]
         worker_offset: Option<usize>,
         /// Internal: the worker's source address.
         #[arg(long, hide = true)]
         worker_source: Option<IpAddr>,
+        /// Internal: the worker's home node (index into --ws).
+        #[arg(long, hide = true, default_value_t = 0)]
+        worker_node: usize,
     },
 }
 
@@ -198,8 +228,6 @@ pub struct Report {
     /// Server CPU seconds during the run by kind of process (`courier
     /// logic`, `java`, `postgres`, …), busiest first.
     pub server_cpu_by_process: Vec<(String, f64)>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_rss_bytes_per_connection: Option<f64>,
     /// The servers' latency by stage, when their metrics could be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stages: Option<stages::Breakdown>,
@@ -263,12 +291,61 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Scenario::Connections { count, per_process, sources, rooms, worker_offset, worker_source } => {
+        Scenario::Connections {
+            count,
+            per_process,
+            sources,
+            rooms,
+            login_parallel,
+            open_parallel,
+            probe,
+            kill_node,
+            redis,
+            reap_wait,
+            worker_offset,
+            worker_source,
+            worker_node,
+        } => {
             let rooms = (*rooms).max(1);
             if let Some(offset) = worker_offset {
-                return connection_worker(&args, &target, (*offset, *count), rooms, *worker_source).await;
+                let share = hold::Share {
+                    offset: *offset,
+                    count: *count,
+                    rooms,
+                    node: *worker_node,
+                    source: *worker_source,
+                    login_parallel: *login_parallel,
+                    open_parallel: *open_parallel,
+                };
+                return hold::worker(&args, &target, share).await;
             }
-            connections(&args, *count, *per_process, rooms, sources).await?
+            let options = hold::Options {
+                count: *count,
+                per_process: *per_process,
+                sources: sources.clone(),
+                rooms,
+                login_parallel: *login_parallel,
+                open_parallel: *open_parallel,
+                probe: *probe,
+                kill_node: *kill_node,
+                redis: redis.clone(),
+                reap_wait: *reap_wait,
+            };
+            let pids = if args.pids.is_empty() { measure::find_server_pids() } else { args.pids.clone() };
+            let stop = CancellationToken::new();
+            let interrupt = stop.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    interrupt.cancel();
+                }
+            });
+            let report = hold::run(&args, options, pids, stop).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                hold::print(&report);
+            }
+            return Ok(());
         }
     };
     if args.json {
@@ -477,7 +554,6 @@ async fn traffic(args: &BenchArgs, target: &Target, shape: Shape) -> anyhow::Res
         server_cpu_us_per_message: cpu * 1e6 / acknowledged.max(1) as f64,
         server_cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
         server_cpu_by_process: by_process,
-        server_rss_bytes_per_connection: None,
         stages: breakdown,
     })
 }
@@ -711,146 +787,6 @@ impl Reader {
     }
 }
 
-/// The `connections` scenario: hold `count` idle connections, measure the servers.
-async fn connections(
-    args: &BenchArgs,
-    count: usize,
-    per_process: usize,
-    rooms: u64,
-    sources: &[IpAddr],
-) -> anyhow::Result<Report> {
-    let pids = if args.pids.is_empty() { measure::find_server_pids() } else { args.pids.clone() };
-    let rss = |pids: &[u32]| pids.iter().filter_map(|p| measure::rss_bytes(*p)).sum::<u64>();
-    let workers = count.div_ceil(per_process.max(1));
-    let exe = std::env::current_exe().context("locating the courier binary")?;
-    let mut children = Vec::with_capacity(workers);
-    // Several connect nodes (`--ws a,b,…`, `--tcp a,b,…`): workers take them in turn.
-    let ws: Vec<&str> = args.ws.split(',').collect();
-    let tcp: Vec<&str> = args.tcp.split(',').collect();
-    for w in 0..workers {
-        let offset = w * per_process;
-        let n = per_process.min(count - offset);
-        let source = sources[w % sources.len().max(1)];
-        let (ws, tcp) = (ws[w % ws.len()], tcp[w % tcp.len()]);
-        let mut child = tokio::process::Command::new(&exe)
-            .args(["bench", "--api", &args.api, "--ws", ws, "--tcp", tcp, "--prefix", &args.prefix])
-            .args(["--transport", if args.transport == Transport::Ws { "ws" } else { "tcp" }])
-            .args(["connections", "--count", &n.to_string(), "--worker-offset", &offset.to_string()])
-            .args(["--rooms", &rooms.to_string()])
-            .args(["--worker-source", &source.to_string()])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a bench worker")?;
-        let stdout = child.stdout.take().context("worker stdout")?;
-        children.push((child, tokio::io::BufReader::new(stdout).lines()));
-    }
-    // Logins allocate (sessions, password hashing) on the server: measure from
-    // after them, so the figure is what the connections themselves cost.
-    for (w, (_, lines)) in children.iter_mut().enumerate() {
-        match lines.next_line().await? {
-            Some(line) if line == "LOGGED_IN" => {}
-            other => bail!("worker {w} failed: {other:?}"),
-        }
-    }
-    let rss_before = rss(&pids);
-    let cpu_before = measure::total_cpu(&pids);
-    let start = Instant::now();
-    for (child, _) in children.iter_mut() {
-        if let Some(stdin) = child.stdin.as_mut() {
-            stdin.write_all(b"GO\n").await?;
-        }
-    }
-    for (w, (_, lines)) in children.iter_mut().enumerate() {
-        match lines.next_line().await? {
-            Some(line) if line == "READY" => eprintln!("worker {w} holds its connections"),
-            other => bail!("worker {w} failed: {other:?}"),
-        }
-    }
-    let held = start.elapsed();
-    let rss_after = rss(&pids);
-    let cpu = (measure::total_cpu(&pids) - cpu_before).max(0.0);
-    for (mut child, _) in children {
-        drop(child.stdin.take());
-        let _ = child.wait().await;
-    }
-    let per_connection = (rss_after as f64 - rss_before as f64) / count.max(1) as f64;
-    Ok(Report {
-        scenario: "connections".into(),
-        transport: args.transport,
-        send_via: args.send_via,
-        connections: count,
-        senders: 0,
-        rate_target: 0.0,
-        duration_s: held.as_secs_f64(),
-        sent: 0,
-        acknowledged: 0,
-        failed: 0,
-        expected_deliveries: 0,
-        delivered: 0,
-        lost: 0,
-        unacknowledged_delivered: 0,
-        reconnects: 0,
-        refusals: Default::default(),
-        duplicated: 0,
-        out_of_order: 0,
-        messages_per_s: 0.0,
-        deliveries_per_s: 0.0,
-        latency: Latency::of(&measure::new_histogram()),
-        server_pids: pids,
-        server_cpu_s: cpu,
-        server_cpu_us_per_message: 0.0,
-        server_cpu_us_per_delivery: 0.0,
-        server_cpu_by_process: Vec::new(),
-        server_rss_bytes_per_connection: Some(per_connection),
-        stages: None,
-    })
-}
-
-/// A worker of the `connections` scenario: opens its share, says READY, holds the
-/// connections until its stdin closes.
-async fn connection_worker(
-    args: &BenchArgs,
-    target: &Target,
-    (offset, count): (usize, usize),
-    rooms: u64,
-    source: Option<IpAddr>,
-) -> anyhow::Result<()> {
-    let users = target.users(&args.prefix, offset, count, 8).await?;
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    println!("LOGGED_IN");
-    // Connect when the parent has measured the server after the logins.
-    if stdin.next_line().await?.is_none() {
-        return Ok(());
-    }
-    let mut held = Vec::with_capacity(count);
-    let permits = Arc::new(Semaphore::new(64));
-    let mut tasks = Vec::with_capacity(count);
-    for (i, user) in users.into_iter().enumerate() {
-        let (target, permits, transport) = (target.clone(), permits.clone(), args.transport);
-        let room = 1 + (offset + i) as u64 % rooms;
-        tasks.push(tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await?;
-            clients::open(&target, transport, source, &user, room).await
-        }));
-    }
-    for task in tasks {
-        held.push(task.await??);
-    }
-    println!("READY");
-    // Drain incoming frames (heartbeats, member lists) so the server never sees
-    // these clients as slow, until the parent closes our stdin.
-    for (sink, mut stream) in held {
-        tokio::spawn(async move {
-            let _sink = sink;
-            while let Some(Ok(_)) = stream.next().await {}
-        });
-    }
-    while let Ok(Some(_)) = stdin.next_line().await {}
-    Ok(())
-}
-
 fn print_progress(progress: &Progress, elapsed: Duration, total: Duration) {
     let done = (elapsed.as_secs_f64() / total.as_secs_f64()).clamp(0.0, 1.0);
     let filled = (done * 30.0) as usize;
@@ -872,12 +808,6 @@ fn print_table(r: &Report) {
         "scenario {}  transport {:?}  send via {:?}  connections {}  senders {}  rate {}",
         r.scenario, r.transport, r.send_via, r.connections, r.senders, rate
     );
-    if let Some(bytes) = r.server_rss_bytes_per_connection {
-        println!("held {} connections in {:.1} s", r.connections, r.duration_s);
-        println!("server memory per connection  {:.0} bytes ({:.2} KiB)", bytes, bytes / 1024.0);
-        println!("server processes {:?}", r.server_pids);
-        return;
-    }
     println!("{:<22}{:>12}", "sent", r.sent);
     println!("{:<22}{:>12}", "acknowledged", r.acknowledged);
     println!("{:<22}{:>12}", "failed", r.failed);

@@ -166,6 +166,26 @@ pub fn find_server_pids() -> Vec<u32> {
     pids
 }
 
+/// The value given to `flag` on `pid`'s command line (`--flag value` or
+/// `--flag=value`).
+pub fn arg_value(pid: u32, flag: &str) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let inline = format!("{flag}=");
+    args.iter().enumerate().find_map(|(i, arg)| {
+        if arg == flag { args.get(i + 1).cloned() } else { arg.strip_prefix(&inline).map(str::to_owned) }
+    })
+}
+
+/// The kernel's slab memory (`Slab:` of `/proc/meminfo`) in bytes: where
+/// sockets, their files and epoll entries live.
+pub fn slab_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("Slab:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Total CPU seconds of `pids` (processes that vanished count as 0).
 pub fn total_cpu(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p)).sum()

@@ -11,11 +11,14 @@
 //! - [`tcp`]: the `v1` length-prefixed TCP framing, as a `tokio_util` codec so a
 //!   malformed length is an error for that connection only.
 //! - [`time`]: gochat's `createTime` text.
+//! - [`upgrade`]: the WebSocket opening handshake, both ends, leaving each
+//!   connection only the read buffer it is configured with.
 
 pub mod frame;
 pub mod request;
 pub mod tcp;
 pub mod time;
+pub mod upgrade;
 
 /// The largest message body accepted on any path, in bytes of UTF-8.
 pub const MAX_MESSAGE_BYTES: usize = 4_000;
