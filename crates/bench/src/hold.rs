@@ -61,6 +61,8 @@ pub struct Options {
     /// Seconds to keep timing Redis once the killed node's users are back (the
     /// node's lease must lapse and the reaper run in that time).
     pub reap_wait: f64,
+    /// Seconds to wait before each probe.
+    pub settle: f64,
 }
 
 /// The outcome of a `connections` run.
@@ -138,6 +140,10 @@ pub struct Probe {
     pub expected_deliveries: u64,
     pub delivered: u64,
     pub latency: Latency,
+    /// The servers' own timing of the probe messages by stage, when their
+    /// metrics could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<crate::stages::Breakdown>,
 }
 
 #[derive(Debug, Serialize)]
@@ -319,6 +325,7 @@ const SERVER_KINDS: [&str; 4] = ["courier connect", "courier logic", "redis-serv
 /// Runs the `connections` scenario's coordinator.
 pub async fn run(
     args: &crate::BenchArgs,
+    target: &Target,
     options: Options,
     pids: Vec<u32>,
     stop: CancellationToken,
@@ -437,9 +444,10 @@ pub async fn run(
     set_phase("held");
 
     let mut probes = Vec::new();
+    let admin = if options.probe > 0 { crate::stages::endpoints(&args.metrics).await } else { Vec::new() };
     if options.probe > 0 {
         set_phase("probe");
-        probes.push(probe(&mut workers, &options, "while held", args.patience, &stop).await?);
+        probes.push(probe(&mut workers, (target, &admin), &options, "while held", args.patience, &stop).await?);
         set_phase("held");
     }
 
@@ -449,7 +457,7 @@ pub async fn run(
         kill = Some(kill_node(&mut workers, &options, &nodes, node, &pids, &mut phases, &stop).await?);
         if options.probe > 0 {
             set_phase("probe");
-            probes.push(probe(&mut workers, &options, "after the kill", args.patience, &stop).await?);
+            probes.push(probe(&mut workers, (target, &admin), &options, "after the kill", args.patience, &stop).await?);
         }
     }
 
@@ -638,11 +646,19 @@ impl Sampler {
 /// Sends the probe messages and waits for their deliveries.
 async fn probe(
     workers: &mut Workers,
+    (target, admin): (&Target, &[String]),
     options: &Options,
     when: &'static str,
     patience: f64,
     stop: &CancellationToken,
 ) -> anyhow::Result<Probe> {
+    // Whatever the last joins set going (room lists pushed to the members)
+    // finishes first: the probe times messages on a cluster at rest.
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs_f64(options.settle)) => {}
+        _ = stop.cancelled() => {}
+    }
+    let counted_before = crate::stages::scrape(&target.http, admin).await;
     let before = workers.total(|c| &c.probe_received);
     let n = workers.all.len();
     // Spread the messages over the workers: worker w sends its share of each kind.
@@ -684,7 +700,9 @@ async fn probe(
             let _ = histogram.record(us.max(1));
         }
     }
+    let counted = crate::stages::scrape(&target.http, admin).await;
     Ok(Probe {
+        stages: (counted.endpoints > 0).then(|| counted.since(&counted_before)),
         when,
         room_messages,
         private_messages,
@@ -1141,6 +1159,9 @@ pub fn print(r: &HoldReport) {
             l.p99_ms,
             l.max_ms
         );
+        for s in p.stages.iter().flat_map(|b| &b.stages) {
+            println!("  since admission, {:<10} p50 {:>8.2} ms  p99 {:>8.2} ms", s.stage, s.p50_ms, s.p99_ms);
+        }
     }
     if let Some(k) = &r.kill {
         let back = k.seconds_to_reconnect_all.map_or("not all".to_owned(), |s| format!("{s:.1} s"));

@@ -178,6 +178,10 @@ pub enum Scenario {
         /// (the node's lease has to lapse and the reaper to run meanwhile).
         #[arg(long, default_value_t = 30.0)]
         reap_wait: f64,
+        /// Seconds to wait before each probe, for what the last joins set going
+        /// (room member lists pushed to every member) to finish.
+        #[arg(long, default_value_t = 10.0)]
+        settle: f64,
         /// Internal: run as a worker holding users offset..offset+count.
         #[arg(long, hide = true)]
         worker_offset: Option<usize>,
@@ -302,6 +306,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             kill_node,
             redis,
             reap_wait,
+            settle,
             worker_offset,
             worker_source,
             worker_node,
@@ -330,6 +335,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 kill_node: *kill_node,
                 redis: redis.clone(),
                 reap_wait: *reap_wait,
+                settle: *settle,
             };
             let pids = if args.pids.is_empty() { measure::find_server_pids() } else { args.pids.clone() };
             let stop = CancellationToken::new();
@@ -339,7 +345,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     interrupt.cancel();
                 }
             });
-            let report = hold::run(&args, options, pids, stop).await?;
+            let report = hold::run(&args, &target, options, pids, stop).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

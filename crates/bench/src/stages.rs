@@ -21,8 +21,14 @@ pub const STAGES: [&str; 6] = ["produced", "consumed", "persisted", "pushed", "r
 const FAMILY: &str = "courier_message_stage_seconds_bucket";
 
 /// Admin endpoints scanned when none are given: the standalone's and the local
-/// cluster's (`scripts/cluster`) admin ports are all in this range.
+/// cluster's (`scripts/cluster`) admin ports are all in this range, but for
+/// connect-7 on ([`more_connect_admin`]).
 pub const DEFAULT_PORTS: std::ops::RangeInclusive<u16> = 9100..=9199;
+
+/// The admin ports of the local cluster's connect-7 to connect-98: 10003 + 10i.
+fn more_connect_admin() -> impl Iterator<Item = u16> {
+    (7..=98).map(|i| 10_003 + 10 * i)
+}
 
 /// What the servers had counted at one moment, summed over every endpoint.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -169,12 +175,13 @@ pub async fn scrape(http: &reqwest::Client, endpoints: &[String]) -> Snapshot {
 }
 
 /// The endpoints to scrape: those given, or every admin port in
-/// [`DEFAULT_PORTS`] on loopback that accepts a connection.
+/// [`DEFAULT_PORTS`] (and the local cluster's further connect nodes) on
+/// loopback that accepts a connection.
 pub async fn endpoints(given: &[String]) -> Vec<String> {
     if !given.is_empty() {
         return given.to_vec();
     }
-    let probes = DEFAULT_PORTS.map(|port| async move {
+    let probes = DEFAULT_PORTS.chain(more_connect_admin()).map(|port| async move {
         let address = format!("127.0.0.1:{port}");
         let open = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(&address)).await;
         matches!(open, Ok(Ok(_))).then_some(address)

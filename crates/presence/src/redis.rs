@@ -36,10 +36,29 @@ fn unavailable(e: redis::RedisError) -> Error {
     Error::Unavailable(e.to_string())
 }
 
+/// Commands in flight on one process's Redis connection at most; the rest
+/// wait their turn (see [`connect`]).
+pub const IN_FLIGHT: usize = 256;
+
+/// How long a command in flight may wait for its answer.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Connects a connection manager (it reconnects by itself after a failure).
+///
+/// Every caller in the process shares its one multiplexed connection, and
+/// the response timeout runs from when a command enters its pipeline. Without
+/// a limit, a burst (every connection of a big node closing at once) puts tens
+/// of thousands of commands in the pipeline: those at the back time out before
+/// Redis reaches them, their callers retry, and the connection does nothing
+/// useful again. So at most [`IN_FLIGHT`] commands are in the pipeline and the
+/// others queue before it, their wait not counted against the timeout (the
+/// caller's own deadline still bounds it).
 pub async fn connect(url: &str) -> Result<ConnectionManager> {
     let client = redis::Client::open(url).map_err(unavailable)?;
-    client.get_connection_manager().await.map_err(unavailable)
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_concurrency_limit(IN_FLIGHT)
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    client.get_connection_manager_with_config(config).await.map_err(unavailable)
 }
 
 /// Sessions in Redis.

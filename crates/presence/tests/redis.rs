@@ -105,3 +105,28 @@ async fn expired_sessions_are_not_active() {
     .await;
     assert_eq!(sessions.active().await.expect("active"), 0, "expired is not active");
 }
+
+/// Tens of thousands of presence calls at once (a mass disconnect: every
+/// connection of a big node closing together) all complete: they queue for
+/// the one Redis connection instead of crowding its pipeline until every call
+/// times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_presence_calls_completes_without_timeouts() {
+    use courier_presence::Presence as _;
+    let Some((redis, prefix)) = redis().await else { return };
+    let presence = std::sync::Arc::new(RedisPresence::new(redis, &prefix));
+    let calls = (0..40_000u64).map(|conn| {
+        let presence = presence.clone();
+        tokio::spawn(async move {
+            let user = courier_presence::SessionUser { user_id: conn, user_name: format!("u{conn}") };
+            presence.attach(conn, "burst-node", conn, 20).await?;
+            presence.join(1 + conn % 4000, &user, "burst-node", conn).await?;
+            presence.leave(1 + conn % 4000, conn, "burst-node", conn).await?;
+            presence.detach(conn, "burst-node", conn).await
+        })
+    });
+    let outcomes = futures_util::future::join_all(calls).await;
+    let failed: Vec<String> =
+        outcomes.into_iter().filter_map(|o| o.expect("task").err().map(|e| e.to_string())).take(3).collect();
+    assert!(failed.is_empty(), "calls failed, the first: {failed:?}");
+}
