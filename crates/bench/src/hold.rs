@@ -560,22 +560,32 @@ fn connect_rss(pids: &[u32]) -> Vec<(u32, Option<u16>, u64)> {
         .collect()
 }
 
-/// Times a phase and charges it the CPU of every process.
+/// Times a phase and charges it the CPU of every process, by the kind each
+/// process was when the phase began (a process killed in the phase keeps its
+/// kind and what it spent before it died).
 struct PhaseClock {
     started: Instant,
-    cpu: BTreeMap<String, f64>,
-    pids: Vec<u32>,
+    cpu: Vec<(u32, String, f64)>,
 }
 
 impl PhaseClock {
     fn start(pids: &[u32]) -> Self {
-        Self { started: Instant::now(), cpu: measure::cpu_by_kind(pids), pids: pids.to_vec() }
+        let cpu = pids
+            .iter()
+            .filter_map(|&pid| Some((pid, measure::process_kind(pid), measure::cpu_seconds(pid)?)))
+            .collect();
+        Self { started: Instant::now(), cpu }
     }
 
     fn finish(self, name: &'static str, done: u64, failed: u64, retried: u64) -> Phase {
         let seconds = self.started.elapsed().as_secs_f64();
-        let mut cpu_s = measure::cpu_spent(&self.cpu, &measure::cpu_by_kind(&self.pids));
-        cpu_s.retain(|(_, s)| *s >= 0.01);
+        let mut by_kind: BTreeMap<String, f64> = BTreeMap::new();
+        for (pid, kind, before) in self.cpu {
+            let after = measure::cpu_seconds(pid).unwrap_or(before);
+            *by_kind.entry(kind).or_default() += (after - before).max(0.0);
+        }
+        let mut cpu_s: Vec<(String, f64)> = by_kind.into_iter().filter(|(_, s)| *s >= 0.01).collect();
+        cpu_s.sort_by(|a, b| b.1.total_cmp(&a.1));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let cpu_busy = cpu_s.iter().map(|(_, s)| s).sum::<f64>() / (seconds.max(1e-9) * cores);
         Phase { name, seconds, done, failed, retried, per_second: done as f64 / seconds.max(1e-9), cpu_s, cpu_busy }
