@@ -67,10 +67,16 @@ where
 }
 
 /// A number unique to this test run and process (milliseconds plus pid), below
-/// 10^12 so callers can scale it into ids.
+/// 10^12 so callers can scale it into ids. Two calls in one millisecond (tests
+/// run in parallel threads) get different numbers: a call takes the next
+/// millisecond's slot after the last one handed out.
 pub fn unique() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    (ms % 1_000_000_000) * 1000 + u64::from(std::process::id() % 1000)
+    let now = (ms % 1_000_000_000) * 1000 + u64::from(std::process::id() % 1000);
+    let ordering = std::sync::atomic::Ordering::Relaxed;
+    let previous = LAST.fetch_update(ordering, ordering, |last| Some(now.max(last + 1000))).unwrap_or(now);
+    now.max(previous + 1000)
 }
 
 /// A throwaway certificate authority and one certificate it signed, in PEM.
