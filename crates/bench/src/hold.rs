@@ -92,6 +92,7 @@ pub struct HoldReport {
     pub timeline: Vec<Sample>,
 }
 
+/// One phase of the run: how long it took, what it did, and who spent the CPU.
 #[derive(Debug, Serialize)]
 pub struct Phase {
     pub name: &'static str,
@@ -108,6 +109,8 @@ pub struct Phase {
     pub cpu_busy: f64,
 }
 
+/// Resident memory of one kind of process (all its processes together) at
+/// the three moments, and what the logins and the connections added.
 #[derive(Debug, Serialize)]
 pub struct KindMemory {
     pub kind: String,
@@ -121,6 +124,8 @@ pub struct KindMemory {
     pub bytes_per_connection: f64,
 }
 
+/// One connect process: the connections its workers opened on it, and its
+/// resident memory after the logins and once they were held.
 #[derive(Debug, Serialize)]
 pub struct ConnectProcess {
     pub pid: u32,
@@ -131,12 +136,16 @@ pub struct ConnectProcess {
     pub bytes_per_connection: Option<f64>,
 }
 
+/// Messages sent while everything is held, and what reached the receivers.
 #[derive(Debug, Serialize)]
 pub struct Probe {
     pub when: &'static str,
     pub room_messages: u64,
     pub private_messages: u64,
     pub send_failures: u64,
+    /// Every member of each room (the sender too) and, for a private
+    /// message, its recipient and its sender's own copy: counted as if
+    /// every user were connected.
     pub expected_deliveries: u64,
     pub delivered: u64,
     pub latency: Latency,
@@ -146,6 +155,7 @@ pub struct Probe {
     pub stages: Option<crate::stages::Breakdown>,
 }
 
+/// A connect node killed while holding its share, and its users' return.
 #[derive(Debug, Serialize)]
 pub struct Kill {
     pub node: usize,
