@@ -32,7 +32,7 @@ use courier_retry::Backoff;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::{self, FrameSink, FrameStream, Target, Transport, User};
@@ -279,11 +279,22 @@ impl Worker {
 struct Workers {
     all: Vec<Worker>,
     said: mpsc::UnboundedReceiver<(usize, String)>,
+    /// Woken whenever a worker's status line arrives.
+    reported: Arc<Notify>,
 }
 
 impl Workers {
     fn total(&self, pick: impl Fn(&Counters) -> &AtomicU64) -> u64 {
         self.all.iter().map(|w| pick(&w.counters).load(Ordering::Relaxed)).sum()
+    }
+
+    /// Waits for the next status line of any worker (each sends four a
+    /// second), at most `within`; false if none came or `stop` came first.
+    async fn next_report(&self, within: Duration, stop: &CancellationToken) -> bool {
+        tokio::select! {
+            reported = tokio::time::timeout(within, self.reported.notified()) => reported.is_ok(),
+            _ = stop.cancelled() => false,
+        }
     }
 
     async fn tell_all(&mut self, command: &str) -> anyhow::Result<()> {
@@ -349,6 +360,7 @@ pub async fn run(
     let loopback = nodes.iter().all(|n| n.contains("127.0.0.1") || n.contains("localhost"));
     let exe = std::env::current_exe().context("locating the courier binary")?;
     let (say, said) = mpsc::unbounded_channel();
+    let reported = Arc::new(Notify::new());
     let mut all = Vec::with_capacity(worker_count);
     for w in 0..worker_count {
         let offset = w * per_process;
@@ -379,12 +391,13 @@ pub async fn run(
         let stdout = child.stdout.take().context("worker stdout")?;
         let stdin = child.stdin.take().context("worker stdin")?;
         let counters = Arc::new(Counters::default());
-        let (counters_, say) = (counters.clone(), say.clone());
+        let (counters_, say, reported) = (counters.clone(), say.clone(), reported.clone());
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.starts_with("S ") {
                     counters_.read_status_line(&line);
+                    reported.notify_waiters();
                 } else if say.send((w, line)).is_err() {
                     return;
                 }
@@ -393,7 +406,7 @@ pub async fn run(
         });
         all.push(Worker { child, stdin, counters, node, users });
     }
-    let mut workers = Workers { all, said };
+    let mut workers = Workers { all, said, reported };
     // The load generator's workers are measured too (as `courier bench`): on
     // one machine they share the cores and the memory with the servers.
     let pids: Vec<u32> = pids.iter().copied().chain(workers.all.iter().filter_map(|w| w.child.id())).collect();
@@ -704,9 +717,13 @@ async fn probe(
     }
     workers.all_say("PROBE_SENT").await?;
     // Deliveries, until all arrived or none for `patience`.
+    let patience = Duration::from_secs_f64(patience.max(0.0));
     let mut last = (workers.total(|c| &c.probe_received), Instant::now());
-    while last.0 - before < expected && last.1.elapsed().as_secs_f64() < patience && !stop.is_cancelled() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    while last.0 - before < expected {
+        let Some(left) = patience.checked_sub(last.1.elapsed()) else { break };
+        if !workers.next_report(left, stop).await {
+            break;
+        }
         let now = workers.total(|c| &c.probe_received);
         if now != last.0 {
             last = (now, Instant::now());
@@ -763,12 +780,15 @@ async fn kill_node(
     let started = Instant::now();
     let mut all_back = None;
     let give_up = Duration::from_secs(300);
-    while started.elapsed() < give_up && !stop.is_cancelled() {
+    loop {
         if workers.total(|c| &c.reconnects) - before >= on_node {
             all_back = Some(started.elapsed().as_secs_f64());
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(left) = give_up.checked_sub(started.elapsed()) else { break };
+        if !workers.next_report(left, stop).await {
+            break;
+        }
     }
     let reconnected = workers.total(|c| &c.reconnects) - before;
     phases.push(clock.finish("reconnect", reconnected, on_node.saturating_sub(reconnected), 0));

@@ -110,13 +110,12 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     path: &str,
     config: WebSocketConfig,
 ) -> Result<WebSocketStream<S>, UpgradeError> {
-    let (head, rest) = match read_head(&mut stream).await {
-        Ok(read) => read,
-        Err(UpgradeError::Refused { status, reason }) => return Err(refuse(stream, status, reason).await),
-        Err(e) => return Err(e),
+    let read = async {
+        let (head, rest) = read_head(&mut stream).await?;
+        Ok::<_, UpgradeError>((check_request(&head, path)?, rest))
     };
-    let key = match check_request(&head, path) {
-        Ok(key) => key,
+    let (key, rest) = match read.await {
+        Ok(read) => read,
         Err(UpgradeError::Refused { status, reason }) => return Err(refuse(stream, status, reason).await),
         Err(e) => return Err(e),
     };
