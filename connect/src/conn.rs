@@ -4,7 +4,7 @@
 //! while idle is what the node costs. Hence one task per connection (a task is
 //! an allocation holding its future; a reader and a writer would be two, plus
 //! the lock a split socket shares), and the large futures that run now and then
-//! (a send, a join, a session check: calls to logic) are boxed while they run
+//! (a send, a join: calls to logic) are boxed while they run
 //! instead of enlarging every connection's future. The transports box the
 //! socket and this driver too: an async fn that takes a value and awaits a
 //! future built from it keeps both copies in its state, so passing big values
@@ -13,9 +13,11 @@
 //! The loop waits on, in this order: the channel closing; the client frame being
 //! handled; a gap in a stream's pushes being filled; frames queued for the
 //! client (every frame waiting is written before one flush); the timer; a new
-//! gap; the next client frame. One timer serves the heartbeat, the silence
-//! limit and the session check (it sleeps until the earliest of them), since a
-//! timer costs about a hundred bytes and most connections only ever wait. A
+//! gap; the next client frame. One timer serves the heartbeat and the silence
+//! limit (it sleeps until the earlier of them), since a timer costs about a
+//! hundred bytes and most connections only ever wait. Sessions are re-checked
+//! by the node for all its connections at once (`Gateway::check_sessions`),
+//! not by each connection. A
 //! client frame is read only once the previous one is handled, so one
 //! connection's sends reach logic in order, while pushes keep being written
 //! during a slow send. A write that takes longer than `write_timeout` ends the
@@ -116,11 +118,10 @@ where
     let deliveries = metrics.deliveries.get_or_create(&TransportLabel { transport: framing.transport }).clone();
     let now = tokio::time::Instant::now();
     let mut next_ping = now + config.ping_interval;
-    let mut next_session_check = now + config.session_check_interval;
     // When the client must have said something by; moved only by what it sends,
     // not by the loop waking for pushes or pings.
     let mut silent_until = framing.read_timeout.map(|limit| now + limit);
-    let timer = tokio::time::sleep_until(earliest(next_ping, next_session_check, silent_until));
+    let timer = tokio::time::sleep_until(earliest(next_ping, silent_until));
     tokio::pin!(timer);
     let mut handling: Option<Work<'_>> = {
         let channel = channel.clone();
@@ -174,11 +175,7 @@ where
                         channel.close(close_code::GOING_AWAY, "heartbeat write failed");
                     }
                 }
-                if now >= next_session_check {
-                    next_session_check = now + config.session_check_interval;
-                    Box::pin(gateway.check_session(&channel)).await;
-                }
-                timer.as_mut().reset(earliest(next_ping, next_session_check, silent_until));
+                timer.as_mut().reset(earliest(next_ping, silent_until));
             }
             (stream, after) = channel.next_gap(), if filling.is_none() => {
                 let channel = channel.clone();
@@ -223,13 +220,9 @@ where
 /// How long a closing connection may take to write what is still queued.
 pub(crate) const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 
-/// The earliest of the timer's deadlines.
-fn earliest(
-    ping: tokio::time::Instant,
-    session_check: tokio::time::Instant,
-    silent_until: Option<tokio::time::Instant>,
-) -> tokio::time::Instant {
-    silent_until.map_or(ping.min(session_check), |silent| ping.min(session_check).min(silent))
+/// The earlier of the timer's deadlines.
+fn earliest(ping: tokio::time::Instant, silent_until: Option<tokio::time::Instant>) -> tokio::time::Instant {
+    silent_until.map_or(ping, |silent| ping.min(silent))
 }
 
 #[cfg(test)]

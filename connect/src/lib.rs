@@ -65,8 +65,8 @@ pub struct ConnectConfig {
     pub write_timeout: Duration,
     /// Longest wait for connections to finish at shutdown.
     pub drain_timeout: Duration,
-    /// How often a connection re-checks its session, so one whose token expired
-    /// is closed even if it never sends.
+    /// How often the node re-checks the sessions of all its connections (in
+    /// batches), so one whose token expired is closed even if it never sends.
     pub session_check_interval: Duration,
     /// How often the node renews its presence lease with logic (a third of the
     /// lease, 15 s by default).
@@ -199,6 +199,26 @@ pub async fn run(
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(lease.next_in(gateway.config.heartbeat_interval)) => {
                         lease.heartbeat(&gateway).await;
+                    }
+                }
+            }
+        }
+    });
+
+    tokio::spawn({
+        let (gateway, stop) = (state.gateway.clone(), shutdown.clone());
+        async move {
+            let interval = gateway.config.session_check_interval;
+            let mut sweeps = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = sweeps.tick() => {
+                        let closed = gateway.check_sessions().await;
+                        if closed > 0 {
+                            tracing::info!(closed, "closed connections whose session ended");
+                        }
                     }
                 }
             }

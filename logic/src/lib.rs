@@ -669,4 +669,32 @@ mod tests {
         assert!(logic.inner.dirty_rooms.lock().unwrap_or_else(|p| p.into_inner()).contains(&5), "room 5 is updated");
         assert!(logic.metrics().encode().contains(r#"courier_errors_total{reason="node_lease_lapsed"} 1"#));
     }
+
+    /// A node's batched session check names exactly the tokens that ended, and
+    /// a batch over the limit is refused whole rather than half answered.
+    #[tokio::test]
+    async fn a_session_check_names_the_ended_tokens_and_bounds_its_batch() {
+        use courier_proto::logic::{SessionsRequest, TokenRequest};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logic = logic(dir.path(), Arc::new(MemoryPresence::default())).await;
+        let mut tokens = Vec::new();
+        for id in 1..=3 {
+            let user = SessionUser { user_id: id, user_name: format!("u{id}") };
+            tokens.push(logic.new_session(user).await.expect("session").auth_token);
+        }
+        let logout = TokenRequest { auth_token: tokens[1].clone() };
+        logic.logout(tonic::Request::new(logout)).await.expect("logout");
+        let mut asked = tokens.clone();
+        asked.push("never-issued".into());
+        let reply = logic
+            .check_sessions(tonic::Request::new(SessionsRequest { auth_tokens: asked }))
+            .await
+            .expect("checked")
+            .into_inner();
+        assert_eq!(reply.ended_tokens, [tokens[1].clone(), "never-issued".to_owned()]);
+
+        let too_many = vec![tokens[0].clone(); courier_proto::MAX_TOKENS_PER_SESSION_CHECK + 1];
+        let refused = logic.check_sessions(tonic::Request::new(SessionsRequest { auth_tokens: too_many })).await;
+        assert_eq!(refused.expect_err("over the limit").code(), tonic::Code::InvalidArgument);
+    }
 }

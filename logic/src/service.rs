@@ -4,11 +4,12 @@
 
 use courier_model::StreamId;
 use courier_presence::{NodeLease, SessionUser};
+use courier_proto::MAX_TOKENS_PER_SESSION_CHECK;
 use courier_proto::logic::logic_server::Logic as LogicRpc;
 use courier_proto::logic::{
     AttachReply, AttachRequest, Credentials, DetachRequest, Empty, HistoryReply, HistoryRequest, JoinRoomRequest,
     LeaveRoomRequest, NodeHeartbeatReply, NodeHeartbeatRequest, RoomRequest, SendReply, SendRequest, SessionReply,
-    TokenRequest, UserReply,
+    SessionsReply, SessionsRequest, TokenRequest, UserReply,
 };
 use courier_telemetry::ReadyFlag;
 use tokio::net::TcpListener;
@@ -68,6 +69,22 @@ impl LogicRpc for Logic {
         self.observed("CheckAuth", async {
             let user = self.session(&request.auth_token).await?;
             Ok(UserReply { user_id: user.user_id, user_name: user.user_name, last_seq: 0 })
+        })
+        .await
+    }
+
+    async fn check_sessions(&self, request: Request<SessionsRequest>) -> Result<Response<SessionsReply>, Status> {
+        let tokens = request.into_inner().auth_tokens;
+        self.observed("CheckSessions", async {
+            if tokens.len() > MAX_TOKENS_PER_SESSION_CHECK {
+                return Err(Status::invalid_argument(format!(
+                    "at most {MAX_TOKENS_PER_SESSION_CHECK} tokens a call, not {}",
+                    tokens.len()
+                )));
+            }
+            let live = self.inner.backends.sessions.live(&tokens).await.map_err(|e| self.sessions_unavailable(e))?;
+            let ended_tokens = tokens.into_iter().zip(live).filter(|(_, live)| !live).map(|(token, _)| token).collect();
+            Ok(SessionsReply { ended_tokens })
         })
         .await
     }

@@ -33,6 +33,11 @@ pub async fn device_cap_revokes_the_oldest_token(sessions: &dyn Sessions, base: 
     assert!(other.revoked.is_empty());
     assert_eq!(active().await, 2);
     assert_eq!(sessions.get(&c.token).await.expect("get"), Some(me));
+    // Many tokens asked at once: each answered in its place.
+    let asked = [a.token, c.token.clone(), "no-such-token".to_owned(), other.token, b.token, c.token];
+    let live = sessions.live(&asked).await.expect("live");
+    assert_eq!(live, [false, true, false, true, false, true]);
+    assert_eq!(sessions.live(&[]).await.expect("live"), Vec::<bool>::new());
 }
 
 /// Two tabs count once, leaving one keeps the user present, a dead node takes only

@@ -53,6 +53,18 @@ pub trait Sessions: Send + Sync + 'static {
     async fn create(&self, user: SessionUser) -> Result<NewSession>;
     /// The user of a live token; `None` for an unknown, expired or revoked one.
     async fn get(&self, token: &str) -> Result<Option<SessionUser>>;
+    /// For each of `tokens`, whether it is live now: one question for many
+    /// tokens, so a connect node re-checks the sessions of every connection it
+    /// holds in a few calls instead of one per connection. Here one
+    /// [`Sessions::get`] each; a backend over the network answers in one round
+    /// trip.
+    async fn live(&self, tokens: &[String]) -> Result<Vec<bool>> {
+        let mut live = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            live.push(self.get(token).await?.is_some());
+        }
+        Ok(live)
+    }
     /// Revokes a token; returns its user if it was live.
     async fn revoke(&self, token: &str) -> Result<Option<SessionUser>>;
     /// Sessions live now: issued, not expired, not revoked.

@@ -125,6 +125,18 @@ impl Sessions for RedisSessions {
         Ok(value.as_deref().and_then(parse_session))
     }
 
+    async fn live(&self, tokens: &[String]) -> Result<Vec<bool>> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for token in tokens {
+            pipe.cmd("EXISTS").arg(format!("{}session:{token}", self.prefix));
+        }
+        let found: Vec<i64> = pipe.query_async(&mut self.redis.clone()).await.map_err(unavailable)?;
+        Ok(found.into_iter().map(|n| n > 0).collect())
+    }
+
     async fn revoke(&self, token: &str) -> Result<Option<SessionUser>> {
         let value: Option<String> = redis::cmd("GETDEL")
             .arg(format!("{}session:{token}", self.prefix))

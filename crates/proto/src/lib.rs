@@ -53,6 +53,10 @@ pub const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// well below [`MAX_GRPC_MESSAGE_BYTES`] so the envelope always fits.
 pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
+/// Most session tokens one `CheckSessions` call may ask about; a connect node
+/// splits its connections' tokens into calls of this size.
+pub const MAX_TOKENS_PER_SESSION_CHECK: usize = 1_000;
+
 /// The metadata key carrying the internal secret.
 pub const SECRET_HEADER: &str = "x-courier-internal-secret";
 
