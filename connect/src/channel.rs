@@ -24,7 +24,6 @@ use crate::outbox::{Batch, Outbound, Outbox};
 pub struct Channel {
     pub id: u64,
     pub user_id: u64,
-    pub user_name: String,
     pub auth_token: String,
     pub transport: &'static str,
     outbox: Outbox,
@@ -118,18 +117,10 @@ impl StreamState {
 }
 
 impl Channel {
-    pub fn new(
-        id: u64,
-        user_id: u64,
-        user_name: String,
-        auth_token: String,
-        transport: &'static str,
-        capacity: usize,
-    ) -> Self {
+    pub fn new(id: u64, user_id: u64, auth_token: String, transport: &'static str, capacity: usize) -> Self {
         Self {
             id,
             user_id,
-            user_name,
             auth_token,
             transport,
             outbox: Outbox::new(capacity),
@@ -438,7 +429,7 @@ mod tests {
     }
 
     fn channel(hub: &Hub, user: u64, capacity: usize) -> Arc<Channel> {
-        let ch = Arc::new(Channel::new(hub.next_channel_id(), user, format!("u{user}"), "t".into(), "ws", capacity));
+        let ch = Arc::new(Channel::new(hub.next_channel_id(), user, "t".into(), "ws", capacity));
         hub.add(ch.clone());
         ch
     }

@@ -301,7 +301,7 @@ mod tests {
             gateway: crate::gateway::tests::gateway_without_logic(config),
             tracker: tokio_util::task::TaskTracker::new(),
         };
-        let channel = Arc::new(Channel::new(1, 7, "u7".into(), "token".into(), "ws", 64));
+        let channel = Arc::new(Channel::new(1, 7, "token".into(), "ws", 64));
         let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let framing = Framing {
             transport: "ws",
@@ -326,7 +326,7 @@ mod tests {
         let gateway = crate::gateway::tests::gateway_without_logic(ConnectConfig::default());
         let metrics = gateway.metrics().clone();
         let state = ConnectState { gateway, tracker: tokio_util::task::TaskTracker::new() };
-        let channel = Arc::new(Channel::new(1, 7, "u7".into(), "token".into(), "tcp", 64));
+        let channel = Arc::new(Channel::new(1, 7, "token".into(), "tcp", 64));
         for _ in 0..3 {
             channel.reply("{}".into(), &metrics);
         }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use courier_model::StreamId;
 use courier_proto::logic::{
     AttachRequest, DetachRequest, Empty, HistoryRequest, JoinRoomRequest, LeaveRoomRequest, SendRequest,
-    SessionsRequest, TokenRequest,
+    SessionsRequest,
 };
 use courier_proto::{LogicClient, MAX_TOKENS_PER_SESSION_CHECK};
 use courier_retry::Backoff;
@@ -73,43 +73,24 @@ impl Gateway {
         self.hub.metrics()
     }
 
-    /// Authenticates `token`, registers a channel and joins `room` (0: none).
-    /// The error text is fit to show the client.
+    /// Authenticates `token`, registers a channel and joins `room` (0: none),
+    /// in one `Attach` call to logic. The error text is fit to show the client.
     ///
-    /// The channel is reachable in the hub before logic routes the user's
-    /// pushes here and reads where the inbox (and the room) stand, and holds
-    /// their live frames back until then: a message newer than that position is
-    /// pushed here only after the route exists, so it finds the channel; one
-    /// not newer is dropped as already known.
+    /// Logic routes the user's pushes here and reads where the inbox (and the
+    /// room) stand before it answers; the hub keeps the pushes that arrive
+    /// meanwhile and hands the channel those meant for it when it is
+    /// registered (see [`Hub::begin_open`]). Its streams are held back until
+    /// the positions are known: a message newer than that position reaches the
+    /// channel, one not newer is dropped as already known.
     /// `since` resumes the room and `inbox_since` the user's inbox (see module docs).
     pub async fn open(&self, auth: &Auth, transport: &'static str) -> Result<Arc<Channel>, String> {
         let (token, room) = (auth.token.as_str(), auth.room);
-        let request = TokenRequest { auth_token: token.to_owned() };
-        let user = self.logic.clone().check_auth(request).await.map_err(|s| status_text(&s))?.into_inner();
-        let most = self.config.max_connections_per_token;
-        if self.hub.user(user.user_id).iter().filter(|c| c.auth_token == token).count() >= most {
-            self.metrics().error("connection_limit");
-            return Err(format!("this session already holds {most} connections on this server; close one first"));
-        }
-        let channel = Arc::new(Channel::new(
-            self.hub.next_channel_id(),
-            user.user_id,
-            user.user_name,
-            token.to_owned(),
-            transport,
-            self.config.outbound_capacity,
-        ));
-        let inbox = StreamId::Inbox(channel.user_id);
-        channel.begin_recovery(inbox);
-        self.hub.add(channel.clone());
-        if room != 0 {
-            channel.begin_recovery(StreamId::Room(room));
-            self.hub.join(&channel, room);
-        }
+        let conn_id = self.hub.next_channel_id();
+        let ticket = self.hub.begin_open(room);
         let request = AttachRequest {
             auth_token: token.to_owned(),
             server_id: self.config.server_id.clone(),
-            conn_id: channel.id,
+            conn_id,
             room_id: room,
         };
         let attached = {
@@ -118,23 +99,53 @@ impl Gateway {
         };
         let reply = match attached {
             Ok(reply) => reply.into_inner(),
+            // Refused before anything was registered.
             Err(status)
                 if matches!(status.code(), Code::Unauthenticated | Code::InvalidArgument | Code::ResourceExhausted) =>
             {
-                // Refused before anything was registered.
-                self.hub.remove(&channel);
                 return Err(status_text(&status));
             }
             Err(status) => {
                 // Logic may have registered the connection and the answer got
-                // lost: release it in the background (a release of what never
-                // happened changes nothing; presence calls name the connection).
+                // lost: release it in the background, by the token (a release
+                // of what never happened changes nothing; presence calls name
+                // the connection).
+                drop(ticket);
+                let release = DetachRequest {
+                    user_id: 0,
+                    server_id: self.config.server_id.clone(),
+                    conn_id,
+                    room_ids: if room == 0 { Vec::new() } else { vec![room] },
+                    auth_token: token.to_owned(),
+                };
                 let gateway = self.clone();
-                let opened = channel.clone();
-                tokio::spawn(async move { gateway.close(&opened).await });
+                tokio::spawn(async move { gateway.release_detach(release).await });
                 return Err(status_text(&status));
             }
         };
+        let most = self.config.max_connections_per_token;
+        if self.hub.user(reply.user_id).iter().filter(|c| c.auth_token == token).count() >= most {
+            drop(ticket);
+            self.metrics().error("connection_limit");
+            let release = DetachRequest {
+                user_id: reply.user_id,
+                server_id: self.config.server_id.clone(),
+                conn_id,
+                room_ids: if room == 0 { Vec::new() } else { vec![room] },
+                auth_token: String::new(),
+            };
+            let gateway = self.clone();
+            tokio::spawn(async move { gateway.release_detach(release).await });
+            return Err(format!("this session already holds {most} connections on this server; close one first"));
+        }
+        let channel =
+            Arc::new(Channel::new(conn_id, reply.user_id, token.to_owned(), transport, self.config.outbound_capacity));
+        let inbox = StreamId::Inbox(channel.user_id);
+        channel.begin_recovery(inbox);
+        if room != 0 {
+            channel.begin_recovery(StreamId::Room(room));
+        }
+        self.hub.finish_open(ticket, &channel, room);
         // Held back until `resume` sends what the client asked for; otherwise
         // live from the position read.
         if auth.inbox_since.is_none() {
@@ -559,8 +570,13 @@ impl Gateway {
             server_id: self.config.server_id.clone(),
             conn_id: channel.id,
             room_ids,
+            auth_token: String::new(),
         };
-        self.release("detach", channel.user_id, |mut logic| {
+        self.release_detach(request).await;
+    }
+
+    async fn release_detach(&self, request: DetachRequest) {
+        self.release("detach", request.user_id, |mut logic| {
             let request = request.clone();
             async move { logic.detach(request).await }
         })
@@ -629,7 +645,7 @@ pub(crate) mod tests {
         let grace = std::time::Duration::from_millis(300);
         let gateway = gateway_without_logic(ConnectConfig { gap_grace: grace, ..ConnectConfig::default() });
         let metrics = gateway.metrics().clone();
-        let channel = Arc::new(Channel::new(1, 7, "u7".into(), "token".into(), "ws", 64));
+        let channel = Arc::new(Channel::new(1, 7, "token".into(), "ws", 64));
         gateway.hub.add(channel.clone());
         let text = |n: u64| Utf8Bytes::from(n.to_string());
         let inbox = Some(StreamId::Inbox(7));
@@ -660,7 +676,7 @@ pub(crate) mod tests {
         };
         let gateway = gateway_without_logic(config);
         let metrics = gateway.metrics().clone();
-        let channel = Arc::new(Channel::new(1, 7, "u7".into(), "token".into(), "ws", 64));
+        let channel = Arc::new(Channel::new(1, 7, "token".into(), "ws", 64));
         gateway.hub.add(channel.clone());
         let text = |n: u64| Utf8Bytes::from(n.to_string());
         assert!(channel.offer(Some(StreamId::Inbox(7)), 1, &text(1), 0, &metrics));

@@ -697,4 +697,33 @@ mod tests {
         let refused = logic.check_sessions(tonic::Request::new(SessionsRequest { auth_tokens: too_many })).await;
         assert_eq!(refused.expect_err("over the limit").code(), tonic::Code::InvalidArgument);
     }
+
+    /// A connect node whose `Attach` went unanswered knows the token it sent,
+    /// not the user: its release by token removes the route and the room.
+    #[tokio::test]
+    async fn a_release_by_token_undoes_an_unanswered_attach() {
+        use courier_proto::logic::{AttachRequest, DetachRequest};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let presence = Arc::new(MemoryPresence::default());
+        let logic = logic(dir.path(), presence.clone()).await;
+        let user = SessionUser { user_id: 9, user_name: "ida".into() };
+        let token = logic.new_session(user).await.expect("session").auth_token;
+        let attach =
+            AttachRequest { auth_token: token.clone(), server_id: "connect-3".into(), conn_id: 41, room_id: 12 };
+        let reply = logic.attach(tonic::Request::new(attach)).await.expect("attached").into_inner();
+        assert_eq!((reply.user_id, reply.user_name.as_str()), (9, "ida"), "the user, from the token");
+        assert_eq!(presence.routes(&[9], &[12]).await.expect("routes").user(9), ["connect-3"]);
+
+        let release = DetachRequest {
+            user_id: 0,
+            server_id: "connect-3".into(),
+            conn_id: 41,
+            room_ids: vec![12],
+            auth_token: token,
+        };
+        logic.detach(tonic::Request::new(release)).await.expect("released");
+        let routes = presence.routes(&[9], &[12]).await.expect("routes");
+        assert!(routes.user(9).is_empty() && routes.room(12).is_empty(), "{routes:?}");
+        assert_eq!(presence.count(12).await.expect("count"), 0);
+    }
 }

@@ -150,15 +150,19 @@ impl LogicRpc for Logic {
     async fn detach(&self, request: Request<DetachRequest>) -> Result<Response<Empty>, Status> {
         let r = request.into_inner();
         self.observed("Detach", async {
+            let user_id = match r.user_id {
+                0 => self.session(&r.auth_token).await?.user_id,
+                known => known,
+            };
             let presence = &self.inner.backends.presence;
             for room in &r.room_ids {
                 presence
-                    .leave(*room, r.user_id, &r.server_id, r.conn_id)
+                    .leave(*room, user_id, &r.server_id, r.conn_id)
                     .await
                     .map_err(|e| self.presence_unavailable(e))?;
                 self.mark_dirty(*room);
             }
-            presence.detach(r.user_id, &r.server_id, r.conn_id).await.map_err(|e| self.presence_unavailable(e))?;
+            presence.detach(user_id, &r.server_id, r.conn_id).await.map_err(|e| self.presence_unavailable(e))?;
             Ok(Empty {})
         })
         .await

@@ -69,6 +69,10 @@ pub struct Options {
 #[derive(Debug, Serialize)]
 pub struct HoldReport {
     pub scenario: &'static str,
+    /// The phase an interrupt ended the run in; the figures are what it had
+    /// reached (no probe, no kill, no worker error reasons).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted_in: Option<&'static str>,
     pub transport: Transport,
     pub connections_asked: usize,
     pub connections_held: u64,
@@ -210,6 +214,12 @@ impl Counters {
             &self.reconnects,
             &self.probe_received,
         ]
+    }
+
+    /// Connections open now: opened (first time or again) and not dropped.
+    fn open_now(&self) -> u64 {
+        let opened = self.opened.load(Ordering::Relaxed) + self.reconnects.load(Ordering::Relaxed);
+        opened.saturating_sub(self.dropped.load(Ordering::Relaxed))
     }
 
     fn status_line(&self) -> String {
@@ -382,7 +392,11 @@ pub async fn run(
         if let Some(source) = source {
             command.args(["--worker-source", &source.to_string()]);
         }
+        // In a process group of its own: Ctrl-C on the terminal interrupts
+        // the coordinator, which reports, and not the workers holding the
+        // connections it measures (they end when it does).
         let mut child = command
+            .process_group(0)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -428,13 +442,17 @@ pub async fn run(
     let slab_idle = measure::slab_bytes();
     let mut phases = Vec::new();
 
+    // An interrupt (Ctrl-C) during the log-in or open phase ends that phase
+    // where it stands and the run with it; the report is still written, with
+    // what was reached.
+    let mut interrupted = None;
+
     // Log in.
     let clock = PhaseClock::start(&pids);
-    let outcome = tokio::select! {
-        said = workers.all_say("LOGGED_IN") => said.map(|_| ()),
-        _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
-    };
-    outcome?;
+    tokio::select! {
+        said = workers.all_say("LOGGED_IN") => { said?; }
+        _ = stop.cancelled() => interrupted = Some("log in"),
+    }
     phases.push(clock.finish(
         "log in",
         workers.total(|c| &c.logged),
@@ -445,50 +463,54 @@ pub async fn run(
     let connect_logged_in = connect_rss(&pids);
 
     // Open.
-    set_phase("open");
-    let clock = PhaseClock::start(&pids);
-    workers.tell_all("OPEN").await?;
-    let outcome = tokio::select! {
-        said = workers.all_say("READY") => said,
-        _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
-    };
-    let ready = outcome?;
-    let held_per_worker: Vec<u64> = ready.iter().map(|n| n.parse().unwrap_or(0)).collect();
+    let mut held_per_worker = vec![0; worker_count];
+    if interrupted.is_none() {
+        set_phase("open");
+        let clock = PhaseClock::start(&pids);
+        workers.tell_all("OPEN").await?;
+        held_per_worker = tokio::select! {
+            said = workers.all_say("READY") => said?.iter().map(|n| n.parse().unwrap_or(0)).collect(),
+            _ = stop.cancelled() => {
+                interrupted = Some("open");
+                workers.all.iter().map(|w| w.counters.open_now()).collect()
+            }
+        };
+        phases.push(clock.finish(
+            "open",
+            workers.total(|c| &c.opened),
+            workers.total(|c| &c.open_failed),
+            workers.total(|c| &c.open_retries),
+        ));
+    }
     let held: u64 = held_per_worker.iter().sum();
-    phases.push(clock.finish(
-        "open",
-        workers.total(|c| &c.opened),
-        workers.total(|c| &c.open_failed),
-        workers.total(|c| &c.open_retries),
-    ));
     let held_memory = memory_by_kind(&pids);
     let slab_held = measure::slab_bytes();
     let connect_held = connect_rss(&pids);
     set_phase("held");
 
     let mut probes = Vec::new();
-    let admin = if options.probe > 0 { crate::stages::endpoints(&args.metrics).await } else { Vec::new() };
-    if options.probe > 0 {
-        set_phase("probe");
-        probes.push(probe(&mut workers, (target, &admin), &options, "while held", args.patience, &stop).await?);
-        set_phase("held");
-    }
-
     let mut kill = None;
-    if let Some(node) = options.kill_node {
-        set_phase("kill");
-        kill = Some(kill_node(&mut workers, &options, &nodes, node, &pids, &mut phases, &stop).await?);
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    if interrupted.is_none() {
+        let admin = if options.probe > 0 { crate::stages::endpoints(&args.metrics).await } else { Vec::new() };
         if options.probe > 0 {
             set_phase("probe");
-            probes.push(probe(&mut workers, (target, &admin), &options, "after the kill", args.patience, &stop).await?);
+            probes.push(probe(&mut workers, (target, &admin), &options, "while held", args.patience, &stop).await?);
+            set_phase("held");
         }
-    }
-
-    let results = workers.results().await?;
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for result in results {
-        for (reason, n) in result.errors {
-            *errors.entry(reason).or_default() += n;
+        if let Some(node) = options.kill_node {
+            set_phase("kill");
+            kill = Some(kill_node(&mut workers, &options, &nodes, node, &pids, &mut phases, &stop).await?);
+            if options.probe > 0 {
+                set_phase("probe");
+                let after = probe(&mut workers, (target, &admin), &options, "after the kill", args.patience, &stop);
+                probes.push(after.await?);
+            }
+        }
+        for result in workers.results().await? {
+            for (reason, n) in result.errors {
+                *errors.entry(reason).or_default() += n;
+            }
         }
     }
     sampling.cancel();
@@ -539,6 +561,7 @@ pub async fn run(
         .collect();
     Ok(HoldReport {
         scenario: "connections",
+        interrupted_in: interrupted,
         transport: args.transport,
         connections_asked: options.count,
         connections_held: held,
@@ -639,12 +662,11 @@ impl Sampler {
             let total = |pick: fn(&Counters) -> &AtomicU64| -> u64 {
                 self.workers.iter().map(|c| pick(c).load(Ordering::Relaxed)).sum()
             };
-            let opened = total(|c| &c.opened) + total(|c| &c.reconnects);
             let sample = Sample {
                 t_s: self.started.elapsed().as_secs_f64(),
                 phase: *self.phase.lock().unwrap_or_else(|p| p.into_inner()),
                 logged_in: total(|c| &c.logged),
-                open: opened.saturating_sub(total(|c| &c.dropped)),
+                open: self.workers.iter().map(|c| c.open_now()).sum(),
                 failed: total(|c| &c.login_failed) + total(|c| &c.open_failed),
                 reconnects: total(|c| &c.reconnects),
                 rss_bytes: memory_by_kind(&self.pids).into_iter().map(|(kind, (_, rss))| (kind, rss)).collect(),
@@ -1134,6 +1156,9 @@ pub fn print(r: &HoldReport) {
         "scenario connections  transport {:?}  held {} of {}  workers {}  connect nodes {}  rooms {}",
         r.transport, r.connections_held, r.connections_asked, r.workers, r.connect_nodes, r.rooms
     );
+    if let Some(phase) = r.interrupted_in {
+        println!("interrupted during {phase}: the figures are what it had reached");
+    }
     println!(
         "{:<11}{:>9}{:>10}{:>8}{:>8}{:>10}{:>6}  CPU seconds by process",
         "phase", "seconds", "done", "failed", "retried", "per s", "busy"
