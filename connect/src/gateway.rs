@@ -21,7 +21,7 @@ use courier_proto::logic::{
 };
 use courier_proto::{LogicClient, MAX_TOKENS_PER_SESSION_CHECK};
 use courier_retry::Backoff;
-use courier_telemetry::Metrics;
+use courier_telemetry::{LogThrottle, Metrics};
 use courier_wire::frame::{AckFrame, ErrorFrame, Since, to_text};
 use courier_wire::request::{Auth, ClientRequest};
 use futures_util::StreamExt as _;
@@ -413,7 +413,10 @@ impl Gateway {
             if !reported || lasting {
                 // Counted once per release, not per retry.
                 self.metrics().error(what);
-                tracing::warn!(user_id, error = %status, "could not release presence ({what}); retrying until logic answers");
+                static RELEASE_FAILED: LogThrottle = LogThrottle::per_second();
+                if let Some(suppressed) = RELEASE_FAILED.allow() {
+                    tracing::warn!(user_id, error = %status, suppressed, "could not release presence ({what}); retrying until logic answers");
+                }
                 reported = true;
             }
             if lasting || self.stopping.is_cancelled() {
@@ -517,7 +520,10 @@ impl Gateway {
                     return Registered::SessionGone;
                 }
                 code if code == Code::ResourceExhausted || retrying_cannot_help(code) => {
-                    tracing::warn!(user_id = channel.user_id, error = %status, "could not register a connection again");
+                    static REGISTER_FAILED: LogThrottle = LogThrottle::per_second();
+                    if let Some(suppressed) = REGISTER_FAILED.allow() {
+                        tracing::warn!(user_id = channel.user_id, error = %status, suppressed, "could not register a connection again");
+                    }
                     channel.close(close_code::TRY_AGAIN_LATER, &status_text(&status));
                     return Registered::Refused;
                 }

@@ -43,7 +43,7 @@ use courier_proto::logic::{
 use courier_push::Pusher;
 use courier_queue::Queue;
 use courier_store::{Error as StoreError, HistoryStore, Page, UserStore};
-use courier_telemetry::{KindLabel, Metrics, Stage};
+use courier_telemetry::{KindLabel, LogThrottle, Metrics, Stage};
 use courier_wire::frame::{CountFrame, MessageFrame, RoomInfoFrame, to_text};
 use futures_util::StreamExt as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -219,7 +219,10 @@ impl Logic {
     /// the service is unavailable (backend text never reaches clients).
     fn sessions_unavailable(&self, e: courier_presence::Error) -> Status {
         self.metrics().error("sessions");
-        tracing::warn!(error = %e, "sessions failed");
+        static SESSIONS_FAILED: LogThrottle = LogThrottle::per_second();
+        if let Some(suppressed) = SESSIONS_FAILED.allow() {
+            tracing::warn!(error = %e, suppressed, "sessions failed");
+        }
         Status::unavailable(UNAVAILABLE)
     }
 
@@ -286,7 +289,10 @@ impl Logic {
 
     fn store_unavailable(&self, e: StoreError) -> Status {
         self.metrics().error("store");
-        tracing::warn!(error = %e, "user store failed");
+        static STORE_FAILED: LogThrottle = LogThrottle::per_second();
+        if let Some(suppressed) = STORE_FAILED.allow() {
+            tracing::warn!(error = %e, suppressed, "user store failed");
+        }
         Status::unavailable(UNAVAILABLE)
     }
 
@@ -483,7 +489,10 @@ impl Logic {
 
     fn presence_unavailable(&self, e: courier_presence::Error) -> Status {
         self.metrics().error("presence");
-        tracing::warn!(error = %e, "presence failed");
+        static PRESENCE_FAILED: LogThrottle = LogThrottle::per_second();
+        if let Some(suppressed) = PRESENCE_FAILED.allow() {
+            tracing::warn!(error = %e, suppressed, "presence failed");
+        }
         Status::unavailable(UNAVAILABLE)
     }
 

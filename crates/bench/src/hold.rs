@@ -381,7 +381,7 @@ pub async fn run(
             given => Some(given[w % given.len()]),
         };
         let node = w % nodes.len();
-        let mut command = tokio::process::Command::new(&exe);
+        let mut command = worker_command(&exe);
         command
             .args(["bench", "--api", &args.api, "--ws", &args.ws, "--tcp", &args.tcp, "--prefix", &args.prefix])
             .args(["--transport", if args.transport == Transport::Ws { "ws" } else { "tcp" }])
@@ -517,6 +517,11 @@ pub async fn run(
     let timeline = timeline.await.unwrap_or_default();
     for mut worker in workers.all {
         drop(worker.stdin);
+        if interrupted.is_some() {
+            // A worker reads its stdin only between commands, and one
+            // interrupted in a phase is still in it: ended, not waited for.
+            let _ = worker.child.start_kill();
+        }
         let _ = worker.child.wait().await;
     }
 
@@ -578,6 +583,20 @@ pub async fn run(
         errors,
         timeline,
     })
+}
+
+/// A worker's command: at a lower priority (nice 10) where `nice` exists. The
+/// load generator shares the cores with the servers it measures, and must not
+/// take them from the servers when both want them.
+fn worker_command(exe: &std::path::Path) -> tokio::process::Command {
+    const NICE: &str = "/usr/bin/nice";
+    if std::path::Path::new(NICE).exists() {
+        let mut command = tokio::process::Command::new(NICE);
+        command.args(["-n", "10"]).arg(exe);
+        command
+    } else {
+        tokio::process::Command::new(exe)
+    }
 }
 
 fn per(bytes: f64, n: u64) -> f64 {
