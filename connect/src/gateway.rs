@@ -107,35 +107,16 @@ impl Gateway {
             }
             Err(status) => {
                 // Logic may have registered the connection and the answer got
-                // lost: release it in the background, by the token (a release
-                // of what never happened changes nothing; presence calls name
-                // the connection).
-                drop(ticket);
-                let release = DetachRequest {
-                    user_id: 0,
-                    server_id: self.config.server_id.clone(),
-                    conn_id,
-                    room_ids: if room == 0 { Vec::new() } else { vec![room] },
-                    auth_token: token.to_owned(),
-                };
-                let gateway = self.clone();
-                tokio::spawn(async move { gateway.release_detach(release).await });
+                // lost: release it by the token (a release of what never
+                // happened changes nothing; presence calls name the connection).
+                self.release_unopened(None, token, conn_id, room);
                 return Err(status_text(&status));
             }
         };
         let most = self.config.max_connections_per_token;
         if self.hub.user(reply.user_id).iter().filter(|c| c.auth_token == token).count() >= most {
-            drop(ticket);
             self.metrics().error("connection_limit");
-            let release = DetachRequest {
-                user_id: reply.user_id,
-                server_id: self.config.server_id.clone(),
-                conn_id,
-                room_ids: if room == 0 { Vec::new() } else { vec![room] },
-                auth_token: String::new(),
-            };
-            let gateway = self.clone();
-            tokio::spawn(async move { gateway.release_detach(release).await });
+            self.release_unopened(Some(reply.user_id), token, conn_id, room);
             return Err(format!("this session already holds {most} connections on this server; close one first"));
         }
         let channel =
@@ -155,6 +136,21 @@ impl Gateway {
             channel.start_live(StreamId::Room(room), reply.room_last_seq).await;
         }
         Ok(channel)
+    }
+
+    /// Releases, in the background, what logic registered for an open that
+    /// will not become a channel: by `user_id` when logic's answer named it,
+    /// otherwise by the token the open sent.
+    fn release_unopened(&self, user_id: Option<u64>, token: &str, conn_id: u64, room: u64) {
+        let release = DetachRequest {
+            user_id: user_id.unwrap_or(0),
+            server_id: self.config.server_id.clone(),
+            conn_id,
+            room_ids: if room == 0 { Vec::new() } else { vec![room] },
+            auth_token: if user_id.is_some() { String::new() } else { token.to_owned() },
+        };
+        let gateway = self.clone();
+        tokio::spawn(async move { gateway.release_detach(release).await });
     }
 
     /// Recovers what the auth message asked for (`since`, `inboxSince`); call once

@@ -149,18 +149,22 @@ impl Delivering<'_> {
     /// and whether any channel was targeted. Kept as well while opens are
     /// under way, for them.
     pub fn offer(&mut self, frame: Pushed) -> (u64, bool) {
-        let metrics = self.hub.metrics.clone();
+        let hub = self.hub;
+        let metrics = &hub.metrics;
         let user_channels;
         let channels: &[Arc<Channel>] = match frame.target {
-            Target::Room(room) => self.rooms.entry(room).or_insert_with(|| self.hub.room(room)),
+            // A batch often holds several frames for one room: its channels
+            // are looked up once (while opens are under way, none can join
+            // during the batch, which holds the opening lock).
+            Target::Room(room) => self.rooms.entry(room).or_insert_with(|| hub.room(room)),
             Target::User(user) => {
-                user_channels = self.hub.user(user);
+                user_channels = hub.user(user);
                 &user_channels
             }
         };
         let mut queued = 0;
         for channel in channels {
-            if channel.offer(frame.stream, frame.seq, &frame.text, frame.admitted_us, &metrics) {
+            if channel.offer(frame.stream, frame.seq, &frame.text, frame.admitted_us, metrics) {
                 queued += 1;
             }
         }
