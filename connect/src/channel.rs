@@ -35,13 +35,28 @@ pub struct Channel {
     pub(crate) rooms: Mutex<Vec<u64>>,
     /// Streams whose pushes arrived with a gap, with the last seq sent before it.
     gaps: Mutex<Vec<(StreamId, u64)>>,
-    gap: Notify,
+    /// The connection task's one wake-up: frames queued, a gap, the close.
+    /// One waiter, one wait: every wait a connection's task is parked on is
+    /// kept in its future for the connection's whole life, so frames, gaps
+    /// and the close share it (see [`Channel::attention`]).
+    wake: Notify,
     /// Set when the connection must end (the reason says why); `closing` wakes
-    /// its waiters. A flag and a notify are smaller than a cancellation token,
-    /// which allocates.
+    /// the other waiters (recoveries). A flag and a notify are smaller than a
+    /// cancellation token, which allocates.
     closed: AtomicBool,
     closing: Notify,
     close_reason: Mutex<Option<CloseReason>>,
+}
+
+/// What a connection's task is woken for (see [`Channel::attention`]).
+#[derive(Debug)]
+pub enum Attention {
+    /// The connection must end.
+    Closing,
+    /// Frames to write.
+    Frames(Batch),
+    /// A gap in a stream's pushes to fill, after this seq.
+    Gap(StreamId, u64),
 }
 
 /// Why a connection ends: a WebSocket close code and a text for the client.
@@ -127,7 +142,7 @@ impl Channel {
             streams: Mutex::default(),
             rooms: Mutex::default(),
             gaps: Mutex::default(),
-            gap: Notify::new(),
+            wake: Notify::new(),
             closed: AtomicBool::new(false),
             closing: Notify::new(),
             close_reason: Mutex::default(),
@@ -207,20 +222,44 @@ impl Channel {
     /// Has the connection fill the gap in `stream` after seq `after`.
     fn report_gap(&self, stream: StreamId, after: u64) {
         lock(&self.gaps).push((stream, after));
-        self.gap.notify_one();
+        self.wake.notify_one();
+    }
+
+    /// Waits for what the connection's task must act on, in this order: the
+    /// close, up to `max` queued frames, a gap to fill (only when `gaps`: one
+    /// is filled at a time).
+    pub async fn attention(&self, max: usize, gaps: bool) -> Attention {
+        self.wait_for(|| {
+            if self.is_closing() {
+                return Some(Attention::Closing);
+            }
+            let batch = self.outbox.drain(max);
+            if !batch.frames.is_empty() {
+                return Some(Attention::Frames(batch));
+            }
+            gaps.then(|| lock(&self.gaps).pop()).flatten().map(|(stream, after)| Attention::Gap(stream, after))
+        })
+        .await
+    }
+
+    /// Waits until `ready` finds something, woken by `wake`.
+    async fn wait_for<R>(&self, mut ready: impl FnMut() -> Option<R>) -> R {
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            // Register before looking, so a wake in between is not lost.
+            woken.as_mut().enable();
+            if let Some(found) = ready() {
+                return found;
+            }
+            woken.await;
+        }
     }
 
     /// Waits for a stream with a gap; returns it and the last seq sent before.
+    #[cfg(test)]
     pub async fn next_gap(&self) -> (StreamId, u64) {
-        loop {
-            let gap = self.gap.notified();
-            tokio::pin!(gap);
-            gap.as_mut().enable();
-            if let Some(found) = lock(&self.gaps).pop() {
-                return found;
-            }
-            gap.await;
-        }
+        self.wait_for(|| lock(&self.gaps).pop()).await
     }
 
     /// Whether the frames held back for `stream` that are newer than `after`
@@ -332,7 +371,7 @@ impl Channel {
         }
         tokio::select! {
             _ = self.closing() => {}
-            _ = self.outbox.offer_waiting(Outbound::Frame { text, admitted_us }) => {}
+            _ = self.outbox.offer_waiting(Outbound::Frame { text, admitted_us }) => self.wake.notify_one(),
         }
     }
 
@@ -346,6 +385,7 @@ impl Channel {
             return false;
         }
         if self.outbox.offer(outbound).is_ok() {
+            self.wake.notify_one();
             return true;
         }
         metrics.slow_consumer_closes.inc();
@@ -357,8 +397,9 @@ impl Channel {
     }
 
     /// Waits for frames to write and takes up to `max` of them.
+    #[cfg(test)]
     pub async fn next_frames(&self, max: usize) -> Batch {
-        self.outbox.take(max).await
+        self.wait_for(|| Some(self.outbox.drain(max)).filter(|batch| !batch.frames.is_empty())).await
     }
 
     /// The frames still queued, for a last write before the connection ends.
@@ -374,6 +415,7 @@ impl Channel {
         }
         self.closed.store(true, Ordering::Release);
         self.closing.notify_waiters();
+        self.wake.notify_one();
     }
 
     /// Resolves when the connection must end.
@@ -507,6 +549,28 @@ mod tests {
         assert!(ch.is_closing(), "overflow closes the connection");
         assert!(ch.close_reason().is_some_and(|r| r.text.contains("not reading fast enough") && r.code == 1013));
         assert_eq!(ch.remaining_frames().len(), 2, "what was queued before the overflow stays queued");
+    }
+
+    #[tokio::test]
+    async fn one_wake_brings_the_close_first_then_frames_then_a_gap_when_one_is_wanted() {
+        use futures_util::FutureExt as _;
+        let metrics = Metrics::new();
+        let hub = Hub::new(1, Arc::new(Metrics::new()));
+        let ch = channel(&hub, 1, 64);
+        assert!(ch.attention(64, true).now_or_never().is_none(), "nothing to do: the task waits");
+        assert!(ch.offer(Some(Inbox(1)), 1, &text(1), 0, &metrics));
+        assert!(ch.offer(Some(Inbox(1)), 3, &text(3), 0, &metrics), "a gap after 1");
+        match ch.attention(64, true).await {
+            Attention::Frames(batch) => assert!(batch.emptied && batch.frames.len() == 1),
+            other => panic!("frames come before the gap: {other:?}"),
+        }
+        // While a gap is being filled, another waits (its wake is not lost).
+        assert!(ch.attention(64, false).now_or_never().is_none());
+        assert!(matches!(ch.attention(64, true).await, Attention::Gap(Inbox(1), 1)));
+        assert!(ch.reply("{}".into(), &metrics));
+        ch.close(close_code::NORMAL, "bye");
+        assert!(matches!(ch.attention(64, true).await, Attention::Closing), "the close wins over queued frames");
+        assert_eq!(sent(&ch), vec!["{}"], "what was queued stays for the last write");
     }
 
     #[tokio::test]

@@ -10,11 +10,14 @@
 //! future built from it keeps both copies in its state, so passing big values
 //! down by value would store them twice for the connection's whole life.
 //!
-//! The loop waits on, in this order: the channel closing; the client frame being
-//! handled; a gap in a stream's pushes being filled; frames queued for the
-//! client (every frame waiting is written before one flush); the timer; a new
-//! gap; the next client frame. One timer serves the heartbeat and the silence
-//! limit (it sleeps until the earlier of them), since a timer costs about a
+//! The loop waits on, in this order: the client frame being handled; a gap in
+//! a stream's pushes being filled; the channel's attention (its close, frames
+//! queued for the client — every frame waiting is written before one flush —,
+//! a new gap: one wait for the three, see `Channel::attention`); the timer; the
+//! next client frame. Every wait the loop is parked on is part of the future
+//! for the connection's whole life, and so is the largest thing it awaits, so
+//! writes are boxed while they run. One timer serves the heartbeat and the
+//! silence limit (it sleeps until the earlier of them), since a timer costs about a
 //! hundred bytes and most connections only ever wait. Sessions are re-checked
 //! by the node for all its connections at once (`Gateway::check_sessions`),
 //! not by each connection. A
@@ -39,7 +42,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::ConnectState;
-use crate::channel::{Channel, close_code};
+use crate::channel::{Attention, Channel, close_code};
 use crate::outbox::Outbound;
 
 /// What the transport made of one item read from the socket.
@@ -129,39 +132,39 @@ where
     };
     let mut filling: Option<Work<'_>> = None;
     loop {
+        let gaps = filling.is_none();
         tokio::select! {
             biased;
-            _ = channel.closing() => break,
             _ = async { if let Some(work) = handling.as_mut() { work.await } }, if handling.is_some() => {
                 handling = None;
             }
             _ = async { if let Some(work) = filling.as_mut() { work.await } }, if filling.is_some() => {
                 filling = None;
             }
-            batch = channel.next_frames(64) => {
-                let write = async {
-                    for Outbound::Frame { text, .. } in &batch.frames {
-                        for item in (framing.frame)(text.clone()) {
-                            socket.feed(item).await?;
+            attention = channel.attention(64, gaps) => match attention {
+                Attention::Closing => break,
+                Attention::Frames(batch) => {
+                    let texts = batch.frames.iter().map(|Outbound::Frame { text, .. }| text.clone());
+                    match Box::pin(tokio::time::timeout(config.write_timeout, write(&mut socket, texts, framing.frame))).await {
+                        Ok(Ok(())) => {
+                            let now = courier_ids::now_unix_us();
+                            for Outbound::Frame { admitted_us, .. } in &batch.frames {
+                                deliveries.inc();
+                                metrics.delivered(*admitted_us, now);
+                            }
+                            if batch.emptied {
+                                (framing.idle)(&mut socket);
+                            }
                         }
+                        Ok(Err(_)) => channel.close(close_code::GOING_AWAY, "write failed"),
+                        Err(_) => channel.close(close_code::TRY_AGAIN_LATER, "write timed out"),
                     }
-                    socket.flush().await
-                };
-                match tokio::time::timeout(config.write_timeout, write).await {
-                    Ok(Ok(())) => {
-                        let now = courier_ids::now_unix_us();
-                        for Outbound::Frame { admitted_us, .. } in &batch.frames {
-                            deliveries.inc();
-                            metrics.delivered(*admitted_us, now);
-                        }
-                        if batch.emptied {
-                            (framing.idle)(&mut socket);
-                        }
-                    }
-                    Ok(Err(_)) => channel.close(close_code::GOING_AWAY, "write failed"),
-                    Err(_) => channel.close(close_code::TRY_AGAIN_LATER, "write timed out"),
                 }
-            }
+                Attention::Gap(stream, after) => {
+                    let channel = channel.clone();
+                    filling = Some(Box::pin(async move { gateway.fill_gap(&channel, stream, after).await }));
+                }
+            },
             _ = &mut timer => {
                 let now = tokio::time::Instant::now();
                 if silent_until.is_some_and(|deadline| now >= deadline) {
@@ -176,10 +179,6 @@ where
                     }
                 }
                 timer.as_mut().reset(earliest(next_ping, silent_until));
-            }
-            (stream, after) = channel.next_gap(), if filling.is_none() => {
-                let channel = channel.clone();
-                filling = Some(Box::pin(async move { gateway.fill_gap(&channel, stream, after).await }));
             }
             read = socket.next(), if handling.is_none() => {
                 // The timer still wakes at the old limit, finds it moved, and
@@ -205,16 +204,28 @@ where
     // The last frames (an error explaining the close, say) get one deadline
     // in all: a client that stopped reading must not keep this task, and with
     // it the connection's presence and routes, alive.
-    let last_words = async {
-        for Outbound::Frame { text, .. } in channel.remaining_frames() {
-            for item in (framing.frame)(text) {
-                socket.feed(item).await?;
-            }
-        }
-        socket.flush().await
-    };
-    let _ = tokio::time::timeout(CLOSE_DEADLINE, last_words).await;
+    let texts = channel.remaining_frames().into_iter().map(|Outbound::Frame { text, .. }| text);
+    let _ = Box::pin(tokio::time::timeout(CLOSE_DEADLINE, write(&mut socket, texts, framing.frame))).await;
     socket
+}
+
+/// Writes `texts` as the transport frames them, then flushes. Boxed by the
+/// caller with its deadline: it runs now and then, and a connection's future
+/// is as large as the largest thing it awaits.
+async fn write<S, T>(
+    socket: &mut S,
+    texts: impl Iterator<Item = Utf8Bytes>,
+    frame: fn(Utf8Bytes) -> Frames<T>,
+) -> Result<(), S::Error>
+where
+    S: Sink<T> + Unpin,
+{
+    for text in texts {
+        for item in frame(text) {
+            socket.feed(item).await?;
+        }
+    }
+    socket.flush().await
 }
 
 /// How long a closing connection may take to write what is still queued.

@@ -2,7 +2,8 @@
 //! holding no allocation while empty, so an idle connection pays only for the
 //! struct (a channel's preallocated block would cost over a kilobyte each).
 //! Pushes offer frames without waiting (a full queue is the caller's to act
-//! on); replays wait for room, so a long replay never overflows it.
+//! on); replays wait for room, so a long replay never overflows it. The
+//! connection's task is woken by its `Channel`, which queues here.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -26,15 +27,13 @@ pub enum Outbound {
 pub(crate) struct Outbox {
     frames: Mutex<VecDeque<Outbound>>,
     capacity: usize,
-    /// Frames arrived (one waiter: the connection's task).
-    filled: Notify,
     /// Room was made (waiters: recoveries sending history).
     drained: Notify,
 }
 
 impl Outbox {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { frames: Mutex::default(), capacity: capacity.max(1), filled: Notify::new(), drained: Notify::new() }
+        Self { frames: Mutex::default(), capacity: capacity.max(1), drained: Notify::new() }
     }
 
     /// Queues a frame unless the outbox is full (then hands it back).
@@ -46,7 +45,6 @@ impl Outbox {
             }
             frames.push_back(outbound);
         }
-        self.filled.notify_one();
         Ok(())
     }
 
@@ -62,20 +60,6 @@ impl Outbox {
                 Err(back) => outbound = back,
             }
             drained.await;
-        }
-    }
-
-    /// Waits until frames are queued, then takes up to `max` of them.
-    pub(crate) async fn take(&self, max: usize) -> Batch {
-        loop {
-            let filled = self.filled.notified();
-            tokio::pin!(filled);
-            filled.as_mut().enable();
-            let batch = self.drain(max);
-            if !batch.frames.is_empty() {
-                return batch;
-            }
-            filled.await;
         }
     }
 

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use crate::ConnectState;
-use crate::channel::close_code;
+use crate::channel::{Channel, close_code};
 use crate::conn::{self, Frames, Framing, Incoming};
 
 const TRANSPORT: &str = "tcp";
@@ -26,29 +26,10 @@ const PING: &[u8] = b"ping msg";
 
 type Socket = Box<Framed<TcpStream, V1Codec>>;
 
+/// Serves a new connection until it ends. Every stage is boxed, as in
+/// `ws::serve`: this future lives as long as the connection.
 pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
-    let gateway = &state.gateway;
-    let config = gateway.config.clone();
-    // One allocation of its own, so futures taking it hold a pointer (see `conn`).
-    let mut socket = Box::new(Framed::with_capacity(stream, V1Codec, BUFFER));
-
-    let first = tokio::time::timeout(config.auth_timeout, socket.next()).await;
-    let auth = match first {
-        Ok(Some(Ok(payload))) => Auth::from_tcp(&payload),
-        Ok(Some(Err(e))) => Err(e.to_string()),
-        Ok(None) => return,
-        Err(_) => Err("no op 6 frame in time".to_owned()),
-    };
-    let auth = match auth {
-        Ok(auth) => Box::new(auth),
-        Err(reason) => return refuse(socket, &reason).await,
-    };
-    // Boxed: see `conn` on the size of calls to logic.
-    let channel = match Box::pin(gateway.open(&auth, TRANSPORT)).await {
-        Ok(channel) => channel,
-        Err(reason) => return refuse(socket, &reason).await,
-    };
-
+    let Some((socket, channel, auth)) = Box::pin(establish(&state, stream)).await else { return };
     let framing = Framing {
         transport: TRANSPORT,
         frame: |text| Frames::one(Bytes::from(text)),
@@ -57,19 +38,49 @@ pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
         read_timeout: None,
         idle: release_buffers,
     };
-    let mut socket = Box::pin(conn::drive(socket, channel.clone(), auth, &state, framing)).await;
-    // TCP has no close frame: tell the client why in an op 9 error, then close.
-    let goodbye = async {
-        if let Some(reason) = channel.close_reason().filter(|r| r.code != close_code::NORMAL) {
-            socket.feed(Bytes::from(to_text(&ErrorFrame::new(reason.text, None)))).await?;
-        }
-        SinkExt::<Bytes>::close(&mut socket).await
-    };
-    let _ = tokio::time::timeout(conn::CLOSE_DEADLINE, goodbye).await;
-    // Let the client go before releasing its presence, which waits for logic
+    let socket = Box::pin(conn::drive(socket, channel.clone(), auth, &state, framing)).await;
+    let _ = Box::pin(tokio::time::timeout(conn::CLOSE_DEADLINE, goodbye(socket, &channel))).await;
+    // The socket is closed: release the presence, which waits for logic
     // (retried until logic answers, however long it is away).
-    drop(socket);
-    Box::pin(gateway.close(&channel)).await;
+    Box::pin(state.gateway.close(&channel)).await;
+}
+
+/// TCP has no close frame: tells the client why in an op 9 error, then closes.
+async fn goodbye(mut socket: Socket, channel: &Channel) -> Result<(), FrameError> {
+    if let Some(reason) = channel.close_reason().filter(|r| r.code != close_code::NORMAL) {
+        socket.feed(Bytes::from(to_text(&ErrorFrame::new(reason.text, None)))).await?;
+    }
+    SinkExt::<Bytes>::close(&mut socket).await
+}
+
+/// Reads the op 6 frame and opens the channel; `None` when that failed (the
+/// client was told why).
+async fn establish(state: &ConnectState, stream: TcpStream) -> Option<(Socket, Arc<Channel>, Box<Auth>)> {
+    let gateway = &state.gateway;
+    // One allocation of its own, so futures taking it hold a pointer (see `conn`).
+    let mut socket = Box::new(Framed::with_capacity(stream, V1Codec, BUFFER));
+    let first = tokio::time::timeout(gateway.config.auth_timeout, socket.next()).await;
+    let auth = match first {
+        Ok(Some(Ok(payload))) => Auth::from_tcp(&payload),
+        Ok(Some(Err(e))) => Err(e.to_string()),
+        Ok(None) => return None,
+        Err(_) => Err("no op 6 frame in time".to_owned()),
+    };
+    let auth = match auth {
+        Ok(auth) => Box::new(auth),
+        Err(reason) => {
+            refuse(socket, &reason).await;
+            return None;
+        }
+    };
+    // Boxed: see `conn` on the size of calls to logic.
+    match Box::pin(gateway.open(&auth, TRANSPORT)).await {
+        Ok(channel) => Some((socket, channel, auth)),
+        Err(reason) => {
+            refuse(socket, &reason).await;
+            None
+        }
+    }
 }
 
 /// Read and write buffers a connection starts with (tokio-util's default is 8

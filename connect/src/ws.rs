@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::ConnectState;
-use crate::channel::{CloseReason, close_code};
+use crate::channel::{Channel, CloseReason, close_code};
 use crate::conn::{self, Frames, Framing, Incoming};
 
 const TRANSPORT: &str = "ws";
@@ -39,9 +39,42 @@ pub(crate) const FRAGMENT: usize = 1024;
 type Socket = Box<WebSocketStream<TcpStream>>;
 
 /// Upgrades a new connection and serves it until it ends.
+///
+/// This future is the connection's task for as long as the connection lives,
+/// and a future is as large as the largest it awaits: every stage is boxed,
+/// so what an idle connection keeps here is a few pointers.
 pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
+    let Some((socket, channel, auth)) = Box::pin(establish(&state, stream)).await else { return };
+    let framing = Framing {
+        transport: TRANSPORT,
+        frame: fragments,
+        ping: || Message::Ping(Bytes::new()),
+        incoming,
+        read_timeout: Some(state.gateway.config.pong_timeout),
+        // tungstenite's buffers are out of reach; fragments bound the write one.
+        idle: |_| {},
+    };
+    let mut socket = Box::pin(conn::drive(socket, channel.clone(), auth, &state, framing)).await;
+    // Say goodbye with the reason.
+    let goodbye = socket.send(goodbye(&channel));
+    let _ = Box::pin(tokio::time::timeout(conn::CLOSE_DEADLINE, goodbye)).await;
+    // Let the client go before releasing its presence, which waits for logic
+    // (retried until logic answers, however long it is away).
+    drop(socket);
+    Box::pin(state.gateway.close(&channel)).await;
+}
+
+/// The close frame telling the client why its connection ended.
+fn goodbye(channel: &Channel) -> Message {
+    let reason = channel.close_reason().unwrap_or(CloseReason { code: close_code::NORMAL, text: String::new() });
+    close(reason.code, &reason.text)
+}
+
+/// Upgrades the connection, reads the auth message and opens the channel;
+/// `None` when any of it failed (the client was told why where it can be).
+async fn establish(state: &ConnectState, stream: TcpStream) -> Option<(Socket, Arc<Channel>, Box<Auth>)> {
     let gateway = &state.gateway;
-    let config = gateway.config.clone();
+    let config = &gateway.config;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.ws_read_buffer)
         .write_buffer_size(config.ws_write_buffer)
@@ -55,11 +88,11 @@ pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "websocket handshake failed");
             gateway.metrics().error("ws_handshake");
-            return;
+            return None;
         }
         Err(_) => {
             gateway.metrics().error("ws_handshake");
-            return;
+            return None;
         }
     };
 
@@ -78,33 +111,23 @@ pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
     .unwrap_or_else(|_| Err("no auth message in time".to_owned()));
     let auth = match first.and_then(|text| Auth::from_websocket(text.as_bytes())) {
         Ok(auth) => Box::new(auth),
-        Err(reason) => return refuse(socket, &reason).await,
+        Err(reason) => {
+            refuse(socket, &reason).await;
+            return None;
+        }
     };
-    // Calls to logic are large futures: boxed, so the connection's task, alive
-    // for hours, does not carry their size.
-    let channel = match Box::pin(gateway.open(&auth, TRANSPORT)).await {
-        Ok(channel) => channel,
-        Err(reason) => return refuse(socket, &reason).await,
-    };
-    tracing::debug!(user = channel.user_id, "websocket authenticated");
-
-    let framing = Framing {
-        transport: TRANSPORT,
-        frame: fragments,
-        ping: || Message::Ping(Bytes::new()),
-        incoming,
-        read_timeout: Some(config.pong_timeout),
-        // tungstenite's buffers are out of reach; fragments bound the write one.
-        idle: |_| {},
-    };
-    let mut socket = Box::pin(conn::drive(socket, channel.clone(), auth, &state, framing)).await;
-    // Say goodbye with the reason.
-    let reason = channel.close_reason().unwrap_or(CloseReason { code: close_code::NORMAL, text: String::new() });
-    let _ = tokio::time::timeout(conn::CLOSE_DEADLINE, socket.send(close(reason.code, &reason.text))).await;
-    // Let the client go before releasing its presence, which waits for logic
-    // (retried until logic answers, however long it is away).
-    drop(socket);
-    Box::pin(gateway.close(&channel)).await;
+    // Calls to logic are large futures: boxed, so this one does not carry
+    // their size while it waits for the client.
+    match Box::pin(gateway.open(&auth, TRANSPORT)).await {
+        Ok(channel) => {
+            tracing::debug!(user = channel.user_id, "websocket authenticated");
+            Some((socket, channel, auth))
+        }
+        Err(reason) => {
+            refuse(socket, &reason).await;
+            None
+        }
+    }
 }
 
 /// A frame as WebSocket messages: whole, or fragments of at most [`FRAGMENT`]

@@ -5,7 +5,8 @@
 //! one source address only as many connections to a port as the ephemeral
 //! range has ports, so the coordinator starts `count / per_process` workers
 //! (this same binary, `bench connections --worker-offset …`), each with its own
-//! home connect node and, on loopback, its own source address (127.0.0.w+1).
+//! home connect node and, on loopback, its own source addresses (127.0.s.w+1,
+//! as many as keep each under [`PER_SOURCE`] connections).
 //! Workers speak to the coordinator in lines: a status line four times a
 //! second (counters only, so the coordinator's progress and timeline cost no
 //! bookkeeping per connection) and one line per milestone; the coordinator
@@ -24,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -351,6 +352,33 @@ fn memory_by_kind(pids: &[u32]) -> BTreeMap<String, (usize, u64)> {
 }
 
 /// The kinds whose memory is the server's cost of a connection.
+/// Most connections bench puts on one source address.
+///
+/// `bind(address, 0)` looks for a free port in the odd half of the ephemeral
+/// range first (Linux keeps the even half for `connect()`), about 14,000 ports
+/// with the default range, scanning on from a random one. The scan lengthens
+/// as that half fills, and once it is full every further bind walks all of it
+/// before trying the even ports: with one address per worker of 18,000
+/// connections that point came at 55 × 14,000 ≈ 770,000 connections, and the
+/// kernel's port search took most of both cores. Half of the odd ports keeps
+/// the search a few steps long.
+pub const PER_SOURCE: usize = 7_000;
+
+/// Worker `w`'s source addresses for its `users` connections: enough that none
+/// carries more than [`PER_SOURCE`]. Given addresses are handed out in turn;
+/// on loopback the default is 127.0.s.(w+1), s = 0, 1, …; elsewhere none (the
+/// kernel picks).
+fn worker_sources(given: &[IpAddr], loopback: bool, w: usize, users: usize) -> Vec<IpAddr> {
+    let wanted = users.div_ceil(PER_SOURCE).max(1);
+    match given {
+        [] if loopback && w < 254 => {
+            (0..wanted.min(256)).map(|s| IpAddr::from([127, 0, s as u8, (w + 1) as u8])).collect()
+        }
+        [] => Vec::new(),
+        given => (0..wanted).map(|s| given[(w * wanted + s) % given.len()]).collect(),
+    }
+}
+
 const SERVER_KINDS: [&str; 4] = ["courier connect", "courier logic", "redis-server", "courier task"];
 
 /// Runs the `connections` scenario's coordinator.
@@ -375,11 +403,7 @@ pub async fn run(
     for w in 0..worker_count {
         let offset = w * per_process;
         let users = per_process.min(options.count - offset);
-        let source = match options.sources.as_slice() {
-            [] if loopback && w < 254 => Some(IpAddr::from([127, 0, 0, (w + 1) as u8])),
-            [] => None,
-            given => Some(given[w % given.len()]),
-        };
+        let sources = worker_sources(&options.sources, loopback, w, users);
         let node = w % nodes.len();
         let mut command = worker_command(&exe);
         command
@@ -389,8 +413,9 @@ pub async fn run(
             .args(["--rooms", &options.rooms.to_string(), "--worker-node", &node.to_string()])
             .args(["--login-parallel", &options.login_parallel.to_string()])
             .args(["--open-parallel", &options.open_parallel.to_string()]);
-        if let Some(source) = source {
-            command.args(["--worker-source", &source.to_string()]);
+        if !sources.is_empty() {
+            let list: Vec<String> = sources.iter().map(IpAddr::to_string).collect();
+            command.args(["--worker-source", &list.join(",")]);
         }
         // In a process group of its own: Ctrl-C on the terminal interrupts
         // the coordinator, which reports, and not the workers holding the
@@ -887,7 +912,8 @@ pub struct Share {
     pub count: usize,
     pub rooms: u64,
     pub node: usize,
-    pub source: Option<IpAddr>,
+    /// Source addresses, used in turn (none: the kernel picks).
+    pub sources: Vec<IpAddr>,
     pub login_parallel: usize,
     pub open_parallel: usize,
 }
@@ -898,13 +924,20 @@ struct Holder {
     reasons: Reasons,
     nodes: Vec<Target>,
     transport: Transport,
-    source: Option<IpAddr>,
+    sources: Vec<IpAddr>,
+    next_source: AtomicUsize,
     run: String,
     latencies: std::sync::Mutex<Vec<u64>>,
     stop: CancellationToken,
 }
 
 impl Holder {
+    /// The source address for the next connection, the worker's in turn.
+    fn source(&self) -> Option<IpAddr> {
+        let at = self.next_source.fetch_add(1, Ordering::Relaxed);
+        (!self.sources.is_empty()).then(|| self.sources[at % self.sources.len()])
+    }
+
     /// Records a probe delivery in `text`, if it is one of this run's.
     fn observe(&self, text: &str) {
         let Some(at) = text.find(PROBE) else { return };
@@ -939,7 +972,8 @@ pub async fn worker(args: &crate::BenchArgs, target: &Target, share: Share) -> a
         reasons: Reasons::default(),
         nodes,
         transport: args.transport,
-        source: share.source,
+        sources: share.sources.clone(),
+        next_source: AtomicUsize::new(0),
         run: args.prefix.clone(),
         latencies: Default::default(),
         stop: CancellationToken::new(),
@@ -1067,7 +1101,7 @@ async fn open_all(me: &Arc<Holder>, users: &[Option<User>], share: &Share) {
 async fn open_with_retries(me: &Holder, user: &User, room: u64, node: usize) -> Option<(FrameSink, FrameStream)> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     for attempt in 0..4 {
-        match clients::open(&me.nodes[node], me.transport, me.source, user, room).await {
+        match clients::open(&me.nodes[node], me.transport, me.source(), user, room).await {
             Ok(connection) => return Some(connection),
             Err(e) if attempt == 3 => {
                 me.reasons.note(format!("open: {e:#}"));
@@ -1114,7 +1148,7 @@ async fn hold(
             let step = if tried { 1 } else { 1 + spread % me.nodes.len().saturating_sub(1).max(1) };
             tried = true;
             node = (node + step) % me.nodes.len();
-            match Box::pin(clients::open(&me.nodes[node], me.transport, me.source, &user, room)).await {
+            match Box::pin(clients::open(&me.nodes[node], me.transport, me.source(), &user, room)).await {
                 Ok(reopened) => {
                     me.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                     connection = Some(reopened);
@@ -1262,5 +1296,34 @@ pub fn print(r: &HoldReport) {
     }
     for (reason, n) in &r.errors {
         println!("error ×{n}: {reason}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_workers_get_distinct_sources_none_carrying_more_than_its_share() {
+        let per_worker = 18_182;
+        let mut seen = std::collections::HashSet::new();
+        for w in 0..55 {
+            let sources = worker_sources(&[], true, w, per_worker);
+            assert_eq!(sources.len(), 3, "18,182 connections need three addresses of 7,000");
+            assert!(per_worker.div_ceil(sources.len()) <= PER_SOURCE);
+            for source in sources {
+                assert!(source.is_loopback());
+                assert!(seen.insert(source), "{source} handed to two workers");
+            }
+        }
+        assert!(worker_sources(&[], false, 0, per_worker).is_empty(), "off loopback the kernel picks");
+    }
+
+    #[test]
+    fn given_sources_are_handed_out_in_turn() {
+        let given: Vec<IpAddr> = (1..=4).map(|i| IpAddr::from([10, 0, 0, i])).collect();
+        assert_eq!(worker_sources(&given, false, 0, 10_000), given[0..2]);
+        assert_eq!(worker_sources(&given, false, 1, 10_000), given[2..4]);
+        assert_eq!(worker_sources(&given, false, 2, 5_000), given[2..3]);
     }
 }

@@ -145,9 +145,9 @@ pub enum Scenario {
         /// Most connections one bench process holds (the open-file limit is per process).
         #[arg(long, default_value_t = 15_000)]
         per_process: usize,
-        /// Source addresses, one per worker in turn (a source address has about
-        /// 28,000 ephemeral ports); default: 127.0.0.(w+1) for worker w when
-        /// the servers are on loopback.
+        /// Source addresses, handed to the workers in turn, each worker using
+        /// as many as keep every address under 7,000 connections (see
+        /// `hold::PER_SOURCE`); default on loopback: 127.0.s.(w+1) for worker w.
         #[arg(long, value_delimiter = ',')]
         sources: Vec<IpAddr>,
         /// Rooms the users are spread over (user i joins room 1 + i % rooms). One
@@ -185,9 +185,9 @@ pub enum Scenario {
         /// Internal: run as a worker holding users offset..offset+count.
         #[arg(long, hide = true)]
         worker_offset: Option<usize>,
-        /// Internal: the worker's source address.
-        #[arg(long, hide = true)]
-        worker_source: Option<IpAddr>,
+        /// Internal: the worker's source addresses.
+        #[arg(long, hide = true, value_delimiter = ',')]
+        worker_source: Vec<IpAddr>,
         /// Internal: the worker's home node (index into --ws).
         #[arg(long, hide = true, default_value_t = 0)]
         worker_node: usize,
@@ -318,7 +318,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     count: *count,
                     rooms,
                     node: *worker_node,
-                    source: *worker_source,
+                    sources: worker_source.clone(),
                     login_parallel: *login_parallel,
                     open_parallel: *open_parallel,
                 };

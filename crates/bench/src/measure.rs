@@ -196,13 +196,24 @@ pub fn total_cpu(pids: &[u32]) -> f64 {
 /// Kafka, `postgres`, `redis-server`).
 pub fn process_kind(pid: u32) -> String {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
-    let program = args.next().unwrap_or_default();
-    if program.rsplit('/').next() == Some("courier") {
-        return format!("courier {}", args.next().unwrap_or_default());
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    if let Some(kind) = courier_kind(&args) {
+        return kind;
     }
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     comm.trim().to_owned()
+}
+
+/// `courier <subcommand>` when `args` run Courier, directly or under `nice`
+/// (the bench starts its workers so; they are `nice` until it execs them).
+fn courier_kind(args: &[String]) -> Option<String> {
+    let named = |arg: &String, name: &str| arg.rsplit('/').next() == Some(name);
+    let program = match args.first() {
+        Some(first) if named(first, "nice") => args.iter().position(|arg| named(arg, "courier"))?,
+        Some(first) if named(first, "courier") => 0,
+        _ => return None,
+    };
+    Some(format!("courier {}", args.get(program + 1).map_or("", String::as_str)))
 }
 
 /// CPU seconds used so far by each kind of process among `pids` (see
@@ -251,6 +262,18 @@ impl Latency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_still_under_nice_counts_as_the_bench() {
+        let args = |line: &str| line.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            courier_kind(&args("/usr/bin/nice -n 10 /opt/courier bench connections")).as_deref(),
+            Some("courier bench")
+        );
+        assert_eq!(courier_kind(&args("/opt/courier connect --server-id c-0")).as_deref(), Some("courier connect"));
+        assert_eq!(courier_kind(&args("/usr/bin/nice -n 10 sleep 5")), None);
+        assert_eq!(courier_kind(&args("redis-server *:6379")), None);
+    }
 
     /// Loss is counted against what was acknowledged, one message at a time:
     /// an unacknowledged send that arrived is not a loss, and one that did not
