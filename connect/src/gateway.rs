@@ -113,12 +113,6 @@ impl Gateway {
                 return Err(status_text(&status));
             }
         };
-        let most = self.config.max_connections_per_token;
-        if self.hub.user(reply.user_id).iter().filter(|c| c.auth_token == token).count() >= most {
-            self.metrics().error("connection_limit");
-            self.release_unopened(Some(reply.user_id), token, conn_id, room);
-            return Err(format!("this session already holds {most} connections on this server; close one first"));
-        }
         let channel =
             Arc::new(Channel::new(conn_id, reply.user_id, token.to_owned(), transport, self.config.outbound_capacity));
         let inbox = StreamId::Inbox(channel.user_id);
@@ -126,7 +120,12 @@ impl Gateway {
         if room != 0 {
             channel.begin_recovery(StreamId::Room(room));
         }
-        self.hub.finish_open(ticket, &channel, room);
+        let most = self.config.max_connections_per_token;
+        if !self.hub.finish_open(ticket, &channel, room, most) {
+            self.metrics().error("connection_limit");
+            self.release_unopened(Some(reply.user_id), token, conn_id, room);
+            return Err(format!("this session already holds {most} connections on this server; close one first"));
+        }
         // Held back until `resume` sends what the client asked for; otherwise
         // live from the position read.
         if auth.inbox_since.is_none() {

@@ -232,19 +232,37 @@ impl Hub {
         OpenTicket { hub: self, ticket }
     }
 
-    /// Ends an open whose channel logic attached: the channel is registered
-    /// (in `room`, if not 0) and given the pushes meant for it that arrived
-    /// since the open began, all while pushes wait, so each reaches it once
-    /// and in arrival order.
-    pub fn finish_open(&self, ticket: OpenTicket<'_>, channel: &Arc<Channel>, room: u64) {
+    /// Ends an open whose channel logic attached: unless its session already
+    /// holds `most_per_token` channels here (then false, and nothing is
+    /// registered), the channel is registered (in `room`, if not 0) and given
+    /// the pushes meant for it that arrived since the open began, all while
+    /// pushes wait, so each reaches it once and in arrival order. Opens finish
+    /// one at a time, so opens of one session racing each other cannot pass
+    /// the limit together.
+    pub fn finish_open(
+        &self,
+        ticket: OpenTicket<'_>,
+        channel: &Arc<Channel>,
+        room: u64,
+        most_per_token: usize,
+    ) -> bool {
         let id = ticket.ticket;
         std::mem::forget(ticket);
-        self.end_open(id, Some((channel, room)));
+        self.end_open(id, Some((channel, room, most_per_token)))
     }
 
-    fn end_open(&self, ticket: u64, attached: Option<(&Arc<Channel>, u64)>) {
+    fn end_open(&self, ticket: u64, attached: Option<(&Arc<Channel>, u64, usize)>) -> bool {
         let mut opening = lock(&self.opening);
-        if let Some((channel, room)) = attached {
+        let same_session = |channel: &Arc<Channel>| {
+            let user = self.bucket(channel.user_id);
+            user.channels
+                .range((channel.user_id, 0)..=(channel.user_id, u64::MAX))
+                .filter(|(_, held)| held.auth_token == channel.auth_token)
+                .count()
+        };
+        let attached = attached.filter(|(channel, _, most)| same_session(channel) < *most);
+        let registered = attached.is_some();
+        if let Some((channel, room, _)) = attached {
             self.add(channel.clone());
             if room != 0 {
                 self.join(channel, room);
@@ -262,6 +280,7 @@ impl Hub {
         opening.under_way.remove(&ticket);
         opening.trim();
         self.opens_under_way.store(opening.under_way.len(), Ordering::SeqCst);
+        registered
     }
 
     /// Starts delivering a batch of pushes. While opens are under way the
@@ -409,7 +428,7 @@ mod tests {
             }
         }
         let channel = Arc::new(Channel::new(hub.next_channel_id(), 7, "t".into(), "ws", 8));
-        hub.finish_open(ticket, &channel, 10);
+        assert!(hub.finish_open(ticket, &channel, 10, 2));
         assert_eq!(texts(&channel), ["inbox 1", "room count", "inbox 2"]);
         assert_eq!(hub.room(10).len(), 1, "in its room");
 
@@ -417,6 +436,18 @@ mod tests {
         assert_eq!(hub.deliver().offer(pushed(Target::User(7), "live")), (1, true));
         assert_eq!(texts(&channel), ["live"]);
         assert!(lock(&hub.opening).kept.is_empty());
+        assert_eq!(hub.opens_under_way.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn opens_of_one_session_cannot_pass_its_limit_together() {
+        let hub = Hub::new(4, Arc::new(Metrics::new()));
+        let (a, b, c) = (hub.begin_open(0), hub.begin_open(0), hub.begin_open(0));
+        let channel = |token: &str| Arc::new(Channel::new(hub.next_channel_id(), 7, token.into(), "ws", 8));
+        assert!(hub.finish_open(a, &channel("t"), 0, 1));
+        assert!(!hub.finish_open(b, &channel("t"), 0, 1), "the session's one connection is taken");
+        assert!(hub.finish_open(c, &channel("other"), 0, 1), "another session of the user has its own");
+        assert_eq!(hub.user(7).len(), 2, "the refused one was not registered");
         assert_eq!(hub.opens_under_way.load(Ordering::SeqCst), 0);
     }
 
@@ -434,7 +465,7 @@ mod tests {
         drop(first);
         assert!(lock(&hub.opening).kept.is_empty(), "no open under way can take it");
         let channel = Arc::new(Channel::new(hub.next_channel_id(), 7, "t".into(), "ws", 8));
-        hub.finish_open(second, &channel, 0);
+        assert!(hub.finish_open(second, &channel, 0, 2));
         assert!(texts(&channel).is_empty(), "it arrived before the second open began");
         let reason = channel.close_reason().expect("its session ended meanwhile");
         assert_eq!(reason.code, close_code::POLICY);

@@ -1023,15 +1023,17 @@ pub async fn worker(args: &crate::BenchArgs, target: &Target, share: Share) -> a
 }
 
 /// Logs the worker's users in, `login_parallel` at a time, retrying what the
-/// server refused for being busy or what failed on the way. A user that could
-/// not be logged in is `None` (counted and its reason noted).
+/// server refused for being busy or what failed on the way (for over a minute:
+/// "busy" is the password queue's back-pressure, and a load
+/// generator at full speed meets it all the time). A user that could not be
+/// logged in is `None` (counted and its reason noted).
 async fn log_in(me: &Arc<Holder>, target: &Target, prefix: &str, share: &Share) -> Vec<Option<User>> {
     futures_util::stream::iter(share.offset..share.offset + share.count)
         .map(|i| {
             let name = format!("{prefix}-{i}");
             async move {
                 let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-                for attempt in 0..8 {
+                for attempt in 0..LOGIN_ATTEMPTS {
                     match target.session(&name).await {
                         Ok(user) => {
                             me.counters.logged.fetch_add(1, Ordering::Relaxed);
@@ -1040,7 +1042,7 @@ async fn log_in(me: &Arc<Holder>, target: &Target, prefix: &str, share: &Share) 
                         Err(e) => {
                             let why = format!("log in: {e:#}");
                             let retry = why.contains("busy") || why.contains("try again") || e.is::<reqwest::Error>();
-                            if !retry || attempt == 7 {
+                            if !retry || attempt + 1 == LOGIN_ATTEMPTS {
                                 me.reasons.note(why);
                                 me.counters.login_failed.fetch_add(1, Ordering::Relaxed);
                                 return None;
@@ -1057,6 +1059,9 @@ async fn log_in(me: &Arc<Holder>, target: &Target, prefix: &str, share: &Share) 
         .collect()
         .await
 }
+
+/// Tries at one login: backing off from 0.1 s to 5 s, 20 tries span over a minute.
+const LOGIN_ATTEMPTS: u32 = 20;
 
 /// The room of user `i` (global index).
 fn room_of(i: usize, rooms: u64) -> u64 {
@@ -1137,7 +1142,10 @@ async fn hold(
                 _ = me.stop.cancelled() => return,
             }
         }
-        drop(sink);
+        // Both halves, so the old socket's descriptor is closed before a new
+        // one is opened: a worker's whole share reconnecting at once would
+        // otherwise need twice its descriptors.
+        drop((sink, stream));
         me.counters.dropped.fetch_add(1, Ordering::Relaxed);
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut tried = false;
