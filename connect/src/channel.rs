@@ -34,12 +34,11 @@ pub struct Channel {
     /// The rooms joined (usually one; a list is smaller than a set).
     pub(crate) rooms: Mutex<Vec<u64>>,
     /// Streams whose pushes arrived with a gap, with the last seq sent before it.
+    /// A gap, like the close, rings the outbox's wake: every wait a
+    /// connection's task is parked on is kept in its future for the
+    /// connection's whole life, so frames, gaps and the close share one (see
+    /// [`Channel::attention`]).
     gaps: Mutex<Vec<(StreamId, u64)>>,
-    /// The connection task's one wake-up: frames queued, a gap, the close.
-    /// One waiter, one wait: every wait a connection's task is parked on is
-    /// kept in its future for the connection's whole life, so frames, gaps
-    /// and the close share it (see [`Channel::attention`]).
-    wake: Notify,
     /// Set when the connection must end (the reason says why); `closing` wakes
     /// the other waiters (recoveries). A flag and a notify are smaller than a
     /// cancellation token, which allocates.
@@ -142,7 +141,6 @@ impl Channel {
             streams: Mutex::default(),
             rooms: Mutex::default(),
             gaps: Mutex::default(),
-            wake: Notify::new(),
             closed: AtomicBool::new(false),
             closing: Notify::new(),
             close_reason: Mutex::default(),
@@ -222,44 +220,31 @@ impl Channel {
     /// Has the connection fill the gap in `stream` after seq `after`.
     fn report_gap(&self, stream: StreamId, after: u64) {
         lock(&self.gaps).push((stream, after));
-        self.wake.notify_one();
+        self.outbox.wake();
     }
 
     /// Waits for what the connection's task must act on, in this order: the
     /// close, up to `max` queued frames, a gap to fill (only when `gaps`: one
     /// is filled at a time).
     pub async fn attention(&self, max: usize, gaps: bool) -> Attention {
-        self.wait_for(|| {
-            if self.is_closing() {
-                return Some(Attention::Closing);
-            }
-            let batch = self.outbox.drain(max);
-            if !batch.frames.is_empty() {
-                return Some(Attention::Frames(batch));
-            }
-            gaps.then(|| lock(&self.gaps).pop()).flatten().map(|(stream, after)| Attention::Gap(stream, after))
-        })
-        .await
-    }
-
-    /// Waits until `ready` finds something, woken by `wake`.
-    async fn wait_for<R>(&self, mut ready: impl FnMut() -> Option<R>) -> R {
-        loop {
-            let woken = self.wake.notified();
-            tokio::pin!(woken);
-            // Register before looking, so a wake in between is not lost.
-            woken.as_mut().enable();
-            if let Some(found) = ready() {
-                return found;
-            }
-            woken.await;
-        }
+        self.outbox
+            .wait_until(|| {
+                if self.is_closing() {
+                    return Some(Attention::Closing);
+                }
+                let batch = self.outbox.drain(max);
+                if !batch.frames.is_empty() {
+                    return Some(Attention::Frames(batch));
+                }
+                gaps.then(|| lock(&self.gaps).pop()).flatten().map(|(stream, after)| Attention::Gap(stream, after))
+            })
+            .await
     }
 
     /// Waits for a stream with a gap; returns it and the last seq sent before.
     #[cfg(test)]
     pub async fn next_gap(&self) -> (StreamId, u64) {
-        self.wait_for(|| lock(&self.gaps).pop()).await
+        self.outbox.wait_until(|| lock(&self.gaps).pop()).await
     }
 
     /// Whether the frames held back for `stream` that are newer than `after`
@@ -371,7 +356,7 @@ impl Channel {
         }
         tokio::select! {
             _ = self.closing() => {}
-            _ = self.outbox.offer_waiting(Outbound::Frame { text, admitted_us }) => self.wake.notify_one(),
+            _ = self.outbox.offer_waiting(Outbound::Frame { text, admitted_us }) => {}
         }
     }
 
@@ -385,7 +370,6 @@ impl Channel {
             return false;
         }
         if self.outbox.offer(outbound).is_ok() {
-            self.wake.notify_one();
             return true;
         }
         metrics.slow_consumer_closes.inc();
@@ -399,7 +383,7 @@ impl Channel {
     /// Waits for frames to write and takes up to `max` of them.
     #[cfg(test)]
     pub async fn next_frames(&self, max: usize) -> Batch {
-        self.wait_for(|| Some(self.outbox.drain(max)).filter(|batch| !batch.frames.is_empty())).await
+        self.outbox.wait_until(|| Some(self.outbox.drain(max)).filter(|batch| !batch.frames.is_empty())).await
     }
 
     /// The frames still queued, for a last write before the connection ends.
@@ -415,7 +399,7 @@ impl Channel {
         }
         self.closed.store(true, Ordering::Release);
         self.closing.notify_waiters();
-        self.wake.notify_one();
+        self.outbox.wake();
     }
 
     /// Resolves when the connection must end.

@@ -2,8 +2,9 @@
 //! holding no allocation while empty, so an idle connection pays only for the
 //! struct (a channel's preallocated block would cost over a kilobyte each).
 //! Pushes offer frames without waiting (a full queue is the caller's to act
-//! on); replays wait for room, so a long replay never overflows it. The
-//! connection's task is woken by its `Channel`, which queues here.
+//! on); replays wait for room, so a long replay never overflows it. Its wake
+//! is the connection task's only one: a queued frame rings it, and so do the
+//! channel's close and gaps (see `Channel::attention`).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -27,13 +28,16 @@ pub enum Outbound {
 pub(crate) struct Outbox {
     frames: Mutex<VecDeque<Outbound>>,
     capacity: usize,
+    /// The connection's task (its one waiter): frames queued, or whatever
+    /// else its channel rings it for.
+    wake: Notify,
     /// Room was made (waiters: recoveries sending history).
     drained: Notify,
 }
 
 impl Outbox {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { frames: Mutex::default(), capacity: capacity.max(1), drained: Notify::new() }
+        Self { frames: Mutex::default(), capacity: capacity.max(1), wake: Notify::new(), drained: Notify::new() }
     }
 
     /// Queues a frame unless the outbox is full (then hands it back).
@@ -45,7 +49,27 @@ impl Outbox {
             }
             frames.push_back(outbound);
         }
+        self.wake();
         Ok(())
+    }
+
+    /// Wakes the connection's task (a permit is kept if it is not waiting).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until `ready` finds something, looking again at every wake.
+    pub(crate) async fn wait_until<R>(&self, mut ready: impl FnMut() -> Option<R>) -> R {
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            // Register before looking, so a wake in between is not lost.
+            woken.as_mut().enable();
+            if let Some(found) = ready() {
+                return found;
+            }
+            woken.await;
+        }
     }
 
     /// Queues a frame, waiting for room.

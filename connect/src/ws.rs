@@ -56,8 +56,7 @@ pub(crate) async fn serve(state: Arc<ConnectState>, stream: TcpStream) {
     };
     let mut socket = Box::pin(conn::drive(socket, channel.clone(), auth, &state, framing)).await;
     // Say goodbye with the reason.
-    let goodbye = socket.send(goodbye(&channel));
-    let _ = Box::pin(tokio::time::timeout(conn::CLOSE_DEADLINE, goodbye)).await;
+    let _ = Box::pin(tokio::time::timeout(conn::CLOSE_DEADLINE, socket.send(goodbye(&channel)))).await;
     // Let the client go before releasing its presence, which waits for logic
     // (retried until logic answers, however long it is away).
     drop(socket);
