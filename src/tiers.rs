@@ -57,6 +57,15 @@ pub struct Backends {
     /// is told it failed.
     #[arg(long, env = "COURIER_KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
     pub kafka_delivery_timeout_ms: u64,
+    /// Milliseconds the producer waits to gather a batch (librdkafka's
+    /// `linger.ms`): 0 sends at once; more makes fewer, larger requests for
+    /// the broker at a high rate.
+    #[arg(long, env = "COURIER_KAFKA_LINGER_MS", default_value_t = 5)]
+    pub kafka_linger_ms: u64,
+    /// Milliseconds the broker holds a consumer's fetch while nothing arrives
+    /// (it answers as soon as one record does): longer is quieter when idle.
+    #[arg(long, env = "COURIER_KAFKA_FETCH_WAIT_MS", default_value_t = 2_000)]
+    pub kafka_fetch_wait_ms: u64,
     /// PostgreSQL URL for users and history; the embedded SQLite store when absent.
     #[arg(long, env = "COURIER_POSTGRES")]
     pub postgres: Option<String>,
@@ -91,6 +100,8 @@ impl Backends {
                 options.session_timeout = Duration::from_millis(self.kafka_session_timeout_ms);
                 options.heartbeat_interval = (options.session_timeout / 6).max(Duration::from_millis(100));
                 options.delivery_timeout = Duration::from_millis(self.kafka_delivery_timeout_ms);
+                options.linger = Duration::from_millis(self.kafka_linger_ms);
+                options.fetch_wait = Duration::from_millis(self.kafka_fetch_wait_ms);
                 Arc::new(KafkaQueue::connect(options).context("connecting to Kafka")?)
             }
             None => Arc::new(

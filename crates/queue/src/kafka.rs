@@ -25,11 +25,11 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::Producer as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{Bounds, Consumer, Cursor, Error, Position, Queue, Record, Result, TopicPartition, TopicReader};
+
+mod producer;
 
 /// How Courier talks to Kafka.
 #[derive(Debug, Clone)]
@@ -54,9 +54,11 @@ pub struct KafkaOptions {
     pub linger: Duration,
     /// How often stored offsets are committed.
     pub commit_interval: Duration,
-    /// How long the broker may hold a consumer's fetch to fill it. Every message
-    /// otherwise wakes every consumer's fetch on its own, and the broker spends
-    /// its CPU answering one-record fetches.
+    /// How long the broker holds a consumer's fetch while nothing arrives (a
+    /// long poll: the fetch is answered as soon as one record is there, since
+    /// `fetch.min.bytes` is 1). A chat's trickle never fills a size threshold,
+    /// so a short wait only makes an idle broker answer empty fetches many
+    /// times a second.
     pub fetch_wait: Duration,
     /// How often librdkafka reports statistics (the consumer lag comes from them).
     pub statistics_interval: Duration,
@@ -72,9 +74,9 @@ impl KafkaOptions {
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             delivery_timeout: Duration::from_secs(10),
-            linger: Duration::from_millis(2),
+            linger: Duration::from_millis(5),
             commit_interval: Duration::from_millis(200),
-            fetch_wait: Duration::from_millis(5),
+            fetch_wait: Duration::from_secs(2),
             statistics_interval: Duration::from_secs(5),
         }
     }
@@ -92,7 +94,10 @@ fn ms(d: Duration) -> String {
 #[derive(Clone)]
 pub struct KafkaQueue {
     options: KafkaOptions,
-    producer: FutureProducer,
+    /// Made on the first send: only logic sends, and an idle producer's
+    /// client still wakes several times a second (task, which only consumes,
+    /// spent more CPU idling on it than on anything else).
+    producer: std::sync::Arc<tokio::sync::OnceCell<producer::Sender>>,
     admin: std::sync::Arc<AdminClient<DefaultClientContext>>,
 }
 
@@ -103,22 +108,36 @@ impl std::fmt::Debug for KafkaQueue {
 }
 
 impl KafkaQueue {
-    /// Connects a producer and an admin client (lazily: brokers may be down).
+    /// Connects an admin client (lazily: brokers may be down); the producer
+    /// comes with the first send.
     pub fn connect(options: KafkaOptions) -> Result<Self> {
-        let producer: FutureProducer = ClientConfig::new()
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &options.brokers).create().map_err(unavailable)?;
+        let producer = std::sync::Arc::new(tokio::sync::OnceCell::new());
+        Ok(Self { options, producer, admin: std::sync::Arc::new(admin) })
+    }
+
+    /// The producer, made on first use.
+    async fn producer(&self) -> Result<&producer::Sender> {
+        let options = &self.options;
+        self.producer.get_or_try_init(|| async { Self::make_producer(options) }).await
+    }
+
+    fn make_producer(options: &KafkaOptions) -> Result<producer::Sender> {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &options.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
             .set("compression.type", "lz4")
             .set("linger.ms", ms(options.linger))
+            // A send is one small request: Nagle's algorithm would hold it
+            // back until the previous one's acknowledgement.
+            .set("socket.nagle.disable", "true")
             .set("delivery.timeout.ms", ms(options.delivery_timeout))
-            .set("request.timeout.ms", ms(options.delivery_timeout.min(Duration::from_secs(30))))
-            .create()
-            .map_err(unavailable)?;
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &options.brokers).create().map_err(unavailable)?;
-        Ok(Self { options, producer, admin: std::sync::Arc::new(admin) })
+            .set("request.timeout.ms", ms(options.delivery_timeout.min(Duration::from_secs(30))));
+        producer::Sender::new(&config, options.delivery_timeout)
     }
 
     fn consumer_config(&self, group: &str) -> ClientConfig {
@@ -135,8 +154,9 @@ impl KafkaQueue {
             .set("heartbeat.interval.ms", ms(self.options.heartbeat_interval))
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", ms(self.options.fetch_wait))
-            .set("statistics.interval.ms", ms(self.options.statistics_interval))
-            .set("fetch.min.bytes", "65536");
+            .set("fetch.min.bytes", "1")
+            .set("socket.nagle.disable", "true")
+            .set("statistics.interval.ms", ms(self.options.statistics_interval));
         config
     }
 }
@@ -185,14 +205,7 @@ impl Queue for KafkaQueue {
     }
 
     async fn produce(&self, topic: &str, key: &str, value: &[u8]) -> Result<Position> {
-        let record = FutureRecord::to(topic).key(key).payload(value);
-        match self.producer.send(record, self.options.delivery_timeout).await {
-            Ok(delivery) => Ok(Position { partition: delivery.partition as u32, offset: delivery.offset as u64 }),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition), _)) => {
-                Err(Error::UnknownTopic(topic.to_owned()))
-            }
-            Err((e, _)) => Err(unavailable(e)),
-        }
+        self.producer().await?.send(topic, key, value).await
     }
 
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Box<dyn Consumer>> {
@@ -205,8 +218,8 @@ impl Queue for KafkaQueue {
     }
 
     async fn partitions(&self, topic: &str) -> Result<u32> {
-        let (producer, topic) = (self.producer.clone(), topic.to_owned());
-        blocking(move || partition_count(producer.client(), &topic)).await
+        let (admin, topic) = (self.admin.clone(), topic.to_owned());
+        blocking(move || partition_count(admin.inner(), &topic)).await
     }
 }
 

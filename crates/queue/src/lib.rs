@@ -27,6 +27,8 @@ pub enum Error {
     PartitionMismatch { topic: String, existing: u32, wanted: u32 },
     #[error("queue storage failed: {0}")]
     Storage(#[from] sqlx::Error),
+    #[error("queue storage failed: {0}")]
+    Sqlite(#[from] courier_sqlite::Error),
     #[error("queue unavailable: {0}")]
     Unavailable(String),
 }

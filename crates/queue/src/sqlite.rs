@@ -1,15 +1,20 @@
 //! The embedded queue: Kafka's contract kept in one SQLite file, for `courier
 //! standalone` and small installs.
 //!
-//! - Records live in `records(topic, partition, offset)`. One writer task appends
-//!   them, taking every send waiting at that moment into a single `BEGIN
-//!   IMMEDIATE` transaction (group commit) of two statements whatever its size
-//!   (where the partitions stand, then every record, as JSON rows: each
-//!   statement costs sqlx a thread hop), and answers each sender only after the
-//!   commit: an acknowledged record survives `kill -9`, and by default a power
-//!   cut too (WAL with `synchronous=FULL`: the commit is on disk before the
-//!   sender is answered; `sync_full: false` gives `NORMAL`, which survives a
-//!   process crash and may lose the last commits to a power cut).
+//! - **One writer thread** owns the file's write connection (see
+//!   `courier-sqlite`), and a second connection on a thread of its own serves
+//!   the consumers' reads, so a read never waits behind a commit's disk sync.
+//!   Each piece of work is one hand-off to its thread, whatever the number of
+//!   statements in it: on a busy machine, waiting for a thread per statement
+//!   cost more than the statements.
+//! - **Group commit.** A send (or a consumer's commit) joins the writes
+//!   pending; the first to find none pending queues one flush job on the writer
+//!   thread, which takes every write pending when it runs into one `BEGIN
+//!   IMMEDIATE` transaction and answers each sender only after the commit: an
+//!   acknowledged record survives `kill -9`, and by default a power cut too (WAL
+//!   with `synchronous=FULL`; `sync_full: false` gives `NORMAL`, which survives
+//!   a process crash and may lose the last commits to a power cut). One sync
+//!   pays for everything that arrived while the previous one was on disk.
 //! - Offsets are computed inside that write transaction, so they are gap-free and
 //!   stay correct even if another process appends to the same file.
 //! - A consumer group is a table of members with expiry times. Each member renews
@@ -17,9 +22,14 @@
 //!   (partitions sorted, dealt round-robin to the live members sorted by id), so no
 //!   coordinator is needed; an expired member's partitions move to the others on
 //!   their next heartbeat. Handover is at-least-once, like Kafka's: the new owner
-//!   resumes from the last committed offset.
-//! - A consumer in the same process is woken by a [`Notify`] on append; one in
-//!   another process falls back to polling every `poll_interval`.
+//!   resumes from the last committed offset. A commit returns once queued, as
+//!   Kafka's stored offsets do: it is written with the next group (milliseconds
+//!   later), before any later write of this queue, and `close` waits for it.
+//! - **Waking consumers.** The queue keeps where each partition ends as its
+//!   writer last saw it; a consumer reads only partitions that hold something
+//!   new, and an idle one sleeps on a [`Notify`] the writer rings after each
+//!   commit. Appends by another process are found by re-reading the ends every
+//!   `poll_interval`.
 //! - **Retention**, like Kafka's `retention.ms` and `retention.bytes` (per
 //!   partition): every `retention_interval` the writer deletes a partition's
 //!   records older than `retention` or beyond `retention_bytes`, but never one
@@ -30,13 +40,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use courier_sqlite::rusqlite::{self, Connection, OptionalExtension as _, TransactionBehavior, params};
+use courier_sqlite::{Options, SqliteThread};
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::{Notify, mpsc, oneshot};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use tokio::sync::{Notify, oneshot};
 
 use crate::{
     Bounds, Consumer, Cursor, Error, Position, Queue, Record, Result, TopicPartition, TopicReader, partition_for,
@@ -69,7 +81,7 @@ impl Default for SqliteQueueOptions {
         Self {
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
-            poll_interval: Duration::from_millis(100),
+            poll_interval: Duration::from_millis(250),
             sync_full: true,
             retention: Duration::from_secs(7 * 24 * 3600),
             retention_bytes: 64 * 1024 * 1024,
@@ -78,12 +90,12 @@ impl Default for SqliteQueueOptions {
     }
 }
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS queue_topics (
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS queue_topics (
         name TEXT PRIMARY KEY,
         partitions INTEGER NOT NULL
-    ) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS queue_records (
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS queue_records (
         topic TEXT NOT NULL,
         partition INTEGER NOT NULL,
         offset INTEGER NOT NULL,
@@ -91,151 +103,299 @@ const SCHEMA: &[&str] = &[
         value BLOB NOT NULL,
         timestamp_ms INTEGER NOT NULL,
         PRIMARY KEY (topic, partition, offset)
-    ) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS queue_group_offsets (
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS queue_group_offsets (
         group_id TEXT NOT NULL,
         topic TEXT NOT NULL,
         partition INTEGER NOT NULL,
         next_offset INTEGER NOT NULL,
         PRIMARY KEY (group_id, topic, partition)
-    ) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS queue_group_members (
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS queue_group_members (
         group_id TEXT NOT NULL,
         member_id TEXT NOT NULL,
         expires_ms INTEGER NOT NULL,
         PRIMARY KEY (group_id, member_id)
-    ) WITHOUT ROWID",
-];
+    ) WITHOUT ROWID;
+";
 
-/// Most sends the writer puts into one transaction.
-const MAX_GROUP_COMMIT: usize = 1024;
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(courier_sqlite::Error::Sqlite(e))
+    }
+}
 
-struct Append {
-    topic: String,
-    key: String,
-    value: Vec<u8>,
-    reply: oneshot::Sender<Result<Position>>,
+/// A write waiting for the writer's next group.
+enum Write {
+    Append {
+        topic: String,
+        partition: u32,
+        key: String,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<Position>>,
+    },
+    /// A group's position: `next` is the first offset not yet processed.
+    Commit {
+        group: String,
+        topic: String,
+        partition: u32,
+        next: u64,
+    },
+}
+
+/// Writes queued for the writer thread.
+#[derive(Default)]
+struct Pending {
+    writes: Vec<Write>,
+    /// Whether a flush job is on the writer's queue, which will take `writes`.
+    flush_queued: bool,
+}
+
+/// What every handle on one queue shares.
+struct Shared {
+    writer: SqliteThread,
+    reader: SqliteThread,
+    pending: Mutex<Pending>,
+    /// Rung after every commit that appended records.
+    appended: Notify,
+    /// Where each partition ends (its next offset), as last seen: after this
+    /// queue's own commits, and on consumers' re-reads of the file.
+    ends: Mutex<HashMap<TopicPartition, u64>>,
+    partitions: Mutex<HashMap<String, u32>>,
+    options: SqliteQueueOptions,
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the
+/// maps it guards are still consistent (every update is one insert).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The embedded queue; cheap to clone.
 #[derive(Clone)]
 pub struct SqliteQueue {
-    pool: SqlitePool,
-    appends: mpsc::Sender<Append>,
-    appended: Arc<Notify>,
-    partitions: Arc<Mutex<HashMap<String, u32>>>,
-    options: SqliteQueueOptions,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for SqliteQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteQueue").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("SqliteQueue").field("options", &self.shared.options).finish_non_exhaustive()
     }
 }
 
 impl SqliteQueue {
     /// Opens (creating if needed) the queue stored in the file `path`.
     pub async fn open(path: &Path, options: SqliteQueueOptions) -> Result<Self> {
-        let connect = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(if options.sync_full { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(connect).await?;
-        for statement in SCHEMA {
-            sqlx::query(*statement).execute(&pool).await?;
-        }
-        let (appends, rx) = mpsc::channel(4 * MAX_GROUP_COMMIT);
-        let appended = Arc::new(Notify::new());
-        let partitions = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(write_loop(pool.clone(), rx, appended.clone(), options.clone()));
-        Ok(Self { pool, appends, appended, partitions, options })
+        let writer =
+            SqliteThread::open(path, Options { sync_full: options.sync_full, ..Options::writer("queue-writer") })?;
+        writer.call(|c| c.execute_batch(SCHEMA).map_err(Error::from)).await?;
+        let reader = SqliteThread::open(path, Options::reader("queue-reader"))?;
+        let shared = Arc::new(Shared {
+            writer,
+            reader,
+            pending: Mutex::new(Pending::default()),
+            appended: Notify::new(),
+            ends: Mutex::new(HashMap::new()),
+            partitions: Mutex::new(HashMap::new()),
+            options,
+        });
+        tokio::spawn(retain(Arc::downgrade(&shared)));
+        Ok(Self { shared })
     }
 
     async fn topic_partitions(&self, topic: &str) -> Result<u32> {
-        if let Some(n) = self.cached_partitions(topic) {
+        if let Some(n) = lock(&self.shared.partitions).get(topic).copied() {
             return Ok(n);
         }
-        let row = sqlx::query("SELECT partitions FROM queue_topics WHERE name = ?")
-            .bind(topic)
-            .fetch_optional(&self.pool)
+        let name = topic.to_owned();
+        let n: Option<i64> = self
+            .shared
+            .reader
+            .call(move |c| {
+                c.query_row("SELECT partitions FROM queue_topics WHERE name = ?1", [&name], |row| row.get(0))
+                    .optional()
+                    .map_err(Error::from)
+            })
             .await?;
-        let n: i64 = row.ok_or_else(|| Error::UnknownTopic(topic.to_owned()))?.try_get(0)?;
-        let n = n as u32;
-        self.lock_partitions().insert(topic.to_owned(), n);
+        let n = n.ok_or_else(|| Error::UnknownTopic(topic.to_owned()))? as u32;
+        lock(&self.shared.partitions).insert(topic.to_owned(), n);
         Ok(n)
     }
 
-    fn cached_partitions(&self, topic: &str) -> Option<u32> {
-        self.lock_partitions().get(topic).copied()
-    }
-
-    fn lock_partitions(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    /// Queues `write` for the writer's next group.
+    fn queue_write(&self, write: Write) -> Result<()> {
+        let mut pending = lock(&self.shared.pending);
+        pending.writes.push(write);
+        if !pending.flush_queued {
+            let shared = self.shared.clone();
+            self.shared.writer.submit(move |c| flush(&shared, c))?;
+            pending.flush_queued = true;
+        }
+        Ok(())
     }
 
     /// Applies retention now (the writer also does every
     /// `retention_interval`); returns the records deleted.
     pub async fn enforce_retention(&self) -> Result<u64> {
-        enforce_retention(&self.pool, &self.options).await
+        let options = self.shared.options.clone();
+        self.shared.writer.call(move |c| enforce_retention(c, &options)).await
     }
+}
+
+/// Runs retention every `retention_interval` while the queue is open.
+async fn retain(shared: Weak<Shared>) {
+    let Some(every) = shared.upgrade().map(|s| s.options.retention_interval.max(Duration::from_millis(10))) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(queue) = shared.upgrade().map(|shared| SqliteQueue { shared }) else { return };
+        if let Err(e) = queue.enforce_retention().await {
+            tracing::warn!(error = %e, "embedded queue retention failed; trying again later");
+        }
+    }
+}
+
+/// Takes every pending write into one transaction, then answers the senders
+/// and wakes the consumers. Runs on the writer thread.
+fn flush(shared: &Shared, connection: &mut Connection) {
+    let writes = {
+        let mut pending = lock(&shared.pending);
+        pending.flush_queued = false;
+        std::mem::take(&mut pending.writes)
+    };
+    if writes.is_empty() {
+        return;
+    }
+    match write_group(connection, &writes) {
+        Ok(positions) => {
+            let mut appended = false;
+            {
+                let mut ends = lock(&shared.ends);
+                for (write, position) in writes.iter().zip(&positions) {
+                    if let (Write::Append { topic, .. }, Some(p)) = (write, position) {
+                        let end = ends.entry((topic.clone(), p.partition)).or_insert(0);
+                        *end = (*end).max(p.offset + 1);
+                        appended = true;
+                    }
+                }
+            }
+            for (write, position) in writes.into_iter().zip(positions) {
+                if let (Write::Append { reply, .. }, Some(position)) = (write, position) {
+                    let _ = reply.send(Ok(position));
+                }
+            }
+            if appended {
+                shared.appended.notify_waiters();
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, writes = writes.len(), "embedded queue write failed");
+            let message = e.to_string();
+            for write in writes {
+                if let Write::Append { reply, .. } = write {
+                    let _ = reply.send(Err(Error::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a group in one transaction; each append's position, in order (none
+/// for a commit).
+fn write_group(connection: &mut Connection, writes: &[Write]) -> Result<Vec<Option<Position>>> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = courier_ids::now_unix_ms();
+    // Where each partition the group writes stands, read once (the write lock
+    // is held: nobody appends meanwhile).
+    let mut next: HashMap<(&str, u32), u64> = HashMap::new();
+    let mut positions = Vec::with_capacity(writes.len());
+    {
+        let mut last =
+            tx.prepare_cached("SELECT MAX(offset) FROM queue_records WHERE topic = ?1 AND partition = ?2")?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO queue_records (topic, partition, offset, key, value, timestamp_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut commit = tx.prepare_cached(
+            "INSERT INTO queue_group_offsets (group_id, topic, partition, next_offset) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (group_id, topic, partition)
+             DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
+        )?;
+        for write in writes {
+            match write {
+                Write::Append { topic, partition, key, value, .. } => {
+                    let slot = match next.get_mut(&(topic.as_str(), *partition)) {
+                        Some(slot) => slot,
+                        None => {
+                            let newest: Option<i64> = last.query_row(params![topic, partition], |row| row.get(0))?;
+                            next.entry((topic.as_str(), *partition)).or_insert(newest.map_or(0, |o| o as u64 + 1))
+                        }
+                    };
+                    let offset = *slot;
+                    *slot += 1;
+                    insert.execute(params![topic, partition, offset as i64, key, value, now])?;
+                    positions.push(Some(Position { partition: *partition, offset }));
+                }
+                Write::Commit { group, topic, partition, next } => {
+                    commit.execute(params![group, topic, partition, *next as i64])?;
+                    positions.push(None);
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(positions)
 }
 
 /// Records deleted per statement, so one sweep never holds the write lock long.
 const RETENTION_CHUNK: u64 = 10_000;
 
 /// Deletes what retention allows in every partition (see the module docs).
-async fn enforce_retention(pool: &SqlitePool, options: &SqliteQueueOptions) -> Result<u64> {
-    let topics: Vec<(String, i64)> =
-        sqlx::query_as("SELECT name, partitions FROM queue_topics").fetch_all(pool).await?;
+fn enforce_retention(connection: &mut Connection, options: &SqliteQueueOptions) -> Result<u64> {
+    let topics: Vec<(String, i64)> = {
+        let mut statement = connection.prepare_cached("SELECT name, partitions FROM queue_topics")?;
+        statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<rusqlite::Result<_>>()?
+    };
     let too_old = courier_ids::now_unix_ms().saturating_sub(options.retention.as_millis() as i64);
+    let limit_bytes = i64::try_from(options.retention_bytes).unwrap_or(i64::MAX);
     let mut deleted = 0;
     for (topic, partitions) in topics {
         for partition in 0..partitions {
             // Offsets below `bound` may go: every group committed past them, and
             // the newest record stays.
-            let bound: Option<i64> = sqlx::query_scalar(
+            let bound: Option<i64> = connection.query_row(
                 "SELECT MIN(c.next_offset, r.newest) FROM
                     (SELECT MIN(next_offset) AS next_offset FROM queue_group_offsets WHERE topic = ?1 AND partition = ?2) c,
                     (SELECT MAX(offset) AS newest FROM queue_records WHERE topic = ?1 AND partition = ?2) r",
-            )
-            .bind(&topic)
-            .bind(partition)
-            .fetch_one(pool)
-            .await?;
+                params![topic, partition],
+                |row| row.get(0),
+            )?;
             let Some(bound) = bound else { continue };
             // The last offset beyond the size limit, counting from the newest.
             let oversize: Option<i64> = if options.retention_bytes == 0 {
                 None
             } else {
-                sqlx::query_scalar(
-                    "SELECT offset FROM (
-                        SELECT offset, SUM(length(key) + length(value)) OVER (ORDER BY offset DESC) AS kept
-                        FROM queue_records WHERE topic = ?1 AND partition = ?2)
-                     WHERE kept > ?3 ORDER BY offset DESC LIMIT 1",
-                )
-                .bind(&topic)
-                .bind(partition)
-                .bind(i64::try_from(options.retention_bytes).unwrap_or(i64::MAX))
-                .fetch_optional(pool)
-                .await?
+                connection
+                    .query_row(
+                        "SELECT offset FROM (
+                            SELECT offset, SUM(length(key) + length(value)) OVER (ORDER BY offset DESC) AS kept
+                            FROM queue_records WHERE topic = ?1 AND partition = ?2)
+                         WHERE kept > ?3 ORDER BY offset DESC LIMIT 1",
+                        params![topic, partition, limit_bytes],
+                        |row| row.get(0),
+                    )
+                    .optional()?
             };
             loop {
-                let removed = sqlx::query(
+                let removed = connection.execute(
                     "DELETE FROM queue_records WHERE topic = ?1 AND partition = ?2 AND offset IN (
                         SELECT offset FROM queue_records WHERE topic = ?1 AND partition = ?2 AND offset < ?3
                         AND (timestamp_ms < ?4 OR offset <= ?5) ORDER BY offset LIMIT ?6)",
-                )
-                .bind(&topic)
-                .bind(partition)
-                .bind(bound)
-                .bind(too_old)
-                .bind(oversize.unwrap_or(-1))
-                .bind(RETENTION_CHUNK as i64)
-                .execute(pool)
-                .await?
-                .rows_affected();
+                    params![topic, partition, bound, too_old, oversize.unwrap_or(-1), RETENTION_CHUNK as i64],
+                )? as u64;
                 deleted += removed;
                 if removed < RETENTION_CHUNK {
                     break;
@@ -252,13 +412,21 @@ async fn enforce_retention(pool: &SqlitePool, options: &SqliteQueueOptions) -> R
 #[async_trait]
 impl Queue for SqliteQueue {
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<()> {
-        sqlx::query("INSERT INTO queue_topics (name, partitions) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
-            .bind(topic)
-            .bind(i64::from(partitions))
-            .execute(&self.pool)
+        let name = topic.to_owned();
+        let existing: i64 = self
+            .shared
+            .writer
+            .call(move |c| {
+                c.execute(
+                    "INSERT INTO queue_topics (name, partitions) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                    params![name, partitions],
+                )?;
+                c.query_row("SELECT partitions FROM queue_topics WHERE name = ?1", [&name], |row| row.get(0))
+                    .map_err(Error::from)
+            })
             .await?;
-        self.lock_partitions().remove(topic);
-        let existing = self.topic_partitions(topic).await?;
+        let existing = existing as u32;
+        lock(&self.shared.partitions).insert(topic.to_owned(), existing);
         if existing != partitions {
             return Err(Error::PartitionMismatch { topic: topic.to_owned(), existing, wanted: partitions });
         }
@@ -267,10 +435,15 @@ impl Queue for SqliteQueue {
 
     async fn produce(&self, topic: &str, key: &str, value: &[u8]) -> Result<Position> {
         // Resolve the topic first so an unknown topic fails before queueing.
-        self.topic_partitions(topic).await?;
+        let partitions = self.topic_partitions(topic).await?;
         let (reply, answer) = oneshot::channel();
-        let append = Append { topic: topic.to_owned(), key: key.to_owned(), value: value.to_vec(), reply };
-        self.appends.send(append).await.map_err(|_| Error::Unavailable("the queue writer has stopped".into()))?;
+        self.queue_write(Write::Append {
+            topic: topic.to_owned(),
+            partition: partition_for(key, partitions),
+            key: key.to_owned(),
+            value: value.to_vec(),
+            reply,
+        })?;
         answer.await.map_err(|_| Error::Unavailable("the queue writer has stopped".into()))?
     }
 
@@ -289,6 +462,7 @@ impl Queue for SqliteQueue {
             lag: Vec::new(),
             positions: BTreeMap::new(),
             next_heartbeat: None,
+            next_reread: Instant::now(),
         }))
     }
 
@@ -396,120 +570,7 @@ impl Cursor for SqliteCursor {
     }
 }
 
-/// Appends records in group commits, and applies retention now and then,
-/// until every sender is gone.
-async fn write_loop(
-    pool: SqlitePool,
-    mut rx: mpsc::Receiver<Append>,
-    appended: Arc<Notify>,
-    options: SqliteQueueOptions,
-) {
-    let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
-    let mut partitions: HashMap<String, u32> = HashMap::new();
-    let mut retention = tokio::time::interval(options.retention_interval.max(Duration::from_millis(10)));
-    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let received = tokio::select! {
-            received = rx.recv_many(&mut batch, MAX_GROUP_COMMIT) => received,
-            _ = retention.tick() => {
-                if let Err(e) = enforce_retention(&pool, &options).await {
-                    tracing::warn!(error = %e, "embedded queue retention failed; trying again later");
-                }
-                continue;
-            }
-        };
-        if received == 0 {
-            break;
-        }
-        let result = append_batch(&pool, &batch, &mut partitions).await;
-        match result {
-            Ok(positions) => {
-                for (append, position) in batch.drain(..).zip(positions) {
-                    let _ = append.reply.send(Ok(position));
-                }
-                appended.notify_waiters();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, records = batch.len(), "embedded queue append failed");
-                let message = e.to_string();
-                for append in batch.drain(..) {
-                    let _ = append.reply.send(Err(Error::Unavailable(message.clone())));
-                }
-            }
-        }
-    }
-}
-
-async fn append_batch(
-    pool: &SqlitePool,
-    batch: &[Append],
-    partitions: &mut HashMap<String, u32>,
-) -> Result<Vec<Position>> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    // Each record's partition (a topic's count is read once: it never changes).
-    let mut placed = Vec::with_capacity(batch.len());
-    for append in batch {
-        let count = match partitions.get(&append.topic) {
-            Some(n) => *n,
-            None => {
-                let n: i64 = sqlx::query_scalar("SELECT partitions FROM queue_topics WHERE name = ?")
-                    .bind(&append.topic)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or_else(|| Error::UnknownTopic(append.topic.clone()))?;
-                partitions.insert(append.topic.clone(), n as u32);
-                n as u32
-            }
-        };
-        placed.push(partition_for(&append.key, count));
-    }
-    // Where each partition the group writes stands, read in one statement (the
-    // write lock is held: nobody appends meanwhile)…
-    let touched: Vec<(&str, u32)> = {
-        let mut touched: Vec<(&str, u32)> = batch.iter().zip(&placed).map(|(a, p)| (a.topic.as_str(), *p)).collect();
-        touched.sort_unstable();
-        touched.dedup();
-        touched
-    };
-    let heads: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT t.value->>0, t.value->>1,
-            (SELECT MAX(offset) FROM queue_records WHERE topic = t.value->>0 AND partition = t.value->>1)
-         FROM json_each(?) AS t",
-    )
-    .bind(json(&touched)?)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut next: HashMap<(String, u32), u64> =
-        heads.into_iter().map(|(topic, p, last)| ((topic, p as u32), last.map_or(0, |o| o as u64 + 1))).collect();
-    // …then the records, in one statement (values hex-encoded: JSON has no
-    // bytes), with offsets following on in each partition.
-    let now = courier_ids::now_unix_ms();
-    let mut positions = Vec::with_capacity(batch.len());
-    let mut rows = Vec::with_capacity(batch.len());
-    for (append, partition) in batch.iter().zip(placed) {
-        let slot = next.entry((append.topic.clone(), partition)).or_insert(0);
-        let offset = *slot;
-        *slot += 1;
-        positions.push(Position { partition, offset });
-        rows.push((append.topic.as_str(), partition, offset, append.key.as_str(), hex::encode(&append.value)));
-    }
-    sqlx::query(
-        "INSERT INTO queue_records (topic, partition, offset, key, value, timestamp_ms)
-         SELECT value->>0, value->>1, value->>2, value->>3, unhex(value->>4), ?2 FROM json_each(?1)",
-    )
-    .bind(json(&rows)?)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(positions)
-}
-
-/// One statement parameter holding `rows` as a JSON array, for `json_each`.
-fn json<T: serde::Serialize>(rows: &T) -> Result<String> {
-    serde_json::to_string(rows).map_err(|e| Error::Unavailable(format!("encoding a group of records: {e}")))
-}
-
+/// Reads a partition for a [`SqliteCursor`].
 async fn read_partition(
     pool: &SqlitePool,
     topic: &str,
@@ -555,6 +616,9 @@ struct SqliteConsumer {
     /// Records not yet handed out per owned partition, as of the last heartbeat.
     lag: Vec<(TopicPartition, u64)>,
     next_heartbeat: Option<Instant>,
+    /// When an idle poll next re-reads where the owned partitions end (for
+    /// appends by another process, which ring no [`Notify`] here).
+    next_reread: Instant,
 }
 
 impl SqliteConsumer {
@@ -563,28 +627,30 @@ impl SqliteConsumer {
         if self.next_heartbeat.is_some_and(|at| Instant::now() < at) {
             return Ok(());
         }
-        let pool = &self.queue.pool;
-        let now = courier_ids::now_unix_ms();
-        let expires = now + self.queue.options.session_timeout.as_millis() as i64;
-        sqlx::query(
-            "INSERT INTO queue_group_members (group_id, member_id, expires_ms) VALUES (?, ?, ?)
-             ON CONFLICT (group_id, member_id) DO UPDATE SET expires_ms = excluded.expires_ms",
-        )
-        .bind(&self.group)
-        .bind(&self.member_id)
-        .bind(expires)
-        .execute(pool)
-        .await?;
-        sqlx::query("DELETE FROM queue_group_members WHERE group_id = ? AND expires_ms < ?")
-            .bind(&self.group)
-            .bind(now)
-            .execute(pool)
+        let (group, member) = (self.group.clone(), self.member_id.clone());
+        let session = self.queue.shared.options.session_timeout.as_millis() as i64;
+        let members: Vec<String> = self
+            .queue
+            .shared
+            .writer
+            .call(move |c| {
+                let now = courier_ids::now_unix_ms();
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.prepare_cached(
+                    "INSERT INTO queue_group_members (group_id, member_id, expires_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (group_id, member_id) DO UPDATE SET expires_ms = excluded.expires_ms",
+                )?
+                .execute(params![group, member, now + session])?;
+                tx.prepare_cached("DELETE FROM queue_group_members WHERE group_id = ?1 AND expires_ms < ?2")?
+                    .execute(params![group, now])?;
+                let members = tx
+                    .prepare_cached("SELECT member_id FROM queue_group_members WHERE group_id = ?1 ORDER BY member_id")?
+                    .query_map([&group], |row| row.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()?;
+                tx.commit()?;
+                Ok::<_, Error>(members)
+            })
             .await?;
-        let members: Vec<String> =
-            sqlx::query_scalar("SELECT member_id FROM queue_group_members WHERE group_id = ? ORDER BY member_id")
-                .bind(&self.group)
-                .fetch_all(pool)
-                .await?;
         let me = members.iter().position(|m| *m == self.member_id).unwrap_or(0);
         let mut all = Vec::new();
         for topic in &self.topics {
@@ -596,81 +662,154 @@ impl SqliteConsumer {
             all.into_iter().enumerate().filter(|(i, _)| i % members.len().max(1) == me).map(|(_, tp)| tp).collect();
         if assignment != self.assignment {
             let mut positions = BTreeMap::new();
-            for tp in &assignment {
-                let position = match self.positions.get(tp) {
-                    Some(p) => *p,
-                    None => self.committed(tp).await?,
-                };
-                positions.insert(tp.clone(), position);
+            let committed = self.committed(&assignment).await?;
+            for (tp, committed) in assignment.iter().zip(committed) {
+                positions.insert(tp.clone(), self.positions.get(tp).copied().unwrap_or(committed));
             }
             tracing::info!(group = %self.group, member = %self.member_id, partitions = assignment.len(), "embedded queue assignment changed");
             self.positions = positions;
             self.assignment = assignment;
         }
-        self.lag = self.measure_lag().await?;
-        self.next_heartbeat = Some(Instant::now() + self.queue.options.heartbeat_interval);
+        self.reread_ends().await?;
+        let ends = lock(&self.queue.shared.ends);
+        self.lag = self
+            .positions
+            .iter()
+            .map(|(tp, position)| (tp.clone(), ends.get(tp).copied().unwrap_or(0).saturating_sub(*position)))
+            .collect();
+        drop(ends);
+        self.next_heartbeat = Some(Instant::now() + self.queue.shared.options.heartbeat_interval);
         Ok(())
     }
 
-    /// The records after each owned partition's position.
-    async fn measure_lag(&self) -> Result<Vec<(TopicPartition, u64)>> {
-        let mut lag = Vec::with_capacity(self.positions.len());
-        for (tp, position) in &self.positions {
-            let last: Option<i64> =
-                sqlx::query_scalar("SELECT MAX(offset) FROM queue_records WHERE topic = ? AND partition = ?")
-                    .bind(&tp.0)
-                    .bind(i64::from(tp.1))
-                    .fetch_one(&self.queue.pool)
-                    .await?;
-            let end = last.map_or(0, |last| last as u64 + 1);
-            lag.push((tp.clone(), end.saturating_sub(*position)));
+    /// Re-reads from the file where each owned partition ends; true if any
+    /// moved past what was known.
+    async fn reread_ends(&mut self) -> Result<bool> {
+        self.next_reread = Instant::now() + self.queue.shared.options.poll_interval;
+        let owned: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        if owned.is_empty() {
+            return Ok(false);
         }
-        Ok(lag)
+        let found: Vec<(TopicPartition, u64)> = self
+            .queue
+            .shared
+            .reader
+            .call(move |c| {
+                let mut last =
+                    c.prepare_cached("SELECT MAX(offset) FROM queue_records WHERE topic = ?1 AND partition = ?2")?;
+                let mut found = Vec::with_capacity(owned.len());
+                for tp in owned {
+                    let newest: Option<i64> = last.query_row(params![tp.0, tp.1], |row| row.get(0))?;
+                    found.push((tp, newest.map_or(0, |o| o as u64 + 1)));
+                }
+                Ok::<_, Error>(found)
+            })
+            .await?;
+        let mut ends = lock(&self.queue.shared.ends);
+        let mut moved = false;
+        for (tp, end) in found {
+            let known = ends.entry(tp).or_insert(0);
+            if end > *known {
+                *known = end;
+                moved = true;
+            }
+        }
+        Ok(moved)
     }
 
-    async fn committed(&self, (topic, partition): &TopicPartition) -> Result<u64> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT next_offset FROM queue_group_offsets WHERE group_id = ? AND topic = ? AND partition = ?",
-        )
-        .bind(&self.group)
-        .bind(topic)
-        .bind(i64::from(*partition))
-        .fetch_optional(&self.queue.pool)
-        .await?;
-        Ok(next.unwrap_or(0) as u64)
+    /// The group's committed position of each of `partitions`, in order.
+    async fn committed(&self, partitions: &[TopicPartition]) -> Result<Vec<u64>> {
+        let (group, partitions) = (self.group.clone(), partitions.to_vec());
+        self.queue
+            .shared
+            .reader
+            .call(move |c| {
+                let mut read = c.prepare_cached(
+                    "SELECT next_offset FROM queue_group_offsets WHERE group_id = ?1 AND topic = ?2 AND partition = ?3",
+                )?;
+                let mut committed = Vec::with_capacity(partitions.len());
+                for (topic, partition) in &partitions {
+                    let next: Option<i64> =
+                        read.query_row(params![group, topic, partition], |row| row.get(0)).optional()?;
+                    committed.push(next.unwrap_or(0) as u64);
+                }
+                Ok::<_, Error>(committed)
+            })
+            .await
     }
+
+    /// Reads up to `max` records from the owned partitions that hold new ones,
+    /// starting at the next partition each poll (so a busy partition that fills
+    /// `max` on its own cannot starve the ones after it).
+    async fn read_new(&mut self, max: usize) -> Result<Vec<Record>> {
+        let owned: Vec<(TopicPartition, u64)> = {
+            let ends = lock(&self.queue.shared.ends);
+            self.positions
+                .iter()
+                .filter(|(tp, position)| ends.get(*tp).is_none_or(|end| end > *position))
+                .map(|(tp, position)| (tp.clone(), *position))
+                .collect()
+        };
+        if owned.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.rotation = self.rotation.wrapping_add(1);
+        let start = self.rotation % owned.len();
+        let wanted: Vec<(TopicPartition, u64)> = owned[start..].iter().chain(&owned[..start]).cloned().collect();
+        let records = self.queue.shared.reader.call(move |c| read_partitions(c, &wanted, max)).await?;
+        for record in &records {
+            if let Some(position) = self.positions.get_mut(&(record.topic.clone(), record.partition)) {
+                *position = (*position).max(record.offset + 1);
+            }
+        }
+        Ok(records)
+    }
+}
+
+/// Up to `max` records after each of `wanted`'s positions, partition by
+/// partition in that order, each partition's in offset order.
+fn read_partitions(connection: &mut Connection, wanted: &[(TopicPartition, u64)], max: usize) -> Result<Vec<Record>> {
+    let mut statement = connection.prepare_cached(
+        "SELECT offset, key, value, timestamp_ms FROM queue_records
+         WHERE topic = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
+    )?;
+    let mut records = Vec::new();
+    for ((topic, partition), position) in wanted {
+        if records.len() >= max {
+            break;
+        }
+        let limit = (max - records.len()) as i64;
+        let rows = statement.query_map(params![topic, partition, *position as i64, limit], |row| {
+            Ok(Record {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: row.get::<_, i64>(0)? as u64,
+                key: row.get(1)?,
+                value: row.get(2)?,
+                timestamp_ms: row.get(3)?,
+            })
+        })?;
+        for row in rows {
+            records.push(row?);
+        }
+    }
+    Ok(records)
 }
 
 #[async_trait]
 impl Consumer for SqliteConsumer {
     async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>> {
         let deadline = Instant::now() + timeout;
+        let shared = self.queue.shared.clone();
         loop {
             self.heartbeat().await?;
             // Listen before reading, so an append between the read and the wait
             // still wakes us.
-            let appended = self.queue.appended.clone();
-            let notified = appended.notified();
+            let notified = shared.appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            // Start at the next partition each poll, so a busy partition that
-            // fills `max` on its own cannot starve the ones after it.
-            let owned: Vec<TopicPartition> = self.positions.keys().cloned().collect();
-            self.rotation = self.rotation.wrapping_add(1);
-            let mut records = Vec::new();
-            for i in 0..owned.len() {
-                if records.len() >= max {
-                    break;
-                }
-                let tp = &owned[(self.rotation + i) % owned.len()];
-                let Some(position) = self.positions.get_mut(tp) else { continue };
-                let batch = read_partition(&self.queue.pool, &tp.0, tp.1, *position, max - records.len()).await?;
-                if let Some(last) = batch.last() {
-                    *position = last.offset + 1;
-                }
-                records.extend(batch);
-            }
+            let records = self.read_new(max).await?;
             if !records.is_empty() {
                 return Ok(records);
             }
@@ -678,25 +817,24 @@ impl Consumer for SqliteConsumer {
             if now >= deadline {
                 return Ok(records);
             }
-            let wait =
-                (deadline - now).min(self.queue.options.poll_interval).min(self.queue.options.heartbeat_interval);
-            let _ = tokio::time::timeout(wait, notified).await;
+            if now >= self.next_reread && self.reread_ends().await? {
+                continue;
+            }
+            let mut wake = deadline.min(self.next_reread);
+            if let Some(heartbeat) = self.next_heartbeat {
+                wake = wake.min(heartbeat);
+            }
+            let _ = tokio::time::timeout(wake.saturating_duration_since(now), notified).await;
         }
     }
 
     async fn commit(&mut self, topic: &str, partition: u32, offset: u64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO queue_group_offsets (group_id, topic, partition, next_offset) VALUES (?, ?, ?, ?)
-             ON CONFLICT (group_id, topic, partition)
-             DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
-        )
-        .bind(&self.group)
-        .bind(topic)
-        .bind(i64::from(partition))
-        .bind(offset as i64 + 1)
-        .execute(&self.queue.pool)
-        .await?;
-        Ok(())
+        self.queue.queue_write(Write::Commit {
+            group: self.group.clone(),
+            topic: topic.to_owned(),
+            partition,
+            next: offset + 1,
+        })
     }
 
     fn assignment(&self) -> Vec<TopicPartition> {
@@ -708,10 +846,19 @@ impl Consumer for SqliteConsumer {
     }
 
     async fn close(&mut self) -> Result<()> {
-        sqlx::query("DELETE FROM queue_group_members WHERE group_id = ? AND member_id = ?")
-            .bind(&self.group)
-            .bind(&self.member_id)
-            .execute(&self.queue.pool)
+        // Runs after every commit queued before it (the writer takes its jobs
+        // in order), so those are on disk when this returns.
+        let (group, member) = (self.group.clone(), self.member_id.clone());
+        self.queue
+            .shared
+            .writer
+            .call(move |c| {
+                c.execute(
+                    "DELETE FROM queue_group_members WHERE group_id = ?1 AND member_id = ?2",
+                    params![group, member],
+                )
+                .map_err(Error::from)
+            })
             .await?;
         self.assignment.clear();
         self.positions.clear();

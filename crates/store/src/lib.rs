@@ -27,6 +27,8 @@ pub enum Error {
     NameTaken,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] courier_sqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is invalid: {0}")]
@@ -58,6 +60,8 @@ impl Error {
                     e.code().and_then(|code| code.parse::<u32>().ok()).is_some_and(|code| matches!(code & 0xff, 5 | 6))
                 }
             }
+            Self::Sqlite(courier_sqlite::Error::Sqlite(e)) => courier_sqlite::is_busy(e),
+            Self::Sqlite(courier_sqlite::Error::Stopped(_) | courier_sqlite::Error::Spawn(_)) => true,
             _ => false,
         }
     }

@@ -1,35 +1,41 @@
 //! The embedded store: users and history in one SQLite file, schema from
 //! `migrations/sqlite`.
 //!
-//! Appends run in `BEGIN IMMEDIATE` transactions: the write lock is taken before
-//! anything is read, so two writers never both read the same `last_seq`, and
-//! SQLite's busy timeout (rather than a failed upgrade) handles contention. A
-//! batch is a fixed handful of set-based statements (see [`crate::append`]); the
-//! rows travel as one JSON array per statement, unpacked by `json_each`, because
-//! SQLite has no array parameters and each statement costs sqlx a thread hop.
+//! **Appends** go to one writer thread that owns a connection of its own (see
+//! `courier-sqlite`): a batch is a handful of prepared statements per message
+//! run synchronously there, so a transaction costs one hand-off between
+//! threads, not one per statement. Transactions are `BEGIN IMMEDIATE`: the
+//! write lock is taken before anything is read, so two writers (another
+//! process, say) never both read the same `last_seq`. Reads, accounts and
+//! migrations go through a small sqlx pool; SQLite's write-ahead log lets
+//! them run beside the writer.
 //!
 //! **Group commit.** A database has one writer, and task runs a lane per
-//! partition, each appending small batches. So appends go to one writer task,
-//! which takes every append waiting at that moment into a single transaction
-//! (their streams are disjoint: one writer per stream) and answers each with
-//! its own positions. The statements and the commit are paid once per group
-//! rather than once per lane. If the group's transaction fails, each append is
-//! tried alone, so a batch the store refuses fails only its own caller (whose
-//! persister then finds the poison record) and never an innocent lane's.
+//! partition, each appending small batches. An append joins the appends
+//! pending; the first to find none pending queues one flush job on the writer
+//! thread, which takes every append pending when it runs into a single
+//! transaction (their streams are disjoint: one writer per stream) and answers
+//! each with its own positions. The commit and its sync to disk are paid once
+//! per group rather than once per lane. If the group's transaction fails, each
+//! append is tried alone, so a batch the store refuses fails only its own
+//! caller (whose persister then finds the poison record) and never an
+//! innocent lane's.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use courier_sqlite::rusqlite::{self, Connection, TransactionBehavior, params};
+use courier_sqlite::{Options, SqliteThread};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::rows::{
-    DEAD_LETTER_COLUMNS, dead_letter_from_row, heads_from_rows, page_query, positions_from_rows, storable_text,
-    stored_from_row, user_from_row,
+    DEAD_LETTER_COLUMNS, dead_letter_from_row, page_query, storable_text, stored_from_row, user_from_row,
 };
 use crate::{
     DeadLetter, Error, HistoryStore, Message, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
@@ -40,11 +46,24 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// The group-committing writer (see the module docs). Appends queue here
-    /// rather than on SQLite's lock, whose waiters poll it with sleeps of up to
-    /// 100 ms (the busy handler): at a few hundred appends a second from
-    /// parallel lanes that cost more than the appends (100 ms each measured).
-    appends: mpsc::Sender<AppendRequest>,
+    writer: Arc<Writer>,
+}
+
+/// The group-committing writer (see the module docs). Appends queue here
+/// rather than on SQLite's lock, whose waiters poll it with sleeps of up to
+/// 100 ms (the busy handler).
+#[derive(Debug)]
+struct Writer {
+    thread: SqliteThread,
+    pending: Mutex<Pending>,
+}
+
+/// Appends waiting for the writer's next group.
+#[derive(Debug, Default)]
+struct Pending {
+    appends: Vec<AppendRequest>,
+    /// Whether a flush job is on the writer's queue, which will take `appends`.
+    flush_queued: bool,
 }
 
 /// One caller's batch, and where its positions go.
@@ -54,8 +73,11 @@ struct AppendRequest {
     reply: oneshot::Sender<Result<Vec<Vec<Position>>>>,
 }
 
-/// Most appends committed in one group.
-const MAX_GROUP: usize = 64;
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(courier_sqlite::Error::Sqlite(e))
+    }
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in the file `path` and applies any
@@ -73,11 +95,11 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(connect).await?;
-        let (appends, queued) = mpsc::channel(MAX_GROUP * 4);
-        tokio::spawn(write_loop(pool.clone(), queued));
-        let store = Self { pool, appends };
-        store.migrate().await?;
-        Ok(store)
+        sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
+        // Full sync, as above.
+        let thread = SqliteThread::open(path, Options::writer("store-writer"))?;
+        let writer = Arc::new(Writer { thread, pending: Mutex::new(Pending::default()) });
+        Ok(Self { pool, writer })
     }
 
     /// Applies pending migrations from `migrations/sqlite`.
@@ -85,6 +107,12 @@ impl SqliteStore {
         sqlx::migrate!("../../migrations/sqlite").run(&self.pool).await?;
         Ok(())
     }
+}
+
+/// A poisoned lock only means another thread panicked holding it; the list
+/// it guards is still whole.
+fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[async_trait]
@@ -122,26 +150,31 @@ impl UserStore for SqliteStore {
     }
 }
 
-/// Commits the appends waiting, a group at a time, until every store handle
-/// is gone.
-async fn write_loop(pool: SqlitePool, mut queued: mpsc::Receiver<AppendRequest>) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while queued.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let results = append_group(&pool, &mut group).await;
-        for (request, result) in group.drain(..).zip(results) {
-            // A caller that went away (shutdown) no longer needs its answer.
-            let _ = request.reply.send(result);
-        }
+/// Takes every pending append into one transaction and answers each caller.
+/// Runs on the writer thread.
+fn flush(writer: &Writer, connection: &mut Connection) {
+    let mut group = {
+        let mut pending = lock(&writer.pending);
+        pending.flush_queued = false;
+        std::mem::take(&mut pending.appends)
+    };
+    if group.is_empty() {
+        return;
+    }
+    let results = append_group(connection, &mut group);
+    for (request, result) in group.into_iter().zip(results) {
+        // A caller that went away (shutdown) no longer needs its answer.
+        let _ = request.reply.send(result);
     }
 }
 
 /// Appends every request's batch in one transaction, or, if that fails, each
 /// in its own; returns each request's outcome, in order. Takes the batches.
-async fn append_group(pool: &SqlitePool, group: &mut [AppendRequest]) -> Vec<Result<Vec<Vec<Position>>>> {
+fn append_group(connection: &mut Connection, group: &mut [AppendRequest]) -> Vec<Result<Vec<Vec<Position>>>> {
     let lengths: Vec<usize> = group.iter().map(|r| r.batch.len()).collect();
     let mut all: Vec<Message> = group.iter_mut().flat_map(|r| std::mem::take(&mut r.batch)).collect();
     if group.len() > 1 {
-        match append_tx(pool, &all).await {
+        match append_tx(connection, &all) {
             Ok(mut positions) => {
                 return lengths.iter().map(|n| Ok(positions.drain(..*n).collect())).collect();
             }
@@ -151,19 +184,25 @@ async fn append_group(pool: &SqlitePool, group: &mut [AppendRequest]) -> Vec<Res
     let mut results = Vec::with_capacity(group.len());
     for n in lengths {
         let batch: Vec<Message> = all.drain(..n).collect();
-        results.push(append_tx(pool, &batch).await);
+        results.push(append_tx(connection, &batch));
     }
     results
 }
 
-/// Appends `batch` in one `BEGIN IMMEDIATE` transaction.
-async fn append_tx(pool: &SqlitePool, batch: &[Message]) -> Result<Vec<Vec<Position>>> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    // 1. The messages, learning which ids were new.
-    let rows: Vec<serde_json::Value> = batch
-        .iter()
-        .map(|m| {
-            serde_json::json!([
+/// Appends `batch` in one `BEGIN IMMEDIATE` transaction (rolled back if any
+/// statement fails).
+fn append_tx(connection: &mut Connection, batch: &[Message]) -> Result<Vec<Vec<Position>>> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let plan = {
+        // 1. The messages, learning which ids were new.
+        let mut insert_message = tx.prepare_cached(
+            "INSERT INTO messages (msg_id, kind, room_id, from_user_id, from_user_name, to_user_id,
+                to_user_name, body, admitted_ms, client_msg_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (msg_id) DO NOTHING",
+        )?;
+        let mut inserted = Vec::with_capacity(batch.len());
+        for m in batch {
+            let changed = insert_message.execute(params![
                 m.msg_id as i64,
                 m.kind as i64,
                 m.room_id as i64,
@@ -174,71 +213,58 @@ async fn append_tx(pool: &SqlitePool, batch: &[Message]) -> Result<Vec<Vec<Posit
                 m.body,
                 m.admitted_ms(),
                 m.client_msg_id,
-            ])
-        })
-        .collect();
-    let inserted: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO messages (msg_id, kind, room_id, from_user_id, from_user_name, to_user_id,
-            to_user_name, body, admitted_ms, client_msg_id)
-         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7,
-            value->>8, value->>9
-         FROM json_each(?) WHERE true
-         ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id",
-    )
-    .bind(json(&rows)?)
-    .fetch_all(&mut *tx)
-    .await?;
+            ])?;
+            if changed > 0 {
+                inserted.push(m.msg_id as i64);
+            }
+        }
 
-    // 2. The heads of every stream the batch moves (BEGIN IMMEDIATE already
-    //    holds the database's write lock); missing streams start at seq 0.
-    let new_streams = append::streams_to_lock(batch);
-    let streams: Vec<&String> = new_streams.iter().map(|(stream, _)| stream).collect();
-    let rows = sqlx::query(
-        "INSERT INTO streams (stream, epoch, last_seq)
-         SELECT value->>0, value->>1, 0 FROM json_each(?) WHERE true
-         ON CONFLICT (stream) DO UPDATE SET last_seq = last_seq
-         RETURNING stream, last_seq, epoch",
-    )
-    .bind(json(&new_streams)?)
-    .fetch_all(&mut *tx)
-    .await?;
-    let heads = heads_from_rows(&rows)?;
+        // 2. The heads of every stream the batch moves (BEGIN IMMEDIATE
+        //    already holds the database's write lock); missing streams start
+        //    at seq 0.
+        let mut head = tx.prepare_cached(
+            "INSERT INTO streams (stream, epoch, last_seq) VALUES (?1, ?2, 0)
+             ON CONFLICT (stream) DO UPDATE SET last_seq = last_seq RETURNING last_seq, epoch",
+        )?;
+        let mut heads = HashMap::new();
+        let streams = append::streams_to_lock(batch);
+        for (stream, epoch) in &streams {
+            let (last_seq, epoch): (i64, String) =
+                head.query_row(params![stream, epoch], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            heads.insert(stream.clone(), StreamInfo { epoch, last_seq: last_seq as u64 });
+        }
 
-    // 3. Positions of messages stored before (a redelivered record).
-    let mut existing = HashMap::new();
-    let known = append::known_ids(batch, &inserted);
-    if !known.is_empty() {
-        let rows = sqlx::query(
-            "SELECT stream, msg_id, seq FROM stream_entries
-             WHERE stream IN (SELECT value FROM json_each(?)) AND msg_id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(json(&streams)?)
-        .bind(json(&known.iter().map(|id| *id as i64).collect::<Vec<_>>())?)
-        .fetch_all(&mut *tx)
-        .await?;
-        existing = positions_from_rows(&rows)?;
-    }
+        // 3. Positions of messages stored before (a redelivered record).
+        let mut existing = HashMap::new();
+        let known = append::known_ids(batch, &inserted);
+        if !known.is_empty() {
+            let mut seq_of = tx.prepare_cached("SELECT seq FROM stream_entries WHERE stream = ?1 AND msg_id = ?2")?;
+            for (stream, _) in &streams {
+                for id in &known {
+                    let seq: Option<i64> = rusqlite::OptionalExtension::optional(
+                        seq_of.query_row(params![stream, *id as i64], |row| row.get(0)),
+                    )?;
+                    if let Some(seq) = seq {
+                        existing.insert((stream.clone(), *id), seq as u64);
+                    }
+                }
+            }
+        }
 
-    // 4. New entries and heads.
-    let plan = append::plan(batch, heads, existing)?;
-    if !plan.entries.is_empty() {
-        let entries: Vec<(&str, i64, i64, i64)> =
-            plan.entries.iter().map(|e| (e.stream.as_str(), e.seq as i64, e.msg_id as i64, e.peer as i64)).collect();
-        sqlx::query(
-            "INSERT INTO stream_entries (stream, seq, msg_id, peer_user_id)
-             SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?)",
-        )
-        .bind(json(&entries)?)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE streams SET last_seq = t.value->>1 FROM json_each(?) AS t WHERE streams.stream = t.value->>0",
-        )
-        .bind(json(&plan.heads)?)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
+        // 4. New entries and heads.
+        let plan = append::plan(batch, heads, existing)?;
+        let mut insert_entry = tx
+            .prepare_cached("INSERT INTO stream_entries (stream, seq, msg_id, peer_user_id) VALUES (?1, ?2, ?3, ?4)")?;
+        for e in &plan.entries {
+            insert_entry.execute(params![e.stream, e.seq as i64, e.msg_id as i64, e.peer as i64])?;
+        }
+        let mut move_head = tx.prepare_cached("UPDATE streams SET last_seq = ?2 WHERE stream = ?1")?;
+        for (stream, last) in &plan.heads {
+            move_head.execute(params![stream, *last as i64])?;
+        }
+        plan
+    };
+    tx.commit()?;
     Ok(plan.positions)
 }
 
@@ -249,9 +275,16 @@ impl HistoryStore for SqliteStore {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        let gone = || Error::Database(sqlx::Error::WorkerCrashed);
-        self.appends.send(AppendRequest { batch: batch.to_vec(), reply }).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        {
+            let mut pending = lock(&self.writer.pending);
+            pending.appends.push(AppendRequest { batch: batch.to_vec(), reply });
+            if !pending.flush_queued {
+                let writer = self.writer.clone();
+                self.writer.thread.submit(move |c| flush(&writer, c))?;
+                pending.flush_queued = true;
+            }
+        }
+        answer.await.map_err(|_| Error::Sqlite(courier_sqlite::Error::Stopped("store-writer".into())))?
     }
 
     async fn read(&self, stream: StreamId, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
@@ -292,9 +325,4 @@ impl HistoryStore for SqliteStore {
             .await?;
         row.map(|row| Ok(StreamInfo { epoch: row.try_get(0)?, last_seq: row.try_get::<i64, _>(1)? as u64 })).transpose()
     }
-}
-
-/// One statement parameter holding `rows` as a JSON array, for `json_each`.
-fn json<T: serde::Serialize>(rows: &T) -> Result<String> {
-    serde_json::to_string(rows).map_err(|e| Error::Corrupt(format!("encoding a batch: {e}")))
 }
