@@ -55,11 +55,13 @@ pub struct KafkaOptions {
     /// How often stored offsets are committed.
     pub commit_interval: Duration,
     /// How long the broker holds a consumer's fetch while nothing arrives (a
-    /// long poll: the fetch is answered as soon as one record is there, since
-    /// `fetch.min.bytes` is 1). A chat's trickle never fills a size threshold,
-    /// so a short wait only makes an idle broker answer empty fetches many
-    /// times a second.
+    /// long poll: with the default `fetch_min_bytes` of 1 the fetch is
+    /// answered as soon as one record is there). A chat's trickle never fills
+    /// a size threshold, so a short wait only makes an idle broker answer
+    /// empty fetches many times a second.
     pub fetch_wait: Duration,
+    /// Bytes a fetch waits for, up to `fetch_wait` (1: the first record).
+    pub fetch_min_bytes: u32,
     /// How often librdkafka reports statistics (the consumer lag comes from them).
     pub statistics_interval: Duration,
 }
@@ -77,6 +79,7 @@ impl KafkaOptions {
             linger: Duration::from_millis(5),
             commit_interval: Duration::from_millis(200),
             fetch_wait: Duration::from_secs(2),
+            fetch_min_bytes: 1,
             statistics_interval: Duration::from_secs(5),
         }
     }
@@ -154,7 +157,7 @@ impl KafkaQueue {
             .set("heartbeat.interval.ms", ms(self.options.heartbeat_interval))
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", ms(self.options.fetch_wait))
-            .set("fetch.min.bytes", "1")
+            .set("fetch.min.bytes", self.options.fetch_min_bytes.max(1).to_string())
             .set("socket.nagle.disable", "true")
             .set("statistics.interval.ms", ms(self.options.statistics_interval));
         config
