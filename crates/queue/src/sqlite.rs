@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use courier_sqlite::rusqlite::{self, Connection, OptionalExtension as _, TransactionBehavior, params};
-use courier_sqlite::{Options, SqliteThread};
+use courier_sqlite::{GroupCommit, Options, SqliteThread};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use tokio::sync::{Notify, oneshot};
@@ -143,26 +143,31 @@ enum Write {
     },
 }
 
-/// Writes queued for the writer thread.
+/// What the writer's commits tell the consumers.
 #[derive(Default)]
-struct Pending {
-    writes: Vec<Write>,
-    /// Whether a flush job is on the writer's queue, which will take `writes`.
-    flush_queued: bool,
-}
-
-/// What every handle on one queue shares.
-struct Shared {
-    writer: SqliteThread,
-    reader: SqliteThread,
-    pending: Mutex<Pending>,
+struct Tail {
     /// Rung after every commit that appended records.
     appended: Notify,
     /// Where each partition ends (its next offset), as last seen: after this
     /// queue's own commits, and on consumers' re-reads of the file.
     ends: Mutex<HashMap<TopicPartition, u64>>,
+}
+
+/// What every handle on one queue shares.
+struct Shared {
+    /// Sends and commits, grouped on the writer thread.
+    writes: Arc<GroupCommit<Write>>,
+    reader: SqliteThread,
+    tail: Arc<Tail>,
     partitions: Mutex<HashMap<String, u32>>,
     options: SqliteQueueOptions,
+}
+
+impl Shared {
+    /// The writer thread, for work other than sends and commits.
+    fn writer(&self) -> &SqliteThread {
+        self.writes.thread()
+    }
 }
 
 /// A poisoned lock only means another thread panicked while holding it; the
@@ -190,15 +195,10 @@ impl SqliteQueue {
             SqliteThread::open(path, Options { sync_full: options.sync_full, ..Options::writer("queue-writer") })?;
         writer.call(|c| c.execute_batch(SCHEMA).map_err(Error::from)).await?;
         let reader = SqliteThread::open(path, Options::reader("queue-reader"))?;
-        let shared = Arc::new(Shared {
-            writer,
-            reader,
-            pending: Mutex::new(Pending::default()),
-            appended: Notify::new(),
-            ends: Mutex::new(HashMap::new()),
-            partitions: Mutex::new(HashMap::new()),
-            options,
-        });
+        let tail = Arc::new(Tail::default());
+        let written = tail.clone();
+        let writes = GroupCommit::new(writer, move |c, writes| flush(&written, c, writes));
+        let shared = Arc::new(Shared { writes, reader, tail, partitions: Mutex::new(HashMap::new()), options });
         tokio::spawn(retain(Arc::downgrade(&shared)));
         Ok(Self { shared })
     }
@@ -222,23 +222,11 @@ impl SqliteQueue {
         Ok(n)
     }
 
-    /// Queues `write` for the writer's next group.
-    fn queue_write(&self, write: Write) -> Result<()> {
-        let mut pending = lock(&self.shared.pending);
-        pending.writes.push(write);
-        if !pending.flush_queued {
-            let shared = self.shared.clone();
-            self.shared.writer.submit(move |c| flush(&shared, c))?;
-            pending.flush_queued = true;
-        }
-        Ok(())
-    }
-
     /// Applies retention now (the writer also does every
     /// `retention_interval`); returns the records deleted.
     pub async fn enforce_retention(&self) -> Result<u64> {
         let options = self.shared.options.clone();
-        self.shared.writer.call(move |c| enforce_retention(c, &options)).await
+        self.shared.writer().call(move |c| enforce_retention(c, &options)).await
     }
 }
 
@@ -258,28 +246,25 @@ async fn retain(shared: Weak<Shared>) {
     }
 }
 
-/// Takes every pending write into one transaction, then answers the senders
-/// and wakes the consumers. Runs on the writer thread.
-fn flush(shared: &Shared, connection: &mut Connection) {
-    let writes = {
-        let mut pending = lock(&shared.pending);
-        pending.flush_queued = false;
-        std::mem::take(&mut pending.writes)
-    };
-    if writes.is_empty() {
-        return;
-    }
+/// Writes a group in one transaction, then answers the senders and wakes
+/// the consumers. Runs on the writer thread.
+fn flush(tail: &Tail, connection: &mut Connection, writes: Vec<Write>) {
     match write_group(connection, &writes) {
         Ok(positions) => {
-            let mut appended = false;
+            // Where each partition written now ends, then one update each.
+            let mut grown: HashMap<(&str, u32), u64> = HashMap::new();
+            for (write, position) in writes.iter().zip(&positions) {
+                if let (Write::Append { topic, .. }, Some(p)) = (write, position) {
+                    let end = grown.entry((topic.as_str(), p.partition)).or_insert(0);
+                    *end = (*end).max(p.offset + 1);
+                }
+            }
+            let appended = !grown.is_empty();
             {
-                let mut ends = lock(&shared.ends);
-                for (write, position) in writes.iter().zip(&positions) {
-                    if let (Write::Append { topic, .. }, Some(p)) = (write, position) {
-                        let end = ends.entry((topic.clone(), p.partition)).or_insert(0);
-                        *end = (*end).max(p.offset + 1);
-                        appended = true;
-                    }
+                let mut ends = lock(&tail.ends);
+                for ((topic, partition), end) in grown {
+                    let known = ends.entry((topic.to_owned(), partition)).or_insert(0);
+                    *known = (*known).max(end);
                 }
             }
             for (write, position) in writes.into_iter().zip(positions) {
@@ -288,7 +273,7 @@ fn flush(shared: &Shared, connection: &mut Connection) {
                 }
             }
             if appended {
-                shared.appended.notify_waiters();
+                tail.appended.notify_waiters();
             }
         }
         Err(e) => {
@@ -415,7 +400,7 @@ impl Queue for SqliteQueue {
         let name = topic.to_owned();
         let existing: i64 = self
             .shared
-            .writer
+            .writer()
             .call(move |c| {
                 c.execute(
                     "INSERT INTO queue_topics (name, partitions) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
@@ -437,7 +422,7 @@ impl Queue for SqliteQueue {
         // Resolve the topic first so an unknown topic fails before queueing.
         let partitions = self.topic_partitions(topic).await?;
         let (reply, answer) = oneshot::channel();
-        self.queue_write(Write::Append {
+        self.shared.writes.push(Write::Append {
             topic: topic.to_owned(),
             partition: partition_for(key, partitions),
             key: key.to_owned(),
@@ -632,7 +617,7 @@ impl SqliteConsumer {
         let members: Vec<String> = self
             .queue
             .shared
-            .writer
+            .writer()
             .call(move |c| {
                 let now = courier_ids::now_unix_ms();
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -671,7 +656,7 @@ impl SqliteConsumer {
             self.assignment = assignment;
         }
         self.reread_ends().await?;
-        let ends = lock(&self.queue.shared.ends);
+        let ends = lock(&self.queue.shared.tail.ends);
         self.lag = self
             .positions
             .iter()
@@ -705,7 +690,7 @@ impl SqliteConsumer {
                 Ok::<_, Error>(found)
             })
             .await?;
-        let mut ends = lock(&self.queue.shared.ends);
+        let mut ends = lock(&self.queue.shared.tail.ends);
         let mut moved = false;
         for (tp, end) in found {
             let known = ends.entry(tp).or_insert(0);
@@ -742,47 +727,53 @@ impl SqliteConsumer {
     /// starting at the next partition each poll (so a busy partition that fills
     /// `max` on its own cannot starve the ones after it).
     async fn read_new(&mut self, max: usize) -> Result<Vec<Record>> {
-        let owned: Vec<(TopicPartition, u64)> = {
-            let ends = lock(&self.queue.shared.ends);
+        let mut wanted: Positions = {
+            let ends = lock(&self.queue.shared.tail.ends);
             self.positions
                 .iter()
                 .filter(|(tp, position)| ends.get(*tp).is_none_or(|end| end > *position))
                 .map(|(tp, position)| (tp.clone(), *position))
                 .collect()
         };
-        if owned.is_empty() {
+        if wanted.is_empty() {
             return Ok(Vec::new());
         }
         self.rotation = self.rotation.wrapping_add(1);
-        let start = self.rotation % owned.len();
-        let wanted: Vec<(TopicPartition, u64)> = owned[start..].iter().chain(&owned[..start]).cloned().collect();
-        let records = self.queue.shared.reader.call(move |c| read_partitions(c, &wanted, max)).await?;
-        for record in &records {
-            if let Some(position) = self.positions.get_mut(&(record.topic.clone(), record.partition)) {
-                *position = (*position).max(record.offset + 1);
+        let start = self.rotation % wanted.len();
+        wanted.rotate_left(start);
+        let (records, moved) = self.queue.shared.reader.call(move |c| read_partitions(c, wanted, max)).await?;
+        for (tp, next) in moved {
+            if let Some(position) = self.positions.get_mut(&tp) {
+                *position = (*position).max(next);
             }
         }
         Ok(records)
     }
 }
 
+/// Partitions with the offset a consumer reads next in each.
+type Positions = Vec<(TopicPartition, u64)>;
+
 /// Up to `max` records after each of `wanted`'s positions, partition by
-/// partition in that order, each partition's in offset order.
-fn read_partitions(connection: &mut Connection, wanted: &[(TopicPartition, u64)], max: usize) -> Result<Vec<Record>> {
+/// partition in that order, each partition's in offset order; and the next
+/// position of each partition that gave any.
+fn read_partitions(connection: &mut Connection, wanted: Positions, max: usize) -> Result<(Vec<Record>, Positions)> {
     let mut statement = connection.prepare_cached(
         "SELECT offset, key, value, timestamp_ms FROM queue_records
          WHERE topic = ?1 AND partition = ?2 AND offset >= ?3 ORDER BY offset LIMIT ?4",
     )?;
-    let mut records = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
+    let mut moved = Vec::new();
     for ((topic, partition), position) in wanted {
         if records.len() >= max {
             break;
         }
         let limit = (max - records.len()) as i64;
-        let rows = statement.query_map(params![topic, partition, *position as i64, limit], |row| {
+        let before = records.len();
+        let rows = statement.query_map(params![topic, partition, position as i64, limit], |row| {
             Ok(Record {
                 topic: topic.clone(),
-                partition: *partition,
+                partition,
                 offset: row.get::<_, i64>(0)? as u64,
                 key: row.get(1)?,
                 value: row.get(2)?,
@@ -792,8 +783,12 @@ fn read_partitions(connection: &mut Connection, wanted: &[(TopicPartition, u64)]
         for row in rows {
             records.push(row?);
         }
+        if let Some(last) = records[before..].last() {
+            let next = last.offset + 1;
+            moved.push(((topic, partition), next));
+        }
     }
-    Ok(records)
+    Ok((records, moved))
 }
 
 #[async_trait]
@@ -805,7 +800,7 @@ impl Consumer for SqliteConsumer {
             self.heartbeat().await?;
             // Listen before reading, so an append between the read and the wait
             // still wakes us.
-            let notified = shared.appended.notified();
+            let notified = shared.tail.appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
 
@@ -829,12 +824,13 @@ impl Consumer for SqliteConsumer {
     }
 
     async fn commit(&mut self, topic: &str, partition: u32, offset: u64) -> Result<()> {
-        self.queue.queue_write(Write::Commit {
+        self.queue.shared.writes.push(Write::Commit {
             group: self.group.clone(),
             topic: topic.to_owned(),
             partition,
             next: offset + 1,
-        })
+        })?;
+        Ok(())
     }
 
     fn assignment(&self) -> Vec<TopicPartition> {
@@ -851,7 +847,7 @@ impl Consumer for SqliteConsumer {
         let (group, member) = (self.group.clone(), self.member_id.clone());
         self.queue
             .shared
-            .writer
+            .writer()
             .call(move |c| {
                 c.execute(
                     "DELETE FROM queue_group_members WHERE group_id = ?1 AND member_id = ?2",

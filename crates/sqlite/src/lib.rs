@@ -12,12 +12,14 @@
 //! were sent, so a thread is also the natural place for a database's one
 //! writer.
 //!
-//! [`SqliteThread::submit`] sends a job without waiting for it: a group commit
-//! queues one flush job and lets it take everything that piled up meanwhile
-//! (see the queue's and the store's writers).
+//! [`GroupCommit`] is the one writer's batching, shared by the embedded queue
+//! and store: a write joins the writes pending, and the first to find none
+//! pending queues one flush job ([`SqliteThread::submit`]), which takes
+//! everything pending when it runs into one transaction. So one commit, and
+//! one sync to disk, serves whatever arrived while the previous one ran.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 pub use rusqlite;
@@ -118,6 +120,76 @@ impl SqliteThread {
     }
 }
 
+/// Writes batched onto one writer thread (see the module docs).
+pub struct GroupCommit<T> {
+    thread: SqliteThread,
+    pending: Mutex<Pending<T>>,
+    /// Writes one group; runs on the writer thread.
+    write: Box<GroupWrite<T>>,
+}
+
+/// What writes a group, on the writer thread.
+type GroupWrite<T> = dyn Fn(&mut Connection, Vec<T>) + Send + Sync;
+
+/// Writes waiting for the next flush.
+struct Pending<T> {
+    items: Vec<T>,
+    /// Whether a flush job is on the thread's queue, which will take `items`.
+    flush_queued: bool,
+}
+
+impl<T> std::fmt::Debug for GroupCommit<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").field("thread", &self.thread).finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> GroupCommit<T> {
+    /// Groups writes onto `thread`, each group written by `write`.
+    pub fn new(thread: SqliteThread, write: impl Fn(&mut Connection, Vec<T>) + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            thread,
+            pending: Mutex::new(Pending { items: Vec::new(), flush_queued: false }),
+            write: Box::new(write),
+        })
+    }
+
+    /// Adds `item` to the next group. It is written before any job submitted
+    /// to the thread after this returns.
+    pub fn push(self: &Arc<Self>, item: T) -> Result<(), Error> {
+        let mut pending = self.lock();
+        pending.items.push(item);
+        if !pending.flush_queued {
+            let group = Arc::clone(self);
+            self.thread.submit(move |connection| group.flush(connection))?;
+            pending.flush_queued = true;
+        }
+        Ok(())
+    }
+
+    /// The writer thread, for work of other kinds.
+    pub fn thread(&self) -> &SqliteThread {
+        &self.thread
+    }
+
+    fn flush(&self, connection: &mut Connection) {
+        let items = {
+            let mut pending = self.lock();
+            pending.flush_queued = false;
+            std::mem::take(&mut pending.items)
+        };
+        if !items.is_empty() {
+            (self.write)(connection, items);
+        }
+    }
+
+    /// A poisoned lock only means a thread panicked holding it; the list it
+    /// guards is still whole.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending<T>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 fn connect(path: &Path, options: &Options) -> Result<Connection, Error> {
     // A reader opens the file read-write but refuses writes (`query_only`):
     // a read-only open of a write-ahead-logged file needs its shared-memory
@@ -192,5 +264,33 @@ mod tests {
         let one: i64 =
             thread.call(|c| c.query_row("SELECT 1", [], |row| row.get(0)).map_err(Error::from)).await.expect("select");
         assert_eq!(one, 1);
+    }
+
+    #[tokio::test]
+    async fn writes_pushed_while_a_flush_runs_share_the_next_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let thread = SqliteThread::open(&dir.path().join("db.sqlite"), Options::writer("test")).expect("open");
+        let (groups_tx, groups) = std::sync::mpsc::channel::<Vec<u32>>();
+        let group = GroupCommit::new(thread.clone(), move |_, items: Vec<u32>| {
+            let _ = groups_tx.send(items);
+        });
+        // Hold the thread so the pushes pile up behind one flush job.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        thread
+            .submit(move |_| {
+                let _ = held.recv();
+            })
+            .expect("submit");
+        for n in 0..5 {
+            group.push(n).expect("push");
+        }
+        release.send(()).expect("release");
+        // A call queued now runs after the flush: the group is written by then.
+        thread.call(|_| Ok::<_, Error>(())).await.expect("barrier");
+        assert_eq!(groups.try_recv().expect("one group"), vec![0, 1, 2, 3, 4]);
+        assert!(groups.try_recv().is_err(), "all five in one group");
+        group.push(5).expect("push");
+        thread.call(|_| Ok::<_, Error>(())).await.expect("barrier");
+        assert_eq!(groups.try_recv().expect("a second group"), vec![5]);
     }
 }

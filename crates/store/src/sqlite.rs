@@ -11,11 +11,10 @@
 //! them run beside the writer.
 //!
 //! **Group commit.** A database has one writer, and task runs a lane per
-//! partition, each appending small batches. An append joins the appends
-//! pending; the first to find none pending queues one flush job on the writer
-//! thread, which takes every append pending when it runs into a single
-//! transaction (their streams are disjoint: one writer per stream) and answers
-//! each with its own positions. The commit and its sync to disk are paid once
+//! partition, each appending small batches. Appends are grouped on the writer
+//! thread (`courier_sqlite::GroupCommit`): every append pending when a flush
+//! runs goes into a single transaction (their streams are disjoint: one writer
+//! per stream), and each is answered with its own positions. The commit and its sync to disk are paid once
 //! per group rather than once per lane. If the group's transaction fails, each
 //! append is tried alone, so a batch the store refuses fails only its own
 //! caller (whose persister then finds the poison record) and never an
@@ -24,12 +23,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use courier_sqlite::rusqlite::{self, Connection, TransactionBehavior, params};
-use courier_sqlite::{Options, SqliteThread};
+use courier_sqlite::{GroupCommit, Options, SqliteThread};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::oneshot;
@@ -46,24 +45,10 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    writer: Arc<Writer>,
-}
-
-/// The group-committing writer (see the module docs). Appends queue here
-/// rather than on SQLite's lock, whose waiters poll it with sleeps of up to
-/// 100 ms (the busy handler).
-#[derive(Debug)]
-struct Writer {
-    thread: SqliteThread,
-    pending: Mutex<Pending>,
-}
-
-/// Appends waiting for the writer's next group.
-#[derive(Debug, Default)]
-struct Pending {
-    appends: Vec<AppendRequest>,
-    /// Whether a flush job is on the writer's queue, which will take `appends`.
-    flush_queued: bool,
+    /// The group-committing writer (see the module docs). Appends queue here
+    /// rather than on SQLite's lock, whose waiters poll it with sleeps of up
+    /// to 100 ms (the busy handler).
+    appends: Arc<GroupCommit<AppendRequest>>,
 }
 
 /// One caller's batch, and where its positions go.
@@ -95,24 +80,21 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(connect).await?;
-        sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
-        // Full sync, as above.
+        migrate(&pool).await?;
+        // The writer opens the migrated file, with every commit synced as above.
         let thread = SqliteThread::open(path, Options::writer("store-writer"))?;
-        let writer = Arc::new(Writer { thread, pending: Mutex::new(Pending::default()) });
-        Ok(Self { pool, writer })
+        Ok(Self { pool, appends: GroupCommit::new(thread, flush) })
     }
 
     /// Applies pending migrations from `migrations/sqlite`.
     pub async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("../../migrations/sqlite").run(&self.pool).await?;
-        Ok(())
+        migrate(&self.pool).await
     }
 }
 
-/// A poisoned lock only means another thread panicked holding it; the list
-/// it guards is still whole.
-fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
-    pending.lock().unwrap_or_else(|p| p.into_inner())
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    sqlx::migrate!("../../migrations/sqlite").run(pool).await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -150,17 +132,9 @@ impl UserStore for SqliteStore {
     }
 }
 
-/// Takes every pending append into one transaction and answers each caller.
-/// Runs on the writer thread.
-fn flush(writer: &Writer, connection: &mut Connection) {
-    let mut group = {
-        let mut pending = lock(&writer.pending);
-        pending.flush_queued = false;
-        std::mem::take(&mut pending.appends)
-    };
-    if group.is_empty() {
-        return;
-    }
+/// Writes a group of appends and answers each caller. Runs on the writer
+/// thread.
+fn flush(connection: &mut Connection, mut group: Vec<AppendRequest>) {
     let results = append_group(connection, &mut group);
     for (request, result) in group.into_iter().zip(results) {
         // A caller that went away (shutdown) no longer needs its answer.
@@ -275,15 +249,7 @@ impl HistoryStore for SqliteStore {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        {
-            let mut pending = lock(&self.writer.pending);
-            pending.appends.push(AppendRequest { batch: batch.to_vec(), reply });
-            if !pending.flush_queued {
-                let writer = self.writer.clone();
-                self.writer.thread.submit(move |c| flush(&writer, c))?;
-                pending.flush_queued = true;
-            }
-        }
+        self.appends.push(AppendRequest { batch: batch.to_vec(), reply })?;
         answer.await.map_err(|_| Error::Sqlite(courier_sqlite::Error::Stopped("store-writer".into())))?
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message as _};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use tokio::sync::oneshot;
 
 use super::unavailable;
@@ -62,7 +62,8 @@ pub(super) struct Sender {
 
 impl Sender {
     /// Creates the producer from `config` and starts its delivery thread,
-    /// which ends within [`POLL_WAIT`] of the last handle being dropped.
+    /// which ends within [`POLL_WAIT`] of the last handle being dropped (then
+    /// librdkafka's own teardown answers any record still in flight).
     pub(super) fn new(config: &ClientConfig, queue_timeout: Duration) -> Result<Self> {
         let producer: Arc<BaseProducer<Deliveries>> =
             Arc::new(config.create_with_context(Deliveries).map_err(unavailable)?);
@@ -99,14 +100,5 @@ impl Sender {
 fn serve_deliveries(producer: Weak<BaseProducer<Deliveries>>) {
     while let Some(producer) = producer.upgrade() {
         producer.poll(POLL_WAIT);
-    }
-}
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        // Give records in flight their answers before the client goes.
-        if let Err(e) = self.producer.flush(Duration::from_secs(5)) {
-            tracing::warn!(error = %e, "records still unacknowledged when the producer closed");
-        }
     }
 }
