@@ -38,7 +38,7 @@ async fn export_and_rebuild_on_a_standalone_data_directory() {
     let database = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("courier.sqlite").display()))
         .await
         .expect("open the database");
-    for table in ["stream_entries", "streams", "messages"] {
+    for table in ["history", "streams"] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
             .execute(&database)
             .await

@@ -1,33 +1,34 @@
 //! How a batch of messages gets its positions, shared by the SQLite and
 //! PostgreSQL stores.
 //!
-//! Both stores append a whole batch with a fixed handful of set-based statements,
-//! not a few statements per message (a round trip each on PostgreSQL, a thread
-//! hop each on SQLite):
+//! Both stores append a whole batch with a fixed handful of statements, not a
+//! few per message (a round trip each on PostgreSQL):
 //!
-//! 1. insert the messages, learning which ids were new;
-//! 2. lock the heads of every stream the batch touches, **in sorted order** (so
+//! 1. lock the heads of every stream the batch touches, **in sorted order** (so
 //!    two writers whose batches cross — A→B and B→A private traffic in different
 //!    partitions — queue up instead of deadlocking), creating missing streams;
-//! 3. only for ids that already existed (a redelivery), read their positions;
-//! 4. [`plan`] the seqs here, in batch order, then insert the new entries and
-//!    move the heads.
+//! 2. find the positions messages of the batch already have (a redelivered
+//!    record), by message id: once the heads are locked, no other writer can
+//!    be adding them;
+//! 3. [`plan`] the seqs here, in batch order, then insert one `history` row per
+//!    new entry, with the message's columns, and move the heads.
 //!
-//! Keeping step 4 in Rust makes the seq rule — gap-free, in batch order, a known
+//! Keeping step 3 in Rust makes the seq rule — gap-free, in batch order, a known
 //! message keeps its seq — one function with unit tests, whatever the database.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use courier_model::{Position, StreamId};
 
 use crate::{Error, Message, MessageKind, Result, StreamInfo, epoch_for};
 
-/// A new row of `stream_entries`.
+/// A new row of `history`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub stream: String,
     pub seq: u64,
-    pub msg_id: u64,
+    /// The message's index in the batch (its other columns).
+    pub message: usize,
     /// The other party of a private message in this inbox; 0 in a room.
     pub peer: u64,
 }
@@ -66,14 +67,6 @@ pub(crate) fn streams_to_lock(batch: &[Message]) -> Vec<(String, String)> {
     first.into_iter().collect()
 }
 
-/// Ids of `batch` that the message insert did not insert: they were stored
-/// before, and may already have positions.
-pub(crate) fn known_ids(batch: &[Message], inserted: &[i64]) -> Vec<u64> {
-    let inserted: HashSet<u64> = inserted.iter().map(|id| *id as u64).collect();
-    let known: BTreeSet<u64> = batch.iter().map(|m| m.msg_id).filter(|id| !inserted.contains(id)).collect();
-    known.into_iter().collect()
-}
-
 /// Gives each message of `batch` its seq in each of its streams. `heads` holds
 /// the locked head of every stream of [`streams_to_lock`]; `existing` the
 /// positions already stored for `(stream, msg_id)`.
@@ -84,7 +77,7 @@ pub(crate) fn plan(
 ) -> Result<Plan> {
     let mut plan = Plan { positions: Vec::with_capacity(batch.len()), ..Plan::default() };
     let mut moved = BTreeSet::new();
-    for message in batch {
+    for (index, message) in batch.iter().enumerate() {
         let mut positions = Vec::with_capacity(2);
         for id in message.streams() {
             let stream = id.to_string();
@@ -101,7 +94,7 @@ pub(crate) fn plan(
                         peer: peer_in(id, message),
                         stream: key.0.clone(),
                         seq: head.last_seq,
-                        msg_id: message.msg_id,
+                        message: index,
                     });
                     // The same id twice in one batch is one message.
                     existing.insert(key.clone(), head.last_seq);
@@ -163,6 +156,7 @@ mod tests {
         // Streams are [recipient, sender].
         assert_eq!(seqs, vec![vec![1, 5], vec![6, 1], vec![2, 7]]);
         assert_eq!(plan.entries.len(), 4, "only the new message entries are written");
+        assert_eq!(plan.entries.iter().map(|e| e.message).collect::<Vec<_>>(), [1, 1, 2, 2], "rows of 11 and 12");
         assert_eq!(plan.heads, vec![("user:1".to_owned(), 7), ("user:2".to_owned(), 2)]);
         // Each inbox entry names the other party.
         let peers: Vec<(&str, u64)> = plan.entries.iter().map(|e| (e.stream.as_str(), e.peer)).collect();
@@ -184,9 +178,8 @@ mod tests {
         let batch = [private(10, 1, 1), private(10, 1, 1)];
         let plan = plan(&batch, HashMap::from([("user:1".to_owned(), head(0))]), HashMap::new()).expect("plan");
         assert_eq!(plan.entries.len(), 1);
+        assert_eq!(plan.entries[0].message, 0, "the first copy is the one written");
         assert_eq!(plan.positions[0], plan.positions[1]);
-        assert_eq!(known_ids(&batch, &[10]), Vec::<u64>::new());
-        assert_eq!(known_ids(&batch, &[]), vec![10]);
     }
 
     #[test]

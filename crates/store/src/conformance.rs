@@ -242,3 +242,50 @@ pub async fn dead_letters_keep_the_raw_record(store: &dyn HistoryStore, prefix: 
     assert!(kept[1].error.starts_with("refused: invalid byte sequence"), "{}", kept[1].error);
     assert!(store.dead_letters(&format!("other-{prefix}"), 10).await.expect("read").is_empty());
 }
+
+/// History as the layout before `history` held it (`streams`, `messages`,
+/// `stream_entries`), as SQL both databases run: room 7 with two messages,
+/// and one private message from user 1 to user 2 in both inboxes.
+pub const HISTORY_BEFORE_ONE_ROW_PER_ENTRY: &str = "
+    INSERT INTO streams (stream, epoch, last_seq)
+    VALUES ('room:7', 'e-room', 2), ('user:1', 'e-one', 1), ('user:2', 'e-two', 1);
+    INSERT INTO messages (msg_id, kind, room_id, from_user_id, from_user_name, to_user_id, to_user_name,
+        body, admitted_ms, client_msg_id)
+    VALUES (101, 1, 7, 1, 'ann', 0, '', 'first', 1700000000000, 'c-1'),
+           (102, 1, 7, 2, 'bob', 0, '', 'second', 1700000000001, ''),
+           (103, 2, 0, 1, 'ann', 2, 'bob', 'psst', 1700000000002, 'c-3');
+    INSERT INTO stream_entries (stream, seq, msg_id, peer_user_id)
+    VALUES ('room:7', 1, 101, 0), ('room:7', 2, 102, 0), ('user:2', 1, 103, 1), ('user:1', 1, 103, 2);";
+
+/// After the migration to one row per entry, history written in the layout
+/// before ([`HISTORY_BEFORE_ONE_ROW_PER_ENTRY`]) reads back as it was (epochs,
+/// seqs, every column, conversations), a redelivered old message keeps its
+/// seq, and new messages go on from the old heads.
+pub async fn history_survives_the_layout_change(store: &dyn HistoryStore) {
+    let room = store.read_after(StreamId::Room(7), 0, 10).await.expect("read the room");
+    let seen: Vec<(u64, &str, u64, &str, &str)> = room
+        .iter()
+        .map(|m| {
+            let (p, m) = (&m.position, &m.message);
+            (p.seq, p.epoch.as_str(), m.msg_id, m.body.as_str(), m.client_msg_id.as_str())
+        })
+        .collect();
+    assert_eq!(seen, [(1, "e-room", 101, "first", "c-1"), (2, "e-room", 102, "second", "")]);
+    assert_eq!((room[1].message.from_user_name.as_str(), room[1].message.admitted_ms()), ("bob", 1_700_000_000_001));
+
+    let conversation = store.read(StreamId::Inbox(1), Some(2), Page::After(0), 10).await.expect("read ann's inbox");
+    assert_eq!(conversation.len(), 1, "the conversation with bob, found by peer");
+    let psst = &conversation[0];
+    assert_eq!((psst.position.epoch.as_str(), psst.message.body.as_str()), ("e-one", "psst"));
+    assert_eq!((psst.message.kind, psst.message.to_user_name.as_str()), (MessageKind::Private, "bob"));
+    assert_eq!(psst.message.inboxes, Inboxes::Sender, "read from the sender's inbox");
+    let bobs = store.read(StreamId::Inbox(2), Some(1), Page::After(0), 10).await.expect("read bob's inbox");
+    assert_eq!(bobs.iter().map(|m| m.message.msg_id).collect::<Vec<_>>(), [103]);
+
+    let again = room_message(102, 7, "second");
+    assert_eq!(store.append(&[again]).await.expect("redeliver")[0][0].seq, 2, "an old message keeps its seq");
+    let next = store.append(&[room_message(104, 7, "third")]).await.expect("append");
+    assert_eq!((next[0][0].seq, next[0][0].epoch.as_str()), (3, "e-room"), "the room goes on from its head");
+    let info = store.stream_info(StreamId::Room(7)).await.expect("info").expect("the room exists");
+    assert_eq!(info.last_seq, 3);
+}

@@ -1,13 +1,19 @@
 //! The production store: users and history in PostgreSQL, schema from
 //! `migrations/postgres`.
 //!
-//! An append is a fixed handful of set-based statements per batch (`UNNEST` of
-//! one array per column; see [`crate::append`]). It takes the row lock of every
-//! stream head it moves, in sorted order, before reading them, so concurrent
-//! writers to one stream queue up and seqs stay gap-free, and writers whose
-//! streams cross cannot deadlock. Two writers of the same message id (a record
-//! redelivered during a rebalance) meet on the message's primary key: the second
-//! waits for the first to commit, then finds its positions.
+//! An append is two set-based statements per batch (`UNNEST` of one array per
+//! column; see [`crate::append`]) in a transaction. It takes the row lock of
+//! every stream head it moves, in sorted order, before reading them, so
+//! concurrent writers to one stream queue up and seqs stay gap-free, and
+//! writers whose streams cross cannot deadlock. Nothing else is shared between
+//! streams: the two copies of a private message, appended by two lanes, are
+//! two rows of `history` and never wait for each other.
+//!
+//! A batch is planned as if none of its messages were stored (the common
+//! case, and no look-up); the rows are inserted with `ON CONFLICT DO NOTHING`
+//! on (message id, stream), and if any was already there (a redelivered
+//! record), the transaction is rolled back and the batch appended again with
+//! the positions it holds, read under the same head locks.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,8 +23,8 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::rows::{
-    DEAD_LETTER_COLUMNS, dead_letter_from_row, heads_from_rows, page_query, positions_from_rows, storable_text,
-    stored_from_row, user_from_row,
+    DEAD_LETTER_COLUMNS, Dialect, dead_letter_from_row, heads_from_rows, page_query, positions_from_rows,
+    storable_text, stored_from_row, user_from_row,
 };
 use crate::{
     DeadLetter, Error, HistoryStore, Message, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
@@ -90,40 +96,24 @@ impl UserStore for PgStore {
     }
 }
 
-#[async_trait]
-impl HistoryStore for PgStore {
-    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Position>>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
+/// Whether an append looks for positions its messages already have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Redelivery {
+    /// The first attempt: no look-up, and a row found stored undoes it.
+    Unlikely,
+    /// The second: the batch holds a message stored before; look them up.
+    Found,
+}
+
+impl PgStore {
+    /// One transaction of [`HistoryStore::append`]: four round trips (begin,
+    /// heads, rows and heads moved, commit), or five with the look-up. `None`
+    /// when the rows met a message stored before, and nothing was written.
+    async fn append_tx(&self, batch: &[Message], redelivery: Redelivery) -> Result<Option<Vec<Vec<Position>>>> {
         let mut tx = self.pool.begin().await?;
 
-        // 1. The messages, in id order so two writers of one partition (a
-        //    rebalance overlap) take the id locks alike.
-        let mut sorted: Vec<&Message> = batch.iter().collect();
-        sorted.sort_by_key(|m| m.msg_id);
-        let inserted: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO messages (msg_id, kind, room_id, from_user_id, from_user_name, to_user_id,
-                to_user_name, body, admitted_ms, client_msg_id)
-             SELECT * FROM UNNEST($1::bigint[], $2::smallint[], $3::bigint[], $4::bigint[], $5::text[],
-                $6::bigint[], $7::text[], $8::text[], $9::bigint[], $10::text[])
-             ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id",
-        )
-        .bind(sorted.iter().map(|m| m.msg_id as i64).collect::<Vec<_>>())
-        .bind(sorted.iter().map(|m| m.kind as i16).collect::<Vec<_>>())
-        .bind(sorted.iter().map(|m| m.room_id as i64).collect::<Vec<_>>())
-        .bind(sorted.iter().map(|m| m.from_user_id as i64).collect::<Vec<_>>())
-        .bind(sorted.iter().map(|m| m.from_user_name.as_str()).collect::<Vec<_>>())
-        .bind(sorted.iter().map(|m| m.to_user_id as i64).collect::<Vec<_>>())
-        .bind(sorted.iter().map(|m| m.to_user_name.as_str()).collect::<Vec<_>>())
-        .bind(sorted.iter().map(|m| m.body.as_str()).collect::<Vec<_>>())
-        .bind(sorted.iter().map(|m| m.admitted_ms()).collect::<Vec<_>>())
-        .bind(sorted.iter().map(|m| m.client_msg_id.as_str()).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-
-        // 2. Every head the batch moves, locked in sorted order (the no-op update
-        //    takes the row lock); missing streams are created at seq 0.
+        // 1. Every head the batch moves, locked in sorted order (the no-op
+        //    update takes the row lock); missing streams are created at seq 0.
         let (streams, epochs): (Vec<String>, Vec<String>) = append::streams_to_lock(batch).into_iter().unzip();
         let rows = sqlx::query(
             "INSERT INTO streams (stream, epoch, last_seq)
@@ -137,48 +127,88 @@ impl HistoryStore for PgStore {
         .await?;
         let heads = heads_from_rows(&rows)?;
 
-        // 3. Positions of messages stored before (a redelivered record).
+        // 2. Positions of messages stored before (a redelivered record). Read
+        //    in a statement after the heads are locked, so it sees whatever
+        //    the last holder of those locks committed.
         let mut existing = HashMap::new();
-        let known = append::known_ids(batch, &inserted);
-        if !known.is_empty() {
+        if redelivery == Redelivery::Found {
+            let (ids, streams): (Vec<i64>, Vec<String>) =
+                batch.iter().flat_map(|m| m.streams().into_iter().map(|s| (clamp_id(m.msg_id), s.to_string()))).unzip();
             let rows = sqlx::query(
-                "SELECT stream, msg_id, seq FROM stream_entries WHERE stream = ANY($1) AND msg_id = ANY($2)",
+                "SELECT h.stream, h.msg_id, h.seq FROM history h
+                 JOIN UNNEST($1::bigint[], $2::text[]) AS t(msg_id, stream) ON h.msg_id = t.msg_id AND h.stream = t.stream",
             )
+            .bind(&ids)
             .bind(&streams)
-            .bind(known.iter().map(|id| *id as i64).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
             existing = positions_from_rows(&rows)?;
         }
 
-        // 4. New entries and heads.
+        // 3. New rows and heads, one statement.
         let plan = append::plan(batch, heads, existing)?;
         if !plan.entries.is_empty() {
-            sqlx::query(
-                "INSERT INTO stream_entries (stream, seq, msg_id, peer_user_id)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])",
+            let column = |f: fn(&Message) -> i64| plan.entries.iter().map(|e| f(&batch[e.message])).collect::<Vec<_>>();
+            let text = |f: fn(&Message) -> &str| plan.entries.iter().map(|e| f(&batch[e.message])).collect::<Vec<_>>();
+            let written: i64 = sqlx::query_scalar(
+                "WITH written AS (
+                    INSERT INTO history (stream, seq, msg_id, peer_user_id, kind, room_id, from_user_id,
+                        from_user_name, to_user_id, to_user_name, body, admitted_ms, client_msg_id)
+                    SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::smallint[],
+                        $6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::text[], $11::text[],
+                        $12::bigint[], $13::text[])
+                    ON CONFLICT (msg_id, stream) DO NOTHING RETURNING 1
+                 ), moved AS (
+                    UPDATE streams SET last_seq = t.last_seq
+                    FROM UNNEST($14::text[], $15::bigint[]) AS t(stream, last_seq) WHERE streams.stream = t.stream
+                 )
+                 SELECT count(*) FROM written",
             )
             .bind(plan.entries.iter().map(|e| e.stream.as_str()).collect::<Vec<_>>())
-            .bind(plan.entries.iter().map(|e| e.seq as i64).collect::<Vec<_>>())
-            .bind(plan.entries.iter().map(|e| e.msg_id as i64).collect::<Vec<_>>())
-            .bind(plan.entries.iter().map(|e| e.peer as i64).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE streams SET last_seq = t.last_seq
-                 FROM UNNEST($1::text[], $2::bigint[]) AS t(stream, last_seq) WHERE streams.stream = t.stream",
-            )
+            .bind(plan.entries.iter().map(|e| clamp_id(e.seq)).collect::<Vec<_>>())
+            .bind(column(|m| clamp_id(m.msg_id)))
+            .bind(plan.entries.iter().map(|e| clamp_id(e.peer)).collect::<Vec<_>>())
+            .bind(plan.entries.iter().map(|e| batch[e.message].kind as i16).collect::<Vec<_>>())
+            .bind(column(|m| clamp_id(m.room_id)))
+            .bind(column(|m| clamp_id(m.from_user_id)))
+            .bind(text(|m| m.from_user_name.as_str()))
+            .bind(column(|m| clamp_id(m.to_user_id)))
+            .bind(text(|m| m.to_user_name.as_str()))
+            .bind(text(|m| m.body.as_str()))
+            .bind(column(Message::admitted_ms))
+            .bind(text(|m| m.client_msg_id.as_str()))
             .bind(plan.heads.iter().map(|(stream, _)| stream.as_str()).collect::<Vec<_>>())
-            .bind(plan.heads.iter().map(|(_, last)| *last as i64).collect::<Vec<_>>())
-            .execute(&mut *tx)
+            .bind(plan.heads.iter().map(|(_, last)| clamp_id(*last)).collect::<Vec<_>>())
+            .fetch_one(&mut *tx)
             .await?;
+            if usize::try_from(written).ok() != Some(plan.entries.len()) {
+                // A message of the batch was stored before and the plan gave it
+                // a new seq: undo, and plan again with what is stored.
+                tx.rollback().await?;
+                return Ok(None);
+            }
         }
         tx.commit().await?;
-        Ok(plan.positions)
+        Ok(Some(plan.positions))
+    }
+}
+
+#[async_trait]
+impl HistoryStore for PgStore {
+    async fn append(&self, batch: &[Message]) -> Result<Vec<Vec<Position>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(positions) = self.append_tx(batch, Redelivery::Unlikely).await? {
+            return Ok(positions);
+        }
+        self.append_tx(batch, Redelivery::Found)
+            .await?
+            .ok_or_else(|| Error::Corrupt("a message the look-up did not find was stored meanwhile".into()))
     }
 
     async fn read(&self, stream: StreamId, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
-        let rows = page_query(stream, peer, page, limit, true).fetch_all(&self.pool).await?;
+        let rows = page_query(stream, peer, page, limit, Dialect::Postgres).fetch_all(&self.pool).await?;
         rows.iter().map(stored_from_row).collect()
     }
 

@@ -10,10 +10,10 @@ use crate::{
     DeadLetter, Error, Inboxes, Message, MessageKind, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
 };
 
-/// The columns [`stored_from_row`] reads, for `stream_entries e JOIN streams s JOIN messages m`.
-pub(crate) const MESSAGE_COLUMNS: &str = "e.stream, e.seq, s.epoch, m.msg_id, CAST(m.kind AS BIGINT) AS kind,
-    m.room_id, m.from_user_id, m.from_user_name, m.to_user_id, m.to_user_name, m.body, m.admitted_ms,
-    m.client_msg_id";
+/// The columns [`stored_from_row`] reads, for `history h JOIN streams s`.
+pub(crate) const MESSAGE_COLUMNS: &str = "h.stream, h.seq, s.epoch, h.msg_id, CAST(h.kind AS BIGINT) AS kind,
+    h.room_id, h.from_user_id, h.from_user_name, h.to_user_id, h.to_user_name, h.body, h.admitted_ms,
+    h.client_msg_id";
 
 impl Page {
     /// The bound (clamped to SQL's BIGINT), its comparison and the order.
@@ -26,15 +26,23 @@ impl Page {
     }
 }
 
+/// Which database a query is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// Numbered placeholders (`$1`).
+    Postgres,
+    /// `?` placeholders; index hints.
+    Sqlite,
+}
+
 /// A page of history (see `HistoryStore::read`) as one query for either
-/// database: numbered placeholders (`$1`, PostgreSQL) or `?` (SQLite), bound
-/// in the order stream, seq, peer (when given), limit.
+/// database, bound in the order stream, seq, peer (when given), limit.
 pub(crate) fn page_query<'q, DB>(
     stream: StreamId,
     peer: Option<u64>,
     page: Page,
     limit: u32,
-    numbered: bool,
+    dialect: Dialect,
 ) -> sqlx::query::Query<'q, DB, DB::Arguments>
 where
     DB: sqlx::Database,
@@ -45,16 +53,24 @@ where
     let mut bound = 0;
     let mut next = || {
         bound += 1;
-        if numbered { format!("${bound}") } else { "?".to_owned() }
+        if dialect == Dialect::Postgres { format!("${bound}") } else { "?".to_owned() }
     };
     let (stream_at, seq_at) = (next(), next());
-    let peer_filter = peer.map(|_| format!("AND e.peer_user_id = {}", next())).unwrap_or_default();
+    // `<> 0` as the peer index's own condition, so both databases see that
+    // the index covers the query (no user has id 0).
+    let peer_filter =
+        peer.map(|_| format!("AND h.peer_user_id = {} AND h.peer_user_id <> 0", next())).unwrap_or_default();
     let limit_at = next();
+    // SQLite's planner, without statistics, prefers the table's own (stream,
+    // seq) order to a narrower index it would have to look rows up from, and
+    // would scan the whole inbox for one conversation; PostgreSQL chooses the
+    // peer index by itself. `INDEXED BY` also makes the read an error rather
+    // than a scan should the index ever stop covering it.
+    let hint = if peer.is_some() && dialect == Dialect::Sqlite { "INDEXED BY history_by_peer" } else { "" };
     let sql = sqlx::AssertSqlSafe(format!(
-        "SELECT {MESSAGE_COLUMNS} FROM stream_entries e
-         JOIN streams s ON s.stream = e.stream JOIN messages m ON m.msg_id = e.msg_id
-         WHERE e.stream = {stream_at} AND e.seq {condition} {seq_at} {peer_filter}
-         ORDER BY e.seq {order} LIMIT {limit_at}"
+        "SELECT {MESSAGE_COLUMNS} FROM history h {hint} JOIN streams s ON s.stream = h.stream
+         WHERE h.stream = {stream_at} AND h.seq {condition} {seq_at} {peer_filter}
+         ORDER BY h.seq {order} LIMIT {limit_at}"
     ));
     let mut query = sqlx::query(sql).bind(stream.to_string()).bind(seq);
     if let Some(peer) = peer {

@@ -4,7 +4,10 @@
 //! **Appends** go to one writer thread that owns a connection of its own (see
 //! `courier-sqlite`): a batch is a handful of prepared statements per message
 //! run synchronously there, so a transaction costs one hand-off between
-//! threads, not one per statement. Transactions are `BEGIN IMMEDIATE`: the
+//! threads, not one per statement. An entry is one row of `history`,
+//! clustered by (stream, seq) (see `migrations/sqlite/0003_*`), so an append
+//! writes a leaf per stream it moves plus the right edge of the message id
+//! index, and a page of history is one range of the table. Transactions are `BEGIN IMMEDIATE`: the
 //! write lock is taken before anything is read, so two writers (another
 //! process, say) never both read the same `last_seq`. Reads, accounts and
 //! migrations go through a small sqlx pool; SQLite's write-ahead log lets
@@ -34,7 +37,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tokio::sync::oneshot;
 
 use crate::rows::{
-    DEAD_LETTER_COLUMNS, dead_letter_from_row, page_query, storable_text, stored_from_row, user_from_row,
+    DEAD_LETTER_COLUMNS, Dialect, dead_letter_from_row, page_query, storable_text, stored_from_row, user_from_row,
 };
 use crate::{
     DeadLetter, Error, HistoryStore, Message, Page, Position, Result, StoredMessage, StreamId, StreamInfo, User,
@@ -168,16 +171,50 @@ fn append_group(connection: &mut Connection, group: &mut [AppendRequest]) -> Vec
 fn append_tx(connection: &mut Connection, batch: &[Message]) -> Result<Vec<Vec<Position>>> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let plan = {
-        // 1. The messages, learning which ids were new.
-        let mut insert_message = tx.prepare_cached(
-            "INSERT INTO messages (msg_id, kind, room_id, from_user_id, from_user_name, to_user_id,
-                to_user_name, body, admitted_ms, client_msg_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (msg_id) DO NOTHING",
+        // 1. The heads of every stream the batch moves (BEGIN IMMEDIATE
+        //    already holds the database's write lock); missing streams start
+        //    at seq 0.
+        let mut head = tx.prepare_cached(
+            "INSERT INTO streams (stream, epoch, last_seq) VALUES (?1, ?2, 0)
+             ON CONFLICT (stream) DO UPDATE SET last_seq = last_seq RETURNING last_seq, epoch",
         )?;
-        let mut inserted = Vec::with_capacity(batch.len());
+        let mut heads = HashMap::new();
+        for (stream, epoch) in append::streams_to_lock(batch) {
+            let (last_seq, epoch): (i64, String) =
+                head.query_row(params![stream, epoch], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            heads.insert(stream, StreamInfo { epoch, last_seq: last_seq as u64 });
+        }
+
+        // 2. Positions of messages stored before (a redelivered record): a
+        //    look-up at the right edge of the message id index, in cache.
+        let mut existing = HashMap::new();
+        let mut seq_of = tx.prepare_cached("SELECT seq FROM history WHERE msg_id = ?1 AND stream = ?2")?;
         for m in batch {
-            let changed = insert_message.execute(params![
+            for stream in m.streams() {
+                let stream = stream.to_string();
+                let seq: Option<i64> = rusqlite::OptionalExtension::optional(
+                    seq_of.query_row(params![m.msg_id as i64, stream], |row| row.get(0)),
+                )?;
+                if let Some(seq) = seq {
+                    existing.insert((stream, m.msg_id), seq as u64);
+                }
+            }
+        }
+
+        // 3. New entries and heads.
+        let plan = append::plan(batch, heads, existing)?;
+        let mut insert_entry = tx.prepare_cached(
+            "INSERT INTO history (stream, seq, msg_id, peer_user_id, kind, room_id, from_user_id, from_user_name,
+                to_user_id, to_user_name, body, admitted_ms, client_msg_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        for e in &plan.entries {
+            let m = &batch[e.message];
+            insert_entry.execute(params![
+                e.stream,
+                e.seq as i64,
                 m.msg_id as i64,
+                e.peer as i64,
                 m.kind as i64,
                 m.room_id as i64,
                 m.from_user_id as i64,
@@ -188,49 +225,6 @@ fn append_tx(connection: &mut Connection, batch: &[Message]) -> Result<Vec<Vec<P
                 m.admitted_ms(),
                 m.client_msg_id,
             ])?;
-            if changed > 0 {
-                inserted.push(m.msg_id as i64);
-            }
-        }
-
-        // 2. The heads of every stream the batch moves (BEGIN IMMEDIATE
-        //    already holds the database's write lock); missing streams start
-        //    at seq 0.
-        let mut head = tx.prepare_cached(
-            "INSERT INTO streams (stream, epoch, last_seq) VALUES (?1, ?2, 0)
-             ON CONFLICT (stream) DO UPDATE SET last_seq = last_seq RETURNING last_seq, epoch",
-        )?;
-        let mut heads = HashMap::new();
-        let streams = append::streams_to_lock(batch);
-        for (stream, epoch) in &streams {
-            let (last_seq, epoch): (i64, String) =
-                head.query_row(params![stream, epoch], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            heads.insert(stream.clone(), StreamInfo { epoch, last_seq: last_seq as u64 });
-        }
-
-        // 3. Positions of messages stored before (a redelivered record).
-        let mut existing = HashMap::new();
-        let known = append::known_ids(batch, &inserted);
-        if !known.is_empty() {
-            let mut seq_of = tx.prepare_cached("SELECT seq FROM stream_entries WHERE stream = ?1 AND msg_id = ?2")?;
-            for (stream, _) in &streams {
-                for id in &known {
-                    let seq: Option<i64> = rusqlite::OptionalExtension::optional(
-                        seq_of.query_row(params![stream, *id as i64], |row| row.get(0)),
-                    )?;
-                    if let Some(seq) = seq {
-                        existing.insert((stream.clone(), *id), seq as u64);
-                    }
-                }
-            }
-        }
-
-        // 4. New entries and heads.
-        let plan = append::plan(batch, heads, existing)?;
-        let mut insert_entry = tx
-            .prepare_cached("INSERT INTO stream_entries (stream, seq, msg_id, peer_user_id) VALUES (?1, ?2, ?3, ?4)")?;
-        for e in &plan.entries {
-            insert_entry.execute(params![e.stream, e.seq as i64, e.msg_id as i64, e.peer as i64])?;
         }
         let mut move_head = tx.prepare_cached("UPDATE streams SET last_seq = ?2 WHERE stream = ?1")?;
         for (stream, last) in &plan.heads {
@@ -254,7 +248,7 @@ impl HistoryStore for SqliteStore {
     }
 
     async fn read(&self, stream: StreamId, peer: Option<u64>, page: Page, limit: u32) -> Result<Vec<StoredMessage>> {
-        let rows = page_query(stream, peer, page, limit, false).fetch_all(&self.pool).await?;
+        let rows = page_query(stream, peer, page, limit, Dialect::Sqlite).fetch_all(&self.pool).await?;
         rows.iter().map(stored_from_row).collect()
     }
 

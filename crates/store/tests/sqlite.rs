@@ -75,3 +75,25 @@ async fn parallel_lanes_each_get_their_own_positions() {
     let dir = tempfile::tempdir().expect("tempdir");
     conformance::parallel_lanes_each_get_their_own_positions(&open(&dir).await, 1).await;
 }
+
+/// A file written before history became one row per entry is migrated when
+/// the store opens it, and keeps every message.
+#[tokio::test]
+async fn history_survives_the_layout_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("courier.sqlite");
+    // The migrations up to the layout before, from a folder of their own.
+    let before = tempfile::tempdir().expect("tempdir");
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations/sqlite");
+    for name in ["0001_users_and_history.sql", "0002_dead_letters_and_conversations.sql"] {
+        std::fs::copy(all.join(name), before.path().join(name)).expect("copy a migration");
+    }
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.expect("create the file");
+    sqlx::migrate::Migrator::new(before.path()).await.expect("migrations").run(&pool).await.expect("migrate");
+    sqlx::raw_sql(conformance::HISTORY_BEFORE_ONE_ROW_PER_ENTRY).execute(&pool).await.expect("old rows");
+    pool.close().await;
+
+    let store = SqliteStore::open(&path).await.expect("open and migrate");
+    conformance::history_survives_the_layout_change(&store).await;
+}
