@@ -607,6 +607,13 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let app = router(config, logic, metrics);
     ready.set(true);
+    // An answer goes out as soon as it is written, not held back by Nagle's
+    // algorithm until the client acknowledges an earlier segment.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not turn Nagle's algorithm off for a client");
+        }
+    });
     let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
