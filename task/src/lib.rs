@@ -10,8 +10,10 @@
 //! - **One lane per partition.** A dispatcher polls and hands each partition's
 //!   records, in offset order, to that partition's lane, a task with a bounded
 //!   queue. Lanes run in parallel, so a busy room or a slow transaction delays
-//!   only its own partition; when a lane's queue is full the dispatcher waits,
-//!   which is the backpressure on the consumer.
+//!   only its own partition. The dispatcher never waits for a lane: records a
+//!   full lane cannot take wait in that lane's backlog, and the partition is
+//!   paused in the consumer until the backlog has gone into the lane, which is
+//!   the backpressure on that partition alone.
 //! - **Inside a lane the order is fixed**: persist the records (merging what is
 //!   queued, up to `max_batch`, into one transaction; the embedded store
 //!   also commits the lanes appending at the same moment together, as SQLite
@@ -37,7 +39,7 @@ mod persist;
 
 pub use persist::Persister;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +49,7 @@ use courier_retry::Backoff;
 use courier_store::HistoryStore;
 use courier_telemetry::{Metrics, PartitionLabel, ReadyFlag, Stage, TopicLabel};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -165,7 +168,7 @@ struct Dispatcher {
     backends: TaskBackends,
     shutdown: CancellationToken,
     topic: String,
-    lanes: HashMap<u32, mpsc::Sender<Vec<Record>>>,
+    lanes: HashMap<u32, LaneQueue>,
     /// Lanes report `(partition, last persisted offset)` here.
     finished_tx: mpsc::UnboundedSender<(u32, u64)>,
     finished: mpsc::UnboundedReceiver<(u32, u64)>,
@@ -180,6 +183,9 @@ impl Dispatcher {
         let mut pruned = Instant::now();
         'polling: loop {
             self.commit_finished(consumer.as_mut()).await;
+            if !self.drain_backlogs(consumer.as_mut()) {
+                break;
+            }
             if pruned.elapsed() >= PRUNE_EVERY {
                 self.retire_lost_lanes(consumer.as_ref());
                 self.report_lag(consumer.as_ref());
@@ -207,13 +213,9 @@ impl Dispatcher {
             let label = TopicLabel { topic: self.topic.clone() };
             self.backends.metrics.records_consumed.get_or_create(&label).inc_by(records.len() as u64);
             for (partition, records) in by_partition(records) {
-                let lane = self.lane(partition);
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => break 'polling,
-                    sent = lane.send(records) => if sent.is_err() {
-                        // A lane only ends early on shutdown.
-                        break 'polling;
-                    },
+                if !self.offer(consumer.as_mut(), partition, records) {
+                    // A lane only ends early on shutdown.
+                    break 'polling;
                 }
             }
         }
@@ -228,26 +230,80 @@ impl Dispatcher {
     }
 
     /// The lane of `partition`, started on first use.
-    fn lane(&mut self, partition: u32) -> mpsc::Sender<Vec<Record>> {
-        if let Some(lane) = self.lanes.get(&partition) {
-            return lane.clone();
+    fn lane(&mut self, partition: u32) -> &mut LaneQueue {
+        let Self { lanes, tasks, backends, shutdown, config, finished_tx, .. } = self;
+        lanes.entry(partition).or_insert_with(|| {
+            let (queue, rx) = mpsc::channel(LANE_DEPTH);
+            let lane = Lane {
+                persister: Persister::new(backends.history.clone(), backends.metrics.clone(), shutdown.clone()),
+                pusher: backends.pusher.clone(),
+                metrics: backends.metrics.clone(),
+                max_batch: config.max_batch,
+                partition,
+                finished: finished_tx.clone(),
+            };
+            tasks.spawn(lane.run(rx));
+            LaneQueue { queue, backlog: VecDeque::new(), paused: false }
+        })
+    }
+
+    /// Hands `records` to their partition's lane without waiting: a lane whose
+    /// queue is full keeps them in its backlog and its partition is paused,
+    /// so a stuck partition never holds up the others. False once the lane
+    /// has ended (shutdown).
+    fn offer(&mut self, consumer: &mut dyn Consumer, partition: u32, records: Vec<Record>) -> bool {
+        self.lane(partition);
+        let Self { lanes, topic, backends, .. } = self;
+        let Some(lane) = lanes.get_mut(&partition) else { return false };
+        if !lane.backlog.is_empty() {
+            // Polled before the pause took hold.
+            lane.backlog.push_back(records);
+            return true;
         }
-        let (tx, rx) = mpsc::channel(LANE_DEPTH);
-        let lane = Lane {
-            persister: Persister::new(
-                self.backends.history.clone(),
-                self.backends.metrics.clone(),
-                self.shutdown.clone(),
-            ),
-            pusher: self.backends.pusher.clone(),
-            metrics: self.backends.metrics.clone(),
-            max_batch: self.config.max_batch,
-            partition,
-            finished: self.finished_tx.clone(),
-        };
-        self.tasks.spawn(lane.run(rx));
-        self.lanes.insert(partition, tx.clone());
-        tx
+        match lane.queue.try_send(records) {
+            Ok(()) => true,
+            Err(TrySendError::Full(records)) => {
+                lane.backlog.push_back(records);
+                match consumer.pause(topic, partition) {
+                    Ok(()) => lane.paused = true,
+                    Err(e) => {
+                        // Records keep coming into the backlog; nothing is lost.
+                        tracing::warn!(error = %e, %topic, partition, "could not pause a partition whose lane is full");
+                        backends.metrics.error("pause");
+                    }
+                }
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Moves backlogs into lanes that have room again, in order, and resumes
+    /// each paused partition whose backlog is gone (a resume that fails is
+    /// tried again next round). False once a lane has ended.
+    fn drain_backlogs(&mut self, consumer: &mut dyn Consumer) -> bool {
+        for (partition, lane) in &mut self.lanes {
+            while let Some(records) = lane.backlog.pop_front() {
+                match lane.queue.try_send(records) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(records)) => {
+                        lane.backlog.push_front(records);
+                        break;
+                    }
+                    Err(TrySendError::Closed(_)) => return false,
+                }
+            }
+            if lane.paused && lane.backlog.is_empty() {
+                match consumer.resume(&self.topic, *partition) {
+                    Ok(()) => lane.paused = false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, topic = %self.topic, partition, "could not resume a partition; retrying");
+                        self.backends.metrics.error("resume");
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// Commits, per partition, the highest offset its lane reported persisted.
@@ -302,6 +358,16 @@ fn by_partition(records: Vec<Record>) -> BTreeMap<u32, Vec<Record>> {
         split.entry(record.partition).or_default().push(record);
     }
     split
+}
+
+/// The dispatcher's side of a lane.
+struct LaneQueue {
+    queue: mpsc::Sender<Vec<Record>>,
+    /// Records polled while the lane's queue was full, oldest first.
+    backlog: VecDeque<Vec<Record>>,
+    /// Whether the consumer holds the partition back (from a full queue
+    /// until the backlog is gone).
+    paused: bool,
 }
 
 /// Persists and pushes one partition's records, in order.

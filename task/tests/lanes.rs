@@ -105,7 +105,10 @@ async fn room_queue(dir: &std::path::Path, config: &TaskConfig) -> SqliteQueue {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_partition_holds_back_only_itself() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = TaskConfig { partitions: 8, ..TaskConfig::default() };
+    // One record per poll: the stuck room's twenty batches are more than its
+    // lane's queue holds, so the dispatcher must set them aside rather than
+    // wait for room.
+    let config = TaskConfig { partitions: 8, max_batch: 1, ..TaskConfig::default() };
     let queue = room_queue(dir.path(), &config).await;
     let stuck = 1;
     let free = (2..100)

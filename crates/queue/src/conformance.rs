@@ -225,3 +225,53 @@ pub async fn lag_reaches_zero_once_consumed(queue: &dyn Queue, prefix: &str) {
     }
     consumer.close().await.expect("close");
 }
+
+/// A paused partition hands out nothing while the member's other partitions
+/// go on, and once resumed hands out what it held, in order, after the
+/// records handed out before the pause.
+pub async fn a_paused_partition_waits_while_others_flow(queue: &dyn Queue, prefix: &str) {
+    let topic = format!("{prefix}-pause");
+    queue.ensure_topic(&topic, 2).await.expect("create topic");
+    let held = "room:held".to_owned();
+    let flowing = (0..100)
+        .map(|i| format!("room:{i}"))
+        .find(|key| partition_for(key, 2) != partition_for(&held, 2))
+        .expect("a key in the other partition");
+    let paused = partition_for(&held, 2);
+    let mut consumer = queue.subscribe(&format!("{prefix}-g"), std::slice::from_ref(&topic)).await.expect("subscribe");
+    for i in 0..5u8 {
+        queue.produce(&topic, &held, &[i]).await.expect("produce");
+        queue.produce(&topic, &flowing, &[i]).await.expect("produce");
+    }
+    drain(consumer.as_mut(), 10).await;
+
+    consumer.pause(&topic, paused).expect("pause");
+    // The paused partition's records go first, so a pause that did nothing
+    // would hand them out no later than the other partition's.
+    for i in 5..10u8 {
+        queue.produce(&topic, &held, &[i]).await.expect("produce");
+    }
+    for i in 5..10u8 {
+        queue.produce(&topic, &flowing, &[i]).await.expect("produce");
+    }
+    // One record a poll, so a backend that takes turns between partitions
+    // would get to the paused one before the other's five are in.
+    let deadline = Instant::now() + PATIENCE;
+    let mut while_paused = Vec::new();
+    while while_paused.iter().filter(|r: &&Record| r.partition != paused).count() < 5 {
+        assert!(Instant::now() < deadline, "the other partition stopped too: {} records", while_paused.len());
+        while_paused.extend(consumer.poll(1, Duration::from_millis(200)).await.expect("poll"));
+    }
+    assert!(
+        while_paused.iter().all(|r| r.partition != paused),
+        "the paused partition handed out {:?}",
+        while_paused.iter().filter(|r| r.partition == paused).map(|r| r.value[0]).collect::<Vec<_>>()
+    );
+    assert_eq!(while_paused.iter().map(|r| r.value[0]).collect::<Vec<_>>(), [5, 6, 7, 8, 9]);
+
+    consumer.resume(&topic, paused).expect("resume");
+    let resumed = drain(consumer.as_mut(), 5).await;
+    assert!(resumed.iter().all(|r| r.partition == paused));
+    assert_eq!(resumed.iter().map(|r| r.value[0]).collect::<Vec<_>>(), [5, 6, 7, 8, 9], "what it held, in order");
+    consumer.close().await.expect("close");
+}

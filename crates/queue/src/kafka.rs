@@ -408,7 +408,27 @@ impl rdkafka::ClientContext for LagContext {
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for LagContext {}
+impl rdkafka::consumer::ConsumerContext for LagContext {
+    /// Partitions this member is given start resumed, whatever a pause said
+    /// while it owned them before (see [`Consumer::pause`]).
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Assign(partitions) = rebalance
+            && let Err(e) = consumer.resume(partitions)
+        {
+            tracing::warn!(error = %e, "could not resume newly assigned partitions");
+        }
+    }
+}
+
+/// `topic`/`partition` as the list librdkafka's pause and resume take.
+fn one_partition(topic: &str, partition: u32) -> Result<TopicPartitionList> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(
+        topic,
+        i32::try_from(partition).map_err(|_| Error::UnknownTopic(format!("{topic} partition {partition}")))?,
+    );
+    Ok(list)
+}
 
 struct KafkaConsumer {
     consumer: StreamConsumer<LagContext>,
@@ -451,6 +471,14 @@ impl Consumer for KafkaConsumer {
             .assignment()
             .map(|list| list.elements().iter().map(|e| (e.topic().to_owned(), e.partition() as u32)).collect())
             .unwrap_or_default()
+    }
+
+    fn pause(&mut self, topic: &str, partition: u32) -> Result<()> {
+        self.consumer.pause(&one_partition(topic, partition)?).map_err(unavailable)
+    }
+
+    fn resume(&mut self, topic: &str, partition: u32) -> Result<()> {
+        self.consumer.resume(&one_partition(topic, partition)?).map_err(unavailable)
     }
 
     fn lag(&self) -> Vec<(TopicPartition, u64)> {

@@ -126,6 +126,17 @@ pub trait Consumer: Send {
     /// The partitions this member currently owns.
     fn assignment(&self) -> Vec<TopicPartition>;
 
+    /// Stops handing out records of an owned partition (others go on), so a
+    /// consumer whose work on one partition is stuck does not take more of it
+    /// in. Records already handed out stay handed out; [`Consumer::resume`]
+    /// goes on after them. A partition this member loses and later gets back
+    /// starts resumed.
+    fn pause(&mut self, topic: &str, partition: u32) -> Result<()>;
+
+    /// Hands out records of a paused partition again, after the last one
+    /// handed out; nothing happens to a partition that is not paused.
+    fn resume(&mut self, topic: &str, partition: u32) -> Result<()>;
+
     /// Per owned partition, the records not yet handed to this member, as last
     /// observed (the backends refresh it every few seconds; empty until then).
     /// Feeds `courier_consumer_lag`.

@@ -37,7 +37,7 @@
 //!   carries the next offset). SQLite reuses the freed pages, so the file stops
 //!   growing once traffic and retention balance.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -444,6 +444,7 @@ impl Queue for SqliteQueue {
             member_id,
             assignment: Vec::new(),
             rotation: 0,
+            paused: HashSet::new(),
             lag: Vec::new(),
             positions: BTreeMap::new(),
             next_heartbeat: None,
@@ -598,6 +599,8 @@ struct SqliteConsumer {
     positions: BTreeMap<TopicPartition, u64>,
     /// Which owned partition a poll reads first.
     rotation: usize,
+    /// Owned partitions not read (see [`Consumer::pause`]).
+    paused: HashSet<TopicPartition>,
     /// Records not yet handed out per owned partition, as of the last heartbeat.
     lag: Vec<(TopicPartition, u64)>,
     next_heartbeat: Option<Instant>,
@@ -653,6 +656,7 @@ impl SqliteConsumer {
             }
             tracing::info!(group = %self.group, member = %self.member_id, partitions = assignment.len(), "embedded queue assignment changed");
             self.positions = positions;
+            self.paused.retain(|tp| assignment.contains(tp));
             self.assignment = assignment;
         }
         self.reread_ends().await?;
@@ -731,7 +735,7 @@ impl SqliteConsumer {
             let ends = lock(&self.queue.shared.tail.ends);
             self.positions
                 .iter()
-                .filter(|(tp, position)| ends.get(*tp).is_none_or(|end| end > *position))
+                .filter(|(tp, position)| !self.paused.contains(*tp) && ends.get(*tp).is_none_or(|end| end > *position))
                 .map(|(tp, position)| (tp.clone(), *position))
                 .collect()
         };
@@ -837,6 +841,19 @@ impl Consumer for SqliteConsumer {
         self.assignment.clone()
     }
 
+    fn pause(&mut self, topic: &str, partition: u32) -> Result<()> {
+        let tp = (topic.to_owned(), partition);
+        if self.assignment.contains(&tp) {
+            self.paused.insert(tp);
+        }
+        Ok(())
+    }
+
+    fn resume(&mut self, topic: &str, partition: u32) -> Result<()> {
+        self.paused.remove(&(topic.to_owned(), partition));
+        Ok(())
+    }
+
     fn lag(&self) -> Vec<(TopicPartition, u64)> {
         self.lag.clone()
     }
@@ -857,6 +874,7 @@ impl Consumer for SqliteConsumer {
             })
             .await?;
         self.assignment.clear();
+        self.paused.clear();
         self.positions.clear();
         self.lag.clear();
         self.next_heartbeat = None;

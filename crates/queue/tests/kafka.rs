@@ -91,3 +91,9 @@ async fn concurrent_producers_get_their_own_offsets() {
     let Some((queue, prefix)) = queue() else { return };
     conformance::concurrent_producers_get_their_own_offsets(&queue, &prefix).await;
 }
+
+#[tokio::test]
+async fn a_paused_partition_waits_while_others_flow() {
+    let Some((queue, prefix)) = queue() else { return };
+    conformance::a_paused_partition_waits_while_others_flow(&queue, &prefix).await;
+}

@@ -173,3 +173,9 @@ async fn concurrent_producers_get_their_own_offsets() {
     let dir = tempfile::tempdir().expect("tempdir");
     conformance::concurrent_producers_get_their_own_offsets(&open(&dir).await, "t").await;
 }
+
+#[tokio::test]
+async fn a_paused_partition_waits_while_others_flow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    conformance::a_paused_partition_waits_while_others_flow(&open(&dir).await, "t").await;
+}
