@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::tiers::{cluster_env, connect_args, free_port, local, metric, start};
+use common::tiers::{cluster_env, connect_args, count, free_port, local, metric, start};
 use common::{Api, Tcp, Ws};
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -357,8 +357,8 @@ async fn a_record_the_store_cannot_keep_is_set_aside_and_its_partition_moves_on(
     assert_eq!(letters[0].key, key.as_bytes());
     assert!(letters[0].error.contains("0x00"), "PostgreSQL's reason: {}", letters[0].error);
     let task_admins = [cluster.admins[1], cluster.admins[2]];
-    let counted = metric(task_admins[0], r#"courier_errors_total{reason="dead_letter"}"#).await
-        + metric(task_admins[1], r#"courier_errors_total{reason="dead_letter"}"#).await;
+    let counted = count(task_admins[0], r#"courier_errors_total{reason="dead_letter"}"#).await
+        + count(task_admins[1], r#"courier_errors_total{reason="dead_letter"}"#).await;
     assert_eq!(counted, 1.0, "counted once, by the worker owning the partition");
 }
 

@@ -131,21 +131,47 @@ pub async fn until_ready(name: &str, admin: SocketAddr) {
     .await;
 }
 
-/// A sample of the tier's Prometheus metrics (0 when not exported yet).
-pub async fn metric(admin: SocketAddr, sample: &str) -> f64 {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
+/// The tier's Prometheus metrics text.
+async fn metrics_text(admin: SocketAddr) -> String {
+    reqwest::get(format!("http://{admin}/metrics"))
         .await
         .expect("metrics endpoint answers")
         .text()
         .await
-        .expect("metrics text");
-    text.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+        .expect("metrics text")
+}
+
+/// The value of `sample` (`name{labels}`) in `text`, if exported.
+fn sample_in(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A sample the tier must export: a renamed metric or label fails here
+/// instead of reading as 0.
+pub async fn metric(admin: SocketAddr, sample: &str) -> f64 {
+    let text = metrics_text(admin).await;
+    sample_in(&text, sample).unwrap_or_else(|| panic!("{admin} does not export {sample}"))
+}
+
+/// A labelled counter that appears only once counted (errors by reason): 0
+/// while absent, but its family must be declared, so a renamed metric still
+/// fails.
+pub async fn count(admin: SocketAddr, sample: &str) -> f64 {
+    let text = metrics_text(admin).await;
+    // The classic format names a counter family with its `_total`,
+    // OpenMetrics without.
+    let name = sample.split('{').next().unwrap_or(sample);
+    let declared = [name, name.trim_end_matches("_total")]
+        .iter()
+        .any(|family| text.contains(&format!("# TYPE {family} counter\n")));
+    assert!(declared, "{admin} declares no counter {name}");
+    sample_in(&text, sample).unwrap_or(0.0)
 }
 
 /// Waits until `sample` on `admin` reads `value`.
 pub async fn until_metric(admin: SocketAddr, sample: &str, value: f64) {
     courier_testkit::eventually(&format!("{sample} = {value}"), Duration::from_secs(30), || async {
-        (metric(admin, sample).await == value).then_some(())
+        (sample_in(&metrics_text(admin).await, sample) == Some(value)).then_some(())
     })
     .await;
 }

@@ -83,6 +83,8 @@ struct Shared {
     index: watch::Sender<u64>,
     token: Option<String>,
     queries: AtomicU64,
+    /// The `index` of every health query, in arrival order (0: none given).
+    asked: Mutex<Vec<u64>>,
     http: reqwest::Client,
     stop: CancellationToken,
 }
@@ -127,6 +129,7 @@ impl ConsulDouble {
             index: watch::channel(10).0,
             token,
             queries: AtomicU64::new(0),
+            asked: Mutex::default(),
             http,
             stop: CancellationToken::new(),
         });
@@ -159,6 +162,17 @@ impl ConsulDouble {
     /// Health queries answered so far.
     pub fn queries(&self) -> u64 {
         self.shared.queries.load(Ordering::Relaxed)
+    }
+
+    /// The index each health query asked to wait past, in arrival order (0
+    /// for a query that gave none).
+    pub fn indexes_asked(&self) -> Vec<u64> {
+        self.shared.asked.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The index answers carry now.
+    pub fn index(&self) -> u64 {
+        *self.shared.index.borrow()
     }
 
     /// The ids of the registered services of `name` and their check status.
@@ -406,6 +420,7 @@ async fn health(
         Some(Ok(index)) => index,
         Some(Err(_)) => return consul_error(StatusCode::BAD_REQUEST, "Invalid index"),
     };
+    shared.asked.lock().unwrap_or_else(|p| p.into_inner()).push(wanted);
     let wait = match query.get("wait").map(|w| go_duration(w)) {
         None => Duration::from_secs(300),
         Some(Ok(wait)) => wait.min(Duration::from_secs(600)),

@@ -315,6 +315,42 @@ fn endpoint(
 mod tests {
     use super::*;
 
+    /// Records already in Kafka topics are read by every later build: the
+    /// field numbers and enum codes of `record.proto` are pinned by bytes,
+    /// not by a round trip through the same generated code.
+    #[test]
+    fn records_keep_their_field_numbers_and_codes() {
+        use prost::Message as _;
+        use record::{MessageKind, MessageRecord};
+        assert_eq!((MessageKind::Unspecified as i32, MessageKind::Room as i32, MessageKind::Private as i32), (0, 1, 2));
+        let record = MessageRecord {
+            version: 2,
+            msg_id: 5,
+            kind: MessageKind::Private as i32,
+            room_id: 6,
+            to_user_id: 7,
+            from_user_id: 8,
+            admitted_ms: 9,
+            sender_copy: true,
+            admitted_us: 10,
+            ..MessageRecord::default()
+        };
+        // (field << 3 | varint), value: version 1, msg_id 2, kind 3, room_id 4,
+        // to_user_id 5, from_user_id 7, admitted_ms 10, sender_copy 12, admitted_us 13.
+        let expected = [0x08, 2, 0x10, 5, 0x18, 2, 0x20, 6, 0x28, 7, 0x38, 8, 0x50, 9, 0x60, 1, 0x68, 10];
+        assert_eq!(record.encode_to_vec(), expected);
+        let text = MessageRecord {
+            to_user_name: "b".into(),
+            from_user_name: "a".into(),
+            body: "x".into(),
+            client_msg_id: "c".into(),
+            ..MessageRecord::default()
+        };
+        // (field << 3 | length-delimited), length, bytes: to_user_name 6,
+        // from_user_name 8, body 9, client_msg_id 11.
+        assert_eq!(text.encode_to_vec(), [0x32, 1, b'b', 0x42, 1, b'a', 0x4a, 1, b'x', 0x5a, 1, b'c']);
+    }
+
     #[test]
     fn secrets_are_checked_whole_and_never_printed() {
         assert!(InternalAuth::new("short").is_err());
