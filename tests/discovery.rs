@@ -2,8 +2,9 @@
 //! address, no connect node list. They register themselves, find each other,
 //! and follow each other as instances come and go.
 //!
-//! Runs against the in-repo double of Consul's HTTP API, or against a real
-//! agent when `CONSUL_HTTP_ADDR` names one (prints which).
+//! Runs against a real Consul agent when `CONSUL_HTTP_ADDR` names one
+//! (`scripts/services up` starts one, and `scripts/test` requires it), or
+//! else against the in-repo double of Consul's HTTP API (prints which).
 
 mod common;
 
@@ -54,13 +55,14 @@ async fn a_cluster_given_only_consul_finds_itself_and_follows_its_changes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let run = courier_testkit::unique();
     let Some(mut env) = cluster_env(dir.path(), None, run) else { return };
-    // A real agent when there is one, the double otherwise.
-    let (agent, _double) = match std::env::var("CONSUL_HTTP_ADDR") {
-        Ok(agent) => {
+    // A real agent when there is one (always under COURIER_REQUIRE_SERVICES,
+    // which scripts/test sets), the double otherwise.
+    let (agent, _double) = match courier_testkit::service("CONSUL_HTTP_ADDR") {
+        Some(agent) => {
             println!("discovery on the real Consul agent at {agent}");
             (agent, None)
         }
-        Err(_) => {
+        None => {
             let double = ConsulDouble::start().await.expect("consul double");
             println!("discovery on the Consul double at {} (set CONSUL_HTTP_ADDR for a real agent)", double.url());
             (double.url(), Some(double))

@@ -1,5 +1,6 @@
-//! The Consul backend against the in-repo double of Consul's HTTP API, and —
-//! when `CONSUL_HTTP_ADDR` names one — against a real agent.
+//! The Consul backend against the in-repo double of Consul's HTTP API (the
+//! tests that need to shape what the agent answers), and against a real
+//! agent at `CONSUL_HTTP_ADDR` (`scripts/services consul-up` runs one).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -228,10 +229,9 @@ async fn a_token_is_sent_and_a_refusal_says_it_is_about_acls() {
 /// The same life cycle against a real agent, when there is one.
 #[tokio::test]
 async fn against_a_real_consul_agent() {
-    let Ok(agent) = std::env::var("CONSUL_HTTP_ADDR") else {
-        println!("SKIPPED: CONSUL_HTTP_ADDR is not set (no real Consul agent to test against)");
-        return;
-    };
+    // scripts/services up starts one; under COURIER_REQUIRE_SERVICES a
+    // missing agent fails here instead of skipping.
+    let Some(agent) = courier_testkit::service("CONSUL_HTTP_ADDR") else { return };
     let token = std::env::var("CONSUL_HTTP_TOKEN").ok();
     // A real agent's checks need a second or so; its index moves with the
     // whole cluster, so the tests above that shape the index stay on the double.
