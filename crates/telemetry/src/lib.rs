@@ -710,7 +710,8 @@ mod tests {
     #[test]
     fn each_tier_exports_its_own_families_and_its_build_info() {
         let connect = Metrics::for_tiers(&[Tier::Connect]).encode();
-        assert!(connect.contains("courier_build_info{version=\"0.1.0\",tier=\"connect\"} 1"), "{connect}");
+        let build = format!("courier_build_info{{version=\"{}\",tier=\"connect\"}} 1", env!("CARGO_PKG_VERSION"));
+        assert!(connect.contains(&build), "{connect}");
         assert!(connect.contains("# TYPE courier_delivery_latency_seconds histogram"), "{connect}");
         for foreign in ["courier_produce_duration_seconds", "courier_consumer_lag", "courier_http_requests"] {
             assert!(!connect.contains(foreign), "connect must not export {foreign}");

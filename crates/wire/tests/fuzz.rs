@@ -4,21 +4,28 @@
 
 use bytes::BytesMut;
 use courier_wire::frame::{ClientFrame, MAX_CLIENT_NUMBER};
-use courier_wire::tcp::{MAX_PAYLOAD_LEN, V1Codec};
+use courier_wire::tcp::{MAX_FRAME_LEN, MAX_PAYLOAD_LEN, V1Codec};
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Decodes everything in `bytes`, as a connection would, until an error or a
 /// need for more input.
 fn decode_all(bytes: &[u8]) -> (Vec<Vec<u8>>, bool) {
+    let (frames, failed, _) = decode_all_keeping_the_buffer(bytes);
+    (frames, failed)
+}
+
+/// [`decode_all`], also returning the connection's read buffer as the
+/// decoder left it (its capacity is what the decoder made it reserve).
+fn decode_all_keeping_the_buffer(bytes: &[u8]) -> (Vec<Vec<u8>>, bool, BytesMut) {
     let mut codec = V1Codec;
     let mut buf = BytesMut::from(bytes);
     let mut frames = Vec::new();
     loop {
         match codec.decode(&mut buf) {
             Ok(Some(frame)) => frames.push(frame.to_vec()),
-            Ok(None) => return (frames, false),
-            Err(_) => return (frames, true),
+            Ok(None) => return (frames, false, buf),
+            Err(_) => return (frames, true, buf),
         }
     }
 }
@@ -38,11 +45,16 @@ proptest! {
         let mut bytes = b"v1".to_vec();
         bytes.extend_from_slice(&len.to_be_bytes());
         bytes.extend_from_slice(&tail);
-        let (frames, failed) = decode_all(&bytes);
+        let (frames, failed, buf) = decode_all_keeping_the_buffer(&bytes);
         if len < 4 {
             prop_assert!(failed, "a length below 4 is an error");
             prop_assert!(frames.is_empty());
         }
+        // Whatever length a header announces, the decoder makes room for one
+        // frame of at most MAX_FRAME_LEN bytes, never more: a client cannot
+        // make the server reserve memory by lying about a length.
+        let allowed = MAX_FRAME_LEN.max(2 * bytes.len());
+        prop_assert!(buf.capacity() <= allowed, "reserved {} bytes for a {}-byte header claim", buf.capacity(), len);
     }
 
     #[test]
