@@ -229,10 +229,13 @@ impl Dispatcher {
         }
     }
 
-    /// The lane of `partition`, started on first use.
-    fn lane(&mut self, partition: u32) -> &mut LaneQueue {
-        let Self { lanes, tasks, backends, shutdown, config, finished_tx, .. } = self;
-        lanes.entry(partition).or_insert_with(|| {
+    /// Hands `records` to their partition's lane (started on first use)
+    /// without waiting: a lane whose queue is full keeps them in its backlog
+    /// and its partition is paused, so a stuck partition never holds up the
+    /// others. False once the lane has ended (shutdown).
+    fn offer(&mut self, consumer: &mut dyn Consumer, partition: u32, records: Vec<Record>) -> bool {
+        let Self { lanes, tasks, backends, shutdown, config, finished_tx, topic, .. } = self;
+        let lane = lanes.entry(partition).or_insert_with(|| {
             let (queue, rx) = mpsc::channel(LANE_DEPTH);
             let lane = Lane {
                 persister: Persister::new(backends.history.clone(), backends.metrics.clone(), shutdown.clone()),
@@ -244,17 +247,7 @@ impl Dispatcher {
             };
             tasks.spawn(lane.run(rx));
             LaneQueue { queue, backlog: VecDeque::new(), paused: false }
-        })
-    }
-
-    /// Hands `records` to their partition's lane without waiting: a lane whose
-    /// queue is full keeps them in its backlog and its partition is paused,
-    /// so a stuck partition never holds up the others. False once the lane
-    /// has ended (shutdown).
-    fn offer(&mut self, consumer: &mut dyn Consumer, partition: u32, records: Vec<Record>) -> bool {
-        self.lane(partition);
-        let Self { lanes, topic, backends, .. } = self;
-        let Some(lane) = lanes.get_mut(&partition) else { return false };
+        });
         if !lane.backlog.is_empty() {
             // Polled before the pause took hold.
             lane.backlog.push_back(records);

@@ -22,7 +22,7 @@
 //! poll). One index covers every service (Consul's is per query result; a
 //! coarser index only wakes clients more often, which they must accept).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,8 +83,9 @@ struct Shared {
     index: watch::Sender<u64>,
     token: Option<String>,
     queries: AtomicU64,
-    /// The `index` of every health query, in arrival order (0: none given).
-    asked: Mutex<Vec<u64>>,
+    /// The `index` of the last [`ASKED_KEPT`] health queries, oldest first
+    /// (0: none given); bounded, as a local cluster's double runs for days.
+    asked: Mutex<VecDeque<u64>>,
     http: reqwest::Client,
     stop: CancellationToken,
 }
@@ -98,6 +99,9 @@ impl Shared {
         self.index.send_modify(|index| *index += 1);
     }
 }
+
+/// How many health queries' indexes [`ConsulDouble::indexes_asked`] keeps.
+pub const ASKED_KEPT: usize = 10_000;
 
 /// A running double; stopped when dropped.
 pub struct ConsulDouble {
@@ -164,10 +168,10 @@ impl ConsulDouble {
         self.shared.queries.load(Ordering::Relaxed)
     }
 
-    /// The index each health query asked to wait past, in arrival order (0
-    /// for a query that gave none).
+    /// The index each of the last [`ASKED_KEPT`] health queries asked to
+    /// wait past, in arrival order (0 for a query that gave none).
     pub fn indexes_asked(&self) -> Vec<u64> {
-        self.shared.asked.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared.asked.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
     }
 
     /// The index answers carry now.
@@ -420,7 +424,13 @@ async fn health(
         Some(Ok(index)) => index,
         Some(Err(_)) => return consul_error(StatusCode::BAD_REQUEST, "Invalid index"),
     };
-    shared.asked.lock().unwrap_or_else(|p| p.into_inner()).push(wanted);
+    {
+        let mut asked = shared.asked.lock().unwrap_or_else(|p| p.into_inner());
+        if asked.len() == ASKED_KEPT {
+            asked.pop_front();
+        }
+        asked.push_back(wanted);
+    }
     let wait = match query.get("wait").map(|w| go_duration(w)) {
         None => Duration::from_secs(300),
         Some(Ok(wait)) => wait.min(Duration::from_secs(600)),

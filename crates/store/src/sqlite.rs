@@ -5,11 +5,12 @@
 //! `courier-sqlite`): a batch is a handful of prepared statements per message
 //! run synchronously there, so a transaction costs one hand-off between
 //! threads, not one per statement. An entry is one row of `history`,
-//! clustered by (stream, seq) (see `migrations/sqlite/0003_*`), so an append
-//! writes a leaf per stream it moves plus the right edge of the message id
-//! index, and a page of history is one range of the table. Transactions are `BEGIN IMMEDIATE`: the
-//! write lock is taken before anything is read, so two writers (another
-//! process, say) never both read the same `last_seq`. Reads, accounts and
+//! appended at the end of the table (see `migrations/sqlite/0003_*`), so an
+//! append writes, per stream it moves, a leaf of the (stream, seq) index (and
+//! of the conversation index for an inbox), plus the right edge of the
+//! message-id index. Transactions are `BEGIN IMMEDIATE`: the write lock is
+//! taken before anything is read, so two writers (another process, say) never
+//! both read the same `last_seq`. Reads, accounts and
 //! migrations go through a small sqlx pool; SQLite's write-ahead log lets
 //! them run beside the writer.
 //!
